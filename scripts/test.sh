@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: installs what the tests need when it is missing (redis-server and
+# redis-cli from Debian), then cargo fmt --check, clippy with warnings denied, and the tests
+# with warnings denied. Run from anywhere: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+if ((${#need_apt[@]})); then
+    echo "==> installing ${need_apt[*]}"
+    # Root in CI and on the dev machines; use sudo elsewhere if there is one.
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    # The Debian package starts a system redis on 6379; the tests start their own on free ports.
+    $SUDO service redis-server stop >/dev/null 2>&1 || true
+fi
+echo "==> $(redis-server --version)"
+
+for comp in rustfmt clippy; do
+    if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        rustup component add "$comp"
+    fi
+done
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "==> cargo test (warnings denied)"
+RUSTFLAGS="${RUSTFLAGS:-} -D warnings" cargo test --all-targets --locked

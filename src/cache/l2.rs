@@ -1,0 +1,265 @@
+//! L2: Redis, reached over a few multiplexed connections. Each connection pipelines every
+//! command sent to it concurrently (redis-rs' `MultiplexedConnection` under a
+//! `ConnectionManager` that reconnects on its own), so requests from all clients share a
+//! handful of sockets and round trips overlap instead of queuing for a pooled connection.
+
+use crate::{
+    config::L2Config,
+    metrics::{L2Op, Metrics},
+    shutdown::Shutdown,
+};
+use bytes::Bytes;
+use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, RedisError};
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+/// Why L2 could not answer. Cloneable so that coalesced readers can all receive it.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum L2Error {
+    #[error("L2 is unreachable: {0}")]
+    Unavailable(String),
+    #[error("L2 did not answer in time")]
+    Timeout,
+    #[error("L2 refused the command: {0}")]
+    Refused(String),
+}
+
+impl From<RedisError> for L2Error {
+    fn from(e: RedisError) -> Self {
+        if e.is_timeout() {
+            L2Error::Timeout
+        } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+            L2Error::Unavailable(e.to_string())
+        } else {
+            L2Error::Refused(e.to_string())
+        }
+    }
+}
+
+/// A value read from L2 and its remaining TTL there (None: the key does not expire).
+pub type Fetched = (Bytes, Option<Duration>);
+
+pub struct L2 {
+    conns: Box<[ConnectionManager]>,
+    next: AtomicUsize,
+    up: AtomicBool,
+    health_interval: Duration,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl L2 {
+    /// Prepares the connections without connecting: a Redis that is down at start-up must not
+    /// stop the gateway from starting. The health loop connects and reconnects.
+    pub fn new(cfg: &L2Config, metrics: Arc<Metrics>) -> Result<Self, L2Error> {
+        let client =
+            redis::Client::open(cfg.url.as_str()).map_err(|e| L2Error::Refused(e.to_string()))?;
+        let manager_cfg = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(cfg.timeout.0))
+            .set_connection_timeout(Some(cfg.connect_timeout.0))
+            // One attempt per reconnect: callers fail fast while Redis is down, and the
+            // health loop's next probe starts the next attempt.
+            .set_number_of_retries(0)
+            .set_pipeline_buffer_size(cfg.pipeline_buffer);
+        let conns = (0..cfg.connections)
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            conns: conns.into(),
+            next: AtomicUsize::new(0),
+            up: AtomicBool::new(false),
+            health_interval: cfg.health_interval.0,
+            timeout: cfg.timeout.0,
+            metrics,
+        })
+    }
+
+    /// Whether the last health probe of every connection succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].clone()
+    }
+
+    /// Runs one command or pipeline with its latency and outcome recorded under `op`.
+    async fn run<T, F, Fut>(&self, op: L2Op, f: F) -> Result<T, L2Error>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        let start = Instant::now();
+        // The connection's own response timeout covers a connected Redis; this one also
+        // bounds a connect attempt that hangs (a black-holed address).
+        let res = match tokio::time::timeout(self.timeout * 2, f(self.conn())).await {
+            Ok(r) => r.map_err(L2Error::from),
+            Err(_) => Err(L2Error::Timeout),
+        };
+        self.metrics.record_l2(op, start.elapsed(), res.is_ok());
+        res
+    }
+
+    /// GET and PTTL in one round trip.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Fetched>, L2Error> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        let (value, pttl): (Option<Bytes>, i64) = self
+            .run(
+                L2Op::Get,
+                |mut c| async move { pipe.query_async(&mut c).await },
+            )
+            .await?;
+        Ok(value.map(|v| (v, ttl_from_pttl(pttl))))
+    }
+
+    /// MGET and a PTTL per key, all in one round trip.
+    pub async fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Fetched>>, L2Error> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("MGET").arg(keys);
+        for k in keys {
+            pipe.cmd("PTTL").arg(*k);
+        }
+        let raw: Vec<redis::Value> = self
+            .run(
+                L2Op::MGet,
+                |mut c| async move { pipe.query_async(&mut c).await },
+            )
+            .await?;
+        let mut it = raw.into_iter();
+        let values: Vec<Option<Bytes>> =
+            redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))
+                .map_err(|e| L2Error::Refused(e.to_string()))?;
+        Ok(values
+            .into_iter()
+            .zip(it)
+            .map(|(v, pttl)| {
+                let pttl: i64 = redis::from_redis_value(pttl).unwrap_or(-1);
+                v.map(|v| (v, ttl_from_pttl(pttl)))
+            })
+            .collect())
+    }
+
+    pub async fn set(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), L2Error> {
+        let cmd = set_cmd(key, value, ttl);
+        self.run(L2Op::Set, |mut c| async move {
+            cmd.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    /// Every SET in one pipeline (one round trip). Not atomic: on an error some items may be
+    /// written, and a retry of the whole batch is safe because SET is idempotent.
+    pub async fn set_many(
+        &self,
+        items: &[(Bytes, Bytes, Option<Duration>)],
+    ) -> Result<(), L2Error> {
+        let mut pipe = redis::pipe();
+        for (k, v, ttl) in items {
+            pipe.add_command(set_cmd(k, v, *ttl)).ignore();
+        }
+        self.run(L2Op::MSet, |mut c| async move {
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    /// DEL; whether the key existed.
+    pub async fn del(&self, key: &[u8]) -> Result<bool, L2Error> {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(key);
+        let n: i64 = self
+            .run(
+                L2Op::Del,
+                |mut c| async move { cmd.query_async(&mut c).await },
+            )
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Probes every connection; L2 is up only when all of them answer, since requests are
+    /// spread over all of them.
+    async fn probe(&self) -> bool {
+        let mut ok = true;
+        for c in self.conns.iter() {
+            let start = Instant::now();
+            let mut c = c.clone();
+            let res = tokio::time::timeout(
+                self.timeout * 2,
+                redis::cmd("PING").query_async::<String>(&mut c),
+            )
+            .await;
+            let good = matches!(res, Ok(Ok(_)));
+            self.metrics.record_l2(L2Op::Ping, start.elapsed(), good);
+            ok &= good;
+        }
+        ok
+    }
+
+    /// Probes L2 every `health_interval` until shutdown, keeping `is_up` and `l2_up` current.
+    /// A probe on a broken connection is also what makes the manager reconnect.
+    pub async fn watch_health(self: Arc<Self>, shutdown: Shutdown) {
+        let mut next = tokio::time::Instant::now();
+        loop {
+            let up = self.probe().await;
+            if up != self.up.swap(up, Ordering::Relaxed) {
+                if up {
+                    tracing::info!("L2 is reachable");
+                } else {
+                    tracing::warn!("L2 is unreachable; serving L1 hits only until it returns");
+                }
+            }
+            self.metrics.l2_up.set(up as i64);
+            next += self.health_interval;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = shutdown.wait() => return,
+            }
+        }
+    }
+}
+
+fn set_cmd(key: &[u8], value: &[u8], ttl: Option<Duration>) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(value);
+    if let Some(ttl) = ttl {
+        // PX takes whole milliseconds; round up so a sub-millisecond TTL is not "no TTL".
+        cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
+    }
+    cmd
+}
+
+/// PTTL's answer as a TTL: -1 means no expiry; -2 (gone since the GET) means do not cache.
+fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
+    match pttl {
+        -1 => None,
+        ms if ms < 0 => Some(Duration::ZERO),
+        ms => Some(Duration::from_millis(ms as u64)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pttl_maps_to_ttl() {
+        assert_eq!(ttl_from_pttl(-1), None);
+        assert_eq!(ttl_from_pttl(-2), Some(Duration::ZERO));
+        assert_eq!(ttl_from_pttl(1500), Some(Duration::from_millis(1500)));
+    }
+}

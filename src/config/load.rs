@@ -1,0 +1,218 @@
+//! Reading configuration: the TOML file, then `TIERGATE_<SECTION>_<KEY>` overrides, then
+//! typed deserialisation one key at a time so that every bad key is reported, not just the first.
+
+use super::{Config, Problem, SECTIONS};
+use std::{collections::HashMap, path::Path};
+
+const ENV_PREFIX: &str = "TIERGATE_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// Loads the config file at `path` (none: defaults only), applies the `TIERGATE_*` variables
+/// found in `env`, and validates the result.
+pub fn load(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut table = match path {
+        None => toml::Table::new(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                path: p.display().to_string(),
+                source,
+            })?;
+            match text.parse::<toml::Table>() {
+                Ok(t) => t,
+                Err(e) => {
+                    let why = e.to_string().trim().replace('\n', " ");
+                    return Err(ConfigError::Invalid(vec![Problem {
+                        path: p.display().to_string(),
+                        why,
+                    }]));
+                }
+            }
+        }
+    };
+    // Where each overridden key came from, so errors name the variable the operator set.
+    let mut origins: HashMap<(String, String), String> = HashMap::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, key)) = SECTIONS.iter().find_map(|s| {
+            rest.strip_prefix(s)
+                .and_then(|r| r.strip_prefix('_'))
+                .map(|k| (*s, k))
+        }) else {
+            problems.push(Problem {
+                path: name,
+                why: format!("no such section; sections are {}", SECTIONS.join(", ")),
+            });
+            continue;
+        };
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = entry {
+            t.insert(key.to_string(), env_value(&value));
+        }
+        origins.insert((section.to_string(), key.to_string()), name);
+    }
+
+    // Deserialise each key alone over the defaults: serde stops at the first error, and
+    // operators want the whole list in one go.
+    for (section, value) in &table {
+        let toml::Value::Table(keys) = value else {
+            problems.push(Problem {
+                path: section.clone(),
+                why: "must be a [section] table".into(),
+            });
+            continue;
+        };
+        if !SECTIONS.contains(&section.as_str()) {
+            problems.push(Problem {
+                path: section.clone(),
+                why: format!("unknown section; sections are {}", SECTIONS.join(", ")),
+            });
+            continue;
+        }
+        for (key, v) in keys {
+            let mut one = toml::Table::new();
+            one.insert(key.clone(), v.clone());
+            let mut probe = toml::Table::new();
+            probe.insert(section.clone(), toml::Value::Table(one));
+            if let Err(e) = toml::Value::Table(probe).try_into::<Config>() {
+                let mut path = format!("{section}.{key}");
+                if let Some(var) = origins.get(&(section.clone(), key.clone())) {
+                    path = format!("{path} (from {var})");
+                }
+                problems.push(Problem {
+                    path,
+                    why: e.message().trim().to_string(),
+                });
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    let config: Config = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            ConfigError::Invalid(vec![Problem {
+                path: "config".into(),
+                why: e.message().into(),
+            }])
+        })?;
+    let problems = config.validate();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid(problems))
+    }
+}
+
+/// An env value is read as a TOML value when it is one (`8`, `true`, `["a","b"]`) and as a
+/// plain string otherwise, so `TIERGATE_HTTP_LISTEN=127.0.0.1:8080` needs no quoting.
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn env_overrides_file_and_needs_no_quoting() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[http]\nlisten = \"127.0.0.1:1111\"\n[l2]\nconnections = 2"
+        )
+        .unwrap();
+        let c = load(
+            Some(f.path()),
+            env(&[
+                ("TIERGATE_HTTP_LISTEN", "127.0.0.1:28080"),
+                ("TIERGATE_L2_URL", "redis://127.0.0.1:6379"),
+                ("TIERGATE_L2_TIMEOUT", "250ms"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:28080");
+        assert_eq!(c.l2.url, "redis://127.0.0.1:6379");
+        assert_eq!(c.l2.connections, 2);
+        assert_eq!(c.l2.timeout.0, std::time::Duration::from_millis(250));
+    }
+
+    #[test]
+    fn every_bad_key_is_reported_with_its_path() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[http]\nlisten = \"nowhere\"\nbogus = 1\n[l2]\ntimeout = \"fast\"\n[nosuch]\nx = 1"
+        )
+        .unwrap();
+        let err = load(
+            Some(f.path()),
+            env(&[("TIERGATE_L1_MAX_TTL", "forever"), ("TIERGATE_XX_Y", "1")]),
+        )
+        .unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            panic!("{err}")
+        };
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "TIERGATE_XX_Y",
+            "http.listen",
+            "http.bogus",
+            "l2.timeout",
+            "nosuch",
+            "l1.max_ttl (from TIERGATE_L1_MAX_TTL)",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+        assert!(
+            problems.iter().any(|p| p.why.contains("unknown field")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[http\nlisten=").unwrap();
+        let err = load(Some(f.path()), env(&[])).unwrap_err();
+        assert!(err.to_string().contains(&f.path().display().to_string()));
+    }
+
+    #[test]
+    fn semantic_checks_run_after_types() {
+        let err = load(None, env(&[("TIERGATE_L2_CONNECTIONS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("l2.connections"), "{err}");
+    }
+}

@@ -1,0 +1,333 @@
+//! Typed configuration: every section and key with its default, loading from a TOML file
+//! plus `TIERGATE_<SECTION>_<KEY>` environment overrides, and validation that reports every
+//! bad key (with its path and why) before failing.
+
+mod load;
+mod units;
+
+pub use load::{load, ConfigError};
+pub use units::{ByteSize, Capacity, HumanDuration};
+
+use serde::Deserialize;
+use std::{net::SocketAddr, time::Duration};
+
+/// Data port for HTTP; 8080 is the conventional unprivileged HTTP port.
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
+/// Operators' port; loopback only, so metrics and readiness are not exposed by accident.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Accept backlog; matches the `net.core.somaxconn` we recommend in sysctl.conf.
+pub const DEFAULT_BACKLOG: u32 = 8192;
+/// A quarter of RAM leaves room for Redis clients, buffers and the OS page cache.
+pub const DEFAULT_L1_CAPACITY: &str = "25%";
+/// How long L1 may hold a key that has no TTL in L2 before asking L2 again: bounds staleness
+/// for writes that bypass this instance.
+pub const DEFAULT_L1_MAX_TTL: Duration = Duration::from_secs(60);
+/// Multiplexed connections to L2; each pipelines every concurrent command, so a few suffice.
+pub const DEFAULT_L2_CONNECTIONS: usize = 4;
+/// A Redis command slower than this is failed: a stuck L2 must not pile up requests.
+pub const DEFAULT_L2_TIMEOUT: Duration = Duration::from_secs(1);
+/// TCP connect budget for L2; loopback or LAN connects take well under this.
+pub const DEFAULT_L2_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Readiness probe period for L2; also what drives reconnection while Redis is down.
+pub const DEFAULT_L2_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// Commands queued per L2 connection before callers wait; bounds memory under bursts.
+pub const DEFAULT_L2_PIPELINE_BUFFER: usize = 1024;
+/// Keys longer than this are refused; real keys are short and long ones are usually bugs.
+pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+/// Values larger than this are refused before they are buffered.
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = 4 << 20;
+/// Keys per batch call; larger batches hurt tail latency of everyone sharing L2.
+pub const DEFAULT_MAX_BATCH_KEYS: usize = 1000;
+/// Body size for batch calls, refused before it is buffered past this.
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 16 << 20;
+/// Time in-flight requests get to finish after SIGTERM, as Kubernetes' default grace period.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub runtime: RuntimeConfig,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+    pub admin: AdminConfig,
+    pub l1: L1Config,
+    pub l2: L2Config,
+    pub limits: LimitsConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// Section names, in file order; env overrides are matched against these.
+pub const SECTIONS: &[&str] = &[
+    "runtime", "log", "http", "admin", "l1", "l2", "limits", "shutdown",
+];
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Tokio worker threads; 0 means one per core.
+    pub worker_threads: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter: "info", "tiergate=debug,warn", ...; `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub backlog: u32,
+    /// SO_REUSEPORT, so a new instance can bind while the old one drains.
+    pub reuse_port: bool,
+    /// Serve h2c (HTTP/2 with prior knowledge) beside HTTP/1.1 on the same port.
+    pub http2: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default"),
+            backlog: DEFAULT_BACKLOG,
+            reuse_port: true,
+            http2: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct L1Config {
+    /// Byte budget: "25%" of memory, or a size ("8GiB"); "0" disables L1.
+    pub capacity: Capacity,
+    /// Longest L1 lifetime of a key read from L2 (the key's own L2 TTL caps it further).
+    pub max_ttl: HumanDuration,
+}
+
+impl Default for L1Config {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_L1_CAPACITY.parse().expect("valid default"),
+            max_ttl: HumanDuration(DEFAULT_L1_MAX_TTL),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct L2Config {
+    /// `redis://[user:pass@]host:port[/db]`; empty runs the standalone memory mode.
+    pub url: String,
+    pub connections: usize,
+    pub timeout: HumanDuration,
+    pub connect_timeout: HumanDuration,
+    pub health_interval: HumanDuration,
+    pub pipeline_buffer: usize,
+}
+
+impl Default for L2Config {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            connections: DEFAULT_L2_CONNECTIONS,
+            timeout: HumanDuration(DEFAULT_L2_TIMEOUT),
+            connect_timeout: HumanDuration(DEFAULT_L2_CONNECT_TIMEOUT),
+            health_interval: HumanDuration(DEFAULT_L2_HEALTH_INTERVAL),
+            pipeline_buffer: DEFAULT_L2_PIPELINE_BUFFER,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: ByteSize,
+    pub max_batch_keys: usize,
+    pub max_batch_bytes: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: DEFAULT_MAX_KEY_BYTES,
+            max_value_bytes: ByteSize(DEFAULT_MAX_VALUE_BYTES),
+            max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
+            max_batch_bytes: ByteSize(DEFAULT_MAX_BATCH_BYTES),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    pub grace: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace: HumanDuration(DEFAULT_SHUTDOWN_GRACE),
+        }
+    }
+}
+
+/// One bad key: where it is (`l2.timeout`, `TIERGATE_L2_TIMEOUT`) and why it is refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.why)
+    }
+}
+
+impl Config {
+    /// True when no L2 is configured: the memory tier is the store.
+    pub fn standalone(&self) -> bool {
+        self.l2.url.trim().is_empty()
+    }
+
+    /// Checks what types alone cannot: ranges and relations between keys. Returns every problem.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut bad = |path: &str, why: String| {
+            problems.push(Problem {
+                path: path.into(),
+                why,
+            })
+        };
+        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            bad(
+                "log.level",
+                format!("{:?} is not a tracing filter", self.log.level),
+            );
+        }
+        if self.http.backlog == 0 {
+            bad("http.backlog", "must be at least 1".into());
+        }
+        if self.http.listen == self.admin.listen {
+            bad("admin.listen", "must differ from http.listen".into());
+        }
+        if self.l1.max_ttl.0.is_zero() {
+            bad("l1.max_ttl", "must be above 0s".into());
+        }
+        if !self.standalone() {
+            if let Err(e) = redis::Client::open(self.l2.url.as_str()) {
+                bad("l2.url", format!("not a Redis URL: {e}"));
+            }
+        }
+        if self.l2.connections == 0 || self.l2.connections > 256 {
+            bad("l2.connections", "must be between 1 and 256".into());
+        }
+        for (path, d) in [
+            ("l2.timeout", self.l2.timeout),
+            ("l2.connect_timeout", self.l2.connect_timeout),
+            ("l2.health_interval", self.l2.health_interval),
+        ] {
+            if d.0.is_zero() {
+                bad(path, "must be above 0s".into());
+            }
+        }
+        if self.l2.pipeline_buffer == 0 {
+            bad("l2.pipeline_buffer", "must be at least 1".into());
+        }
+        if self.limits.max_key_bytes == 0 || self.limits.max_key_bytes > 512 << 20 {
+            bad(
+                "limits.max_key_bytes",
+                "must be between 1 and 512MiB (Redis' own bound)".into(),
+            );
+        }
+        // L1 weighs entries in u32 bytes and Redis caps strings at 512MiB.
+        if self.limits.max_value_bytes.0 == 0 || self.limits.max_value_bytes.0 > 512 << 20 {
+            bad(
+                "limits.max_value_bytes",
+                "must be between 1 and 512MiB".into(),
+            );
+        }
+        if self.limits.max_batch_keys == 0 {
+            bad("limits.max_batch_keys", "must be at least 1".into());
+        }
+        if self.limits.max_batch_bytes.0 == 0 {
+            bad("limits.max_batch_bytes", "must be at least 1".into());
+        }
+        problems
+    }
+
+    /// Worker threads to start: the configured count, or one per core.
+    pub fn worker_threads(&self) -> usize {
+        match self.runtime.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_design() {
+        let c = Config::default();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        assert_eq!(c.http.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
+        assert!(c.standalone());
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let mut c = Config::default();
+        c.l2.connections = 0;
+        c.l2.timeout = HumanDuration(Duration::ZERO);
+        c.limits.max_batch_keys = 0;
+        c.l2.url = "nonsense://x".into();
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "l2.url",
+                "l2.connections",
+                "l2.timeout",
+                "limits.max_batch_keys"
+            ]
+        );
+    }
+}

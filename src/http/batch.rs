@@ -1,0 +1,210 @@
+//! Batch handlers: `POST /v1/kv:batchGet` and `POST /v1/kv:batchSet`.
+//!
+//! Encoding of values in JSON: a value that is valid UTF-8 travels as a JSON string; any other
+//! value travels as `{"base64": "<standard base64>"}`. A batchGet request may ask for
+//! `"encoding": "base64"` to receive every value in that object form. batchSet accepts either
+//! form for each value. Keys are JSON strings (UTF-8); binary keys use the single-key API.
+
+use super::{body, error::ApiError, key, kv::no_content, Reply, State};
+use crate::cache::Item;
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response};
+use http_body_util::Full;
+use hyper::body::Body;
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchGet {
+    keys: Vec<String>,
+    #[serde(default)]
+    encoding: Encoding,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Encoding {
+    /// UTF-8 values as strings, others as `{"base64": ...}`.
+    #[default]
+    Utf8,
+    /// Every value as `{"base64": ...}`.
+    Base64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchSet {
+    items: Vec<SetItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetItem {
+    key: String,
+    value: WireValue,
+    #[serde(default)]
+    ttl: Option<String>,
+}
+
+/// A value on the wire: a UTF-8 string, or base64 for anything else.
+#[derive(Deserialize, Serialize)]
+#[serde(untagged)]
+enum WireValue {
+    Text(String),
+    Encoded { base64: String },
+}
+
+impl WireValue {
+    fn encode(value: &Bytes, encoding: Encoding) -> Self {
+        match (encoding, std::str::from_utf8(value)) {
+            (Encoding::Utf8, Ok(s)) => WireValue::Text(s.to_owned()),
+            _ => WireValue::Encoded {
+                base64: B64.encode(value),
+            },
+        }
+    }
+
+    fn decode(self) -> Result<Bytes, String> {
+        match self {
+            WireValue::Text(s) => Ok(Bytes::from(s)),
+            WireValue::Encoded { base64 } => B64
+                .decode(base64)
+                .map(Bytes::from)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("bad_json", format!("invalid request body: {e}")))
+}
+
+fn check_count(n: usize, max: usize) -> Result<(), ApiError> {
+    if n > max {
+        return Err(ApiError::too_large(
+            "batch_too_large",
+            format!("the batch has {n} keys; the limit is {max}"),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn get<B>(state: &State, headers: &HeaderMap, b: B) -> Reply
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let raw = body::read(
+        headers,
+        b,
+        state.limits.max_batch_bytes.0,
+        "batch_too_large",
+    )
+    .await?;
+    let req: BatchGet = parse(&raw)?;
+    check_count(req.keys.len(), state.limits.max_batch_keys)?;
+    for k in &req.keys {
+        key::check(k.as_bytes(), state.limits.max_key_bytes)?;
+    }
+    let keys: Vec<Bytes> = req
+        .keys
+        .iter()
+        .map(|k| Bytes::copy_from_slice(k.as_bytes()))
+        .collect();
+    let hits = state.cache.get_many(&keys).await?;
+    let values: serde_json::Map<String, serde_json::Value> = req
+        .keys
+        .into_iter()
+        .zip(hits)
+        .map(|(k, hit)| {
+            let v = match hit {
+                Some(hit) => serde_json::to_value(WireValue::encode(&hit.value, req.encoding))
+                    .expect("a string or an object of strings"),
+                None => serde_json::Value::Null,
+            };
+            (k, v)
+        })
+        .collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "values": values }))
+        .expect("JSON values serialise");
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+pub async fn set<B>(state: &State, headers: &HeaderMap, b: B) -> Reply
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let raw = body::read(
+        headers,
+        b,
+        state.limits.max_batch_bytes.0,
+        "batch_too_large",
+    )
+    .await?;
+    let req: BatchSet = parse(&raw)?;
+    check_count(req.items.len(), state.limits.max_batch_keys)?;
+    let max_value = state.limits.max_value_bytes.0;
+    let mut items: Vec<Item> = Vec::with_capacity(req.items.len());
+    for (i, it) in req.items.into_iter().enumerate() {
+        key::check(it.key.as_bytes(), state.limits.max_key_bytes).map_err(|e| ApiError {
+            message: format!("items[{i}]: {}", e.message).into(),
+            ..e
+        })?;
+        let value = it
+            .value
+            .decode()
+            .map_err(|e| ApiError::bad_request("bad_base64", format!("items[{i}].value: {e}")))?;
+        if value.len() as u64 > max_value {
+            return Err(ApiError::too_large(
+                "value_too_large",
+                format!(
+                    "items[{i}].value is {} bytes; the limit is {max_value}",
+                    value.len()
+                ),
+            ));
+        }
+        let ttl = it
+            .ttl
+            .as_deref()
+            .map(key::parse_ttl)
+            .transpose()
+            .map_err(|e| ApiError {
+                message: format!("items[{i}].ttl: {}", e.message).into(),
+                ..e
+            })?;
+        items.push((Bytes::from(it.key), value, ttl));
+    }
+    if !items.is_empty() {
+        state.cache.set_many(items).await?;
+    }
+    Ok(no_content())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_through_both_forms() {
+        let text = Bytes::from_static(b"hello");
+        let binary = Bytes::from_static(&[0xff, 0x00]);
+        let j = serde_json::to_string(&WireValue::encode(&text, Encoding::Utf8)).unwrap();
+        assert_eq!(j, "\"hello\"");
+        let j = serde_json::to_string(&WireValue::encode(&binary, Encoding::Utf8)).unwrap();
+        assert_eq!(j, "{\"base64\":\"/wA=\"}");
+        let j = serde_json::to_string(&WireValue::encode(&text, Encoding::Base64)).unwrap();
+        assert_eq!(j, "{\"base64\":\"aGVsbG8=\"}");
+        let back: WireValue = serde_json::from_str("{\"base64\":\"/wA=\"}").unwrap();
+        assert_eq!(back.decode().unwrap(), binary);
+        let bad: WireValue = serde_json::from_str("{\"base64\":\"!!\"}").unwrap();
+        assert!(bad.decode().is_err());
+    }
+}

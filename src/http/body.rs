@@ -1,0 +1,85 @@
+//! Request bodies read under a byte limit: a declared Content-Length over the limit is refused
+//! before a byte is read, and a body that streams past it is cut off at the limit.
+
+use super::error::ApiError;
+use bytes::Bytes;
+use http::{header, HeaderMap};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Body;
+
+/// Reads the whole body if it is at most `limit` bytes; otherwise 413 with `code`.
+pub async fn read<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: u64,
+    code: &'static str,
+) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let too_large =
+        || ApiError::too_large(code, format!("the body exceeds the limit of {limit} bytes"));
+    if let Some(len) = headers.get(header::CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                ApiError::bad_request("bad_content_length", "Content-Length is not a number")
+            })?;
+        if len > limit {
+            return Err(too_large());
+        }
+    }
+    match Limited::new(body, limit as usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::bad_request(
+            "body_read_failed",
+            format!("reading the body failed: {e}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    #[tokio::test]
+    async fn declared_length_over_limit_is_refused_unread() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, "100".parse().unwrap());
+        let err = read(
+            &h,
+            Full::new(Bytes::from_static(b"x")),
+            10,
+            "value_too_large",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.status, 413);
+    }
+
+    #[tokio::test]
+    async fn streamed_body_past_limit_is_refused() {
+        let err = read(
+            &HeaderMap::new(),
+            Full::new(Bytes::from(vec![0u8; 11])),
+            10,
+            "value_too_large",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!((err.status.as_u16(), err.code), (413, "value_too_large"));
+        let ok = read(
+            &HeaderMap::new(),
+            Full::new(Bytes::from(vec![0u8; 10])),
+            10,
+            "value_too_large",
+        )
+        .await;
+        assert_eq!(ok.unwrap().len(), 10);
+    }
+}

@@ -1,0 +1,132 @@
+//! API errors: one type carrying status, a stable machine-readable code and a message,
+//! rendered as `{"error":{"code","message"}}`.
+
+use crate::cache::L2Error;
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use std::borrow::Cow;
+
+/// Seconds a client should wait before retrying a 503: L2 health is probed every second.
+const RETRY_AFTER_SECS: &str = "1";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: Cow<'static, str>,
+    /// For 405: the methods the route accepts.
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn key_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            "no value is stored under this key",
+        )
+    }
+
+    pub fn route_not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "route_not_found",
+            "no such endpoint; see /v1/kv/{key}",
+        )
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("this endpoint accepts {allow}"),
+        );
+        e.allow = Some(allow);
+        e
+    }
+
+    pub fn too_large(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct Inner<'a> {
+            code: &'a str,
+            message: &'a str,
+        }
+        let body = serde_json::to_vec(&Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+        })
+        .expect("serialising two strings cannot fail");
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        *resp.status_mut() = self.status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(allow) = self.allow {
+            h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        resp
+    }
+}
+
+impl From<L2Error> for ApiError {
+    fn from(e: L2Error) -> Self {
+        let code = match e {
+            L2Error::Unavailable(_) => "l2_unavailable",
+            L2Error::Timeout => "l2_timeout",
+            L2Error::Refused(_) => "l2_refused",
+        };
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn errors_render_as_json_with_their_headers() {
+        let resp = ApiError::from(L2Error::Timeout).into_response();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "l2_timeout");
+        assert!(v["error"]["message"].as_str().unwrap().contains("in time"));
+
+        let resp = ApiError::method_not_allowed("GET, PUT, DELETE").into_response();
+        assert_eq!(resp.headers()["allow"], "GET, PUT, DELETE");
+    }
+}

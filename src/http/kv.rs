@@ -1,0 +1,78 @@
+//! Single-key handlers: `GET`, `PUT` and `DELETE /v1/kv/{key}`.
+
+use super::{body, error::ApiError, key, Reply, State};
+use crate::metrics::Tier;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Body;
+
+pub const X_CACHE: &str = "x-cache";
+
+pub async fn get(state: &State, raw_key: &str) -> Reply {
+    let key = key::decode(raw_key, state.limits.max_key_bytes)?;
+    match state.cache.get(&key).await? {
+        Some(hit) => {
+            let mut resp = Response::new(Full::new(hit.value));
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(X_CACHE, tier_header(hit.tier));
+            Ok(resp)
+        }
+        None => {
+            let mut resp = ApiError::key_not_found().into_response();
+            resp.headers_mut()
+                .insert(X_CACHE, HeaderValue::from_static("MISS"));
+            Ok(resp)
+        }
+    }
+}
+
+pub async fn put<B>(
+    state: &State,
+    raw_key: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    b: B,
+) -> Reply
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let key = key::decode(raw_key, state.limits.max_key_bytes)?;
+    let ttl = key::ttl_from_query(query)?;
+    let value = body::read(
+        headers,
+        b,
+        state.limits.max_value_bytes.0,
+        "value_too_large",
+    )
+    .await?;
+    state.cache.set(key::owned(key), value, ttl).await?;
+    Ok(no_content())
+}
+
+pub async fn delete(state: &State, raw_key: &str) -> Reply {
+    let key = key::decode(raw_key, state.limits.max_key_bytes)?;
+    if state.cache.delete(&key).await? {
+        Ok(no_content())
+    } else {
+        Err(ApiError::key_not_found())
+    }
+}
+
+pub fn no_content() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
+}
+
+fn tier_header(tier: Tier) -> HeaderValue {
+    HeaderValue::from_static(match tier {
+        Tier::L1 => "L1",
+        Tier::L2 => "L2",
+    })
+}

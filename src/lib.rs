@@ -1,0 +1,14 @@
+//! tiergate: a high-concurrency data gateway. HTTP (and, later, Redis-protocol) front doors
+//! over one tiered cache engine: L1 in process (moka), L2 in Redis.
+//!
+//! `server` wires the pieces together; `main.rs` is a thin CLI over it.
+
+pub mod cache;
+pub mod config;
+pub mod host;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod net;
+pub mod server;
+pub mod shutdown;

@@ -1,0 +1,85 @@
+//! The `tiergate` binary: parses the command line, loads config, builds the runtime, and
+//! hands over to `tiergate::server`. Exit codes: 0 clean shutdown, 64 bad config or usage,
+//! 1 runtime failure.
+
+use clap::{Parser, Subcommand};
+use std::{path::PathBuf, process::ExitCode};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// EX_USAGE from sysexits.h.
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "tiergate",
+    version,
+    about = "High-concurrency data gateway: HTTP over L1 (memory) + L2 (Redis)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// TOML config file; `TIERGATE_<SECTION>_<KEY>` variables override it.
+    #[arg(long, short, global = true, env = "TIERGATE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Run,
+    /// Validate the config, print every problem, exit 64 if there is one.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage_error = e.use_stderr();
+            let _ = e.print();
+            return if usage_error {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    // TIERGATE_CONFIG names the file, it is not a config key.
+    let env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k != "TIERGATE_CONFIG");
+    let config = match tiergate::config::load(cli.config.as_deref(), env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tiergate: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Some(Command::CheckConfig) = cli.command {
+        println!("config ok");
+        return ExitCode::SUCCESS;
+    }
+
+    tiergate::logging::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads())
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tiergate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tiergate::server::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "tiergate failed");
+            eprintln!("tiergate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The admin port: `/metrics` (Prometheus text), `/healthz` (the process is alive),
+//! `/readyz` (it should get traffic: not draining, and L2 reachable when configured), and a
+//! plain-text status page at `/`. Served by its own listener so that scrapes and probes never
+//! queue behind data traffic.
+
+use super::{Door, Metrics};
+use crate::{cache::TieredCache, net, shutdown::Shutdown};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::{convert::Infallible, sync::Arc};
+use tokio::net::TcpListener;
+
+/// What the admin handlers read.
+pub struct Admin {
+    pub metrics: Arc<Metrics>,
+    pub cache: Arc<TieredCache>,
+    /// Tripped at the start of shutdown: readiness turns 503 so balancers stop sending.
+    pub draining: Shutdown,
+}
+
+impl Admin {
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if self.draining.is_triggered() {
+            return Err("draining");
+        }
+        match self.cache.l2() {
+            Some(l2) if !l2.is_up() => Err("l2 unreachable"),
+            _ => Ok(()),
+        }
+    }
+
+    fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+        }
+        match req.uri().path() {
+            "/metrics" => {
+                self.cache.publish_usage();
+                let mut resp = text(StatusCode::OK, self.metrics.render());
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
+            }
+            "/healthz" => text(StatusCode::OK, "ok\n".into()),
+            "/readyz" => match self.ready() {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(why) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: {why}\n"),
+                ),
+            },
+            "/" => text(StatusCode::OK, self.status_page()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "try /metrics, /healthz, /readyz or /\n".into(),
+            ),
+        }
+    }
+
+    fn status_page(&self) -> String {
+        let mode = match self.cache.l2() {
+            None => "standalone (memory tier only)".to_string(),
+            Some(l2) => format!("tiered (L2 {})", if l2.is_up() { "up" } else { "DOWN" }),
+        };
+        let ready = match self.ready() {
+            Ok(()) => "yes".to_string(),
+            Err(why) => format!("no ({why})"),
+        };
+        self.cache.publish_usage();
+        format!(
+            "tiergate {}\nmode: {mode}\nready: {ready}\nl1 entries: {}\nl1 bytes: {}\n",
+            env!("CARGO_PKG_VERSION"),
+            self.metrics.l1_entries.get(),
+            self.metrics.l1_bytes.get(),
+        )
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Serves the admin port until `stop`. It outlives the data doors' drain on purpose, so
+/// probes keep seeing "not ready" while connections finish.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: Shutdown) {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.timer(TokioTimer::new());
+    let http1 = Arc::new(http1);
+    let metrics = admin.metrics.clone();
+    net::accept_loop(
+        listener,
+        &stop,
+        || metrics.accept_errors.inc(),
+        |stream, _| {
+            let admin = admin.clone();
+            let http1 = http1.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let _open = admin.metrics.connection(Door::Admin);
+                let svc = service_fn({
+                    let admin = admin.clone();
+                    move |req| {
+                        let resp = admin.handle(&req);
+                        async move { Ok::<_, Infallible>(resp) }
+                    }
+                });
+                let conn = http1.serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.wait() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        },
+    )
+    .await;
+}

@@ -1,0 +1,317 @@
+//! Every metric tiergate exports, defined in one place. Label values are resolved once at
+//! start-up into fixed arrays, so recording on the hot path is an index and an atomic add:
+//! no label hashing, no `String` formatting, no registry lock.
+
+pub mod admin;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+use std::time::Duration;
+
+/// HTTP routes, as the `route` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    KvGet,
+    KvPut,
+    KvDelete,
+    BatchGet,
+    BatchSet,
+    /// Anything the router does not know; one label value so scanners cannot grow the set.
+    Unmatched,
+}
+
+impl Route {
+    const ALL: [Route; 6] = [
+        Route::KvGet,
+        Route::KvPut,
+        Route::KvDelete,
+        Route::BatchGet,
+        Route::BatchSet,
+        Route::Unmatched,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Route::KvGet => "kv_get",
+            Route::KvPut => "kv_put",
+            Route::KvDelete => "kv_delete",
+            Route::BatchGet => "batch_get",
+            Route::BatchSet => "batch_set",
+            Route::Unmatched => "unmatched",
+        }
+    }
+}
+
+/// The statuses tiergate answers with; anything else is counted as "other".
+const STATUSES: [u16; 12] = [200, 204, 400, 401, 403, 404, 405, 413, 429, 500, 503, 504];
+const STATUS_LABELS: [&str; 13] = [
+    "200", "204", "400", "401", "403", "404", "405", "413", "429", "500", "503", "504", "other",
+];
+
+/// Where a read was answered from, as the `tier` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    L1 = 0,
+    L2 = 1,
+}
+
+/// L2 operations, as the `op` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L2Op {
+    Get = 0,
+    Set = 1,
+    Del = 2,
+    MGet = 3,
+    MSet = 4,
+    Ping = 5,
+}
+const L2_OPS: [&str; 6] = ["get", "set", "del", "mget", "mset", "ping"];
+
+/// Front doors, as the `door` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Door {
+    Http = 0,
+    Admin = 1,
+}
+const DOORS: [&str; 2] = ["http", "admin"];
+
+/// Request latencies from tens of microseconds (L1 hits) to seconds (timeouts).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Vec<[IntCounter; STATUS_LABELS.len()]>,
+    http_duration: Vec<Histogram>,
+    cache_hits: [IntCounter; 2],
+    cache_misses: [IntCounter; 2],
+    pub l1_entries: IntGauge,
+    pub l1_bytes: IntGauge,
+    l2_duration: Vec<Histogram>,
+    l2_errors: Vec<IntCounter>,
+    pub l2_up: IntGauge,
+    open_connections: [IntGauge; 2],
+    connections: [IntCounter; 2],
+    pub accept_errors: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("tiergate".into()), None).expect("valid prefix");
+        let reg = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique")
+        };
+
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests answered, by route and status",
+            ),
+            &["route", "status"],
+        )
+        .unwrap();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency, by route",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .unwrap();
+        let hits = IntCounterVec::new(
+            Opts::new("cache_hits_total", "Reads answered from a tier"),
+            &["tier"],
+        )
+        .unwrap();
+        let misses = IntCounterVec::new(
+            Opts::new("cache_misses_total", "Reads a tier could not answer"),
+            &["tier"],
+        )
+        .unwrap();
+        let l1_entries = IntGauge::new("l1_entries", "Entries held in L1 (approximate)").unwrap();
+        let l1_bytes = IntGauge::new("l1_bytes", "Weighted bytes held in L1").unwrap();
+        let l2_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "l2_command_duration_seconds",
+                "L2 (Redis) round-trip latency, by op",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["op"],
+        )
+        .unwrap();
+        let l2_errors = IntCounterVec::new(
+            Opts::new(
+                "l2_errors_total",
+                "L2 (Redis) commands that failed or timed out, by op",
+            ),
+            &["op"],
+        )
+        .unwrap();
+        let l2_up = IntGauge::new("l2_up", "1 while the last L2 health probe succeeded").unwrap();
+        let open = IntGaugeVec::new(
+            Opts::new("open_connections", "Client connections open now, by door"),
+            &["door"],
+        )
+        .unwrap();
+        let conns = IntCounterVec::new(
+            Opts::new("connections_total", "Client connections accepted, by door"),
+            &["door"],
+        )
+        .unwrap();
+        let accept_errors = IntCounter::new(
+            "accept_errors_total",
+            "Failed accept() calls (fd exhaustion and the like)",
+        )
+        .unwrap();
+        let build = IntGaugeVec::new(
+            Opts::new("build_info", "Always 1; the version as a label"),
+            &["version"],
+        )
+        .unwrap();
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(hits.clone()),
+            Box::new(misses.clone()),
+            Box::new(l1_entries.clone()),
+            Box::new(l1_bytes.clone()),
+            Box::new(l2_duration.clone()),
+            Box::new(l2_errors.clone()),
+            Box::new(l2_up.clone()),
+            Box::new(open.clone()),
+            Box::new(conns.clone()),
+            Box::new(accept_errors.clone()),
+            Box::new(build),
+        ] {
+            reg(c);
+        }
+
+        Self {
+            http_requests: Route::ALL
+                .iter()
+                .map(|r| {
+                    std::array::from_fn(|i| {
+                        requests.with_label_values(&[r.label(), STATUS_LABELS[i]])
+                    })
+                })
+                .collect(),
+            http_duration: Route::ALL
+                .iter()
+                .map(|r| duration.with_label_values(&[r.label()]))
+                .collect(),
+            cache_hits: [
+                hits.with_label_values(&["l1"]),
+                hits.with_label_values(&["l2"]),
+            ],
+            cache_misses: [
+                misses.with_label_values(&["l1"]),
+                misses.with_label_values(&["l2"]),
+            ],
+            l1_entries,
+            l1_bytes,
+            l2_duration: L2_OPS
+                .iter()
+                .map(|op| l2_duration.with_label_values(&[op]))
+                .collect(),
+            l2_errors: L2_OPS
+                .iter()
+                .map(|op| l2_errors.with_label_values(&[op]))
+                .collect(),
+            l2_up,
+            open_connections: std::array::from_fn(|i| open.with_label_values(&[DOORS[i]])),
+            connections: std::array::from_fn(|i| conns.with_label_values(&[DOORS[i]])),
+            accept_errors,
+            registry,
+        }
+    }
+
+    pub fn record_http(&self, route: Route, status: u16, elapsed: Duration) {
+        let r = route as usize;
+        let s = STATUSES
+            .iter()
+            .position(|&x| x == status)
+            .unwrap_or(STATUSES.len());
+        self.http_requests[r][s].inc();
+        self.http_duration[r].observe(elapsed.as_secs_f64());
+    }
+
+    pub fn hit(&self, tier: Tier) {
+        self.cache_hits[tier as usize].inc();
+    }
+
+    pub fn miss(&self, tier: Tier) {
+        self.cache_misses[tier as usize].inc();
+    }
+
+    pub fn record_l2(&self, op: L2Op, elapsed: Duration, ok: bool) {
+        self.l2_duration[op as usize].observe(elapsed.as_secs_f64());
+        if !ok {
+            self.l2_errors[op as usize].inc();
+        }
+    }
+
+    /// Counts a new connection; the returned guard keeps it in `open_connections` until dropped.
+    pub fn connection(&self, door: Door) -> ConnectionGuard {
+        self.connections[door as usize].inc();
+        let gauge = self.open_connections[door as usize].clone();
+        gauge.inc();
+        ConnectionGuard(gauge)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.registry.gather(), &mut out)
+            .expect("text encoding into a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// RAII membership in the open-connections gauge.
+pub struct ConnectionGuard(IntGauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_show_up_in_the_exposition() {
+        let m = Metrics::new();
+        m.record_http(Route::KvGet, 200, Duration::from_micros(80));
+        m.record_http(Route::KvGet, 418, Duration::from_micros(80));
+        m.hit(Tier::L1);
+        m.record_l2(L2Op::Get, Duration::from_millis(1), false);
+        {
+            let _c = m.connection(Door::Http);
+            assert!(m
+                .render()
+                .contains("tiergate_open_connections{door=\"http\"} 1"));
+        }
+        let text = m.render();
+        assert!(text.contains("tiergate_http_requests_total{route=\"kv_get\",status=\"200\"} 1"));
+        assert!(text.contains("tiergate_http_requests_total{route=\"kv_get\",status=\"other\"} 1"));
+        assert!(text.contains("tiergate_cache_hits_total{tier=\"l1\"} 1"));
+        assert!(text.contains("tiergate_l2_errors_total{op=\"get\"} 1"));
+        assert!(text.contains("tiergate_open_connections{door=\"http\"} 0"));
+        assert!(text.contains("tiergate_connections_total{door=\"http\"} 1"));
+    }
+}

@@ -1,0 +1,7 @@
+//! Sockets: listeners built with socket2 and the accept loop every front door shares.
+
+mod accept;
+mod listener;
+
+pub use accept::accept_loop;
+pub use listener::{bind, ListenOptions};

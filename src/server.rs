@@ -1,0 +1,163 @@
+//! The server: builds the engine from config, binds every listener, runs each service under
+//! one shutdown watch, and drains them in order (data doors first, admin port last).
+
+use crate::{
+    cache::{L2Error, TieredCache},
+    config::Config,
+    host, http,
+    metrics::{admin, Metrics},
+    net::{self, ListenOptions},
+    shutdown::{self, Shutdown},
+};
+use std::{net::SocketAddr, sync::Arc};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot set up L2: {0}")]
+    L2(#[from] L2Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// A started server: its bound addresses and the handle to stop it.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub cache: Arc<TieredCache>,
+    pub metrics: Arc<Metrics>,
+    draining: Shutdown,
+    admin_stop: Shutdown,
+    http_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+/// Binds and starts every service. Returns once the listeners accept, so a caller (a test,
+/// `run`) can connect right away.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let memory = host::memory_limit();
+    let cache = Arc::new(TieredCache::new(&config, memory, metrics.clone())?);
+    let draining = Shutdown::new();
+    let admin_stop = Shutdown::new();
+
+    let opts = ListenOptions {
+        backlog: config.http.backlog,
+        reuse_port: config.http.reuse_port,
+    };
+    let bind = |what, addr| {
+        net::bind(addr, opts).map_err(|source| StartError::Bind { what, addr, source })
+    };
+    let http_listener = bind("http.listen", config.http.listen)?;
+    let admin_listener = bind("admin.listen", config.admin.listen)?;
+    let http_addr = http_listener
+        .local_addr()
+        .expect("bound socket has an address");
+    let admin_addr = admin_listener
+        .local_addr()
+        .expect("bound socket has an address");
+
+    let l1_budget = config.l1.capacity.resolve(memory);
+    match cache.l2() {
+        None => tracing::info!(
+            l1_bytes = l1_budget,
+            "standalone memory mode: no l2.url configured, so L1 is the store (bounded, evicts when full)"
+        ),
+        Some(l2) => {
+            tracing::info!(l2 = %redact(&config.l2.url), l1_bytes = l1_budget, "tiered mode: L1 in front of L2");
+            tokio::spawn(l2.clone().watch_health(draining.clone()));
+        }
+    }
+
+    let state = Arc::new(http::State {
+        cache: cache.clone(),
+        metrics: metrics.clone(),
+        limits: config.limits.clone(),
+    });
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        state,
+        config.http.clone(),
+        config.shutdown.grace.0,
+        draining.clone(),
+    ));
+    let admin = Arc::new(admin::Admin {
+        metrics: metrics.clone(),
+        cache: cache.clone(),
+        draining: draining.clone(),
+    });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
+    tracing::info!(%http_addr, %admin_addr, "listening");
+    Ok(Running {
+        http_addr,
+        admin_addr,
+        cache,
+        metrics,
+        draining,
+        admin_stop,
+        http_task,
+        admin_task,
+    })
+}
+
+impl Running {
+    /// Starts the drain: readiness turns 503, listeners close, in-flight requests finish.
+    pub fn shutdown(&self) {
+        self.draining.trigger();
+    }
+
+    /// Waits for the drain to finish (after `shutdown`), then stops the admin port.
+    pub async fn wait(self) {
+        if let Err(e) = self.http_task.await {
+            tracing::error!(error = %e, "http service failed");
+        }
+        self.admin_stop.trigger();
+        let _ = self.admin_task.await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Runs until SIGTERM or SIGINT, then drains and returns.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    // Install the handlers before binding, so a signal during start-up is not lost.
+    let signal = tokio::spawn(shutdown::signal());
+    let running = start(config).await?;
+    let draining = running.draining.clone();
+    tokio::select! {
+        sig = signal => match sig {
+            Ok(Ok(name)) => tracing::info!(signal = name, "shutting down"),
+            Ok(Err(e)) => return Err(StartError::Signals(e)),
+            Err(e) => return Err(StartError::Signals(std::io::Error::other(e))),
+        },
+        _ = draining.wait() => {}
+    }
+    running.shutdown();
+    running.wait().await;
+    Ok(())
+}
+
+/// The URL with any password hidden, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_do_not_reach_logs() {
+        assert_eq!(
+            super::redact("redis://:hunter2@10.0.0.1:6379"),
+            "redis://***@10.0.0.1:6379"
+        );
+        assert_eq!(super::redact("redis://127.0.0.1"), "redis://127.0.0.1");
+    }
+}

@@ -1,0 +1,373 @@
+//! The HTTP KV API against a real redis-server: read-through, write-through, TTLs through
+//! both tiers, batch calls, coalescing of concurrent misses, and every error status.
+
+mod support;
+
+use std::time::Duration;
+use support::{error_code, metric, Gateway, Redis};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_through_fills_l1_from_l2() {
+    let redis = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&redis.url()))).await;
+    redis::cmd("SET")
+        .arg("user:1")
+        .arg("alice")
+        .exec(&mut redis.conn())
+        .unwrap();
+
+    let r = gw.get("user:1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "L2");
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert_eq!(r.text().await.unwrap(), "alice");
+
+    let r = gw.get("user:1").await;
+    assert_eq!(r.headers()["x-cache"], "L1");
+    assert_eq!(r.text().await.unwrap(), "alice");
+    assert_eq!(redis.calls("get"), 1, "the second read never reached Redis");
+
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "tiergate_cache_hits_total{tier=\"l1\"}"), 1.0);
+    assert_eq!(metric(&m, "tiergate_cache_hits_total{tier=\"l2\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "tiergate_http_requests_total{route=\"kv_get\",status=\"200\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_reaches_redis_and_replaces_the_l1_copy() {
+    let redis = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&redis.url()))).await;
+
+    assert_eq!(gw.put("k", "v1").await.status(), 204);
+    let direct: String = redis::cmd("GET").arg("k").query(&mut redis.conn()).unwrap();
+    assert_eq!(direct, "v1", "an acknowledged PUT is in Redis");
+    let ttl: i64 = redis::cmd("TTL").arg("k").query(&mut redis.conn()).unwrap();
+    assert_eq!(ttl, -1, "no ttl given: the key does not expire in L2");
+
+    assert_eq!(gw.get("k").await.text().await.unwrap(), "v1");
+    assert_eq!(gw.put("k", "v2").await.status(), 204);
+    let r = gw.get("k").await;
+    assert_eq!(
+        r.headers()["x-cache"],
+        "L2",
+        "the write invalidated the L1 copy"
+    );
+    assert_eq!(r.text().await.unwrap(), "v2");
+
+    assert_eq!(
+        gw.http.delete(gw.kv("k")).send().await.unwrap().status(),
+        204
+    );
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("k")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(exists, 0);
+    let r = gw.get("k").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(error_code(r).await, "key_not_found");
+    let r = gw.http.delete(gw.kv("k")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_keys_and_values_round_trip() {
+    let redis = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&redis.url()))).await;
+    let value: Vec<u8> = (0..=255u8).collect();
+    // The key is the bytes 0x00 0xFF '/' 'x', percent-encoded in the path.
+    assert_eq!(gw.put("%00%FF%2Fx", value.clone()).await.status(), 204);
+    let direct: Vec<u8> = redis::cmd("GET")
+        .arg(&b"\x00\xff/x"[..])
+        .query(&mut redis.conn())
+        .unwrap();
+    assert_eq!(direct, value);
+    let r = gw.get("%00%FF%2Fx").await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &value[..]);
+    assert_eq!(gw.put("empty", "").await.status(), 204);
+    let r = gw.get("empty").await;
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_expires_in_both_tiers() {
+    let redis = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&redis.url()))).await;
+
+    // Written through the gateway with a TTL: L2 has the TTL, L1 honours it.
+    let r = gw
+        .http
+        .put(format!("{}?ttl=700ms", gw.kv("short")))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("short")
+        .query(&mut redis.conn())
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 700, "{pttl}");
+    assert_eq!(gw.get("short").await.status(), 200);
+    assert_eq!(gw.get("short").await.headers()["x-cache"], "L1");
+
+    // Written to Redis directly with a TTL, then read through: L1 takes the L2 TTL.
+    redis::cmd("SET")
+        .arg("direct")
+        .arg("y")
+        .arg("PX")
+        .arg(700)
+        .exec(&mut redis.conn())
+        .unwrap();
+    assert_eq!(gw.get("direct").await.headers()["x-cache"], "L2");
+    assert_eq!(gw.get("direct").await.headers()["x-cache"], "L1");
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for key in ["short", "direct"] {
+        let r = gw.get(key).await;
+        assert_eq!(r.status(), 404, "{key} outlived its TTL");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_never_outlives_l1_max_ttl() {
+    let redis = Redis::start();
+    let mut cfg = support::config(Some(&redis.url()));
+    cfg.l1.max_ttl = tiergate::config::HumanDuration(Duration::from_millis(300));
+    let gw = Gateway::start_ready(cfg).await;
+    redis::cmd("SET")
+        .arg("k")
+        .arg("old")
+        .exec(&mut redis.conn())
+        .unwrap();
+    assert_eq!(gw.get("k").await.text().await.unwrap(), "old");
+    // A write that bypasses the gateway is picked up once the L1 copy ages out.
+    redis::cmd("SET")
+        .arg("k")
+        .arg("new")
+        .exec(&mut redis.conn())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = gw.get("k").await;
+    assert_eq!(r.headers()["x-cache"], "L2");
+    assert_eq!(r.text().await.unwrap(), "new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_misses_share_one_l2_fetch() {
+    let redis = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&redis.url()))).await;
+    redis::cmd("SET")
+        .arg("hot")
+        .arg("value")
+        .exec(&mut redis.conn())
+        .unwrap();
+    let gets_before = redis.calls("get");
+
+    // Hold Redis busy so that every request below misses L1 while the first load is
+    // outstanding; without coalescing each would send its own GET.
+    let sleeper = {
+        let client = redis.client();
+        std::thread::spawn(move || {
+            let mut c = client.get_connection().unwrap();
+            redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg("0.5")
+                .exec(&mut c)
+                .unwrap();
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let http = gw.http.clone();
+            let url = gw.kv("hot");
+            tokio::spawn(async move { http.get(url).send().await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "value");
+    }
+    sleeper.join().unwrap();
+    assert_eq!(
+        redis.calls("get") - gets_before,
+        1,
+        "50 concurrent misses, one GET in Redis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_get_reads_misses_in_one_round_trip() {
+    let redis = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&redis.url()))).await;
+    let mut c = redis.conn();
+    redis::cmd("MSET")
+        .arg("a")
+        .arg("1")
+        .arg("b")
+        .arg("2")
+        .arg("bin")
+        .arg(&[0xffu8, 0][..])
+        .exec(&mut c)
+        .unwrap();
+    assert_eq!(gw.get("a").await.headers()["x-cache"], "L2"); // now in L1
+
+    let r = gw
+        .http
+        .post(format!("{}/v1/kv:batchGet", gw.base))
+        .json(&serde_json::json!({"keys": ["a", "b", "bin", "missing"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"values": {"a": "1", "b": "2", "bin": {"base64": "/wA="}, "missing": null}})
+    );
+    assert_eq!(redis.calls("mget"), 1, "every L1 miss in one MGET");
+
+    let r = gw
+        .http
+        .post(format!("{}/v1/kv:batchGet", gw.base))
+        .json(&serde_json::json!({"keys": ["a"], "encoding": "base64"}))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v, serde_json::json!({"values": {"a": {"base64": "MQ=="}}}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_set_writes_every_item_in_one_pipeline() {
+    let redis = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&redis.url()))).await;
+    assert_eq!(gw.put("x", "old").await.status(), 204);
+    assert_eq!(gw.get("x").await.text().await.unwrap(), "old");
+    let r = gw
+        .http
+        .post(format!("{}/v1/kv:batchSet", gw.base))
+        .json(&serde_json::json!({"items": [
+            {"key": "x", "value": "new"},
+            {"key": "y", "value": {"base64": "/wA="}, "ttl": "60s"},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let mut c = redis.conn();
+    let (x, y): (String, Vec<u8>) = redis::pipe().get("x").get("y").query(&mut c).unwrap();
+    assert_eq!((x.as_str(), y.as_slice()), ("new", &[0xffu8, 0][..]));
+    let ttl: i64 = redis::cmd("TTL").arg("y").query(&mut c).unwrap();
+    assert!(ttl > 0 && ttl <= 60);
+    assert_eq!(
+        gw.get("x").await.text().await.unwrap(),
+        "new",
+        "batchSet invalidated L1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_status_is_json_with_a_code() {
+    let redis = Redis::start();
+    let mut cfg = support::config(Some(&redis.url()));
+    cfg.limits.max_key_bytes = 16;
+    cfg.limits.max_value_bytes = tiergate::config::ByteSize(1024);
+    cfg.limits.max_batch_keys = 3;
+    let gw = Gateway::start_ready(cfg).await;
+    let h = &gw.http;
+    let batch_get = format!("{}/v1/kv:batchGet", gw.base);
+    let batch_set = format!("{}/v1/kv:batchSet", gw.base);
+
+    let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
+        (h.get(gw.kv("")), 400, "empty_key"),
+        (h.get(gw.kv(&"k".repeat(17))), 400, "key_too_long"),
+        (
+            h.put(format!("{}?ttl=never", gw.kv("k"))).body("v"),
+            400,
+            "bad_ttl",
+        ),
+        (
+            h.put(format!("{}?tll=1s", gw.kv("k"))).body("v"),
+            400,
+            "unknown_parameter",
+        ),
+        (h.post(&batch_get).body("{not json"), 400, "bad_json"),
+        (
+            h.post(&batch_get)
+                .json(&serde_json::json!({"keys": ["a"], "extra": 1})),
+            400,
+            "bad_json",
+        ),
+        (
+            h.post(&batch_set)
+                .json(&serde_json::json!({"items": [{"key": "a", "value": {"base64": "!"}}]})),
+            400,
+            "bad_base64",
+        ),
+        (h.get(gw.kv("absent")), 404, "key_not_found"),
+        (
+            h.get(format!("{}/nowhere", gw.base)),
+            404,
+            "route_not_found",
+        ),
+        (h.post(gw.kv("k")), 405, "method_not_allowed"),
+        (h.get(&batch_get), 405, "method_not_allowed"),
+        (
+            h.put(gw.kv("k")).body(vec![0u8; 1025]),
+            413,
+            "value_too_large",
+        ),
+        (
+            h.post(&batch_get)
+                .json(&serde_json::json!({"keys": ["a", "b", "c", "d"]})),
+            413,
+            "batch_too_large",
+        ),
+        (
+            h.post(&batch_set)
+                .json(&serde_json::json!({"items": [{"key": "a", "value": "x".repeat(1025)}]})),
+            413,
+            "value_too_large",
+        ),
+    ];
+    for (req, status, code) in cases {
+        let r = req.send().await.unwrap();
+        let desc = format!("{} -> {}", r.url(), r.status());
+        assert_eq!(r.status().as_u16(), status, "{desc}");
+        assert_eq!(r.headers()["content-type"], "application/json", "{desc}");
+        assert_eq!(error_code(r).await, code, "{desc}");
+    }
+    let r = h.post(gw.kv("k")).send().await.unwrap();
+    assert_eq!(r.headers()["allow"], "GET, HEAD, PUT, DELETE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_is_refused_before_it_is_buffered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = support::config(None);
+    cfg.limits.max_value_bytes = tiergate::config::ByteSize(1024);
+    let gw = Gateway::start(cfg).await;
+    let addr = gw.running.as_ref().unwrap().http_addr;
+    // Declare 1 GiB and send only the headers: the answer must come without the body.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"PUT /v1/kv/big HTTP/1.1\r\nhost: x\r\ncontent-length: 1073741824\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(support::SETTLE, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("value_too_large"), "{head}");
+}

@@ -1,0 +1,281 @@
+//! The gateway's life: standalone mode, Redis down at start and during service, graceful
+//! shutdown of the real binary under load, and config checking.
+
+mod support;
+
+use std::{process::Command, time::Duration};
+use support::{error_code, eventually, Binary, Gateway, Redis};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_binary_serves_the_kv_api_without_redis() {
+    let bin = Binary::start(&[]);
+    let base = format!("http://{}", bin.http);
+    let http = reqwest::Client::new();
+    let r = http
+        .put(format!("{base}/v1/kv/greeting?ttl=60s"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = http
+        .get(format!("{base}/v1/kv/greeting"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "L1");
+    assert_eq!(r.text().await.unwrap(), "hello");
+    let r = http
+        .post(format!("{base}/v1/kv:batchGet"))
+        .body(r#"{"keys":["greeting","nope"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"values":{"greeting":"hello","nope":null}}"#
+    );
+    assert_eq!(
+        http.delete(format!("{base}/v1/kv/greeting"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        http.get(format!("{base}/v1/kv/greeting"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let ready = http
+        .get(format!("http://{}/readyz", bin.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let log = bin.log();
+    assert_eq!(log.matches("standalone memory mode").count(), 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_ttl_expires() {
+    let gw = Gateway::start(support::config(None)).await;
+    let r = gw
+        .http
+        .put(format!("{}?ttl=300ms", gw.kv("t")))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(gw.put("forever", "v").await.status(), 204);
+    assert_eq!(gw.get("t").await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gw.get("t").await.status(), 404);
+    assert_eq!(
+        gw.http.delete(gw.kv("t")).send().await.unwrap().status(),
+        404
+    );
+    assert_eq!(gw.get("forever").await.status(), 200, "no ttl: kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_then_up() {
+    let mut redis = Redis::stopped();
+    let gw = Gateway::start(support::config(Some(&redis.url()))).await;
+
+    assert_eq!(gw.admin_status("/healthz").await, 200, "alive");
+    eventually("readyz reports L2 down", || async {
+        gw.admin_status("/readyz").await == 503
+    })
+    .await;
+    let r = gw.get("k").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(error_code(r).await.starts_with("l2_"));
+    let r = gw.put("k", "v").await;
+    assert_eq!(
+        r.status(),
+        503,
+        "a write L2 did not take is not acknowledged"
+    );
+
+    redis.start_again();
+    gw.wait_ready().await;
+    assert_eq!(gw.put("k", "v").await.status(), 204);
+    assert_eq!(gw.get("k").await.text().await.unwrap(), "v");
+    let m = gw.metrics().await;
+    assert_eq!(support::metric(&m, "tiergate_l2_up"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_serves_l1_hits_and_refuses_writes_then_recovers() {
+    let mut redis = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&redis.url()))).await;
+    assert_eq!(gw.put("cached", "v").await.status(), 204);
+    assert_eq!(gw.get("cached").await.headers()["x-cache"], "L2");
+
+    redis.stop();
+    eventually("readyz reports L2 down", || async {
+        gw.admin_status("/readyz").await == 503
+    })
+    .await;
+    let r = gw.get("cached").await;
+    assert_eq!(r.status(), 200, "L1 hits are served while L2 is down");
+    assert_eq!(r.headers()["x-cache"], "L1");
+    assert_eq!(gw.get("uncached").await.status(), 503);
+    assert_eq!(gw.put("cached", "new").await.status(), 503);
+    assert_eq!(
+        gw.get("cached").await.text().await.unwrap(),
+        "v",
+        "the refused write left L1 alone"
+    );
+    assert_eq!(
+        gw.http
+            .delete(gw.kv("cached"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+
+    redis.start_again();
+    gw.wait_ready().await;
+    assert_eq!(gw.put("after", "ok").await.status(), 204);
+    assert_eq!(gw.get("after").await.text().await.unwrap(), "ok");
+    let m = gw.metrics().await;
+    assert!(support::metric(&m, "tiergate_l2_errors_total{op=\"set\"}") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let redis = Redis::start();
+    let mut bin = Binary::start(&[
+        ("TIERGATE_L2_URL", &redis.url()),
+        ("TIERGATE_L2_TIMEOUT", "20s"),
+    ]);
+    let base = format!("http://{}", bin.http);
+    let admin = format!("http://{}", bin.admin);
+    let http = reqwest::Client::new();
+    eventually("binary ready", || async {
+        matches!(http.get(format!("{admin}/readyz")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    let mut c = redis.conn();
+    for i in 0..20 {
+        redis::cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(format!("v{i}"))
+            .exec(&mut c)
+            .unwrap();
+    }
+
+    // Redis sleeps, so every read below is in flight (waiting on L2) when SIGTERM lands.
+    let sleeper = {
+        let client = redis.client();
+        std::thread::spawn(move || {
+            let mut c = client.get_connection().unwrap();
+            redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg("2")
+                .exec(&mut c)
+                .unwrap();
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let in_flight: Vec<_> = (0..20)
+        .map(|i| {
+            let http = http.clone();
+            let url = format!("{base}/v1/kv/k{i}");
+            tokio::spawn(async move {
+                let r = http
+                    .get(url)
+                    .send()
+                    .await
+                    .expect("in-flight request completes");
+                (r.status().as_u16(), r.text().await.unwrap())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bin.terminate();
+
+    eventually("readyz turns 503 during the drain", || async {
+        matches!(http.get(format!("{admin}/readyz")).send().await, Ok(r) if r.status() == 503)
+    })
+    .await;
+    for (i, t) in in_flight.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap(), (200, format!("v{i}")));
+    }
+    sleeper.join().unwrap();
+    assert_eq!(bin.wait_exit(), Some(0), "clean shutdown exits 0");
+    assert!(
+        std::net::TcpStream::connect(bin.http).is_err(),
+        "the listener is closed"
+    );
+}
+
+#[test]
+fn check_config_reports_every_bad_key_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[http]\nlisten = \"nowhere\"\n[l2]\ntimeout = \"soon\"\nconnections = 0\n",
+    )
+    .unwrap();
+    let out = Command::new(support::bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("TIERGATE_LIMITS_MAX_KEY_BYTES", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "http.listen",
+        "l2.timeout",
+        "limits.max_key_bytes (from TIERGATE_LIMITS_MAX_KEY_BYTES)",
+    ] {
+        assert!(err.contains(key), "{key} not reported in:\n{err}");
+    }
+
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tiergate.toml");
+    let out = Command::new(support::bin())
+        .args(["check-config", "--config", shipped])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = Command::new(support::bin())
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "usage errors exit 64");
+}
+
+#[test]
+fn bind_failure_exits_one() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(support::bin())
+        .env(
+            "TIERGATE_HTTP_LISTEN",
+            taken.local_addr().unwrap().to_string(),
+        )
+        .env("TIERGATE_HTTP_REUSE_PORT", "false")
+        .env("TIERGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http.listen"));
+}

@@ -1,0 +1,360 @@
+//! Test support: real redis-server processes on free ports, tiergate servers in-process or as
+//! the real binary, and small HTTP helpers. Every process started here is killed on drop.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+use tiergate::config::Config;
+
+/// Bounded wait for something a test started (a process listening, a probe turning ready).
+/// Generous because CI machines are slow; tests never assert how long it took.
+pub const SETTLE: Duration = Duration::from_secs(20);
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns true or `SETTLE` passes; panics with `what` on timeout.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + SETTLE;
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A redis-server child process on its own port, without persistence.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut r = Redis { port, child: None };
+            if r.spawn() {
+                return r;
+            }
+        }
+        panic!("could not start redis-server (is it installed? scripts/test.sh installs it)");
+    }
+
+    /// A Redis that is not running yet, on a port reserved for it.
+    pub fn stopped() -> Self {
+        Redis {
+            port: free_port(),
+            child: None,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--protected-mode", "no", "--enable-debug-command", "yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is on PATH");
+        self.child = Some(child);
+        let deadline = Instant::now() + SETTLE;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                eprintln!("redis-server on {} exited at start: {status}", self.port);
+                self.child = None;
+                return false;
+            }
+            if self.ping() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop();
+        false
+    }
+
+    /// Starts it (again) on the same port.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        assert!(
+            self.spawn(),
+            "redis-server did not come back on port {}",
+            self.port
+        );
+    }
+
+    /// Kills it; the port stays reserved for `start_again`.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn ping(&self) -> bool {
+        self.client()
+            .get_connection()
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_ok()
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).unwrap()
+    }
+
+    /// A direct connection, bypassing tiergate.
+    pub fn conn(&self) -> redis::Connection {
+        self.client().get_connection().unwrap()
+    }
+
+    /// How many times redis-server has run `command` (lowercase), from INFO commandstats.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.conn())
+            .unwrap();
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|rest| rest.split(',').next().unwrap().parse().unwrap())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Config for a test gateway: loopback ephemeral ports, a small L1, and L2 if given.
+pub fn config(l2_url: Option<&str>) -> Config {
+    let mut c = Config::default();
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    c.l1.capacity = tiergate::config::Capacity::Bytes(64 << 20);
+    c.shutdown.grace = tiergate::config::HumanDuration(Duration::from_secs(10));
+    c.l2.health_interval = tiergate::config::HumanDuration(Duration::from_millis(100));
+    if let Some(url) = l2_url {
+        c.l2.url = url.to_string();
+    }
+    c
+}
+
+/// An in-process gateway and an HTTP client for it.
+pub struct Gateway {
+    pub running: Option<tiergate::server::Running>,
+    pub base: String,
+    pub admin: String,
+    pub http: reqwest::Client,
+}
+
+impl Gateway {
+    pub async fn start(config: Config) -> Self {
+        let running = tiergate::server::start(config)
+            .await
+            .expect("gateway starts");
+        let base = format!("http://{}", running.http_addr);
+        let admin = format!("http://{}", running.admin_addr);
+        Gateway {
+            running: Some(running),
+            base,
+            admin,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Starts against `redis` and waits until the gateway reports ready.
+    pub async fn start_ready(config: Config) -> Self {
+        let g = Self::start(config).await;
+        g.wait_ready().await;
+        g
+    }
+
+    pub async fn wait_ready(&self) {
+        eventually("gateway ready", || async {
+            self.admin_status("/readyz").await == 200
+        })
+        .await;
+    }
+
+    pub fn kv(&self, key: &str) -> String {
+        format!("{}/v1/kv/{key}", self.base)
+    }
+
+    pub async fn get(&self, key: &str) -> reqwest::Response {
+        self.http.get(self.kv(key)).send().await.unwrap()
+    }
+
+    pub async fn put(&self, key: &str, value: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.http
+            .put(self.kv(key))
+            .body(value)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn admin_status(&self, path: &str) -> u16 {
+        match self.http.get(format!("{}{path}", self.admin)).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(_) => 0,
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Drains and stops the gateway.
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+            r.wait().await;
+        }
+    }
+}
+
+/// The value of one sample line in a Prometheus exposition, e.g.
+/// `metric(&text, "tiergate_cache_hits_total{tier=\"l1\"}")`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no series {series}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The JSON error code of an error response.
+pub async fn error_code(resp: reqwest::Response) -> String {
+    let v: serde_json::Value = resp.json().await.expect("error bodies are JSON");
+    v["error"]["code"]
+        .as_str()
+        .expect("error.code is a string")
+        .to_string()
+}
+
+/// The real `tiergate` binary, started with env overrides, killed on drop.
+pub struct Binary {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    log: tempfile::NamedTempFile,
+}
+
+impl Binary {
+    pub fn start(extra_env: &[(&str, &str)]) -> Self {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.env("TIERGATE_HTTP_LISTEN", http.to_string())
+            .env("TIERGATE_ADMIN_LISTEN", admin.to_string())
+            .env("TIERGATE_L1_CAPACITY", "64MiB")
+            .env("TIERGATE_RUNTIME_WORKER_THREADS", "2")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("tiergate binary starts");
+        let b = Binary {
+            child,
+            http,
+            admin,
+            log,
+        };
+        let deadline = Instant::now() + SETTLE;
+        while std::net::TcpStream::connect(b.admin).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tiergate binary did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        b
+    }
+
+    /// What the binary logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit (bounded) and returns the exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + SETTLE * 2;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(Instant::now() < deadline, "tiergate did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tiergate"))
+}
