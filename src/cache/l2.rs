@@ -49,7 +49,8 @@ pub struct L2 {
     next: AtomicUsize,
     up: AtomicBool,
     health_interval: Duration,
-    timeout: Duration,
+    /// Response timeout plus connect timeout: the longest any one call may take.
+    deadline: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -74,7 +75,7 @@ impl L2 {
             next: AtomicUsize::new(0),
             up: AtomicBool::new(false),
             health_interval: cfg.health_interval.0,
-            timeout: cfg.timeout.0,
+            deadline: cfg.timeout.0 + cfg.connect_timeout.0,
             metrics,
         })
     }
@@ -97,8 +98,8 @@ impl L2 {
     {
         let start = Instant::now();
         // The connection's own response timeout covers a connected Redis; this one also
-        // bounds a connect attempt that hangs (a black-holed address).
-        let res = match tokio::time::timeout(self.timeout * 2, f(self.conn())).await {
+        // bounds a call that first waits on a (re)connect attempt.
+        let res = match tokio::time::timeout(self.deadline, f(self.conn())).await {
             Ok(r) => r.map_err(L2Error::from),
             Err(_) => Err(L2Error::Timeout),
         };
@@ -199,7 +200,7 @@ impl L2 {
             let start = Instant::now();
             let mut c = c.clone();
             let res = tokio::time::timeout(
-                self.timeout * 2,
+                self.deadline,
                 redis::cmd("PING").query_async::<String>(&mut c),
             )
             .await;

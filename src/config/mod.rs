@@ -152,6 +152,8 @@ pub struct L2Config {
     /// `redis://[user:pass@]host:port[/db]`; empty runs the standalone memory mode.
     pub url: String,
     pub connections: usize,
+    /// Longest wait for a Redis reply; a call that must also (re)connect may take up to
+    /// `connect_timeout` more.
     pub timeout: HumanDuration,
     pub connect_timeout: HumanDuration,
     pub health_interval: HumanDuration,
@@ -233,7 +235,12 @@ impl Config {
                 why,
             })
         };
-        if self.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
             bad(
                 "log.level",
                 format!("{:?} is not a tracing filter", self.log.level),
@@ -244,6 +251,14 @@ impl Config {
         }
         if self.http.listen == self.admin.listen {
             bad("admin.listen", "must differ from http.listen".into());
+        }
+        let l1_off = matches!(self.l1.capacity, Capacity::Bytes(0))
+            || matches!(self.l1.capacity, Capacity::PercentOfMemory(p) if p == 0.0);
+        if self.standalone() && l1_off {
+            bad(
+                "l1.capacity",
+                "must be above 0 in standalone mode, where L1 is the only store".into(),
+            );
         }
         if self.l1.max_ttl.0.is_zero() {
             bad("l1.max_ttl", "must be above 0s".into());
@@ -320,6 +335,9 @@ mod tests {
         c.limits.max_batch_keys = 0;
         c.l2.url = "nonsense://x".into();
         let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        let mut standalone_without_l1 = Config::default();
+        standalone_without_l1.l1.capacity = Capacity::Bytes(0);
+        assert_eq!(standalone_without_l1.validate()[0].path, "l1.capacity");
         assert_eq!(
             paths,
             [

@@ -7,7 +7,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use std::borrow::Cow;
 
-/// Seconds a client should wait before retrying a 503: L2 health is probed every second.
+/// Seconds a client should wait before retrying a 503: long enough not to hammer a Redis
+/// that is restarting, short enough to come back soon after the default 1s health probe
+/// sees it return.
 const RETRY_AFTER_SECS: &str = "1";
 
 #[derive(Debug, Clone, PartialEq, Eq)]

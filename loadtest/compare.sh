@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Measures tiergate against a reference server on this machine, in one run, with the server
+# and the load generator pinned to different cores, and prints one table with the ratio.
+#
+# Rows so far:
+#   http-get-l1   tiergate GET /v1/kv/{key} (L1 hit, standalone) vs nginx `return 200` with a
+#                 body of the same size, both on one core and one worker; wrk on another core.
+#
+# Usage: loadtest/compare.sh            (DURATION=10s CONNS=64 VALUE_BYTES=64 SERVER_CPU=0 LOAD_CPU=1)
+# Needs: wrk, nginx (apt-get install -y wrk nginx-light); installs them when missing and root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+VALUE_BYTES=${VALUE_BYTES:-64}
+SERVER_CPU=${SERVER_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+WORK=$(mktemp -d)
+PIDS=()
+
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+need() {
+    local missing=()
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+    done
+    if ((${#missing[@]})); then
+        [ "$(id -u)" -eq 0 ] || { echo "missing: ${missing[*]} (install them)"; exit 1; }
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+need wrk:wrk nginx:nginx-light
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listening on $1" >&2
+    exit 1
+}
+
+# utime+stime of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# run_wrk NAME PID URL: prints "rps p50 p99 cpu_us_per_req"
+run_wrk() {
+    local pid=$1 url=$2 out before after
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null # warm-up
+    before=$(cpu_ticks "$pid")
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
+    after=$(cpu_ticks "$pid")
+    echo "$out" >"$WORK/wrk-$pid.txt"
+    local rps p50 p99 reqs errors
+    rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+    [ -z "$errors" ] || echo "  wrk reported: $errors" >&2
+    local hz; hz=$(getconf CLK_TCK)
+    local us; us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.2f", t / hz * 1e6 / n}')
+    echo "$rps $p50 $p99 $us"
+}
+
+echo "==> building release binary"
+cargo build --release --quiet
+BODY=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' 'x')
+
+# --- tiergate, standalone, one worker thread on SERVER_CPU
+TG_HTTP=$(free_port); TG_ADMIN=$(free_port)
+TIERGATE_HTTP_LISTEN=127.0.0.1:$TG_HTTP TIERGATE_ADMIN_LISTEN=127.0.0.1:$TG_ADMIN \
+TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn \
+    taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/tiergate.log" 2>&1 &
+TG_PID=$!; PIDS+=("$TG_PID")
+wait_port "$TG_HTTP"
+curl -sf -X PUT --data-binary "$BODY" "http://127.0.0.1:$TG_HTTP/v1/kv/bench" >/dev/null
+
+# --- nginx, one worker on SERVER_CPU, same body size, keep-alive unbounded like tiergate's
+NG_PORT=$(free_port)
+mkdir -p "$WORK/nginx"
+cat >"$WORK/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+error_log $WORK/nginx/error.log warn;
+pid $WORK/nginx/nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path $WORK/nginx;
+    proxy_temp_path $WORK/nginx;
+    fastcgi_temp_path $WORK/nginx;
+    uwsgi_temp_path $WORK/nginx;
+    scgi_temp_path $WORK/nginx;
+    server {
+        listen 127.0.0.1:$NG_PORT;
+        location / { default_type application/octet-stream; return 200 "$BODY"; }
+    }
+}
+CONF
+taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>"$WORK/nginx/stderr" &
+NG_MASTER=$!; PIDS+=("$NG_MASTER")
+wait_port "$NG_PORT"
+NG_WORKER=$(pgrep -P "$NG_MASTER" | head -1)
+
+echo "==> measuring (wrk -t1 -c$CONNS -d$DURATION; servers on cpu $SERVER_CPU, wrk on cpu $LOAD_CPU)"
+read -r t_rps t_p50 t_p99 t_us < <(run_wrk "$TG_PID" "http://127.0.0.1:$TG_HTTP/v1/kv/bench")
+read -r n_rps n_p50 n_p99 n_us < <(run_wrk "$NG_WORKER" "http://127.0.0.1:$NG_PORT/v1/kv/bench")
+
+printf '\n%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' \
+    row "req/s" p50 p99 "cpu us/req" reference "req/s" p50 p99 "cpu us/req" ratio
+printf '%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' \
+    http-get-l1 "$t_rps" "$t_p50" "$t_p99" "$t_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us" \
+    "$(awk -v a="$t_rps" -v b="$n_rps" 'BEGIN {printf "%.2f", a / b}')"
