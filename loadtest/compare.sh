@@ -5,6 +5,8 @@
 # Rows so far:
 #   http-get-l1   tiergate GET /v1/kv/{key} (L1 hit, standalone) vs nginx `return 200` with a
 #                 body of the same size, both on one core and one worker; wrk on another core.
+#   bare-hyper    the stack's floor: hyper + tokio answering a fixed body (loadtest/bare_hyper.rs),
+#                 also vs nginx, so the table shows what tiergate's own layers cost.
 #
 # Usage: loadtest/compare.sh            (DURATION=10s CONNS=64 VALUE_BYTES=64 SERVER_CPU=0 LOAD_CPU=1)
 # Needs: wrk, nginx (apt-get install -y wrk nginx-light); installs them when missing and root.
@@ -72,8 +74,8 @@ run_wrk() {
     echo "$rps $p50 $p99 $us"
 }
 
-echo "==> building release binary"
-cargo build --release --quiet
+echo "==> building release binaries"
+cargo build --release --quiet --bin tiergate --example bare_hyper
 BODY=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' 'x')
 
 # --- tiergate, standalone, one worker thread on SERVER_CPU
@@ -113,12 +115,22 @@ NG_MASTER=$!; PIDS+=("$NG_MASTER")
 wait_port "$NG_PORT"
 NG_WORKER=$(pgrep -P "$NG_MASTER" | head -1)
 
+# --- bare hyper, one worker thread on SERVER_CPU
+BH_PORT=$(free_port)
+taskset -c "$SERVER_CPU" target/release/examples/bare_hyper "127.0.0.1:$BH_PORT" "$VALUE_BYTES" &
+BH_PID=$!; PIDS+=("$BH_PID")
+wait_port "$BH_PORT"
+
 echo "==> measuring (wrk -t1 -c$CONNS -d$DURATION; servers on cpu $SERVER_CPU, wrk on cpu $LOAD_CPU)"
 read -r t_rps t_p50 t_p99 t_us < <(run_wrk "$TG_PID" "http://127.0.0.1:$TG_HTTP/v1/kv/bench")
 read -r n_rps n_p50 n_p99 n_us < <(run_wrk "$NG_WORKER" "http://127.0.0.1:$NG_PORT/v1/kv/bench")
+read -r b_rps b_p50 b_p99 b_us < <(run_wrk "$BH_PID" "http://127.0.0.1:$BH_PORT/v1/kv/bench")
 
 printf '\n%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' \
     row "req/s" p50 p99 "cpu us/req" reference "req/s" p50 p99 "cpu us/req" ratio
 printf '%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' \
     http-get-l1 "$t_rps" "$t_p50" "$t_p99" "$t_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us" \
     "$(awk -v a="$t_rps" -v b="$n_rps" 'BEGIN {printf "%.2f", a / b}')"
+printf '%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' \
+    bare-hyper "$b_rps" "$b_p50" "$b_p99" "$b_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us" \
+    "$(awk -v a="$b_rps" -v b="$n_rps" 'BEGIN {printf "%.2f", a / b}')"

@@ -371,3 +371,35 @@ async fn oversized_body_is_refused_before_it_is_buffered() {
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(head.contains("value_too_large"), "{head}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_h2c_share_the_port() {
+    let gw = Gateway::start(support::config(None)).await;
+    assert_eq!(gw.put("k", "v").await.status(), 204);
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(gw.kv("k")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.headers()["x-cache"], "L1");
+    assert_eq!(r.text().await.unwrap(), "v");
+    let r = gw.get("k").await;
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_can_be_turned_off() {
+    let mut cfg = support::config(None);
+    cfg.http.http2 = false;
+    let gw = Gateway::start(cfg).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    assert!(
+        h2.get(gw.kv("k")).send().await.is_err(),
+        "an h2 preface is refused"
+    );
+    assert_eq!(gw.get("k").await.status(), 404);
+}

@@ -205,8 +205,8 @@ impl TieredCache {
     }
 
     /// Refreshes the L1 gauges; called when metrics are scraped rather than per request.
-    pub fn publish_usage(&self) {
-        let (entries, bytes) = self.l1.usage();
+    pub async fn publish_usage(&self) {
+        let (entries, bytes) = self.l1.usage().await;
         self.metrics.l1_entries.set(entries as i64);
         self.metrics.l1_bytes.set(bytes as i64);
     }

@@ -32,13 +32,13 @@ impl Admin {
         }
     }
 
-    fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    async fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
         match req.uri().path() {
             "/metrics" => {
-                self.cache.publish_usage();
+                self.cache.publish_usage().await;
                 let mut resp = text(StatusCode::OK, self.metrics.render());
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -54,7 +54,7 @@ impl Admin {
                     format!("not ready: {why}\n"),
                 ),
             },
-            "/" => text(StatusCode::OK, self.status_page()),
+            "/" => text(StatusCode::OK, self.status_page().await),
             _ => text(
                 StatusCode::NOT_FOUND,
                 "try /metrics, /healthz, /readyz or /\n".into(),
@@ -62,7 +62,7 @@ impl Admin {
         }
     }
 
-    fn status_page(&self) -> String {
+    async fn status_page(&self) -> String {
         let mode = match self.cache.l2() {
             None => "standalone (memory tier only)".to_string(),
             Some(l2) => format!("tiered (L2 {})", if l2.is_up() { "up" } else { "DOWN" }),
@@ -71,7 +71,7 @@ impl Admin {
             Ok(()) => "yes".to_string(),
             Err(why) => format!("no ({why})"),
         };
-        self.cache.publish_usage();
+        self.cache.publish_usage().await;
         format!(
             "tiergate {}\nmode: {mode}\nready: {ready}\nl1 entries: {}\nl1 bytes: {}\n",
             env!("CARGO_PKG_VERSION"),
@@ -111,8 +111,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: Shutdown) {
                 let svc = service_fn({
                     let admin = admin.clone();
                     move |req| {
-                        let resp = admin.handle(&req);
-                        async move { Ok::<_, Infallible>(resp) }
+                        let admin = admin.clone();
+                        async move { Ok::<_, Infallible>(admin.handle(&req).await) }
                     }
                 });
                 let conn = http1.serve_connection(TokioIo::new(stream), svc);

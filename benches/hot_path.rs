@@ -1,0 +1,52 @@
+//! The request hot path without sockets: an L1 hit through `TieredCache`, and a whole
+//! `GET /v1/kv/{key}` through the HTTP handler (routing, key decoding, cache, response,
+//! metrics). What these cost per call is what tiergate adds on top of hyper and the kernel.
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http_body_util::Empty;
+use std::{hint::black_box, sync::Arc};
+use tiergate::{cache::TieredCache, config::Config, http, metrics::Metrics};
+
+fn standalone() -> (Arc<TieredCache>, Arc<Metrics>, Config) {
+    let config = Config::default();
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(TieredCache::new(&config, 1 << 30, metrics.clone()).unwrap());
+    (cache, metrics, config)
+}
+
+fn hot_path(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (cache, metrics, config) = standalone();
+    rt.block_on(cache.set(
+        Bytes::from_static(b"bench"),
+        Bytes::from(vec![b'x'; 64]),
+        None,
+    ))
+    .unwrap();
+
+    c.bench_function("tiered_cache_get_l1_hit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(cache.get(black_box(b"bench")).await.unwrap()) })
+    });
+
+    let state = http::State {
+        cache: cache.clone(),
+        metrics,
+        limits: config.limits.clone(),
+    };
+    c.bench_function("http_handle_get_l1_hit", |b| {
+        b.to_async(&rt).iter(|| async {
+            let req = ::http::Request::get("/v1/kv/bench")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            black_box(http::handle(&state, req).await)
+        })
+    });
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);
