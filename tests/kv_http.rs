@@ -174,17 +174,7 @@ async fn concurrent_misses_share_one_l2_fetch() {
 
     // Hold Redis busy so that every request below misses L1 while the first load is
     // outstanding; without coalescing each would send its own GET.
-    let sleeper = {
-        let client = redis.client();
-        std::thread::spawn(move || {
-            let mut c = client.get_connection().unwrap();
-            redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg("0.5")
-                .exec(&mut c)
-                .unwrap();
-        })
-    };
+    let sleeper = redis.pause(0.5);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let tasks: Vec<_> = (0..50)
         .map(|_| {

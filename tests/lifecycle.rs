@@ -177,17 +177,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     }
 
     // Redis sleeps, so every read below is in flight (waiting on L2) when SIGTERM lands.
-    let sleeper = {
-        let client = redis.client();
-        std::thread::spawn(move || {
-            let mut c = client.get_connection().unwrap();
-            redis::cmd("DEBUG")
-                .arg("SLEEP")
-                .arg("2")
-                .exec(&mut c)
-                .unwrap();
-        })
-    };
+    let sleeper = redis.pause(2.0);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let in_flight: Vec<_> = (0..20)
         .map(|i| {

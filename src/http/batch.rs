@@ -5,13 +5,18 @@
 //! `"encoding": "base64"` to receive every value in that object form. batchSet accepts either
 //! form for each value. Keys are JSON strings (UTF-8); binary keys use the single-key API.
 
-use super::{body, error::ApiError, key, kv::no_content, Reply, State};
+use super::{
+    body::{self, RequestBody},
+    error::ApiError,
+    key,
+    kv::no_content,
+    Reply, State,
+};
 use crate::cache::Item;
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response};
 use http_body_util::Full;
-use hyper::body::Body;
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -76,8 +81,15 @@ impl WireValue {
     }
 }
 
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
+/// Reads a batch body (bounded by `limits.max_batch_bytes`) and parses it as JSON.
+async fn read_json<T, B>(state: &State, headers: &HeaderMap, b: B) -> Result<T, ApiError>
+where
+    T: serde::de::DeserializeOwned,
+    B: RequestBody,
+{
+    let limit = state.limits.max_batch_bytes.0;
+    let raw = body::read(headers, b, limit, "batch_too_large").await?;
+    serde_json::from_slice(&raw)
         .map_err(|e| ApiError::bad_request("bad_json", format!("invalid request body: {e}")))
 }
 
@@ -91,19 +103,8 @@ fn check_count(n: usize, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn get<B>(state: &State, headers: &HeaderMap, b: B) -> Reply
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let raw = body::read(
-        headers,
-        b,
-        state.limits.max_batch_bytes.0,
-        "batch_too_large",
-    )
-    .await?;
-    let req: BatchGet = parse(&raw)?;
+pub async fn get<B: RequestBody>(state: &State, headers: &HeaderMap, b: B) -> Reply {
+    let req: BatchGet = read_json(state, headers, b).await?;
     check_count(req.keys.len(), state.limits.max_batch_keys)?;
     for k in &req.keys {
         key::check(k.as_bytes(), state.limits.max_key_bytes)?;
@@ -137,19 +138,8 @@ where
     Ok(resp)
 }
 
-pub async fn set<B>(state: &State, headers: &HeaderMap, b: B) -> Reply
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let raw = body::read(
-        headers,
-        b,
-        state.limits.max_batch_bytes.0,
-        "batch_too_large",
-    )
-    .await?;
-    let req: BatchSet = parse(&raw)?;
+pub async fn set<B: RequestBody>(state: &State, headers: &HeaderMap, b: B) -> Reply {
+    let req: BatchSet = read_json(state, headers, b).await?;
     check_count(req.items.len(), state.limits.max_batch_keys)?;
     let max_value = state.limits.max_value_bytes.0;
     let mut items: Vec<Item> = Vec::with_capacity(req.items.len());

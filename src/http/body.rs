@@ -7,17 +7,27 @@ use http::{header, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body;
 
-/// Reads the whole body if it is at most `limit` bytes; otherwise 413 with `code`.
-pub async fn read<B>(
-    headers: &HeaderMap,
-    body: B,
-    limit: u64,
-    code: &'static str,
-) -> Result<Bytes, ApiError>
+/// A request body the handlers can read: hyper's `Incoming` when serving, `Full` or `Empty`
+/// in benches and unit tests.
+pub trait RequestBody:
+    Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+{
+}
+
+impl<B> RequestBody for B
 where
     B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+}
+
+/// Reads the whole body if it is at most `limit` bytes; otherwise 413 with `code`.
+pub async fn read<B: RequestBody>(
+    headers: &HeaderMap,
+    body: B,
+    limit: u64,
+    code: &'static str,
+) -> Result<Bytes, ApiError> {
     let too_large =
         || ApiError::too_large(code, format!("the body exceeds the limit of {limit} bytes"));
     if let Some(len) = headers.get(header::CONTENT_LENGTH) {

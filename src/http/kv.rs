@@ -1,11 +1,14 @@
 //! Single-key handlers: `GET`, `PUT` and `DELETE /v1/kv/{key}`.
 
-use super::{body, error::ApiError, key, Reply, State};
+use super::{
+    body::{self, RequestBody},
+    error::ApiError,
+    key, Reply, State,
+};
 use crate::metrics::Tier;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Body;
 
 pub const X_CACHE: &str = "x-cache";
 
@@ -31,17 +34,13 @@ pub async fn get(state: &State, raw_key: &str) -> Reply {
     }
 }
 
-pub async fn put<B>(
+pub async fn put<B: RequestBody>(
     state: &State,
     raw_key: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     b: B,
-) -> Reply
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> Reply {
     let key = key::decode(raw_key, state.limits.max_key_bytes)?;
     let ttl = key::ttl_from_query(query)?;
     let value = body::read(

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use error::ApiError;
 use http::{Method, Request, Response};
 use http_body_util::Full;
-use hyper::{body::Body, service::service_fn};
+use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
@@ -26,6 +26,7 @@ use hyper_util::{
 use std::{convert::Infallible, sync::Arc, time::Duration, time::Instant};
 use tokio::net::TcpListener;
 
+pub use body::RequestBody;
 pub use kv::X_CACHE;
 
 /// What every request handler needs.
@@ -43,11 +44,7 @@ const BATCH_SET: &str = "/v1/kv:batchSet";
 
 /// Handles one request: routes it, answers it, records it. Generic over the body so benches
 /// and unit tests can call it without sockets.
-pub async fn handle<B>(state: &State, req: Request<B>) -> Response<Full<Bytes>>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
     let start = Instant::now();
     let (route, reply) = dispatch(state, req).await;
     let resp = reply.unwrap_or_else(ApiError::into_response);
@@ -57,11 +54,7 @@ where
     resp
 }
 
-async fn dispatch<B>(state: &State, req: Request<B>) -> (Route, Reply)
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+async fn dispatch<B: RequestBody>(state: &State, req: Request<B>) -> (Route, Reply) {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
     if let Some(raw_key) = path.strip_prefix(KV_PREFIX) {

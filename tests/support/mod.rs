@@ -137,6 +137,20 @@ impl Redis {
         self.client().get_connection().unwrap()
     }
 
+    /// Makes redis-server sleep for `secs` (DEBUG SLEEP) on a thread of its own, so every
+    /// command sent meanwhile waits; join the handle to know it is awake again.
+    pub fn pause(&self, secs: f64) -> std::thread::JoinHandle<()> {
+        let client = self.client();
+        std::thread::spawn(move || {
+            let mut c = client.get_connection().unwrap();
+            redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(secs)
+                .exec(&mut c)
+                .unwrap();
+        })
+    }
+
     /// How many times redis-server has run `command` (lowercase), from INFO commandstats.
     pub fn calls(&self, command: &str) -> u64 {
         let info: String = redis::cmd("INFO")
