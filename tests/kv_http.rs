@@ -10,6 +10,8 @@ use support::{error_code, metric, Gateway, Redis};
 async fn read_through_fills_l1_from_l2() {
     let redis = Redis::start();
     let gw = Gateway::start_ready(support::config(Some(&redis.url()))).await;
+    // A miss is not cached: once the key appears in Redis, the next read finds it.
+    assert_eq!(gw.get("user:1").await.status(), 404);
     redis::cmd("SET")
         .arg("user:1")
         .arg("alice")
@@ -25,11 +27,16 @@ async fn read_through_fills_l1_from_l2() {
     let r = gw.get("user:1").await;
     assert_eq!(r.headers()["x-cache"], "L1");
     assert_eq!(r.text().await.unwrap(), "alice");
-    assert_eq!(redis.calls("get"), 1, "the second read never reached Redis");
+    assert_eq!(
+        redis.calls("get"),
+        2,
+        "the miss and the first hit reached Redis, the L1 hit did not"
+    );
 
     let m = gw.metrics().await;
     assert_eq!(metric(&m, "tiergate_cache_hits_total{tier=\"l1\"}"), 1.0);
     assert_eq!(metric(&m, "tiergate_cache_hits_total{tier=\"l2\"}"), 1.0);
+    assert_eq!(metric(&m, "tiergate_cache_misses_total{tier=\"l2\"}"), 1.0);
     assert_eq!(
         metric(
             &m,
@@ -37,6 +44,15 @@ async fn read_through_fills_l1_from_l2() {
         ),
         2.0
     );
+    let not_found = "tiergate_http_requests_total{route=\"kv_get\",status=\"404\"}";
+    assert_eq!(metric(&m, not_found), 1.0);
+    assert_eq!(
+        metric(&m, "tiergate_l1_entries"),
+        1.0,
+        "scrapes see L1 as it is"
+    );
+    assert!(metric(&m, "tiergate_l1_bytes") >= ("user:1".len() + "alice".len()) as f64);
+    assert_eq!(metric(&m, "tiergate_l2_up"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
