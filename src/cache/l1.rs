@@ -1,7 +1,7 @@
 //! L1: the in-process moka cache, weighed in bytes, each entry expiring on its own TTL.
 
 use bytes::Bytes;
-use moka::{future::Cache, policy::EvictionPolicy, Expiry};
+use moka::{future::Cache, ops::compute::Op, policy::EvictionPolicy, Expiry};
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -11,28 +11,43 @@ use std::{
 /// nodes, the `Bytes` headers); counted so that small values cannot overrun the budget.
 const ENTRY_OVERHEAD: usize = 128;
 
-/// A cached value and how long L1 may keep it from the moment it is stored (None: until evicted).
+/// A cached value and when it expires (None: when evicted).
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub value: Bytes,
-    pub ttl: Option<Duration>,
+    pub expires_at: Option<Instant>,
+}
+
+impl Entry {
+    /// An entry living `ttl` from now (None: until evicted).
+    pub fn new(value: Bytes, ttl: Option<Duration>) -> Self {
+        Self {
+            value,
+            expires_at: ttl.map(|t| Instant::now() + t),
+        }
+    }
+
+    /// Time left before expiry, as of `now` (None: no expiry).
+    pub fn ttl(&self, now: Instant) -> Option<Duration> {
+        self.expires_at.map(|at| at.saturating_duration_since(now))
+    }
 }
 
 struct PerEntryTtl;
 
 impl Expiry<Bytes, Entry> for PerEntryTtl {
-    fn expire_after_create(&self, _: &Bytes, v: &Entry, _: Instant) -> Option<Duration> {
-        v.ttl
+    fn expire_after_create(&self, _: &Bytes, v: &Entry, now: Instant) -> Option<Duration> {
+        v.ttl(now)
     }
 
     fn expire_after_update(
         &self,
         _: &Bytes,
         v: &Entry,
-        _: Instant,
+        now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        v.ttl
+        v.ttl(now)
     }
 }
 
@@ -94,17 +109,36 @@ impl L1 {
         }
     }
 
-    /// Removes the key, returning whether a live entry was there. moka's `remove` also
-    /// returns entries that expired but were not yet reaped, hence the visibility check;
-    /// of two concurrent removers only one gets the entry back.
-    pub async fn remove(&self, key: &[u8]) -> bool {
-        match &self.cache {
-            Some(c) => {
-                let live = c.contains_key(key);
-                c.remove(key).await.is_some() && live
-            }
-            None => false,
-        }
+    /// Removes the key, returning whether a live entry was there.
+    pub async fn remove(&self, key: Bytes) -> bool {
+        self.compute(key, |cur| (Op::Remove, cur.is_some()))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Whether a live entry is there.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.contains_key(key))
+    }
+
+    /// Read-modify-write of one key: `f` sees the live entry (expired ones are absent) and
+    /// says what to store. Calls for the same key run one at a time, so this is how the
+    /// memory store makes SET NX, KEEPTTL and friends atomic. None when L1 is disabled.
+    pub async fn compute<R>(
+        &self,
+        key: Bytes,
+        f: impl FnOnce(Option<&Entry>) -> (Op<Entry>, R),
+    ) -> Option<R> {
+        let c = self.cache.as_ref()?;
+        let mut out = None;
+        c.entry(key)
+            .and_compute_with(|cur| {
+                let (op, r) = f(cur.as_ref().map(|e| e.value()));
+                out = Some(r);
+                std::future::ready(op)
+            })
+            .await;
+        out
     }
 
     /// Read-through: concurrent callers for one missing key share one run of `load`.
@@ -137,49 +171,59 @@ impl L1 {
 mod tests {
     use super::*;
 
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
     #[tokio::test]
     async fn entries_expire_on_their_own_ttl() {
         let l1 = L1::new(1 << 20, true);
-        let k = Bytes::from_static(b"k");
-        l1.insert(
-            k.clone(),
-            Entry {
-                value: Bytes::from_static(b"v"),
-                ttl: Some(Duration::from_millis(30)),
-            },
-        )
-        .await;
-        l1.insert(
-            Bytes::from_static(b"forever"),
-            Entry {
-                value: Bytes::from_static(b"v"),
-                ttl: None,
-            },
-        )
-        .await;
+        l1.insert(b("k"), Entry::new(b("v"), Some(Duration::from_millis(30))))
+            .await;
+        l1.insert(b("forever"), Entry::new(b("v"), None)).await;
         assert!(l1.get(b"k").await.is_some());
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(l1.get(b"k").await.is_none());
+        assert!(!l1.contains(b"k"));
         assert!(l1.get(b"forever").await.is_some());
         assert!(
-            !l1.remove(b"k").await,
+            !l1.remove(b("k")).await,
             "an expired entry is not reported as removed"
         );
+        assert!(l1.remove(b("forever")).await);
+        assert!(!l1.remove(b("forever")).await);
+    }
+
+    #[tokio::test]
+    async fn compute_sees_live_entries_only_and_applies_its_op() {
+        let l1 = L1::new(1 << 20, true);
+        l1.insert(
+            b("gone"),
+            Entry::new(b("v"), Some(Duration::from_millis(1))),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let seen = l1.compute(b("gone"), |cur| (Op::Nop, cur.is_some())).await;
+        assert_eq!(seen, Some(false));
+        let old = l1
+            .compute(b("k"), |cur| {
+                (
+                    Op::Put(Entry::new(b("new"), None)),
+                    cur.map(|e| e.value.clone()),
+                )
+            })
+            .await;
+        assert_eq!(old, Some(None));
+        assert_eq!(l1.get(b"k").await.unwrap().value, b("new"));
     }
 
     #[tokio::test]
     async fn zero_budget_disables_l1() {
         let l1 = L1::new(0, false);
-        l1.insert(
-            Bytes::from_static(b"k"),
-            Entry {
-                value: Bytes::new(),
-                ttl: None,
-            },
-        )
-        .await;
+        l1.insert(b("k"), Entry::new(Bytes::new(), None)).await;
         assert!(!l1.enabled());
         assert!(l1.get(b"k").await.is_none());
+        assert_eq!(l1.compute(b("k"), |_| (Op::Nop, ())).await, None);
     }
 
     #[tokio::test]
@@ -188,10 +232,7 @@ mod tests {
         for i in 0..1000u32 {
             l1.insert(
                 Bytes::from(i.to_string()),
-                Entry {
-                    value: Bytes::from(vec![0u8; 1024]),
-                    ttl: None,
-                },
+                Entry::new(Bytes::from(vec![0u8; 1024]), None),
             )
             .await;
         }

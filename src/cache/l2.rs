@@ -3,6 +3,7 @@
 //! `ConnectionManager` that reconnects on its own), so requests from all clients share a
 //! handful of sockets and round trips overlap instead of queuing for a pooled connection.
 
+use super::{SetCond, SetOptions, SetOutcome, SetTtl};
 use crate::{
     config::L2Config,
     metrics::{L2Op, Metrics},
@@ -15,7 +16,7 @@ use std::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, UNIX_EPOCH},
 };
 
 /// Why L2 could not answer. Cloneable so that coalesced readers can all receive it.
@@ -25,8 +26,19 @@ pub enum L2Error {
     Unavailable(String),
     #[error("L2 did not answer in time")]
     Timeout,
-    #[error("L2 refused the command: {0}")]
-    Refused(String),
+    /// Redis answered with an error: its code ("ERR", "WRONGTYPE", ...) and text, kept apart
+    /// so the RESP door can pass the same kind of error on.
+    #[error("L2 refused the command: {code} {detail}")]
+    Refused { code: String, detail: String },
+}
+
+impl L2Error {
+    fn refused(detail: impl Into<String>) -> Self {
+        L2Error::Refused {
+            code: "ERR".into(),
+            detail: detail.into(),
+        }
+    }
 }
 
 impl From<RedisError> for L2Error {
@@ -36,7 +48,10 @@ impl From<RedisError> for L2Error {
         } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
             L2Error::Unavailable(e.to_string())
         } else {
-            L2Error::Refused(e.to_string())
+            L2Error::Refused {
+                code: e.code().unwrap_or("ERR").to_string(),
+                detail: e.detail().map_or_else(|| e.to_string(), str::to_string),
+            }
         }
     }
 }
@@ -59,7 +74,7 @@ impl L2 {
     /// stop the gateway from starting. The health loop connects and reconnects.
     pub fn new(cfg: &L2Config, metrics: Arc<Metrics>) -> Result<Self, L2Error> {
         let client =
-            redis::Client::open(cfg.url.as_str()).map_err(|e| L2Error::Refused(e.to_string()))?;
+            redis::Client::open(cfg.url.as_str()).map_err(|e| L2Error::refused(e.to_string()))?;
         let manager_cfg = ConnectionManagerConfig::new()
             .set_response_timeout(Some(cfg.timeout.0))
             .set_connection_timeout(Some(cfg.connect_timeout.0))
@@ -139,7 +154,7 @@ impl L2 {
         let mut it = raw.into_iter();
         let values: Vec<Option<Bytes>> =
             redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))
-                .map_err(|e| L2Error::Refused(e.to_string()))?;
+                .map_err(|e| L2Error::refused(e.to_string()))?;
         Ok(values
             .into_iter()
             .zip(it)
@@ -148,19 +163,6 @@ impl L2 {
                 v.map(|v| (v, ttl_from_pttl(pttl)))
             })
             .collect())
-    }
-
-    pub async fn set(
-        &self,
-        key: &[u8],
-        value: &[u8],
-        ttl: Option<Duration>,
-    ) -> Result<(), L2Error> {
-        let cmd = set_cmd(key, value, ttl);
-        self.run(L2Op::Set, |mut c| async move {
-            cmd.query_async::<()>(&mut c).await
-        })
-        .await
     }
 
     /// Every SET in one pipeline (one round trip). Not atomic: on an error some items may be
@@ -179,17 +181,83 @@ impl L2 {
         .await
     }
 
-    /// DEL; whether the key existed.
-    pub async fn del(&self, key: &[u8]) -> Result<bool, L2Error> {
-        let mut cmd = redis::cmd("DEL");
-        cmd.arg(key);
-        let n: i64 = self
+    /// SET with its options, answered as Redis answered.
+    pub async fn set_with(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        opts: SetOptions,
+    ) -> Result<SetOutcome, L2Error> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        match opts.cond {
+            SetCond::Always => {}
+            SetCond::IfAbsent => {
+                cmd.arg("NX");
+            }
+            SetCond::IfPresent => {
+                cmd.arg("XX");
+            }
+        }
+        if opts.get {
+            cmd.arg("GET");
+        }
+        match opts.ttl {
+            SetTtl::Clear => {}
+            SetTtl::Keep => {
+                cmd.arg("KEEPTTL");
+            }
+            SetTtl::In(d) => {
+                cmd.arg("PX").arg(d.as_millis().max(1) as u64);
+            }
+            SetTtl::At(t) => {
+                let ms = t
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis()
+                    .max(1) as u64;
+                cmd.arg("PXAT").arg(ms);
+            }
+        }
+        let reply: redis::Value = self
             .run(
-                L2Op::Del,
+                L2Op::Set,
                 |mut c| async move { cmd.query_async(&mut c).await },
             )
             .await?;
-        Ok(n > 0)
+        Ok(match (opts.get, reply) {
+            (true, redis::Value::Nil) => SetOutcome::Old(None),
+            (true, v) => SetOutcome::Old(Some(
+                redis::from_redis_value(v).map_err(|e| L2Error::refused(e.to_string()))?,
+            )),
+            (false, redis::Value::Nil) => SetOutcome::NotWritten,
+            (false, _) => SetOutcome::Written,
+        })
+    }
+
+    /// DEL; how many of the keys existed.
+    pub async fn del(&self, keys: &[Bytes]) -> Result<u64, L2Error> {
+        let mut cmd = redis::cmd("DEL");
+        for k in keys {
+            cmd.arg(k.as_ref());
+        }
+        self.run(
+            L2Op::Del,
+            |mut c| async move { cmd.query_async(&mut c).await },
+        )
+        .await
+    }
+
+    /// EXISTS; how many of the keys exist, counting repeats.
+    pub async fn exists(&self, keys: &[Bytes]) -> Result<u64, L2Error> {
+        let mut cmd = redis::cmd("EXISTS");
+        for k in keys {
+            cmd.arg(k.as_ref());
+        }
+        self.run(L2Op::Exists, |mut c| async move {
+            cmd.query_async(&mut c).await
+        })
+        .await
     }
 
     /// Probes every connection; L2 is up only when all of them answer, since requests are

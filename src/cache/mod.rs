@@ -15,7 +15,11 @@ use bytes::Bytes;
 use epoch::Epochs;
 use l1::{Entry, LoadMiss, L1};
 pub use l2::{L2Error, L2};
-use std::{sync::Arc, time::Duration};
+use moka::ops::compute::Op;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 /// A value and the tier that answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +30,58 @@ pub struct Hit {
 
 /// One item of a batch write: key, value, TTL.
 pub type Item = (Bytes, Bytes, Option<Duration>);
+
+/// What SET does with the key's TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetTtl {
+    /// No expiry (a plain SET clears any TTL the key had).
+    Clear,
+    /// KEEPTTL: the key keeps the TTL it had.
+    Keep,
+    /// EX / PX: expires this long from now.
+    In(Duration),
+    /// EXAT / PXAT: expires at this wall-clock time.
+    At(SystemTime),
+}
+
+/// When SET writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetCond {
+    Always,
+    /// NX
+    IfAbsent,
+    /// XX
+    IfPresent,
+}
+
+/// SET with Redis' options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetOptions {
+    pub ttl: SetTtl,
+    pub cond: SetCond,
+    /// GET: answer with the old value.
+    pub get: bool,
+}
+
+impl Default for SetOptions {
+    fn default() -> Self {
+        Self {
+            ttl: SetTtl::Clear,
+            cond: SetCond::Always,
+            get: false,
+        }
+    }
+}
+
+/// What a SET did, as Redis reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetOutcome {
+    Written,
+    /// NX / XX said no.
+    NotWritten,
+    /// The GET form: the value before the SET (None: there was none).
+    Old(Option<Bytes>),
+}
 
 pub struct TieredCache {
     l1: L1,
@@ -74,10 +130,7 @@ impl TieredCache {
             .l1
             .get_or_load(Bytes::copy_from_slice(key), async {
                 match l2.get(key).await {
-                    Ok(Some((value, ttl))) => Ok(Entry {
-                        value,
-                        ttl: Some(self.l1_ttl(ttl)),
-                    }),
+                    Ok(Some((value, ttl))) => Ok(Entry::new(value, Some(self.l1_ttl(ttl)))),
                     Ok(None) => Err(LoadMiss::Absent),
                     Err(e) => Err(LoadMiss::Failed(e)),
                 }
@@ -139,15 +192,8 @@ impl TieredCache {
                 continue;
             };
             self.metrics.hit(Tier::L2);
-            self.l1
-                .insert(
-                    keys[i].clone(),
-                    Entry {
-                        value: value.clone(),
-                        ttl: Some(self.l1_ttl(ttl)),
-                    },
-                )
-                .await;
+            let entry = Entry::new(value.clone(), Some(self.l1_ttl(ttl)));
+            self.l1.insert(keys[i].clone(), entry).await;
             self.drop_if_raced(&keys[i], epoch).await;
             out[i] = Some(Hit {
                 value,
@@ -164,22 +210,68 @@ impl TieredCache {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<(), L2Error> {
+        let ttl = ttl.map_or(SetTtl::Clear, SetTtl::In);
+        self.set_with(
+            key,
+            value,
+            SetOptions {
+                ttl,
+                ..SetOptions::default()
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// SET with Redis' options (NX/XX, GET, EX/PX/EXAT/PXAT/KEEPTTL), with Redis' answers.
+    pub async fn set_with(
+        &self,
+        key: Bytes,
+        value: Bytes,
+        opts: SetOptions,
+    ) -> Result<SetOutcome, L2Error> {
         match &self.l2 {
-            None => self.l1.insert(key, Entry { value, ttl }).await,
             Some(l2) => {
-                l2.set(&key, &value, ttl).await?;
+                let outcome = l2.set_with(&key, &value, opts).await?;
                 self.invalidate(&key).await;
+                Ok(outcome)
+            }
+            None => {
+                let now = Instant::now();
+                let outcome = self.l1.compute(key, |cur| {
+                    let old = cur.map(|e| e.value.clone());
+                    let write = match opts.cond {
+                        SetCond::Always => true,
+                        SetCond::IfAbsent => cur.is_none(),
+                        SetCond::IfPresent => cur.is_some(),
+                    };
+                    let outcome = match (opts.get, write) {
+                        (true, _) => SetOutcome::Old(old),
+                        (false, true) => SetOutcome::Written,
+                        (false, false) => SetOutcome::NotWritten,
+                    };
+                    if !write {
+                        return (Op::Nop, outcome);
+                    }
+                    let expires_at = match opts.ttl {
+                        SetTtl::Clear => None,
+                        SetTtl::Keep => cur.and_then(|e| e.expires_at),
+                        SetTtl::In(d) => Some(now + d),
+                        SetTtl::At(t) => Some(instant_at(now, t)),
+                    };
+                    (Op::Put(Entry { value, expires_at }), outcome)
+                });
+                Ok(outcome.await.expect("standalone mode always has L1"))
             }
         }
-        Ok(())
     }
 
     /// Writes many keys in one L2 round trip.
     pub async fn set_many(&self, items: Vec<Item>) -> Result<(), L2Error> {
         match &self.l2 {
             None => {
-                for (k, value, ttl) in items {
-                    self.l1.insert(k, Entry { value, ttl }).await;
+                for (k, v, ttl) in items {
+                    self.set(k, v, ttl).await?;
                 }
             }
             Some(l2) => {
@@ -194,13 +286,37 @@ impl TieredCache {
 
     /// Deletes a key; whether it existed.
     pub async fn delete(&self, key: &[u8]) -> Result<bool, L2Error> {
+        self.delete_many(std::slice::from_ref(&Bytes::copy_from_slice(key)))
+            .await
+            .map(|n| n > 0)
+    }
+
+    /// Deletes keys; how many existed (a key named twice counts once, as in Redis).
+    pub async fn delete_many(&self, keys: &[Bytes]) -> Result<u64, L2Error> {
         match &self.l2 {
-            None => Ok(self.l1.remove(key).await),
-            Some(l2) => {
-                let existed = l2.del(key).await?;
-                self.invalidate(key).await;
-                Ok(existed)
+            None => {
+                let mut n = 0;
+                for k in keys {
+                    n += u64::from(self.l1.remove(k.clone()).await);
+                }
+                Ok(n)
             }
+            Some(l2) => {
+                let n = l2.del(keys).await?;
+                for k in keys {
+                    self.invalidate(k).await;
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    /// How many of `keys` exist (a key named twice counts twice, as in Redis). Asks L2,
+    /// where one is configured: L1 may hold a key L2 has already expired or lost.
+    pub async fn exists(&self, keys: &[Bytes]) -> Result<u64, L2Error> {
+        match &self.l2 {
+            None => Ok(keys.iter().filter(|k| self.l1.contains(k)).count() as u64),
+            Some(l2) => l2.exists(keys).await,
         }
     }
 
@@ -230,5 +346,13 @@ impl TieredCache {
 
     fn l1_ttl(&self, l2_ttl: Option<Duration>) -> Duration {
         l2_ttl.map_or(self.max_ttl, |t| t.min(self.max_ttl))
+    }
+}
+
+/// The monotonic instant matching wall-clock time `at` (now, when `at` is past).
+fn instant_at(now: Instant, at: SystemTime) -> Instant {
+    match at.duration_since(SystemTime::now()) {
+        Ok(ahead) => now + ahead,
+        Err(_) => now,
     }
 }

@@ -65,8 +65,9 @@ pub enum L2Op {
     MGet = 3,
     MSet = 4,
     Ping = 5,
+    Exists = 6,
 }
-const L2_OPS: [&str; 6] = ["get", "set", "del", "mget", "mset", "ping"];
+const L2_OPS: [&str; 7] = ["get", "set", "del", "mget", "mset", "ping", "exists"];
 
 /// Front doors, as the `door` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,406 @@
+//! RESP frames. Requests: a cheap `check` that finds where the next complete command ends
+//! (validating every length against its bound before anything is allocated), then `parse`
+//! that slices the arguments out of the read buffer without copying them. "Incomplete" is a
+//! normal outcome (`Ok(None)`), not an error. Replies: `Frame`, encoded as RESP2 or RESP3.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::borrow::Cow;
+
+/// Bounds on what a client may send, checked before buffering.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Arguments in one multibulk command.
+    pub max_multibulk_len: usize,
+    /// Bytes in one bulk argument (a key or a value).
+    pub max_bulk_len: usize,
+    /// Bytes in an inline command line, and in a `*N` / `$N` header line.
+    pub max_inline_len: usize,
+}
+
+/// A framing error: the connection is answered with `-ERR Protocol error: ...` and closed,
+/// because after one the byte stream can no longer be split into commands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("Protocol error: invalid multibulk length")]
+    InvalidMultibulkLength,
+    #[error("Protocol error: invalid bulk length")]
+    InvalidBulkLength,
+    #[error("Protocol error: expected '$', got '{}'", char::from(*.0))]
+    ExpectedBulk(u8),
+    #[error("Protocol error: too big inline request")]
+    TooBigInline,
+    #[error("Protocol error: too big mbulk count string")]
+    TooBigCount,
+    #[error("Protocol error: unbalanced quotes in request")]
+    UnbalancedQuotes,
+}
+
+/// Where the next command lies in the buffer.
+enum Layout {
+    /// A multibulk command of `argc` arguments, `len` bytes long.
+    Multibulk { len: usize, argc: usize },
+    /// An inline command line of `len` bytes (newline included).
+    Inline { len: usize },
+    /// `*0`, `*-1` or a blank line: consumed, nothing to run (as redis-server does).
+    Empty { len: usize },
+}
+
+/// Takes the next complete command out of `buf`: `Ok(None)` when more bytes are needed.
+/// When the command's total size is known but not all of it has arrived, room for the rest
+/// is reserved once, so a large value is not re-copied as the buffer grows.
+pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    loop {
+        match check(buf, limits)? {
+            Check::Incomplete { need } => {
+                if need > buf.len() {
+                    buf.reserve(need - buf.len());
+                }
+                return Ok(None);
+            }
+            Check::Complete(Layout::Empty { len }) => {
+                buf.advance(len);
+                continue;
+            }
+            Check::Complete(Layout::Multibulk { len, argc }) => {
+                let frame = buf.split_to(len).freeze();
+                return Ok(Some(split_multibulk(frame, argc)));
+            }
+            Check::Complete(Layout::Inline { len }) => {
+                let line = buf.split_to(len).freeze();
+                return split_inline(line).map(Some);
+            }
+        }
+    }
+}
+
+enum Check {
+    Complete(Layout),
+    /// At least `need` bytes are needed in all (0 when unknown yet).
+    Incomplete { need: usize },
+}
+
+fn check(buf: &[u8], limits: &Limits) -> Result<Check, ProtocolError> {
+    let Some(&first) = buf.first() else { return Ok(Check::Incomplete { need: 0 }) };
+    if first != b'*' {
+        return check_inline(buf, limits);
+    }
+    let Some((count, mut pos)) = header_line(buf, 1, limits, ProtocolError::TooBigCount)? else {
+        return Ok(Check::Incomplete { need: 0 });
+    };
+    let argc = parse_len(count).ok_or(ProtocolError::InvalidMultibulkLength)?;
+    let argc = match argc {
+        n if n <= 0 => return Ok(Check::Complete(Layout::Empty { len: pos })),
+        n if n as u64 > limits.max_multibulk_len as u64 => return Err(ProtocolError::InvalidMultibulkLength),
+        n => n as usize,
+    };
+    for _ in 0..argc {
+        let Some(&tag) = buf.get(pos) else { return Ok(Check::Incomplete { need: 0 }) };
+        if tag != b'$' {
+            return Err(ProtocolError::ExpectedBulk(tag));
+        }
+        let Some((len, data)) = header_line(buf, pos + 1, limits, ProtocolError::InvalidBulkLength)? else {
+            return Ok(Check::Incomplete { need: 0 });
+        };
+        let len = match parse_len(len) {
+            Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => n as usize,
+            _ => return Err(ProtocolError::InvalidBulkLength),
+        };
+        let end = data + len + 2;
+        if buf.len() < end {
+            return Ok(Check::Incomplete { need: end });
+        }
+        if &buf[data + len..end] != b"\r\n" {
+            return Err(ProtocolError::InvalidBulkLength);
+        }
+        pos = end;
+    }
+    Ok(Check::Complete(Layout::Multibulk { len: pos, argc }))
+}
+
+/// The digits of a `*N\r\n` / `$N\r\n` line starting at `from`, and the offset after it.
+fn header_line<'a>(
+    buf: &'a [u8],
+    from: usize,
+    limits: &Limits,
+    too_long: ProtocolError,
+) -> Result<Option<(&'a [u8], usize)>, ProtocolError> {
+    let rest = &buf[from.min(buf.len())..];
+    match memchr::memchr(b'\r', rest) {
+        Some(i) if rest.len() > i + 1 => Ok(Some((&rest[..i], from + i + 2))),
+        Some(_) => Ok(None),
+        None if rest.len() > limits.max_inline_len => Err(too_long),
+        None => Ok(None),
+    }
+}
+
+/// A signed decimal of at most 19 digits; anything else is not a length.
+fn parse_len(digits: &[u8]) -> Option<i64> {
+    let (neg, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    Some(if neg { -n } else { n })
+}
+
+fn check_inline(buf: &[u8], limits: &Limits) -> Result<Check, ProtocolError> {
+    match memchr::memchr(b'\n', buf) {
+        Some(i) if i > limits.max_inline_len => Err(ProtocolError::TooBigInline),
+        Some(i) if buf[..i].iter().all(u8::is_ascii_whitespace) => Ok(Check::Complete(Layout::Empty { len: i + 1 })),
+        Some(i) => Ok(Check::Complete(Layout::Inline { len: i + 1 })),
+        None if buf.len() > limits.max_inline_len => Err(ProtocolError::TooBigInline),
+        None => Ok(Check::Incomplete { need: 0 }),
+    }
+}
+
+fn split_multibulk(frame: Bytes, argc: usize) -> Vec<Bytes> {
+    let mut args = Vec::with_capacity(argc);
+    // Lengths were validated by `check`; walk the same layout again, slicing.
+    let mut pos = memchr::memchr(b'\n', &frame).expect("checked") + 1;
+    for _ in 0..argc {
+        let nl = pos + memchr::memchr(b'\n', &frame[pos..]).expect("checked");
+        let len = parse_len(&frame[pos + 1..nl - 1]).expect("checked") as usize;
+        args.push(frame.slice(nl + 1..nl + 1 + len));
+        pos = nl + 1 + len + 2;
+    }
+    args
+}
+
+/// Splits an inline command like redis-server: on whitespace, with "double" and 'single'
+/// quoted arguments (double quotes take \n, \t, \\, \" and \xHH escapes).
+fn split_inline(line: Bytes) -> Result<Vec<Bytes>, ProtocolError> {
+    let text: &[u8] = line.strip_suffix(b"\n").unwrap_or(&line);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    let mut args = Vec::new();
+    let mut i = 0;
+    while i < text.len() {
+        if text[i].is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        match text[i] {
+            q @ (b'"' | b'\'') => {
+                let mut arg = Vec::new();
+                i += 1;
+                loop {
+                    let Some(&c) = text.get(i) else { return Err(ProtocolError::UnbalancedQuotes) };
+                    i += 1;
+                    if c == q {
+                        // A closing quote must end the argument.
+                        if text.get(i).is_some_and(|c| !c.is_ascii_whitespace()) {
+                            return Err(ProtocolError::UnbalancedQuotes);
+                        }
+                        break;
+                    }
+                    if c == b'\\' && q == b'"' {
+                        let Some(&e) = text.get(i) else { return Err(ProtocolError::UnbalancedQuotes) };
+                        i += 1;
+                        arg.push(match e {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'x' if text.len() >= i + 2 && text[i..i + 2].iter().all(u8::is_ascii_hexdigit) => {
+                                let hex = std::str::from_utf8(&text[i..i + 2]).expect("hex digits");
+                                i += 2;
+                                u8::from_str_radix(hex, 16).expect("hex digits")
+                            }
+                            other => other,
+                        });
+                    } else if c == b'\\' && q == b'\'' && text.get(i) == Some(&b'\'') {
+                        arg.push(b'\'');
+                        i += 1;
+                    } else {
+                        arg.push(c);
+                    }
+                }
+                args.push(Bytes::from(arg));
+            }
+            _ => {
+                let start = i;
+                while i < text.len() && !text[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                let offset = start + (text.as_ptr() as usize - line.as_ptr() as usize);
+                args.push(line.slice(offset..offset + (i - start)));
+            }
+        }
+    }
+    Ok(args)
+}
+
+/// Which reply dialect the connection speaks: RESP2 until `HELLO 3`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Resp2,
+    Resp3,
+}
+
+/// A reply.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame {
+    Simple(Cow<'static, str>),
+    /// The whole error line after '-', code included: "ERR syntax error", "NOAUTH ...".
+    Error(Cow<'static, str>),
+    Integer(i64),
+    Bulk(Bytes),
+    /// Absent value: `$-1` in RESP2, `_` in RESP3.
+    Null,
+    Array(Vec<Frame>),
+    /// A map: `%` in RESP3, a flat array of key, value, ... in RESP2.
+    Map(Vec<(Frame, Frame)>),
+}
+
+impl Frame {
+    pub const OK: Frame = Frame::Simple(Cow::Borrowed("OK"));
+
+    pub fn error(msg: impl Into<Cow<'static, str>>) -> Frame {
+        Frame::Error(msg.into())
+    }
+
+    pub fn bulk_static(s: &'static str) -> Frame {
+        Frame::Bulk(Bytes::from_static(s.as_bytes()))
+    }
+
+    pub fn encode(&self, proto: Protocol, out: &mut BytesMut) {
+        match self {
+            Frame::Simple(s) => line(out, b'+', s.as_bytes()),
+            Frame::Error(s) => line(out, b'-', s.as_bytes()),
+            Frame::Integer(n) => line(out, b':', itoa::Buffer::new().format(*n).as_bytes()),
+            Frame::Bulk(b) => {
+                out.reserve(b.len() + 16);
+                line(out, b'$', itoa::Buffer::new().format(b.len()).as_bytes());
+                out.put_slice(b);
+                out.put_slice(b"\r\n");
+            }
+            Frame::Null => match proto {
+                Protocol::Resp2 => out.put_slice(b"$-1\r\n"),
+                Protocol::Resp3 => out.put_slice(b"_\r\n"),
+            },
+            Frame::Array(items) => {
+                line(out, b'*', itoa::Buffer::new().format(items.len()).as_bytes());
+                for f in items {
+                    f.encode(proto, out);
+                }
+            }
+            Frame::Map(pairs) => {
+                match proto {
+                    Protocol::Resp2 => line(out, b'*', itoa::Buffer::new().format(pairs.len() * 2).as_bytes()),
+                    Protocol::Resp3 => line(out, b'%', itoa::Buffer::new().format(pairs.len()).as_bytes()),
+                }
+                for (k, v) in pairs {
+                    k.encode(proto, out);
+                    v.encode(proto, out);
+                }
+            }
+        }
+    }
+}
+
+fn line(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    out.reserve(body.len() + 3);
+    out.put_u8(tag);
+    out.put_slice(body);
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { max_multibulk_len: 1024, max_bulk_len: 64, max_inline_len: 128 };
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        while let Some(args) = parse(&mut buf, &LIMITS)? {
+            out.push(args);
+        }
+        Ok(out)
+    }
+
+    fn strs(args: &[Bytes]) -> Vec<&str> {
+        args.iter().map(|a| std::str::from_utf8(a).unwrap()).collect()
+    }
+
+    #[test]
+    fn pipelined_commands_parse_in_order() {
+        let cmds = parse_all(b"*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n").unwrap();
+        assert_eq!(cmds.len(), 2);
+        assert_eq!(strs(&cmds[0]), ["PING"]);
+        assert_eq!(strs(&cmds[1]), ["SET", "k", ""]);
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete_not_an_error() {
+        let full = b"*2\r\n$3\r\nGET\r\n$5\r\nhello\r\n";
+        for cut in 0..full.len() {
+            let mut buf = BytesMut::from(&full[..cut]);
+            assert_eq!(parse(&mut buf, &LIMITS), Ok(None), "prefix of {cut} bytes");
+            assert_eq!(buf.len(), cut, "nothing consumed");
+        }
+        let mut buf = BytesMut::from(&full[..]);
+        assert_eq!(strs(&parse(&mut buf, &LIMITS).unwrap().unwrap()), ["GET", "hello"]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn lengths_are_bounded_before_allocation() {
+        let mut buf = BytesMut::from(&b"*2147483647\r\n"[..]);
+        assert_eq!(parse(&mut buf, &LIMITS), Err(ProtocolError::InvalidMultibulkLength));
+        let mut buf = BytesMut::from(&b"*1\r\n$999999999999\r\n"[..]);
+        assert_eq!(parse(&mut buf, &LIMITS), Err(ProtocolError::InvalidBulkLength));
+        assert!(buf.capacity() < 4096, "no room was reserved for the refused value");
+        assert_eq!(parse_all(b"*1\r\n$65\r\n"), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(parse_all(b"*1\r\n$-5\r\n"), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(parse_all(b"*x\r\n"), Err(ProtocolError::InvalidMultibulkLength));
+        assert_eq!(parse_all(b"*1\r\n:5\r\n"), Err(ProtocolError::ExpectedBulk(b':')));
+        assert_eq!(parse_all(b"*1\r\n$3\r\nabcXY"), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(parse_all(&[b'*'; 200]), Err(ProtocolError::TooBigCount));
+        assert_eq!(parse_all(&[b'a'; 200]), Err(ProtocolError::TooBigInline));
+    }
+
+    #[test]
+    fn room_for_a_known_value_is_reserved_once() {
+        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$60\r\nab"[..]);
+        assert_eq!(parse(&mut buf, &LIMITS), Ok(None));
+        assert!(buf.capacity() >= b"*2\r\n$3\r\nSET\r\n$60\r\n".len() + 62);
+    }
+
+    #[test]
+    fn empty_multibulk_and_blank_lines_are_skipped() {
+        let cmds = parse_all(b"*0\r\n*-1\r\n\r\n  \n*1\r\n$4\r\nPING\r\n").unwrap();
+        assert_eq!(cmds.len(), 1);
+    }
+
+    #[test]
+    fn inline_commands_split_like_redis() {
+        let cmds = parse_all(b"SET k \"a b\\n\\x41\"\r\nGET 'it''s'\nPING\r\n").unwrap();
+        assert_eq!(cmds[0], vec![Bytes::from("SET"), Bytes::from("k"), Bytes::from("a b\nA")]);
+        assert_eq!(strs(&cmds[1]), ["GET", "it's"]);
+        assert_eq!(strs(&cmds[2]), ["PING"]);
+        assert_eq!(parse_all(b"GET \"open\r\n"), Err(ProtocolError::UnbalancedQuotes));
+    }
+
+    fn enc(f: &Frame, p: Protocol) -> String {
+        let mut out = BytesMut::new();
+        f.encode(p, &mut out);
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn replies_encode_per_protocol() {
+        assert_eq!(enc(&Frame::OK, Protocol::Resp2), "+OK\r\n");
+        assert_eq!(enc(&Frame::error("ERR x"), Protocol::Resp2), "-ERR x\r\n");
+        assert_eq!(enc(&Frame::Integer(-42), Protocol::Resp2), ":-42\r\n");
+        assert_eq!(enc(&Frame::bulk_static("hi"), Protocol::Resp2), "$2\r\nhi\r\n");
+        assert_eq!(enc(&Frame::Null, Protocol::Resp2), "$-1\r\n");
+        assert_eq!(enc(&Frame::Null, Protocol::Resp3), "_\r\n");
+        let m = Frame::Map(vec![(Frame::bulk_static("a"), Frame::Integer(1))]);
+        assert_eq!(enc(&m, Protocol::Resp2), "*2\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(enc(&m, Protocol::Resp3), "%1\r\n$1\r\na\r\n:1\r\n");
+    }
+}
