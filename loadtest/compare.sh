@@ -79,8 +79,8 @@ cargo build --release --quiet --bin tiergate --example bare_hyper
 BODY=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' 'x')
 
 # --- tiergate, standalone, one worker thread on SERVER_CPU
-TG_HTTP=$(free_port); TG_ADMIN=$(free_port)
-TIERGATE_HTTP_LISTEN=127.0.0.1:$TG_HTTP TIERGATE_ADMIN_LISTEN=127.0.0.1:$TG_ADMIN \
+TG_HTTP=$(free_port); TG_ADMIN=$(free_port); TG_RESP=$(free_port)
+TIERGATE_HTTP_LISTEN=127.0.0.1:$TG_HTTP TIERGATE_ADMIN_LISTEN=127.0.0.1:$TG_ADMIN TIERGATE_RESP_LISTEN=127.0.0.1:$TG_RESP \
 TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn \
     taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/tiergate.log" 2>&1 &
 TG_PID=$!; PIDS+=("$TG_PID")

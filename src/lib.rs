@@ -1,5 +1,5 @@
-//! tiergate: a high-concurrency data gateway. HTTP (and, later, Redis-protocol) front doors
-//! over one tiered cache engine: L1 in process (moka), L2 in Redis.
+//! tiergate: a high-concurrency data gateway. HTTP and Redis-protocol front doors over one
+//! tiered cache engine: L1 in process (moka), L2 in Redis.
 //!
 //! `server` wires the pieces together; `main.rs` is a thin CLI over it.
 
@@ -10,5 +10,6 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod resp;
 pub mod server;
 pub mod shutdown;

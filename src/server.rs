@@ -7,6 +7,7 @@ use crate::{
     host, http,
     metrics::{admin, Metrics},
     net::{self, ListenOptions},
+    resp,
     shutdown::{self, Shutdown},
 };
 use std::{net::SocketAddr, sync::Arc};
@@ -29,12 +30,14 @@ pub enum StartError {
 /// A started server: its bound addresses and the handle to stop it.
 pub struct Running {
     pub http_addr: SocketAddr,
+    pub resp_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub cache: Arc<TieredCache>,
     pub metrics: Arc<Metrics>,
     draining: Shutdown,
     admin_stop: Shutdown,
     http_task: JoinHandle<()>,
+    resp_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
 }
 
@@ -50,18 +53,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let opts = ListenOptions {
         backlog: config.http.backlog,
         reuse_port: config.http.reuse_port,
+        keepalive: None,
     };
-    let bind = |what, addr| {
+    let resp_opts = ListenOptions {
+        keepalive: (!config.resp.keepalive.0.is_zero()).then_some(config.resp.keepalive.0),
+        ..opts
+    };
+    let bind = |what, addr, opts| {
         net::bind(addr, opts).map_err(|source| StartError::Bind { what, addr, source })
     };
-    let http_listener = bind("http.listen", config.http.listen)?;
-    let admin_listener = bind("admin.listen", config.admin.listen)?;
-    let http_addr = http_listener
-        .local_addr()
-        .expect("bound socket has an address");
-    let admin_addr = admin_listener
-        .local_addr()
-        .expect("bound socket has an address");
+    let http_listener = bind("http.listen", config.http.listen, opts)?;
+    let resp_listener = bind("resp.listen", config.resp.listen, resp_opts)?;
+    let admin_listener = bind("admin.listen", config.admin.listen, opts)?;
+    let local = |l: &tokio::net::TcpListener| l.local_addr().expect("bound socket has an address");
+    let (http_addr, resp_addr, admin_addr) = (
+        local(&http_listener),
+        local(&resp_listener),
+        local(&admin_listener),
+    );
 
     let l1_budget = config.l1.capacity.resolve(memory);
     match cache.l2() {
@@ -87,21 +96,36 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.shutdown.grace.0,
         draining.clone(),
     ));
+    let resp_shared = Arc::new(resp::Shared::new(
+        &config.resp,
+        &config.limits,
+        cache.clone(),
+        metrics.clone(),
+    ));
+    let resp_task = tokio::spawn(resp::serve(
+        resp_listener,
+        resp_shared,
+        config.resp.max_connections,
+        config.shutdown.grace.0,
+        draining.clone(),
+    ));
     let admin = Arc::new(admin::Admin {
         metrics: metrics.clone(),
         cache: cache.clone(),
         draining: draining.clone(),
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
-    tracing::info!(%http_addr, %admin_addr, "listening");
+    tracing::info!(%http_addr, %resp_addr, %admin_addr, "listening");
     Ok(Running {
         http_addr,
+        resp_addr,
         admin_addr,
         cache,
         metrics,
         draining,
         admin_stop,
         http_task,
+        resp_task,
         admin_task,
     })
 }
@@ -114,8 +138,11 @@ impl Running {
 
     /// Waits for the drain to finish (after `shutdown`), then stops the admin port.
     pub async fn wait(self) {
-        if let Err(e) = self.http_task.await {
-            tracing::error!(error = %e, "http service failed");
+        let (http, resp) = tokio::join!(self.http_task, self.resp_task);
+        for (door, res) in [("http", http), ("resp", resp)] {
+            if let Err(e) = res {
+                tracing::error!(door, error = %e, "service failed");
+            }
         }
         self.admin_stop.trigger();
         let _ = self.admin_task.await;

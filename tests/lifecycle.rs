@@ -264,6 +264,7 @@ fn bind_failure_exits_one() {
         )
         .env("TIERGATE_HTTP_REUSE_PORT", "false")
         .env("TIERGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("TIERGATE_RESP_LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

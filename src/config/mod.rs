@@ -13,6 +13,19 @@ use std::{net::SocketAddr, time::Duration};
 
 /// Data port for HTTP; 8080 is the conventional unprivileged HTTP port.
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
+/// Redis-protocol port; 6380 so it does not clash with a local Redis on 6379.
+pub const DEFAULT_RESP_LISTEN: &str = "0.0.0.0:6380";
+/// 300k long-lived clients on the 8-core / 32 GB reference server (see docs/TUNING.md);
+/// the fd limit (LimitNOFILE) must be above it.
+pub const DEFAULT_RESP_MAX_CONNECTIONS: usize = 300_000;
+/// A client silent this long is closed: twice a typical 30-45s client PING interval.
+pub const DEFAULT_RESP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// TCP keepalive probes after this much silence find peers that vanished without a FIN.
+pub const DEFAULT_RESP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Arguments per command; redis-server's own bound for clients that have not authenticated.
+pub const DEFAULT_RESP_MAX_MULTIBULK_LEN: usize = 1024 * 1024;
+/// Inline command lines and length headers; redis-server's PROTO_INLINE_MAX_SIZE.
+pub const DEFAULT_RESP_MAX_INLINE_BYTES: u64 = 64 * 1024;
 /// Operators' port; loopback only, so metrics and readiness are not exposed by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// Accept backlog; matches the `net.core.somaxconn` we recommend in sysctl.conf.
@@ -49,6 +62,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
     pub http: HttpConfig,
+    pub resp: RespConfig,
     pub admin: AdminConfig,
     pub l1: L1Config,
     pub l2: L2Config,
@@ -58,7 +72,7 @@ pub struct Config {
 
 /// Section names, in file order; env overrides are matched against these.
 pub const SECTIONS: &[&str] = &[
-    "runtime", "log", "http", "admin", "l1", "l2", "limits", "shutdown",
+    "runtime", "log", "http", "resp", "admin", "l1", "l2", "limits", "shutdown",
 ];
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -110,6 +124,36 @@ impl Default for HttpConfig {
             backlog: DEFAULT_BACKLOG,
             reuse_port: true,
             http2: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RespConfig {
+    pub listen: SocketAddr,
+    /// Clients served at once; the next one gets "-ERR max number of clients reached".
+    pub max_connections: usize,
+    /// Close a client that sends nothing for this long; "0" never closes.
+    pub idle_timeout: HumanDuration,
+    /// TCP keepalive idle time; "0" turns keepalive off.
+    pub keepalive: HumanDuration,
+    pub max_multibulk_len: usize,
+    pub max_inline_bytes: ByteSize,
+    /// When set, clients must AUTH (or HELLO ... AUTH) before other commands.
+    pub requirepass: String,
+}
+
+impl Default for RespConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_RESP_LISTEN.parse().expect("valid default"),
+            max_connections: DEFAULT_RESP_MAX_CONNECTIONS,
+            idle_timeout: HumanDuration(DEFAULT_RESP_IDLE_TIMEOUT),
+            keepalive: HumanDuration(DEFAULT_RESP_KEEPALIVE),
+            max_multibulk_len: DEFAULT_RESP_MAX_MULTIBULK_LEN,
+            max_inline_bytes: ByteSize(DEFAULT_RESP_MAX_INLINE_BYTES),
+            requirepass: String::new(),
         }
     }
 }
@@ -249,8 +293,28 @@ impl Config {
         if self.http.backlog == 0 {
             bad("http.backlog", "must be at least 1".into());
         }
-        if self.http.listen == self.admin.listen {
+        // Port 0 (any free port, as tests use) cannot clash.
+        let clash = |a: SocketAddr, b: SocketAddr| a.port() != 0 && a == b;
+        if clash(self.http.listen, self.admin.listen) {
             bad("admin.listen", "must differ from http.listen".into());
+        }
+        if clash(self.resp.listen, self.http.listen) || clash(self.resp.listen, self.admin.listen) {
+            bad(
+                "resp.listen",
+                "must differ from http.listen and admin.listen".into(),
+            );
+        }
+        if self.resp.max_connections == 0 {
+            bad("resp.max_connections", "must be at least 1".into());
+        }
+        if self.resp.max_multibulk_len == 0 || self.resp.max_multibulk_len > i32::MAX as usize {
+            bad(
+                "resp.max_multibulk_len",
+                "must be between 1 and 2147483647".into(),
+            );
+        }
+        if self.resp.max_inline_bytes.0 < 1024 {
+            bad("resp.max_inline_bytes", "must be at least 1KiB".into());
         }
         let l1_off = matches!(self.l1.capacity, Capacity::Bytes(0))
             || matches!(self.l1.capacity, Capacity::PercentOfMemory(p) if p == 0.0);
@@ -324,6 +388,7 @@ mod tests {
         assert!(c.validate().is_empty(), "{:?}", c.validate());
         assert_eq!(c.http.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.resp.listen.to_string(), "0.0.0.0:6380");
         assert!(c.standalone());
     }
 

@@ -74,8 +74,9 @@ const L2_OPS: [&str; 7] = ["get", "set", "del", "mget", "mset", "ping", "exists"
 pub enum Door {
     Http = 0,
     Admin = 1,
+    Resp = 2,
 }
-const DOORS: [&str; 2] = ["http", "admin"];
+const DOORS: [&str; 3] = ["http", "admin", "resp"];
 
 /// Request latencies from tens of microseconds (L1 hits) to seconds (timeouts).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -94,9 +95,12 @@ pub struct Metrics {
     l2_duration: Vec<Histogram>,
     l2_errors: Vec<IntCounter>,
     pub l2_up: IntGauge,
-    open_connections: [IntGauge; 2],
-    connections: [IntCounter; 2],
+    open_connections: [IntGauge; 3],
+    connections: [IntCounter; 3],
+    rejected_connections: [IntCounter; 3],
     pub accept_errors: IntCounter,
+    pub heartbeat_timeouts: IntCounter,
+    pub resp_protocol_errors: IntCounter,
 }
 
 impl Metrics {
@@ -163,6 +167,24 @@ impl Metrics {
             &["door"],
         )
         .unwrap();
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "connections_rejected_total",
+                "Client connections refused because the door's connection budget was spent",
+            ),
+            &["door"],
+        )
+        .unwrap();
+        let heartbeat_timeouts = IntCounter::new(
+            "tcp_heartbeat_timeouts_total",
+            "RESP clients closed after sending nothing for resp.idle_timeout",
+        )
+        .unwrap();
+        let resp_protocol_errors = IntCounter::new(
+            "resp_protocol_errors_total",
+            "RESP connections closed because their byte stream could not be framed",
+        )
+        .unwrap();
         let accept_errors = IntCounter::new(
             "accept_errors_total",
             "Failed accept() calls (fd exhaustion and the like)",
@@ -188,6 +210,9 @@ impl Metrics {
             Box::new(open.clone()),
             Box::new(conns.clone()),
             Box::new(accept_errors.clone()),
+            Box::new(rejected.clone()),
+            Box::new(heartbeat_timeouts.clone()),
+            Box::new(resp_protocol_errors.clone()),
             Box::new(build),
         ] {
             reg(c);
@@ -227,7 +252,10 @@ impl Metrics {
             l2_up,
             open_connections: std::array::from_fn(|i| open.with_label_values(&[DOORS[i]])),
             connections: std::array::from_fn(|i| conns.with_label_values(&[DOORS[i]])),
+            rejected_connections: std::array::from_fn(|i| rejected.with_label_values(&[DOORS[i]])),
             accept_errors,
+            heartbeat_timeouts,
+            resp_protocol_errors,
             registry,
         }
     }
@@ -263,6 +291,11 @@ impl Metrics {
         let gauge = self.open_connections[door as usize].clone();
         gauge.inc();
         ConnectionGuard(gauge)
+    }
+
+    /// Counts a connection refused for lack of budget.
+    pub fn rejected(&self, door: Door) {
+        self.rejected_connections[door as usize].inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -76,11 +76,15 @@ pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, 
 enum Check {
     Complete(Layout),
     /// At least `need` bytes are needed in all (0 when unknown yet).
-    Incomplete { need: usize },
+    Incomplete {
+        need: usize,
+    },
 }
 
 fn check(buf: &[u8], limits: &Limits) -> Result<Check, ProtocolError> {
-    let Some(&first) = buf.first() else { return Ok(Check::Incomplete { need: 0 }) };
+    let Some(&first) = buf.first() else {
+        return Ok(Check::Incomplete { need: 0 });
+    };
     if first != b'*' {
         return check_inline(buf, limits);
     }
@@ -90,15 +94,21 @@ fn check(buf: &[u8], limits: &Limits) -> Result<Check, ProtocolError> {
     let argc = parse_len(count).ok_or(ProtocolError::InvalidMultibulkLength)?;
     let argc = match argc {
         n if n <= 0 => return Ok(Check::Complete(Layout::Empty { len: pos })),
-        n if n as u64 > limits.max_multibulk_len as u64 => return Err(ProtocolError::InvalidMultibulkLength),
+        n if n as u64 > limits.max_multibulk_len as u64 => {
+            return Err(ProtocolError::InvalidMultibulkLength)
+        }
         n => n as usize,
     };
     for _ in 0..argc {
-        let Some(&tag) = buf.get(pos) else { return Ok(Check::Incomplete { need: 0 }) };
+        let Some(&tag) = buf.get(pos) else {
+            return Ok(Check::Incomplete { need: 0 });
+        };
         if tag != b'$' {
             return Err(ProtocolError::ExpectedBulk(tag));
         }
-        let Some((len, data)) = header_line(buf, pos + 1, limits, ProtocolError::InvalidBulkLength)? else {
+        let Some((len, data)) =
+            header_line(buf, pos + 1, limits, ProtocolError::InvalidBulkLength)?
+        else {
             return Ok(Check::Incomplete { need: 0 });
         };
         let len = match parse_len(len) {
@@ -142,14 +152,18 @@ fn parse_len(digits: &[u8]) -> Option<i64> {
     if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n = digits.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    let n = digits
+        .iter()
+        .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
     Some(if neg { -n } else { n })
 }
 
 fn check_inline(buf: &[u8], limits: &Limits) -> Result<Check, ProtocolError> {
     match memchr::memchr(b'\n', buf) {
         Some(i) if i > limits.max_inline_len => Err(ProtocolError::TooBigInline),
-        Some(i) if buf[..i].iter().all(u8::is_ascii_whitespace) => Ok(Check::Complete(Layout::Empty { len: i + 1 })),
+        Some(i) if buf[..i].iter().all(u8::is_ascii_whitespace) => {
+            Ok(Check::Complete(Layout::Empty { len: i + 1 }))
+        }
         Some(i) => Ok(Check::Complete(Layout::Inline { len: i + 1 })),
         None if buf.len() > limits.max_inline_len => Err(ProtocolError::TooBigInline),
         None => Ok(Check::Incomplete { need: 0 }),
@@ -186,7 +200,9 @@ fn split_inline(line: Bytes) -> Result<Vec<Bytes>, ProtocolError> {
                 let mut arg = Vec::new();
                 i += 1;
                 loop {
-                    let Some(&c) = text.get(i) else { return Err(ProtocolError::UnbalancedQuotes) };
+                    let Some(&c) = text.get(i) else {
+                        return Err(ProtocolError::UnbalancedQuotes);
+                    };
                     i += 1;
                     if c == q {
                         // A closing quote must end the argument.
@@ -196,13 +212,17 @@ fn split_inline(line: Bytes) -> Result<Vec<Bytes>, ProtocolError> {
                         break;
                     }
                     if c == b'\\' && q == b'"' {
-                        let Some(&e) = text.get(i) else { return Err(ProtocolError::UnbalancedQuotes) };
+                        let Some(&e) = text.get(i) else {
+                            return Err(ProtocolError::UnbalancedQuotes);
+                        };
                         i += 1;
                         arg.push(match e {
                             b'n' => b'\n',
                             b'r' => b'\r',
                             b't' => b'\t',
-                            b'x' if text.len() >= i + 2 && text[i..i + 2].iter().all(u8::is_ascii_hexdigit) => {
+                            b'x' if text.len() >= i + 2
+                                && text[i..i + 2].iter().all(u8::is_ascii_hexdigit) =>
+                            {
                                 let hex = std::str::from_utf8(&text[i..i + 2]).expect("hex digits");
                                 i += 2;
                                 u8::from_str_radix(hex, 16).expect("hex digits")
@@ -281,15 +301,27 @@ impl Frame {
                 Protocol::Resp3 => out.put_slice(b"_\r\n"),
             },
             Frame::Array(items) => {
-                line(out, b'*', itoa::Buffer::new().format(items.len()).as_bytes());
+                line(
+                    out,
+                    b'*',
+                    itoa::Buffer::new().format(items.len()).as_bytes(),
+                );
                 for f in items {
                     f.encode(proto, out);
                 }
             }
             Frame::Map(pairs) => {
                 match proto {
-                    Protocol::Resp2 => line(out, b'*', itoa::Buffer::new().format(pairs.len() * 2).as_bytes()),
-                    Protocol::Resp3 => line(out, b'%', itoa::Buffer::new().format(pairs.len()).as_bytes()),
+                    Protocol::Resp2 => line(
+                        out,
+                        b'*',
+                        itoa::Buffer::new().format(pairs.len() * 2).as_bytes(),
+                    ),
+                    Protocol::Resp3 => line(
+                        out,
+                        b'%',
+                        itoa::Buffer::new().format(pairs.len()).as_bytes(),
+                    ),
                 }
                 for (k, v) in pairs {
                     k.encode(proto, out);
@@ -311,7 +343,11 @@ fn line(out: &mut BytesMut, tag: u8, body: &[u8]) {
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits { max_multibulk_len: 1024, max_bulk_len: 64, max_inline_len: 128 };
+    const LIMITS: Limits = Limits {
+        max_multibulk_len: 1024,
+        max_bulk_len: 64,
+        max_inline_len: 128,
+    };
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
         let mut buf = BytesMut::from(input);
@@ -323,12 +359,15 @@ mod tests {
     }
 
     fn strs(args: &[Bytes]) -> Vec<&str> {
-        args.iter().map(|a| std::str::from_utf8(a).unwrap()).collect()
+        args.iter()
+            .map(|a| std::str::from_utf8(a).unwrap())
+            .collect()
     }
 
     #[test]
     fn pipelined_commands_parse_in_order() {
-        let cmds = parse_all(b"*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n").unwrap();
+        let cmds =
+            parse_all(b"*1\r\n$4\r\nPING\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n").unwrap();
         assert_eq!(cmds.len(), 2);
         assert_eq!(strs(&cmds[0]), ["PING"]);
         assert_eq!(strs(&cmds[1]), ["SET", "k", ""]);
@@ -343,22 +382,49 @@ mod tests {
             assert_eq!(buf.len(), cut, "nothing consumed");
         }
         let mut buf = BytesMut::from(&full[..]);
-        assert_eq!(strs(&parse(&mut buf, &LIMITS).unwrap().unwrap()), ["GET", "hello"]);
+        assert_eq!(
+            strs(&parse(&mut buf, &LIMITS).unwrap().unwrap()),
+            ["GET", "hello"]
+        );
         assert!(buf.is_empty());
     }
 
     #[test]
     fn lengths_are_bounded_before_allocation() {
         let mut buf = BytesMut::from(&b"*2147483647\r\n"[..]);
-        assert_eq!(parse(&mut buf, &LIMITS), Err(ProtocolError::InvalidMultibulkLength));
+        assert_eq!(
+            parse(&mut buf, &LIMITS),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
         let mut buf = BytesMut::from(&b"*1\r\n$999999999999\r\n"[..]);
-        assert_eq!(parse(&mut buf, &LIMITS), Err(ProtocolError::InvalidBulkLength));
-        assert!(buf.capacity() < 4096, "no room was reserved for the refused value");
-        assert_eq!(parse_all(b"*1\r\n$65\r\n"), Err(ProtocolError::InvalidBulkLength));
-        assert_eq!(parse_all(b"*1\r\n$-5\r\n"), Err(ProtocolError::InvalidBulkLength));
-        assert_eq!(parse_all(b"*x\r\n"), Err(ProtocolError::InvalidMultibulkLength));
-        assert_eq!(parse_all(b"*1\r\n:5\r\n"), Err(ProtocolError::ExpectedBulk(b':')));
-        assert_eq!(parse_all(b"*1\r\n$3\r\nabcXY"), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(
+            parse(&mut buf, &LIMITS),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert!(
+            buf.capacity() < 4096,
+            "no room was reserved for the refused value"
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n$65\r\n"),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n$-5\r\n"),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert_eq!(
+            parse_all(b"*x\r\n"),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n:5\r\n"),
+            Err(ProtocolError::ExpectedBulk(b':'))
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n$3\r\nabcXY"),
+            Err(ProtocolError::InvalidBulkLength)
+        );
         assert_eq!(parse_all(&[b'*'; 200]), Err(ProtocolError::TooBigCount));
         assert_eq!(parse_all(&[b'a'; 200]), Err(ProtocolError::TooBigInline));
     }
@@ -378,11 +444,17 @@ mod tests {
 
     #[test]
     fn inline_commands_split_like_redis() {
-        let cmds = parse_all(b"SET k \"a b\\n\\x41\"\r\nGET 'it''s'\nPING\r\n").unwrap();
-        assert_eq!(cmds[0], vec![Bytes::from("SET"), Bytes::from("k"), Bytes::from("a b\nA")]);
+        let cmds = parse_all(b"SET k \"a b\\n\\x41\"\r\nGET 'it\\'s'\nPING\r\n").unwrap();
+        assert_eq!(
+            cmds[0],
+            vec![Bytes::from("SET"), Bytes::from("k"), Bytes::from("a b\nA")]
+        );
         assert_eq!(strs(&cmds[1]), ["GET", "it's"]);
         assert_eq!(strs(&cmds[2]), ["PING"]);
-        assert_eq!(parse_all(b"GET \"open\r\n"), Err(ProtocolError::UnbalancedQuotes));
+        assert_eq!(
+            parse_all(b"GET \"open\r\n"),
+            Err(ProtocolError::UnbalancedQuotes)
+        );
     }
 
     fn enc(f: &Frame, p: Protocol) -> String {
@@ -396,7 +468,10 @@ mod tests {
         assert_eq!(enc(&Frame::OK, Protocol::Resp2), "+OK\r\n");
         assert_eq!(enc(&Frame::error("ERR x"), Protocol::Resp2), "-ERR x\r\n");
         assert_eq!(enc(&Frame::Integer(-42), Protocol::Resp2), ":-42\r\n");
-        assert_eq!(enc(&Frame::bulk_static("hi"), Protocol::Resp2), "$2\r\nhi\r\n");
+        assert_eq!(
+            enc(&Frame::bulk_static("hi"), Protocol::Resp2),
+            "$2\r\nhi\r\n"
+        );
         assert_eq!(enc(&Frame::Null, Protocol::Resp2), "$-1\r\n");
         assert_eq!(enc(&Frame::Null, Protocol::Resp3), "_\r\n");
         let m = Frame::Map(vec![(Frame::bulk_static("a"), Frame::Integer(1))]);

@@ -43,13 +43,24 @@ where
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    extra_args: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts one with extra redis-server arguments (`["--databases", "1"]`).
+    pub fn start_with(extra_args: &[&str]) -> Self {
         for _ in 0..5 {
             let port = free_port();
-            let mut r = Redis { port, child: None };
+            let extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+            let mut r = Redis {
+                port,
+                child: None,
+                extra_args,
+            };
             if r.spawn() {
                 return r;
             }
@@ -62,6 +73,7 @@ impl Redis {
         Redis {
             port: free_port(),
             child: None,
+            extra_args: Vec::new(),
         }
     }
 
@@ -82,6 +94,7 @@ impl Redis {
                 "no",
             ])
             .args(["--protected-mode", "no", "--enable-debug-command", "yes"])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -176,6 +189,7 @@ pub fn config(l2_url: Option<&str>) -> Config {
     let mut c = Config::default();
     c.http.listen = "127.0.0.1:0".parse().unwrap();
     c.admin.listen = "127.0.0.1:0".parse().unwrap();
+    c.resp.listen = "127.0.0.1:0".parse().unwrap();
     c.l1.capacity = tiergate::config::Capacity::Bytes(64 << 20);
     c.shutdown.grace = tiergate::config::HumanDuration(Duration::from_secs(10));
     c.l2.health_interval = tiergate::config::HumanDuration(Duration::from_millis(100));
@@ -293,6 +307,7 @@ pub async fn error_code(resp: reqwest::Response) -> String {
 pub struct Binary {
     pub child: Child,
     pub http: SocketAddr,
+    pub resp: SocketAddr,
     pub admin: SocketAddr,
     log: tempfile::NamedTempFile,
 }
@@ -301,10 +316,12 @@ impl Binary {
     pub fn start(extra_env: &[(&str, &str)]) -> Self {
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let resp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = Command::new(bin());
         cmd.env("TIERGATE_HTTP_LISTEN", http.to_string())
             .env("TIERGATE_ADMIN_LISTEN", admin.to_string())
+            .env("TIERGATE_RESP_LISTEN", resp.to_string())
             .env("TIERGATE_L1_CAPACITY", "64MiB")
             .env("TIERGATE_RUNTIME_WORKER_THREADS", "2")
             .env("NO_COLOR", "1")
@@ -317,6 +334,7 @@ impl Binary {
         let b = Binary {
             child,
             http,
+            resp,
             admin,
             log,
         };

@@ -1,0 +1,272 @@
+//! Commands: each one a struct that parses itself from the request's arguments
+//! (`parse_frames`) and runs against the engine (`apply`), dispatched by `Command`, which
+//! also owns the checks every command shares (authentication, arity, unknown names).
+
+mod connection;
+mod keyspace;
+mod server;
+mod string;
+
+use super::{frame::Frame, session::Session, Shared};
+use bytes::Bytes;
+use std::borrow::Cow;
+
+pub use connection::{Auth, Client, Echo, Hello, Ping, Quit, Select};
+pub use keyspace::{Del, Exists};
+pub use server::CommandInfo;
+pub use string::{Get, MGet, MSet, Set};
+
+/// What a command runs with: the engine and limits (shared) and this client's state.
+pub struct Ctx<'a> {
+    pub shared: &'a Shared,
+    pub session: &'a mut Session,
+    /// Set by QUIT: close once the reply is written.
+    pub close: bool,
+}
+
+pub enum Command {
+    Ping(Ping),
+    Echo(Echo),
+    Quit(Quit),
+    Select(Select),
+    Auth(Auth),
+    Hello(Hello),
+    Client(Client),
+    CommandInfo(CommandInfo),
+    Get(Get),
+    Set(Set),
+    MGet(MGet),
+    MSet(MSet),
+    Del(Del),
+    Exists(Exists),
+}
+
+/// Command names as redis-server spells them in errors, longest first not needed: exact match.
+const NAMES: &[&str] = &[
+    "ping", "echo", "quit", "select", "auth", "hello", "client", "command", "get", "set", "mget",
+    "mset", "del", "unlink", "exists",
+];
+
+/// Commands a client may send before it has authenticated.
+const BEFORE_AUTH: &[&str] = &["auth", "hello", "ping", "quit"];
+
+impl Command {
+    /// Parses a request. The error is the reply to send (the command is not run).
+    pub fn from_args(args: Vec<Bytes>, session: &Session) -> Result<Command, Frame> {
+        let name = lookup(&args[0]).ok_or_else(|| unknown(&args))?;
+        if !session.authenticated && !BEFORE_AUTH.contains(&name) {
+            return Err(Frame::error("NOAUTH Authentication required."));
+        }
+        let mut p = Parse::new(name, args);
+        let cmd = match name {
+            "ping" => Command::Ping(Ping::parse_frames(&mut p)?),
+            "echo" => Command::Echo(Echo::parse_frames(&mut p)?),
+            "quit" => Command::Quit(Quit::parse_frames(&mut p)?),
+            "select" => Command::Select(Select::parse_frames(&mut p)?),
+            "auth" => Command::Auth(Auth::parse_frames(&mut p)?),
+            "hello" => Command::Hello(Hello::parse_frames(&mut p)?),
+            "client" => Command::Client(Client::parse_frames(&mut p)?),
+            "command" => Command::CommandInfo(CommandInfo::parse_frames(&mut p)?),
+            "get" => Command::Get(Get::parse_frames(&mut p)?),
+            "set" => Command::Set(Set::parse_frames(&mut p)?),
+            "mget" => Command::MGet(MGet::parse_frames(&mut p)?),
+            "mset" => Command::MSet(MSet::parse_frames(&mut p)?),
+            "del" | "unlink" => Command::Del(Del::parse_frames(&mut p)?),
+            "exists" => Command::Exists(Exists::parse_frames(&mut p)?),
+            _ => unreachable!("every name in NAMES is dispatched"),
+        };
+        p.finish()?;
+        Ok(cmd)
+    }
+
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
+        match self {
+            Command::Ping(c) => c.apply(ctx),
+            Command::Echo(c) => c.apply(ctx),
+            Command::Quit(c) => c.apply(ctx),
+            Command::Select(c) => c.apply(ctx),
+            Command::Auth(c) => c.apply(ctx),
+            Command::Hello(c) => c.apply(ctx),
+            Command::Client(c) => c.apply(ctx),
+            Command::CommandInfo(c) => c.apply(ctx),
+            Command::Get(c) => c.apply(ctx).await,
+            Command::Set(c) => c.apply(ctx).await,
+            Command::MGet(c) => c.apply(ctx).await,
+            Command::MSet(c) => c.apply(ctx).await,
+            Command::Del(c) => c.apply(ctx).await,
+            Command::Exists(c) => c.apply(ctx).await,
+        }
+    }
+}
+
+/// The canonical (lowercase) name of a known command, without allocating.
+fn lookup(name: &[u8]) -> Option<&'static str> {
+    NAMES
+        .iter()
+        .copied()
+        .find(|n| n.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// redis-server's reply to an unknown command, arguments quoted as it quotes them.
+fn unknown(args: &[Bytes]) -> Frame {
+    let mut msg = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&args[0])
+    );
+    for a in args.iter().skip(1).take(20) {
+        msg.push_str(&format!(
+            "'{}' ",
+            String::from_utf8_lossy(&a[..a.len().min(128)])
+        ));
+    }
+    Frame::Error(msg.into())
+}
+
+/// The arguments of one request, consumed front to back by a command's `parse_frames`.
+pub struct Parse {
+    name: &'static str,
+    args: std::iter::Skip<std::vec::IntoIter<Bytes>>,
+}
+
+impl Parse {
+    fn new(name: &'static str, args: Vec<Bytes>) -> Self {
+        Self {
+            name,
+            args: args.into_iter().skip(1),
+        }
+    }
+
+    pub fn wrong_arity(&self) -> Frame {
+        Frame::Error(format!("ERR wrong number of arguments for '{}' command", self.name).into())
+    }
+
+    /// The next argument; a missing one is an arity error.
+    pub fn next_bytes(&mut self) -> Result<Bytes, Frame> {
+        self.args.next().ok_or_else(|| self.wrong_arity())
+    }
+
+    /// The next argument if there is one.
+    pub fn next_opt(&mut self) -> Option<Bytes> {
+        self.args.next()
+    }
+
+    /// The rest of the arguments.
+    pub fn rest(&mut self) -> Vec<Bytes> {
+        self.args.by_ref().collect()
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.args.len()
+    }
+
+    /// The next argument as an integer, with redis-server's error when it is not one.
+    pub fn next_int(&mut self) -> Result<i64, Frame> {
+        let b = self.next_bytes()?;
+        parse_int(&b).ok_or_else(not_an_integer)
+    }
+
+    /// Extra arguments are an arity error: a command never silently ignores input.
+    fn finish(&mut self) -> Result<(), Frame> {
+        match self.args.next() {
+            None => Ok(()),
+            Some(_) => Err(self.wrong_arity()),
+        }
+    }
+}
+
+pub fn parse_int(b: &[u8]) -> Option<i64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+pub fn not_an_integer() -> Frame {
+    Frame::error("ERR value is not an integer or out of range")
+}
+
+pub fn syntax_error() -> Frame {
+    Frame::error("ERR syntax error")
+}
+
+/// Whether argument `b` is the keyword `kw` (ASCII case-insensitive, as Redis compares).
+pub fn is(b: &[u8], kw: &str) -> bool {
+    b.eq_ignore_ascii_case(kw.as_bytes())
+}
+
+/// The reply for an engine error: a Redis error passed on as it came (same kind), or
+/// TRYAGAIN when L2 cannot be reached, so clients know a retry may succeed.
+pub fn l2_error(e: crate::cache::L2Error) -> Frame {
+    use crate::cache::L2Error;
+    Frame::Error(match e {
+        L2Error::Refused { code, detail } => Cow::Owned(format!("{code} {detail}")),
+        L2Error::Unavailable(_) => Cow::Borrowed("TRYAGAIN L2 is unreachable; retry later"),
+        L2Error::Timeout => Cow::Borrowed("TRYAGAIN L2 did not answer in time; retry later"),
+    })
+}
+
+/// Checks a key against `limits.max_key_bytes`.
+pub fn check_key(key: &[u8], shared: &Shared) -> Result<(), Frame> {
+    if key.len() > shared.max_key_bytes {
+        return Err(Frame::Error(
+            format!(
+                "ERR key is {} bytes; the limit is {}",
+                key.len(),
+                shared.max_key_bytes
+            )
+            .into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<Bytes> {
+        v.iter()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
+    }
+
+    fn err(v: &[&str]) -> String {
+        match Command::from_args(args(v), &Session::new(1, false)) {
+            Err(Frame::Error(e)) => e.into_owned(),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("{v:?} parsed"),
+        }
+    }
+
+    #[test]
+    fn names_are_case_insensitive_and_extra_args_rejected() {
+        assert!(Command::from_args(args(&["gEt", "k"]), &Session::new(1, false)).is_ok());
+        assert_eq!(
+            err(&["GET", "k", "extra"]),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            err(&["GET"]),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            err(&["PING", "a", "b"]),
+            "ERR wrong number of arguments for 'ping' command"
+        );
+    }
+
+    #[test]
+    fn unknown_commands_are_named() {
+        assert_eq!(
+            err(&["NOPE", "a"]),
+            "ERR unknown command 'NOPE', with args beginning with: 'a' "
+        );
+    }
+
+    #[test]
+    fn unauthenticated_clients_get_noauth() {
+        let s = Session::new(1, true);
+        assert!(
+            matches!(Command::from_args(args(&["GET", "k"]), &s), Err(Frame::Error(e)) if e.starts_with("NOAUTH"))
+        );
+        assert!(Command::from_args(args(&["PING"]), &s).is_ok());
+        assert!(Command::from_args(args(&["AUTH", "pw"]), &s).is_ok());
+    }
+}

@@ -1,0 +1,194 @@
+//! String commands: GET, SET, MGET, MSET.
+
+use super::{check_key, is, l2_error, parse_int, syntax_error, Ctx, Parse};
+use crate::{
+    cache::{SetCond, SetOptions, SetOutcome, SetTtl},
+    resp::frame::Frame,
+};
+use bytes::Bytes;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub struct Get {
+    key: Bytes,
+}
+
+impl Get {
+    pub fn parse_frames(p: &mut Parse) -> Result<Self, Frame> {
+        Ok(Self {
+            key: p.next_bytes()?,
+        })
+    }
+
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
+        if let Err(e) = check_key(&self.key, ctx.shared) {
+            return e;
+        }
+        match ctx.shared.cache.get(&self.key).await {
+            Ok(Some(hit)) => Frame::Bulk(hit.value),
+            Ok(None) => Frame::Null,
+            Err(e) => l2_error(e),
+        }
+    }
+}
+
+pub struct Set {
+    key: Bytes,
+    value: Bytes,
+    opts: SetOptions,
+}
+
+impl Set {
+    /// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT ts | PXAT ts-ms | KEEPTTL]
+    pub fn parse_frames(p: &mut Parse) -> Result<Self, Frame> {
+        let key = p.next_bytes()?;
+        let value = p.next_bytes()?;
+        let mut opts = SetOptions::default();
+        let mut ttl_given = false;
+        while let Some(opt) = p.next_opt() {
+            let cond = if is(&opt, "nx") {
+                Some(SetCond::IfAbsent)
+            } else if is(&opt, "xx") {
+                Some(SetCond::IfPresent)
+            } else {
+                None
+            };
+            if let Some(cond) = cond {
+                if opts.cond != SetCond::Always {
+                    return Err(syntax_error());
+                }
+                opts.cond = cond;
+                continue;
+            }
+            if is(&opt, "get") {
+                opts.get = true;
+                continue;
+            }
+            if ttl_given {
+                return Err(syntax_error());
+            }
+            ttl_given = true;
+            if is(&opt, "keepttl") {
+                opts.ttl = SetTtl::Keep;
+                continue;
+            }
+            let unit_ms: u64 = if is(&opt, "ex") || is(&opt, "exat") {
+                1000
+            } else {
+                1
+            };
+            let absolute = is(&opt, "exat") || is(&opt, "pxat");
+            if !(absolute || is(&opt, "ex") || is(&opt, "px")) {
+                return Err(syntax_error());
+            }
+            let n = p.next_opt().ok_or_else(syntax_error)?;
+            let n = parse_int(&n).ok_or_else(super::not_an_integer)?;
+            let ms = u64::try_from(n)
+                .ok()
+                .filter(|&n| n > 0)
+                .and_then(|n| n.checked_mul(unit_ms))
+                .ok_or_else(|| Frame::error("ERR invalid expire time in 'set' command"))?;
+            opts.ttl = if absolute {
+                SetTtl::At(UNIX_EPOCH + Duration::from_millis(ms))
+            } else {
+                SetTtl::In(Duration::from_millis(ms))
+            };
+        }
+        Ok(Self { key, value, opts })
+    }
+
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
+        if let Err(e) = check_key(&self.key, ctx.shared) {
+            return e;
+        }
+        if self.value.len() as u64 > ctx.shared.max_value_bytes {
+            return Frame::error("ERR value is larger than limits.max_value_bytes");
+        }
+        if let SetTtl::At(at) = self.opts.ttl {
+            // Far-future deadlines are Redis' business; in the memory store they must fit.
+            if at
+                .duration_since(SystemTime::now())
+                .is_ok_and(|d| d > Duration::from_secs(100 * 365 * 86_400))
+            {
+                return Frame::error("ERR invalid expire time in 'set' command");
+            }
+        }
+        match ctx
+            .shared
+            .cache
+            .set_with(self.key, self.value, self.opts)
+            .await
+        {
+            Ok(SetOutcome::Written) => Frame::OK,
+            Ok(SetOutcome::NotWritten) => Frame::Null,
+            Ok(SetOutcome::Old(v)) => v.map_or(Frame::Null, Frame::Bulk),
+            Err(e) => l2_error(e),
+        }
+    }
+}
+
+pub struct MGet {
+    keys: Vec<Bytes>,
+}
+
+impl MGet {
+    pub fn parse_frames(p: &mut Parse) -> Result<Self, Frame> {
+        let keys = p.rest();
+        if keys.is_empty() {
+            return Err(p.wrong_arity());
+        }
+        Ok(Self { keys })
+    }
+
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
+        if let Some(e) = self
+            .keys
+            .iter()
+            .find_map(|k| check_key(k, ctx.shared).err())
+        {
+            return e;
+        }
+        match ctx.shared.cache.get_many(&self.keys).await {
+            Ok(hits) => Frame::Array(
+                hits.into_iter()
+                    .map(|h| h.map_or(Frame::Null, |h| Frame::Bulk(h.value)))
+                    .collect(),
+            ),
+            Err(e) => l2_error(e),
+        }
+    }
+}
+
+pub struct MSet {
+    pairs: Vec<(Bytes, Bytes)>,
+}
+
+impl MSet {
+    pub fn parse_frames(p: &mut Parse) -> Result<Self, Frame> {
+        let args = p.rest();
+        if args.is_empty() || args.len() % 2 != 0 {
+            return Err(p.wrong_arity());
+        }
+        let mut it = args.into_iter();
+        let mut pairs = Vec::new();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            pairs.push((k, v));
+        }
+        Ok(Self { pairs })
+    }
+
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
+        for (k, v) in &self.pairs {
+            if let Err(e) = check_key(k, ctx.shared) {
+                return e;
+            }
+            if v.len() as u64 > ctx.shared.max_value_bytes {
+                return Frame::error("ERR value is larger than limits.max_value_bytes");
+            }
+        }
+        let items = self.pairs.into_iter().map(|(k, v)| (k, v, None)).collect();
+        match ctx.shared.cache.set_many(items).await {
+            Ok(()) => Frame::OK,
+            Err(e) => l2_error(e),
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The Redis-protocol (RESP2/RESP3) front door: the accept loop with its connection budget,
+//! the state every connection shares, and the drain on shutdown.
+
+mod cmd;
+mod connection;
+pub mod frame;
+mod session;
+
+use crate::{
+    cache::TieredCache,
+    config::{LimitsConfig, RespConfig},
+    metrics::{Door, Metrics},
+    net,
+    shutdown::Shutdown,
+};
+use bytes::Bytes;
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+use tokio::{net::TcpListener, sync::Semaphore};
+
+/// What every connection reads: the engine, the limits, the password.
+pub struct Shared {
+    pub cache: Arc<TieredCache>,
+    pub metrics: Arc<Metrics>,
+    pub limits: frame::Limits,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: u64,
+    pub requirepass: Option<Bytes>,
+    /// None: never close an idle client.
+    pub idle_timeout: Option<Duration>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        cfg: &RespConfig,
+        limits: &LimitsConfig,
+        cache: Arc<TieredCache>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            cache,
+            metrics,
+            limits: frame::Limits {
+                max_multibulk_len: cfg.max_multibulk_len,
+                // A bulk argument is a key or a value; both bounds apply later, per command.
+                max_bulk_len: (limits.max_value_bytes.0 as usize).max(limits.max_key_bytes),
+                max_inline_len: cfg.max_inline_bytes.0 as usize,
+            },
+            max_key_bytes: limits.max_key_bytes,
+            max_value_bytes: limits.max_value_bytes.0,
+            requirepass: (!cfg.requirepass.is_empty())
+                .then(|| Bytes::from(cfg.requirepass.clone())),
+            idle_timeout: (!cfg.idle_timeout.0.is_zero()).then_some(cfg.idle_timeout.0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// redis-server's words for a refused client, written before the socket is closed.
+const MAX_CLIENTS_REPLY: &[u8] = b"-ERR max number of clients reached\r\n";
+
+/// Serves the RESP port until shutdown; then lets every connection finish the commands it
+/// has received, bounded by `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    max_connections: usize,
+    grace: Duration,
+    shutdown: Shutdown,
+) {
+    let budget = Arc::new(Semaphore::new(max_connections));
+    // Each connection task holds a sender; when all are dropped, every connection is done.
+    let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
+    let metrics = shared.metrics.clone();
+    net::accept_loop(
+        listener,
+        &shutdown,
+        || metrics.accept_errors.inc(),
+        |stream, _peer| {
+            // The permit is taken before any per-connection work: a client past the budget
+            // costs one non-blocking write and a close.
+            let Ok(permit) = budget.clone().try_acquire_owned() else {
+                shared.metrics.rejected(Door::Resp);
+                let _ = stream.try_write(MAX_CLIENTS_REPLY);
+                return;
+            };
+            let open = shared.metrics.connection(Door::Resp);
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            let alive = alive.clone();
+            tokio::spawn(async move {
+                let _held = (permit, open, alive);
+                connection::serve(stream, &shared, &shutdown).await;
+            });
+        },
+    )
+    .await;
+    drop(alive);
+    tracing::info!(
+        open = budget_in_use(&budget, max_connections),
+        "resp: stopped accepting; draining connections"
+    );
+    tokio::select! {
+        _ = all_done.recv() => tracing::info!("resp: drained"),
+        _ = tokio::time::sleep(grace) => tracing::warn!(?grace, "resp: grace period over; closing the connections left"),
+    }
+}
+
+fn budget_in_use(budget: &Semaphore, max: usize) -> usize {
+    max - budget.available_permits()
+}

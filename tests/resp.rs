@@ -1,0 +1,441 @@
+//! The Redis-protocol door with real clients (the `redis` crate, redis-cli, redis-benchmark):
+//! every command, pipelines, binary and large values, RESP3, heartbeats, the connection
+//! budget, malformed frames, auth, cross-door reads, and a differential run against
+//! redis-server itself.
+
+mod support;
+
+use redis::{AsyncCommands, Value};
+use std::{process::Command, time::Duration};
+use support::{metric, Gateway, Redis};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn resp_url(gw: &Gateway) -> String {
+    format!("redis://{}", gw.running.as_ref().unwrap().resp_addr)
+}
+
+async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Sends raw bytes and reads until the server closes (bounded).
+async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(support::SETTLE, s.read_to_end(&mut out))
+        .await
+        .expect("server closed the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The command script both tiergate and redis-server run in the differential test.
+fn script() -> Vec<Vec<&'static [u8]>> {
+    let c = |parts: &[&'static str]| parts.iter().map(|p| p.as_bytes()).collect::<Vec<_>>();
+    vec![
+        c(&["PING"]),
+        c(&["PING", "hello"]),
+        c(&["ECHO", "echo"]),
+        c(&["SELECT", "0"]),
+        c(&["SELECT", "1"]),
+        c(&["SELECT", "x"]),
+        c(&["GET", "k"]),
+        c(&["SET", "k", "v1"]),
+        c(&["GET", "k"]),
+        c(&["SET", "k", "v2", "NX"]),
+        c(&["SET", "k", "v2", "XX", "GET"]),
+        c(&["SET", "n", "x", "XX"]),
+        c(&["SET", "n", "x", "NX", "GET"]),
+        c(&["GET", "n"]),
+        c(&["SET", "k", "v3", "EX", "100"]),
+        c(&["SET", "k", "v4", "KEEPTTL", "GET"]),
+        c(&["SET", "k", "v", "EX", "0"]),
+        c(&["SET", "k", "v", "EX", "abc"]),
+        c(&["SET", "k", "v", "NX", "XX"]),
+        c(&["SET", "k", "v", "EX", "10", "PX", "10"]),
+        c(&["SET", "k", "v", "BOGUS"]),
+        c(&["SET", "empty", ""]),
+        c(&["GET", "empty"]),
+        c(&["MSET", "a", "1", "b", "2"]),
+        c(&["MSET", "a", "1", "b"]),
+        c(&["MGET", "a", "b", "missing", "a"]),
+        c(&["EXISTS", "a", "b", "missing", "a"]),
+        c(&["DEL", "a", "missing", "a"]),
+        c(&["UNLINK", "b"]),
+        c(&["EXISTS", "a", "b"]),
+        c(&["GET"]),
+        c(&["GET", "a", "b"]),
+        c(&["NOSUCHCOMMAND", "x"]),
+        c(&["CLIENT", "GETNAME"]),
+        c(&["CLIENT", "SETNAME", "tester"]),
+        c(&["CLIENT", "GETNAME"]),
+        c(&["CLIENT", "SETNAME", "has space"]),
+        c(&["AUTH", "nopass"]),
+        c(&["HELLO", "4"]),
+    ]
+}
+
+/// Runs the script on one connection; errors are reduced to their kind (the first word):
+/// wording may differ from redis-server, the kind may not.
+async fn run_script(url: &str) -> Vec<String> {
+    let mut c = conn(url).await;
+    let mut out = Vec::new();
+    for cmd in script() {
+        let mut rc = redis::cmd(std::str::from_utf8(cmd[0]).unwrap());
+        for a in &cmd[1..] {
+            rc.arg(*a);
+        }
+        let line = match rc.query_async::<Value>(&mut c).await {
+            Ok(v) => format!("{v:?}"),
+            Err(e) => format!("error {}", e.code().unwrap_or("?")),
+        };
+        out.push(format!(
+            "{:?} -> {line}",
+            cmd.iter()
+                .map(|a| String::from_utf8_lossy(a))
+                .collect::<Vec<_>>()
+        ));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_match_redis_server_standalone_and_tiered() {
+    // tiergate serves one keyspace: the reference is a redis-server with one database.
+    let reference = Redis::start_with(&["--databases", "1"]);
+    let want = run_script(&reference.url()).await;
+
+    let standalone = Gateway::start(support::config(None)).await;
+    let got = run_script(&resp_url(&standalone)).await;
+    assert_eq!(got, want, "standalone memory mode");
+
+    let l2 = Redis::start();
+    let tiered = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let got = run_script(&resp_url(&tiered)).await;
+    assert_eq!(got, want, "tiered mode");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_l2_with_their_ttl_and_reads_fill_l1() {
+    let l2 = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let mut c = conn(&resp_url(&gw)).await;
+    let _: () = redis::cmd("SET")
+        .arg("t")
+        .arg("v")
+        .arg("EX")
+        .arg(100)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("TTL").arg("t").query(&mut l2.conn()).unwrap();
+    assert!(ttl > 90 && ttl <= 100, "{ttl}");
+    let _: () = redis::cmd("SET")
+        .arg("direct")
+        .arg("x")
+        .exec(&mut l2.conn())
+        .unwrap();
+    let v: String = c.get("direct").await.unwrap();
+    assert_eq!(v, "x");
+    let v: String = c.get("direct").await.unwrap();
+    assert_eq!(v, "x");
+    assert_eq!(l2.calls("get"), 1, "the second GET was an L1 hit");
+    // A write through RESP invalidates the L1 copy.
+    let _: () = c.set("direct", "y").await.unwrap();
+    let v: String = c.get("direct").await.unwrap();
+    assert_eq!(v, "y");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_of_a_thousand_answer_in_order() {
+    let gw = Gateway::start(support::config(None)).await;
+    let mut c = conn(&resp_url(&gw)).await;
+    let mut pipe = redis::pipe();
+    for i in 0..1000 {
+        pipe.set(format!("k{i}"), i).ignore();
+    }
+    for i in 0..1000 {
+        pipe.get(format!("k{i}"));
+    }
+    let got: Vec<i64> = pipe.query_async(&mut c).await.unwrap();
+    assert_eq!(got, (0..1000).collect::<Vec<i64>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_empty_and_one_mib_values_round_trip() {
+    let l2 = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let mut c = conn(&resp_url(&gw)).await;
+    let binary: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+    let big: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
+    for (k, v) in [("bin", &binary), ("big", &big), ("empty", &Vec::new())] {
+        let _: () = c.set(k, v.as_slice()).await.unwrap();
+        let back: Vec<u8> = c.get(k).await.unwrap();
+        assert_eq!(&back, v, "{k}");
+        let direct: Vec<u8> = redis::cmd("GET").arg(k).query(&mut l2.conn()).unwrap();
+        assert_eq!(&direct, v, "{k} in L2");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_after_hello_3() {
+    let gw = Gateway::start(support::config(None)).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let out = raw(
+        addr,
+        b"HELLO 3\r\nGET missing\r\nCLIENT GETNAME\r\nHELLO 2\r\nGET missing\r\nQUIT\r\n",
+    )
+    .await;
+    assert!(out.starts_with("%8\r\n$6\r\nserver\r\n"), "{out}");
+    assert!(out.contains("$5\r\nproto\r\n:3\r\n"), "{out}");
+    assert!(
+        out.contains("_\r\n_\r\n*16\r\n"),
+        "RESP3 nulls, then HELLO 2 as a flat array: {out}"
+    );
+    assert!(
+        out.ends_with("$-1\r\n+OK\r\n"),
+        "a RESP2 null after HELLO 2: {out}"
+    );
+
+    let url = format!("{}?protocol=resp3", resp_url(&gw));
+    let mut c = conn(&url).await;
+    let _: () = c.set("k", "v").await.unwrap();
+    let v: Option<String> = c.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    let none: Value = redis::cmd("GET")
+        .arg("nope")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(none, Value::Nil);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_closed_and_ping_keeps_them() {
+    let mut cfg = support::config(None);
+    cfg.resp.idle_timeout = tiergate::config::HumanDuration(Duration::from_millis(400));
+    let gw = Gateway::start(cfg).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+
+    let mut pinger = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        pinger.write_all(b"PING\r\n").await.unwrap();
+        let mut buf = [0u8; 7];
+        pinger.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"+PONG\r\n");
+    }
+
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(support::SETTLE, silent.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "closed without a reply");
+    let m = gw.metrics().await;
+    assert!(metric(&m, "tiergate_tcp_heartbeat_timeouts_total") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_past_the_budget_are_refused() {
+    let mut cfg = support::config(None);
+    cfg.resp.max_connections = 2;
+    let gw = Gateway::start(cfg).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let url = resp_url(&gw);
+    let mut a = conn(&url).await;
+    let mut b = conn(&url).await;
+    let _: () = a.set("k", "v").await.unwrap();
+    assert_eq!(
+        raw(addr, b"").await,
+        "-ERR max number of clients reached\r\n"
+    );
+    let v: String = b.get("k").await.unwrap();
+    assert_eq!(v, "v", "the admitted clients are unaffected");
+    drop(a);
+    support::eventually("a freed slot admits a new client", || async {
+        raw(addr, b"PING\r\nQUIT\r\n").await == "+PONG\r\n+OK\r\n"
+    })
+    .await;
+    let m = gw.metrics().await;
+    assert!(metric(&m, "tiergate_connections_rejected_total{door=\"resp\"}") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_frames_get_an_error_and_a_close() {
+    let mut cfg = support::config(None);
+    cfg.limits.max_value_bytes = tiergate::config::ByteSize(1024);
+    let gw = Gateway::start(cfg).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"*2147483647\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"*1\r\n$999999999999\r\n",
+            "-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1025\r\n",
+            "-ERR Protocol error: invalid bulk length\r\n",
+        ),
+        (
+            b"*1\r\n+PING\r\n",
+            "-ERR Protocol error: expected '$', got '+'\r\n",
+        ),
+        (
+            b"*x\r\n",
+            "-ERR Protocol error: invalid multibulk length\r\n",
+        ),
+        (
+            b"GET \"unterminated\r\n",
+            "-ERR Protocol error: unbalanced quotes in request\r\n",
+        ),
+        // Replies to what came before the bad frame are still sent.
+        (
+            b"PING\r\n*1\r\n$-7\r\n",
+            "+PONG\r\n-ERR Protocol error: invalid bulk length\r\n",
+        ),
+    ];
+    for (input, want) in cases {
+        assert_eq!(
+            raw(addr, input).await,
+            *want,
+            "{}",
+            String::from_utf8_lossy(input)
+        );
+    }
+    // An inline request longer than resp.max_inline_bytes without a newline.
+    let long = vec![b'a'; 70 * 1024];
+    assert_eq!(
+        raw(addr, &long).await,
+        "-ERR Protocol error: too big inline request\r\n"
+    );
+    let m = gw.metrics().await;
+    assert!(metric(&m, "tiergate_resp_protocol_errors_total") >= 8.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirepass_gates_every_command_but_the_handshake() {
+    let mut cfg = support::config(None);
+    cfg.resp.requirepass = "s3cret".into();
+    let gw = Gateway::start(cfg).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let out = raw(
+        addr,
+        b"GET k\r\nPING\r\nAUTH wrong\r\nHELLO 3\r\nAUTH s3cret\r\nGET k\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        out.lines()
+            .map(|l| l.split(' ').next().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            "-NOAUTH",
+            "+PONG",
+            "-WRONGPASS",
+            "-NOAUTH",
+            "+OK",
+            "$-1",
+            "+OK"
+        ],
+        "{out}"
+    );
+    let url = format!("redis://:s3cret@{addr}");
+    let mut c = conn(&url).await;
+    let _: () = c.set("k", "v").await.unwrap();
+    let out = raw(addr, b"HELLO 2 AUTH default s3cret\r\nGET k\r\nQUIT\r\n").await;
+    assert!(out.ends_with("$1\r\nv\r\n+OK\r\n"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_doors_share_one_engine() {
+    let l2 = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let mut c = conn(&resp_url(&gw)).await;
+    assert_eq!(gw.put("from-http", "h").await.status(), 204);
+    let v: String = c.get("from-http").await.unwrap();
+    assert_eq!(v, "h");
+    let _: () = c.set("from-resp", "r").await.unwrap();
+    assert_eq!(gw.get("from-resp").await.text().await.unwrap(), "r");
+    let _: () = c.set("from-http", "changed").await.unwrap();
+    assert_eq!(
+        gw.get("from-http").await.text().await.unwrap(),
+        "changed",
+        "a RESP write invalidates L1 for HTTP too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_commands_already_received() {
+    let l2 = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    redis::cmd("SET")
+        .arg("slow")
+        .arg("answer")
+        .exec(&mut l2.conn())
+        .unwrap();
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let sleeper = l2.pause(1.0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"GET slow\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.running.as_ref().unwrap().shutdown();
+    let mut out = Vec::new();
+    tokio::time::timeout(support::SETTLE, s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "$6\r\nanswer\r\n",
+        "answered, then closed"
+    );
+    sleeper.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_and_redis_benchmark_work_unchanged() {
+    let gw = Gateway::start(support::config(None)).await;
+    let port = gw.running.as_ref().unwrap().resp_addr.port().to_string();
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(cli(&["SET", "greeting", "hello world"]), "OK\n");
+    assert_eq!(cli(&["GET", "greeting"]), "hello world\n");
+    assert_eq!(cli(&["EXISTS", "greeting", "nope"]), "1\n");
+    let port2 = port.clone();
+    let bench = tokio::task::spawn_blocking(move || {
+        Command::new("redis-benchmark")
+            .args([
+                "-p", &port2, "-t", "get,set", "-n", "5000", "-P", "16", "-q",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&bench.stdout).into_owned()
+        + &String::from_utf8_lossy(&bench.stderr);
+    assert!(bench.status.success(), "{text}");
+    for t in ["SET: ", "GET: "] {
+        assert!(
+            text.contains(t) && text.contains("requests per second"),
+            "{text}"
+        );
+    }
+    assert!(!text.to_lowercase().contains("error"), "{text}");
+}
