@@ -76,6 +76,45 @@ fn script() -> Vec<Vec<&'static [u8]>> {
         c(&["CLIENT", "SETNAME", "has space"]),
         c(&["AUTH", "nopass"]),
         c(&["HELLO", "4"]),
+        c(&["INCR", "c"]),
+        c(&["INCRBY", "c", "10"]),
+        c(&["DECR", "c"]),
+        c(&["DECRBY", "c", "3"]),
+        c(&["INCRBY", "c", "abc"]),
+        c(&["GET", "c"]),
+        c(&["INCR", "k"]),
+        c(&["SET", "big", "9223372036854775807"]),
+        c(&["INCR", "big"]),
+        c(&["DECRBY", "big", "-9223372036854775808"]),
+        c(&["SET", "padded", " 1"]),
+        c(&["INCR", "padded"]),
+        c(&["TTL", "c"]),
+        c(&["TTL", "missing"]),
+        c(&["EXPIRE", "missing", "10"]),
+        c(&["EXPIRE", "c", "100"]),
+        c(&["TTL", "c"]),
+        c(&["EXPIRE", "c", "50", "NX"]),
+        c(&["EXPIRE", "c", "200", "GT"]),
+        c(&["TTL", "c"]),
+        c(&["EXPIRE", "c", "100", "GT"]),
+        c(&["EXPIRE", "c", "50", "LT"]),
+        c(&["TTL", "c"]),
+        c(&["INCR", "c"]),
+        c(&["TTL", "c"]),
+        c(&["EXPIRE", "empty", "30", "XX"]),
+        c(&["EXPIRE", "empty", "30", "LT"]),
+        c(&["TTL", "empty"]),
+        c(&["EXPIRE", "c", "10", "NX", "XX"]),
+        c(&["EXPIRE", "c", "10", "GT", "LT"]),
+        c(&["EXPIRE", "c", "10", "SOON"]),
+        c(&["EXPIRE", "c", "9223372036854775807"]),
+        c(&["PEXPIRE", "c", "0"]),
+        c(&["EXISTS", "c"]),
+        c(&["SET", "t", "1", "EX", "100"]),
+        c(&["SET", "t", "2", "KEEPTTL"]),
+        c(&["TTL", "t"]),
+        c(&["SET", "t", "3"]),
+        c(&["TTL", "t"]),
     ]
 }
 
@@ -438,4 +477,58 @@ async fn redis_cli_and_redis_benchmark_work_unchanged() {
         );
     }
     assert!(!text.to_lowercase().contains("error"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counters_are_atomic_across_gateways_and_in_the_memory_store() {
+    let l2 = Redis::start();
+    let a = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let b = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let standalone = Gateway::start(support::config(None)).await;
+    for (urls, what) in [
+        (
+            vec![resp_url(&a), resp_url(&b)],
+            "two gateways on one Redis",
+        ),
+        (vec![resp_url(&standalone)], "standalone"),
+    ] {
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let url = urls[i % urls.len()].clone();
+                tokio::spawn(async move {
+                    let mut c = conn(&url).await;
+                    for _ in 0..250 {
+                        let _: i64 = c.incr("counter", 1).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut c = conn(&urls[0]).await;
+        let n: i64 = c.get("counter").await.unwrap();
+        assert_eq!(n, 2000, "{what}: no increment lost");
+    }
+    let direct: i64 = redis::cmd("GET")
+        .arg("counter")
+        .query(&mut l2.conn())
+        .unwrap();
+    assert_eq!(direct, 2000, "the counter lives in Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expire_reaches_l2_and_evicts_the_l1_copy() {
+    let l2 = Redis::start();
+    let gw = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let mut c = conn(&resp_url(&gw)).await;
+    let _: () = c.set("k", "v").await.unwrap();
+    let _: String = c.get("k").await.unwrap(); // now in L1
+    let applied: bool = c.pexpire("k", 200).await.unwrap();
+    assert!(applied);
+    let pttl: i64 = redis::cmd("PTTL").arg("k").query(&mut l2.conn()).unwrap();
+    assert!(pttl > 0 && pttl <= 200, "{pttl}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let v: Option<String> = c.get("k").await.unwrap();
+    assert_eq!(v, None, "L1 did not outlive the new TTL");
 }

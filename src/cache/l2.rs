@@ -3,7 +3,7 @@
 //! `ConnectionManager` that reconnects on its own), so requests from all clients share a
 //! handful of sockets and round trips overlap instead of queuing for a pooled connection.
 
-use super::{SetCond, SetOptions, SetOutcome, SetTtl};
+use super::{ExpireCond, SetCond, SetOptions, SetOutcome, SetTtl, Ttl};
 use crate::{
     config::L2Config,
     metrics::{L2Op, Metrics},
@@ -34,8 +34,14 @@ pub enum L2Error {
 
 impl L2Error {
     fn refused(detail: impl Into<String>) -> Self {
+        Self::store("ERR", &detail.into())
+    }
+
+    /// The store refused the operation the way Redis would (standalone mode's INCR on a
+    /// non-integer, say), with Redis' code and text.
+    pub fn store(code: &str, detail: &str) -> Self {
         L2Error::Refused {
-            code: "ERR".into(),
+            code: code.into(),
             detail: detail.into(),
         }
     }
@@ -246,6 +252,64 @@ impl L2 {
             |mut c| async move { cmd.query_async(&mut c).await },
         )
         .await
+    }
+
+    /// INCRBY, run in Redis so concurrent increments from every instance add up.
+    pub async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, L2Error> {
+        let mut cmd = redis::cmd("INCRBY");
+        cmd.arg(key).arg(delta);
+        self.run(
+            L2Op::Incr,
+            |mut c| async move { cmd.query_async(&mut c).await },
+        )
+        .await
+    }
+
+    /// PEXPIRE with its condition; whether it was applied.
+    pub async fn expire(&self, key: &[u8], ttl_ms: i64, cond: ExpireCond) -> Result<bool, L2Error> {
+        let mut cmd = redis::cmd("PEXPIRE");
+        cmd.arg(key).arg(ttl_ms);
+        match cond {
+            ExpireCond::Always => {}
+            ExpireCond::NoTtl => {
+                cmd.arg("NX");
+            }
+            ExpireCond::HasTtl => {
+                cmd.arg("XX");
+            }
+            ExpireCond::Longer => {
+                cmd.arg("GT");
+            }
+            ExpireCond::Shorter => {
+                cmd.arg("LT");
+            }
+            ExpireCond::HasTtlShorter => {
+                cmd.arg("XX").arg("LT");
+            }
+        }
+        let n: i64 = self
+            .run(L2Op::Expire, |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// PTTL.
+    pub async fn ttl(&self, key: &[u8]) -> Result<Ttl, L2Error> {
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(key);
+        let ms: i64 = self
+            .run(
+                L2Op::Ttl,
+                |mut c| async move { cmd.query_async(&mut c).await },
+            )
+            .await?;
+        Ok(match ms {
+            -1 => Ttl::Persistent,
+            ms if ms < 0 => Ttl::Missing,
+            ms => Ttl::Left(Duration::from_millis(ms as u64)),
+        })
     }
 
     /// EXISTS; how many of the keys exist, counting repeats.

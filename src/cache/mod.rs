@@ -83,6 +83,34 @@ pub enum SetOutcome {
     Old(Option<Bytes>),
 }
 
+/// When EXPIRE applies (Redis 7's NX / XX / GT / LT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpireCond {
+    Always,
+    /// NX: only when the key has no TTL.
+    NoTtl,
+    /// XX: only when the key has a TTL.
+    HasTtl,
+    /// GT: only when the new TTL is longer (no TTL counts as infinite).
+    Longer,
+    /// LT: only when the new TTL is shorter (no TTL counts as infinite).
+    Shorter,
+    /// XX LT: only when the key has a TTL and the new one is shorter.
+    HasTtlShorter,
+}
+
+/// A key's remaining life, as PTTL reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ttl {
+    Missing,
+    Persistent,
+    Left(Duration),
+}
+
+/// The error Redis gives for INCR on a non-integer, and for overflow.
+pub const NOT_AN_INTEGER: &str = "value is not an integer or out of range";
+pub const INCR_OVERFLOW: &str = "increment or decrement would overflow";
+
 pub struct TieredCache {
     l1: L1,
     l2: Option<Arc<L2>>,
@@ -320,6 +348,83 @@ impl TieredCache {
         }
     }
 
+    /// INCRBY: adds `delta` to the integer stored at `key` (absent counts as 0) and returns
+    /// the result. In Redis when there is one, so counters are atomic across instances;
+    /// the key keeps its TTL.
+    pub async fn incr_by(&self, key: Bytes, delta: i64) -> Result<i64, L2Error> {
+        if let Some(l2) = &self.l2 {
+            let n = l2.incr_by(&key, delta).await?;
+            self.invalidate(&key).await;
+            return Ok(n);
+        }
+        let result = self.l1.compute(key, |cur| {
+            let current = match cur {
+                None => 0,
+                Some(e) => match parse_counter(&e.value) {
+                    Some(n) => n,
+                    None => return (Op::Nop, Err(L2Error::store("ERR", NOT_AN_INTEGER))),
+                },
+            };
+            let Some(next) = current.checked_add(delta) else {
+                return (Op::Nop, Err(L2Error::store("ERR", INCR_OVERFLOW)));
+            };
+            let value = Bytes::from(itoa::Buffer::new().format(next).to_owned());
+            let expires_at = cur.and_then(|e| e.expires_at);
+            (Op::Put(Entry { value, expires_at }), Ok(next))
+        });
+        result.await.expect("standalone mode always has L1")
+    }
+
+    /// PEXPIRE: gives the key a TTL (`ttl_ms` <= 0 deletes it); whether it was applied.
+    pub async fn expire(&self, key: Bytes, ttl_ms: i64, cond: ExpireCond) -> Result<bool, L2Error> {
+        if let Some(l2) = &self.l2 {
+            let applied = l2.expire(&key, ttl_ms, cond).await?;
+            self.invalidate(&key).await;
+            return Ok(applied);
+        }
+        let now = Instant::now();
+        let result = self.l1.compute(key, |cur| {
+            let Some(e) = cur else {
+                return (Op::Nop, false);
+            };
+            let new = Duration::from_millis(ttl_ms.max(0) as u64);
+            let old = e.ttl(now);
+            let applies = match cond {
+                ExpireCond::Always => true,
+                ExpireCond::NoTtl => old.is_none(),
+                ExpireCond::HasTtl => old.is_some(),
+                ExpireCond::Longer => old.is_some_and(|old| new > old),
+                ExpireCond::Shorter => old.is_none_or(|old| new < old),
+                ExpireCond::HasTtlShorter => old.is_some_and(|old| new < old),
+            };
+            if !applies {
+                (Op::Nop, false)
+            } else if ttl_ms <= 0 {
+                (Op::Remove, true)
+            } else {
+                (
+                    Op::Put(Entry {
+                        value: e.value.clone(),
+                        expires_at: Some(now + new),
+                    }),
+                    true,
+                )
+            }
+        });
+        Ok(result.await.expect("standalone mode always has L1"))
+    }
+
+    /// PTTL, from Redis when there is one (L1 only knows its own, shorter, lifetime).
+    pub async fn ttl(&self, key: &[u8]) -> Result<Ttl, L2Error> {
+        if let Some(l2) = &self.l2 {
+            return l2.ttl(key).await;
+        }
+        Ok(match self.l1.get(key).await {
+            None => Ttl::Missing,
+            Some(e) => e.ttl(Instant::now()).map_or(Ttl::Persistent, Ttl::Left),
+        })
+    }
+
     /// Refreshes the L1 gauges; called when metrics are scraped rather than per request.
     pub async fn publish_usage(&self) {
         let (entries, bytes) = self.l1.usage().await;
@@ -349,10 +454,53 @@ impl TieredCache {
     }
 }
 
+/// A value INCR accepts: a decimal i64 as Redis writes one (no spaces, no '+', no leading
+/// zeros beyond "0", at most 20 bytes).
+fn parse_counter(v: &[u8]) -> Option<i64> {
+    if v.is_empty()
+        || v.len() > 20
+        || v[0] == b'+'
+        || (v.len() > 1 && v[0] == b'0')
+        || v.starts_with(b"-0")
+    {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
 /// The monotonic instant matching wall-clock time `at` (now, when `at` is past).
 fn instant_at(now: Instant, at: SystemTime) -> Instant {
     match at.duration_since(SystemTime::now()) {
         Ok(ahead) => now + ahead,
         Err(_) => now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_parse_as_redis_reads_them() {
+        assert_eq!(parse_counter(b"42"), Some(42));
+        assert_eq!(parse_counter(b"-7"), Some(-7));
+        assert_eq!(parse_counter(b"0"), Some(0));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"01",
+            b"-0",
+            b" 1",
+            b"1.5",
+            b"abc",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_counter(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

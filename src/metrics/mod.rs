@@ -66,8 +66,13 @@ pub enum L2Op {
     MSet = 4,
     Ping = 5,
     Exists = 6,
+    Incr = 7,
+    Expire = 8,
+    Ttl = 9,
 }
-const L2_OPS: [&str; 7] = ["get", "set", "del", "mget", "mset", "ping", "exists"];
+const L2_OPS: [&str; 10] = [
+    "get", "set", "del", "mget", "mset", "ping", "exists", "incr", "expire", "ttl",
+];
 
 /// Front doors, as the `door` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

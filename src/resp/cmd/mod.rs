@@ -12,9 +12,9 @@ use bytes::Bytes;
 use std::borrow::Cow;
 
 pub use connection::{Auth, Client, Echo, Hello, Ping, Quit, Select};
-pub use keyspace::{Del, Exists};
+pub use keyspace::{Del, Exists, Expire, Ttl};
 pub use server::CommandInfo;
-pub use string::{Get, MGet, MSet, Set};
+pub use string::{Get, Incr, MGet, MSet, Set};
 
 /// What a command runs with: the engine and limits (shared) and this client's state.
 pub struct Ctx<'a> {
@@ -39,12 +39,16 @@ pub enum Command {
     MSet(MSet),
     Del(Del),
     Exists(Exists),
+    Incr(Incr),
+    Expire(Expire),
+    Ttl(Ttl),
 }
 
 /// Command names as redis-server spells them in errors, longest first not needed: exact match.
 const NAMES: &[&str] = &[
     "ping", "echo", "quit", "select", "auth", "hello", "client", "command", "get", "set", "mget",
-    "mset", "del", "unlink", "exists",
+    "mset", "del", "unlink", "exists", "incr", "decr", "incrby", "decrby", "expire", "pexpire",
+    "ttl", "pttl",
 ];
 
 /// Commands a client may send before it has authenticated.
@@ -73,6 +77,14 @@ impl Command {
             "mset" => Command::MSet(MSet::parse_frames(&mut p)?),
             "del" | "unlink" => Command::Del(Del::parse_frames(&mut p)?),
             "exists" => Command::Exists(Exists::parse_frames(&mut p)?),
+            "incr" => Command::Incr(Incr::parse_frames(&mut p, 1)?),
+            "decr" => Command::Incr(Incr::parse_frames(&mut p, -1)?),
+            "incrby" => Command::Incr(Incr::parse_frames_by(&mut p, 1)?),
+            "decrby" => Command::Incr(Incr::parse_frames_by(&mut p, -1)?),
+            "expire" => Command::Expire(Expire::parse_frames(&mut p, 1000)?),
+            "pexpire" => Command::Expire(Expire::parse_frames(&mut p, 1)?),
+            "ttl" => Command::Ttl(Ttl::parse_frames(&mut p, false)?),
+            "pttl" => Command::Ttl(Ttl::parse_frames(&mut p, true)?),
             _ => unreachable!("every name in NAMES is dispatched"),
         };
         p.finish()?;
@@ -95,6 +107,9 @@ impl Command {
             Command::MSet(c) => c.apply(ctx).await,
             Command::Del(c) => c.apply(ctx).await,
             Command::Exists(c) => c.apply(ctx).await,
+            Command::Incr(c) => c.apply(ctx).await,
+            Command::Expire(c) => c.apply(ctx).await,
+            Command::Ttl(c) => c.apply(ctx).await,
         }
     }
 }

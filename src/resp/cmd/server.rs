@@ -21,6 +21,14 @@ const TABLE: &[(&str, i64, i64, i64, i64)] = &[
     ("del", -2, 1, -1, 1),
     ("unlink", -2, 1, -1, 1),
     ("exists", -2, 1, -1, 1),
+    ("incr", 2, 1, 1, 1),
+    ("decr", 2, 1, 1, 1),
+    ("incrby", 3, 1, 1, 1),
+    ("decrby", 3, 1, 1, 1),
+    ("expire", -3, 1, 1, 1),
+    ("pexpire", -3, 1, 1, 1),
+    ("ttl", 2, 1, 1, 1),
+    ("pttl", 2, 1, 1, 1),
 ];
 
 pub enum CommandInfo {

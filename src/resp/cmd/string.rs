@@ -1,4 +1,4 @@
-//! String commands: GET, SET, MGET, MSET.
+//! String commands: GET, SET, MGET, MSET, INCR / DECR / INCRBY / DECRBY.
 
 use super::{check_key, is, l2_error, parse_int, syntax_error, Ctx, Parse};
 use crate::{
@@ -188,6 +188,42 @@ impl MSet {
         let items = self.pairs.into_iter().map(|(k, v)| (k, v, None)).collect();
         match ctx.shared.cache.set_many(items).await {
             Ok(()) => Frame::OK,
+            Err(e) => l2_error(e),
+        }
+    }
+}
+
+/// INCR, DECR, INCRBY, DECRBY.
+pub struct Incr {
+    key: Bytes,
+    delta: i64,
+}
+
+impl Incr {
+    /// INCR key / DECR key: `by` is 1 or -1.
+    pub fn parse_frames(p: &mut Parse, by: i64) -> Result<Self, Frame> {
+        Ok(Self {
+            key: p.next_bytes()?,
+            delta: by,
+        })
+    }
+
+    /// INCRBY key n / DECRBY key n: `sign` is 1 or -1.
+    pub fn parse_frames_by(p: &mut Parse, sign: i64) -> Result<Self, Frame> {
+        let key = p.next_bytes()?;
+        let n = p.next_int()?;
+        let delta = n
+            .checked_mul(sign)
+            .ok_or_else(|| Frame::error("ERR decrement would overflow"))?;
+        Ok(Self { key, delta })
+    }
+
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
+        if let Err(e) = check_key(&self.key, ctx.shared) {
+            return e;
+        }
+        match ctx.shared.cache.incr_by(self.key, self.delta).await {
+            Ok(n) => Frame::Integer(n),
             Err(e) => l2_error(e),
         }
     }
