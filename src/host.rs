@@ -1,5 +1,6 @@
 //! What the host gives this process: the memory it may use (the cgroup v2 limit when one is
-//! set, otherwise physical RAM), for percentage budgets such as `l1.capacity = "25%"`.
+//! set, otherwise physical RAM), for percentage budgets such as `l1.capacity = "25%"`, and
+//! the memory it uses now (RSS), for INFO.
 
 use std::fs;
 
@@ -13,6 +14,14 @@ pub fn memory_limit() -> u64 {
         Some(limit) if limit < physical => limit,
         _ => physical,
     }
+}
+
+/// This process' resident set size, from /proc/self/status.
+pub fn rss_bytes() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn physical_memory() -> Option<u64> {
@@ -37,5 +46,6 @@ mod tests {
     fn memory_limit_is_plausible() {
         let m = super::memory_limit();
         assert!(m >= 64 << 20, "{m}");
+        assert!(super::rss_bytes().unwrap() > 0);
     }
 }

@@ -97,10 +97,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         draining.clone(),
     ));
     let resp_shared = Arc::new(resp::Shared::new(
-        &config.resp,
-        &config.limits,
+        &config,
+        resp_addr.port(),
         cache.clone(),
         metrics.clone(),
+        memory,
     ));
     let resp_task = tokio::spawn(resp::serve(
         resp_listener,

@@ -425,6 +425,11 @@ impl TieredCache {
         })
     }
 
+    /// L1 entries and weighted bytes, exact (runs moka's pending housekeeping first).
+    pub async fn l1_usage(&self) -> (u64, u64) {
+        self.l1.usage().await
+    }
+
     /// Refreshes the L1 gauges; called when metrics are scraped rather than per request.
     pub async fn publish_usage(&self) {
         let (entries, bytes) = self.l1.usage().await;

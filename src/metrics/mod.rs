@@ -106,6 +106,7 @@ pub struct Metrics {
     pub accept_errors: IntCounter,
     pub heartbeat_timeouts: IntCounter,
     pub resp_protocol_errors: IntCounter,
+    pub resp_commands: IntCounter,
 }
 
 impl Metrics {
@@ -190,6 +191,8 @@ impl Metrics {
             "RESP connections closed because their byte stream could not be framed",
         )
         .unwrap();
+        let resp_commands =
+            IntCounter::new("resp_commands_total", "RESP commands received (run or refused)").unwrap();
         let accept_errors = IntCounter::new(
             "accept_errors_total",
             "Failed accept() calls (fd exhaustion and the like)",
@@ -218,6 +221,7 @@ impl Metrics {
             Box::new(rejected.clone()),
             Box::new(heartbeat_timeouts.clone()),
             Box::new(resp_protocol_errors.clone()),
+            Box::new(resp_commands.clone()),
             Box::new(build),
         ] {
             reg(c);
@@ -261,6 +265,7 @@ impl Metrics {
             accept_errors,
             heartbeat_timeouts,
             resp_protocol_errors,
+            resp_commands,
             registry,
         }
     }
@@ -296,6 +301,17 @@ impl Metrics {
         let gauge = self.open_connections[door as usize].clone();
         gauge.inc();
         ConnectionGuard(gauge)
+    }
+
+    /// Open, accepted-in-all and refused connections of a door, for INFO.
+    pub fn door_counts(&self, door: Door) -> (i64, u64, u64) {
+        let d = door as usize;
+        (self.open_connections[d].get(), self.connections[d].get(), self.rejected_connections[d].get())
+    }
+
+    /// Hits and misses of a tier, for INFO.
+    pub fn tier_counts(&self, tier: Tier) -> (u64, u64) {
+        (self.cache_hits[tier as usize].get(), self.cache_misses[tier as usize].get())
     }
 
     /// Counts a connection refused for lack of budget.

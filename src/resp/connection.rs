@@ -92,6 +92,7 @@ async fn run_buffered(
                 return true;
             }
         };
+        shared.metrics.resp_commands.inc();
         let reply = match Command::from_args(args, session) {
             Err(reply) => reply,
             Ok(cmd) => {

@@ -8,7 +8,7 @@ mod session;
 
 use crate::{
     cache::TieredCache,
-    config::{LimitsConfig, RespConfig},
+    config::Config,
     metrics::{Door, Metrics},
     net,
     shutdown::Shutdown,
@@ -19,7 +19,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tokio::{net::TcpListener, sync::Semaphore};
 
@@ -33,16 +33,24 @@ pub struct Shared {
     pub requirepass: Option<Bytes>,
     /// None: never close an idle client.
     pub idle_timeout: Option<Duration>,
+    /// What INFO and CONFIG GET report.
+    pub facts: Facts,
     next_id: AtomicU64,
 }
 
+/// Fixed facts about this server, for INFO and CONFIG GET.
+pub struct Facts {
+    pub started: Instant,
+    pub port: u16,
+    pub max_connections: usize,
+    pub l1_capacity: u64,
+    pub standalone: bool,
+}
+
 impl Shared {
-    pub fn new(
-        cfg: &RespConfig,
-        limits: &LimitsConfig,
-        cache: Arc<TieredCache>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// `port` is where the door actually listens (config may say 0).
+    pub fn new(config: &Config, port: u16, cache: Arc<TieredCache>, metrics: Arc<Metrics>, memory: u64) -> Self {
+        let (cfg, limits) = (&config.resp, &config.limits);
         Self {
             cache,
             metrics,
@@ -54,9 +62,15 @@ impl Shared {
             },
             max_key_bytes: limits.max_key_bytes,
             max_value_bytes: limits.max_value_bytes.0,
-            requirepass: (!cfg.requirepass.is_empty())
-                .then(|| Bytes::from(cfg.requirepass.clone())),
+            requirepass: (!cfg.requirepass.is_empty()).then(|| Bytes::from(cfg.requirepass.clone())),
             idle_timeout: (!cfg.idle_timeout.0.is_zero()).then_some(cfg.idle_timeout.0),
+            facts: Facts {
+                started: Instant::now(),
+                port,
+                max_connections: cfg.max_connections,
+                l1_capacity: config.l1.capacity.resolve(memory),
+                standalone: config.standalone(),
+            },
             next_id: AtomicU64::new(1),
         }
     }

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 
 pub use connection::{Auth, Client, Echo, Hello, Ping, Quit, Select};
 pub use keyspace::{Del, Exists, Expire, Ttl};
-pub use server::CommandInfo;
+pub use server::{CommandInfo, Config, Info};
 pub use string::{Get, Incr, MGet, MSet, Set};
 
 /// What a command runs with: the engine and limits (shared) and this client's state.
@@ -42,13 +42,15 @@ pub enum Command {
     Incr(Incr),
     Expire(Expire),
     Ttl(Ttl),
+    Info(Info),
+    Config(Config),
 }
 
 /// Command names as redis-server spells them in errors, longest first not needed: exact match.
 const NAMES: &[&str] = &[
     "ping", "echo", "quit", "select", "auth", "hello", "client", "command", "get", "set", "mget",
     "mset", "del", "unlink", "exists", "incr", "decr", "incrby", "decrby", "expire", "pexpire",
-    "ttl", "pttl",
+    "ttl", "pttl", "info", "config",
 ];
 
 /// Commands a client may send before it has authenticated.
@@ -85,6 +87,8 @@ impl Command {
             "pexpire" => Command::Expire(Expire::parse_frames(&mut p, 1)?),
             "ttl" => Command::Ttl(Ttl::parse_frames(&mut p, false)?),
             "pttl" => Command::Ttl(Ttl::parse_frames(&mut p, true)?),
+            "info" => Command::Info(Info::parse_frames(&mut p)?),
+            "config" => Command::Config(Config::parse_frames(&mut p)?),
             _ => unreachable!("every name in NAMES is dispatched"),
         };
         p.finish()?;
@@ -110,6 +114,8 @@ impl Command {
             Command::Incr(c) => c.apply(ctx).await,
             Command::Expire(c) => c.apply(ctx).await,
             Command::Ttl(c) => c.apply(ctx).await,
+            Command::Info(c) => c.apply(ctx).await,
+            Command::Config(c) => c.apply(ctx),
         }
     }
 }

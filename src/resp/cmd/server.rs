@@ -1,7 +1,10 @@
-//! COMMAND: enough of it for redis-cli and client libraries (COMMAND, COUNT, INFO, DOCS).
+//! Server commands: COMMAND (enough for redis-cli and client libraries), INFO, CONFIG GET.
 
-use super::{is, Ctx, Parse};
-use crate::resp::frame::Frame;
+use super::{connection::REDIS_COMPAT_VERSION, is, Ctx, Parse};
+use crate::{
+    metrics::{Door, Tier},
+    resp::frame::Frame,
+};
 use bytes::Bytes;
 
 /// name, arity (negative: at least), first key, last key, step: as redis-server reports them.
@@ -29,6 +32,8 @@ const TABLE: &[(&str, i64, i64, i64, i64)] = &[
     ("pexpire", -3, 1, 1, 1),
     ("ttl", 2, 1, 1, 1),
     ("pttl", 2, 1, 1, 1),
+    ("info", -1, 0, 0, 0),
+    ("config", -2, 0, 0, 0),
 ];
 
 pub enum CommandInfo {
@@ -90,4 +95,154 @@ fn entry(&(name, arity, first, last, step): &(&'static str, i64, i64, i64, i64))
         Frame::Integer(last),
         Frame::Integer(step),
     ])
+}
+
+/// INFO [section ...]: redis-server's layout (`# Section` headers, `field:value` lines) with
+/// tiergate's own figures. Sections: server, clients, memory, stats, keyspace; "all",
+/// "everything" and "default" mean all of them.
+pub struct Info {
+    sections: Vec<Bytes>,
+}
+
+const SECTIONS: [&str; 5] = ["server", "clients", "memory", "stats", "keyspace"];
+
+impl Info {
+    pub fn parse_frames(p: &mut Parse) -> Result<Self, Frame> {
+        Ok(Self { sections: p.rest() })
+    }
+
+    pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
+        use std::fmt::Write;
+        let all = self.sections.is_empty()
+            || self.sections.iter().any(|s| is(s, "all") || is(s, "everything") || is(s, "default"));
+        let wanted = |name: &str| all || self.sections.iter().any(|s| is(s, name));
+        let shared = ctx.shared;
+        let facts = &shared.facts;
+        let (entries, l1_bytes) = shared.cache.l1_usage().await;
+        let mut out = String::with_capacity(1024);
+        for section in SECTIONS.iter().filter(|s| wanted(s)) {
+            if !out.is_empty() {
+                out.push_str("\r\n");
+            }
+            let _ = write!(out, "# {}{}\r\n", section[..1].to_uppercase(), &section[1..]);
+            let mut field = |k: &str, v: &dyn std::fmt::Display| {
+                let _ = write!(out, "{k}:{v}\r\n");
+            };
+            match *section {
+                "server" => {
+                    let up = facts.started.elapsed().as_secs();
+                    field("redis_version", &REDIS_COMPAT_VERSION);
+                    field("tiergate_version", &env!("CARGO_PKG_VERSION"));
+                    field("redis_mode", &"standalone");
+                    field("tiergate_mode", &if facts.standalone { "memory" } else { "tiered" });
+                    field("os", &std::env::consts::OS);
+                    field("arch_bits", &(usize::BITS));
+                    field("process_id", &std::process::id());
+                    field("tcp_port", &facts.port);
+                    field("uptime_in_seconds", &up);
+                    field("uptime_in_days", &(up / 86_400));
+                }
+                "clients" => {
+                    let (open, _, _) = shared.metrics.door_counts(Door::Resp);
+                    field("connected_clients", &open);
+                    field("maxclients", &facts.max_connections);
+                    field("blocked_clients", &0);
+                }
+                "memory" => {
+                    field("used_memory", &l1_bytes);
+                    field("used_memory_rss", &crate::host::rss_bytes().unwrap_or(0));
+                    field("maxmemory", &facts.l1_capacity);
+                    field("maxmemory_policy", &if facts.standalone { "allkeys-lru" } else { "allkeys-lfu" });
+                }
+                "stats" => {
+                    let (_, total, rejected) = shared.metrics.door_counts(Door::Resp);
+                    let (l1_hits, l1_misses) = shared.metrics.tier_counts(Tier::L1);
+                    let (l2_hits, l2_misses) = shared.metrics.tier_counts(Tier::L2);
+                    let misses = if facts.standalone { l1_misses } else { l2_misses };
+                    field("total_connections_received", &total);
+                    field("total_commands_processed", &shared.metrics.resp_commands.get());
+                    field("rejected_connections", &rejected);
+                    field("keyspace_hits", &(l1_hits + l2_hits));
+                    field("keyspace_misses", &misses);
+                    field("tiergate_l1_hits", &l1_hits);
+                    field("tiergate_l2_hits", &l2_hits);
+                }
+                _ => {
+                    // Keys this instance holds in L1; in tiered mode Redis holds the rest.
+                    if entries > 0 {
+                        field("db0", &format_args!("keys={entries},expires=0,avg_ttl=0"));
+                    }
+                }
+            }
+        }
+        Frame::Bulk(Bytes::from(out))
+    }
+}
+
+/// CONFIG GET pattern [pattern ...]: the parameters clients and redis-benchmark ask about,
+/// answered with tiergate's values. CONFIG SET and the rest are refused.
+pub struct Config {
+    patterns: Vec<Bytes>,
+}
+
+impl Config {
+    pub fn parse_frames(p: &mut Parse) -> Result<Self, Frame> {
+        let sub = p.next_bytes()?;
+        if !is(&sub, "get") {
+            return Err(Frame::Error(
+                format!("ERR unknown subcommand '{}'. Try CONFIG HELP.", String::from_utf8_lossy(&sub)).into(),
+            ));
+        }
+        let patterns = p.rest();
+        if patterns.is_empty() {
+            return Err(Frame::error("ERR wrong number of arguments for 'config|get' command"));
+        }
+        Ok(Self { patterns })
+    }
+
+    pub fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
+        let facts = &ctx.shared.facts;
+        let timeout = ctx.shared.idle_timeout.map_or(0, |d| d.as_secs());
+        let params: [(&str, String); 7] = [
+            ("save", String::new()),
+            ("appendonly", "no".into()),
+            ("databases", "1".into()),
+            ("maxclients", facts.max_connections.to_string()),
+            ("maxmemory", facts.l1_capacity.to_string()),
+            ("timeout", timeout.to_string()),
+            ("port", facts.port.to_string()),
+        ];
+        let pairs = params
+            .into_iter()
+            .filter(|(name, _)| self.patterns.iter().any(|p| glob(&p.to_ascii_lowercase(), name.as_bytes())))
+            .map(|(name, v)| (Frame::bulk_static(name), Frame::Bulk(Bytes::from(v))))
+            .collect();
+        Frame::Map(pairs)
+    }
+}
+
+/// Glob match with `*` and `?`, as CONFIG GET patterns use.
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&pattern[1..], name) || (!name.is_empty() && glob(pattern, &name[1..])),
+        (Some(b'?'), Some(_)) => glob(&pattern[1..], &name[1..]),
+        (Some(p), Some(n)) if p == n => glob(&pattern[1..], &name[1..]),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn globs_match_like_config_get() {
+        assert!(glob(b"save", b"save"));
+        assert!(glob(b"*", b"maxclients"));
+        assert!(glob(b"max*", b"maxmemory"));
+        assert!(glob(b"ma?clients", b"maxclients"));
+        assert!(!glob(b"max", b"maxmemory"));
+        assert!(!glob(b"*x", b"save"));
+    }
 }
