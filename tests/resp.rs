@@ -544,7 +544,13 @@ async fn info_and_config_get_report_tiergates_own_figures() {
     let _: Option<String> = c.get("missing").await.unwrap();
 
     let info: String = redis::cmd("INFO").query_async(&mut c).await.unwrap();
-    for header in ["# Server\r\n", "# Clients\r\n", "# Memory\r\n", "# Stats\r\n", "# Keyspace\r\n"] {
+    for header in [
+        "# Server\r\n",
+        "# Clients\r\n",
+        "# Memory\r\n",
+        "# Stats\r\n",
+        "# Keyspace\r\n",
+    ] {
         assert!(info.contains(header), "{header:?} missing from\n{info}");
     }
     let field = |name: &str| -> String {
@@ -554,7 +560,10 @@ async fn info_and_config_get_report_tiergates_own_figures() {
             .to_string()
     };
     assert_eq!(field("redis_version"), "7.0.0");
-    assert_eq!(field("tcp_port"), gw.running.as_ref().unwrap().resp_addr.port().to_string());
+    assert_eq!(
+        field("tcp_port"),
+        gw.running.as_ref().unwrap().resp_addr.port().to_string()
+    );
     assert_eq!(field("connected_clients"), "1");
     assert_eq!(field("maxclients"), "1234");
     assert_eq!(field("keyspace_hits"), "1");
@@ -563,12 +572,35 @@ async fn info_and_config_get_report_tiergates_own_figures() {
     assert_eq!(field("db0"), "keys=1,expires=0,avg_ttl=0");
     assert!(field("total_commands_processed").parse::<u64>().unwrap() >= 4);
 
-    let only: String = redis::cmd("INFO").arg("clients").query_async(&mut c).await.unwrap();
-    assert!(only.starts_with("# Clients\r\n") && !only.contains("# Server"), "{only}");
+    let only: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        only.starts_with("# Clients\r\n") && !only.contains("# Server"),
+        "{only}"
+    );
 
-    let cfg: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("save").arg("max*").query_async(&mut c).await.unwrap();
+    let cfg: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("save")
+        .arg("max*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
     assert_eq!(cfg[..2], ["save".to_string(), String::new()]);
-    assert!(cfg.windows(2).any(|w| w[0] == "maxclients" && w[1] == "1234"), "{cfg:?}");
-    let err = redis::cmd("CONFIG").arg("SET").arg("save").arg("").query_async::<Value>(&mut c).await.unwrap_err();
+    assert!(
+        cfg.windows(2)
+            .any(|w| w[0] == "maxclients" && w[1] == "1234"),
+        "{cfg:?}"
+    );
+    let err = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("save")
+        .arg("")
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some("ERR"));
 }

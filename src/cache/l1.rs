@@ -51,6 +51,14 @@ impl Expiry<Bytes, Entry> for PerEntryTtl {
     }
 }
 
+/// A copy of `b` in an allocation of its own. Request bytes are slices of a connection's
+/// read buffer (RESP arguments, hyper body chunks); stored as they are, a 10-byte key or
+/// value would keep that whole buffer alive for as long as the entry lives, outside the
+/// byte budget. Everything L1 keeps from a request goes through here.
+pub fn own(b: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(b)
+}
+
 /// Why a read-through load produced no entry. The error path is how we keep a result out of
 /// moka while still handing it to every coalesced waiter.
 #[derive(Debug)]
@@ -99,7 +107,7 @@ impl L1 {
 
     pub async fn insert(&self, key: Bytes, entry: Entry) {
         if let Some(c) = &self.cache {
-            c.insert(key, entry).await;
+            c.insert(own(&key), entry).await;
         }
     }
 
@@ -131,7 +139,7 @@ impl L1 {
     ) -> Option<R> {
         let c = self.cache.as_ref()?;
         let mut out = None;
-        c.entry(key)
+        c.entry(own(&key))
             .and_compute_with(|cur| {
                 let (op, r) = f(cur.as_ref().map(|e| e.value()));
                 out = Some(r);

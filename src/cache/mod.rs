@@ -266,6 +266,7 @@ impl TieredCache {
             }
             None => {
                 let now = Instant::now();
+                let value = l1::own(&value);
                 let outcome = self.l1.compute(key, |cur| {
                     let old = cur.map(|e| e.value.clone());
                     let write = match opts.cond {
@@ -484,6 +485,22 @@ fn instant_at(now: Instant, at: SystemTime) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stored_values_do_not_pin_the_request_buffer() {
+        let cache =
+            TieredCache::new(&Config::default(), 1 << 30, Arc::new(Metrics::new())).unwrap();
+        let buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let (key, value) = (buffer.slice(0..8), buffer.slice(8..18));
+        cache.set(key.clone(), value, None).await.unwrap();
+        let stored = cache.get(&key).await.unwrap().unwrap().value;
+        let range = buffer.as_ptr_range();
+        assert!(
+            !range.contains(&stored.as_ptr()),
+            "the value was copied out of the 64KiB buffer"
+        );
+        assert_eq!(stored.len(), 10);
+    }
 
     #[test]
     fn counters_parse_as_redis_reads_them() {

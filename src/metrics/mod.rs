@@ -191,8 +191,11 @@ impl Metrics {
             "RESP connections closed because their byte stream could not be framed",
         )
         .unwrap();
-        let resp_commands =
-            IntCounter::new("resp_commands_total", "RESP commands received (run or refused)").unwrap();
+        let resp_commands = IntCounter::new(
+            "resp_commands_total",
+            "RESP commands received (run or refused)",
+        )
+        .unwrap();
         let accept_errors = IntCounter::new(
             "accept_errors_total",
             "Failed accept() calls (fd exhaustion and the like)",
@@ -306,12 +309,19 @@ impl Metrics {
     /// Open, accepted-in-all and refused connections of a door, for INFO.
     pub fn door_counts(&self, door: Door) -> (i64, u64, u64) {
         let d = door as usize;
-        (self.open_connections[d].get(), self.connections[d].get(), self.rejected_connections[d].get())
+        (
+            self.open_connections[d].get(),
+            self.connections[d].get(),
+            self.rejected_connections[d].get(),
+        )
     }
 
     /// Hits and misses of a tier, for INFO.
     pub fn tier_counts(&self, tier: Tier) -> (u64, u64) {
-        (self.cache_hits[tier as usize].get(), self.cache_misses[tier as usize].get())
+        (
+            self.cache_hits[tier as usize].get(),
+            self.cache_misses[tier as usize].get(),
+        )
     }
 
     /// Counts a connection refused for lack of budget.

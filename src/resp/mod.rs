@@ -49,7 +49,13 @@ pub struct Facts {
 
 impl Shared {
     /// `port` is where the door actually listens (config may say 0).
-    pub fn new(config: &Config, port: u16, cache: Arc<TieredCache>, metrics: Arc<Metrics>, memory: u64) -> Self {
+    pub fn new(
+        config: &Config,
+        port: u16,
+        cache: Arc<TieredCache>,
+        metrics: Arc<Metrics>,
+        memory: u64,
+    ) -> Self {
         let (cfg, limits) = (&config.resp, &config.limits);
         Self {
             cache,
@@ -62,7 +68,8 @@ impl Shared {
             },
             max_key_bytes: limits.max_key_bytes,
             max_value_bytes: limits.max_value_bytes.0,
-            requirepass: (!cfg.requirepass.is_empty()).then(|| Bytes::from(cfg.requirepass.clone())),
+            requirepass: (!cfg.requirepass.is_empty())
+                .then(|| Bytes::from(cfg.requirepass.clone())),
             idle_timeout: (!cfg.idle_timeout.0.is_zero()).then_some(cfg.idle_timeout.0),
             facts: Facts {
                 started: Instant::now(),

@@ -114,7 +114,10 @@ impl Info {
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
         use std::fmt::Write;
         let all = self.sections.is_empty()
-            || self.sections.iter().any(|s| is(s, "all") || is(s, "everything") || is(s, "default"));
+            || self
+                .sections
+                .iter()
+                .any(|s| is(s, "all") || is(s, "everything") || is(s, "default"));
         let wanted = |name: &str| all || self.sections.iter().any(|s| is(s, name));
         let shared = ctx.shared;
         let facts = &shared.facts;
@@ -124,7 +127,12 @@ impl Info {
             if !out.is_empty() {
                 out.push_str("\r\n");
             }
-            let _ = write!(out, "# {}{}\r\n", section[..1].to_uppercase(), &section[1..]);
+            let _ = write!(
+                out,
+                "# {}{}\r\n",
+                section[..1].to_uppercase(),
+                &section[1..]
+            );
             let mut field = |k: &str, v: &dyn std::fmt::Display| {
                 let _ = write!(out, "{k}:{v}\r\n");
             };
@@ -134,7 +142,10 @@ impl Info {
                     field("redis_version", &REDIS_COMPAT_VERSION);
                     field("tiergate_version", &env!("CARGO_PKG_VERSION"));
                     field("redis_mode", &"standalone");
-                    field("tiergate_mode", &if facts.standalone { "memory" } else { "tiered" });
+                    field(
+                        "tiergate_mode",
+                        &if facts.standalone { "memory" } else { "tiered" },
+                    );
                     field("os", &std::env::consts::OS);
                     field("arch_bits", &(usize::BITS));
                     field("process_id", &std::process::id());
@@ -152,15 +163,29 @@ impl Info {
                     field("used_memory", &l1_bytes);
                     field("used_memory_rss", &crate::host::rss_bytes().unwrap_or(0));
                     field("maxmemory", &facts.l1_capacity);
-                    field("maxmemory_policy", &if facts.standalone { "allkeys-lru" } else { "allkeys-lfu" });
+                    field(
+                        "maxmemory_policy",
+                        &if facts.standalone {
+                            "allkeys-lru"
+                        } else {
+                            "allkeys-lfu"
+                        },
+                    );
                 }
                 "stats" => {
                     let (_, total, rejected) = shared.metrics.door_counts(Door::Resp);
                     let (l1_hits, l1_misses) = shared.metrics.tier_counts(Tier::L1);
                     let (l2_hits, l2_misses) = shared.metrics.tier_counts(Tier::L2);
-                    let misses = if facts.standalone { l1_misses } else { l2_misses };
+                    let misses = if facts.standalone {
+                        l1_misses
+                    } else {
+                        l2_misses
+                    };
                     field("total_connections_received", &total);
-                    field("total_commands_processed", &shared.metrics.resp_commands.get());
+                    field(
+                        "total_commands_processed",
+                        &shared.metrics.resp_commands.get(),
+                    );
                     field("rejected_connections", &rejected);
                     field("keyspace_hits", &(l1_hits + l2_hits));
                     field("keyspace_misses", &misses);
@@ -190,12 +215,18 @@ impl Config {
         let sub = p.next_bytes()?;
         if !is(&sub, "get") {
             return Err(Frame::Error(
-                format!("ERR unknown subcommand '{}'. Try CONFIG HELP.", String::from_utf8_lossy(&sub)).into(),
+                format!(
+                    "ERR unknown subcommand '{}'. Try CONFIG HELP.",
+                    String::from_utf8_lossy(&sub)
+                )
+                .into(),
             ));
         }
         let patterns = p.rest();
         if patterns.is_empty() {
-            return Err(Frame::error("ERR wrong number of arguments for 'config|get' command"));
+            return Err(Frame::error(
+                "ERR wrong number of arguments for 'config|get' command",
+            ));
         }
         Ok(Self { patterns })
     }
@@ -214,7 +245,11 @@ impl Config {
         ];
         let pairs = params
             .into_iter()
-            .filter(|(name, _)| self.patterns.iter().any(|p| glob(&p.to_ascii_lowercase(), name.as_bytes())))
+            .filter(|(name, _)| {
+                self.patterns
+                    .iter()
+                    .any(|p| glob(&p.to_ascii_lowercase(), name.as_bytes()))
+            })
             .map(|(name, v)| (Frame::bulk_static(name), Frame::Bulk(Bytes::from(v))))
             .collect();
         Frame::Map(pairs)
@@ -225,7 +260,9 @@ impl Config {
 fn glob(pattern: &[u8], name: &[u8]) -> bool {
     match (pattern.first(), name.first()) {
         (None, None) => true,
-        (Some(b'*'), _) => glob(&pattern[1..], name) || (!name.is_empty() && glob(pattern, &name[1..])),
+        (Some(b'*'), _) => {
+            glob(&pattern[1..], name) || (!name.is_empty() && glob(pattern, &name[1..]))
+        }
         (Some(b'?'), Some(_)) => glob(&pattern[1..], &name[1..]),
         (Some(p), Some(n)) if p == n => glob(&pattern[1..], &name[1..]),
         _ => false,
