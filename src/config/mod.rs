@@ -26,6 +26,12 @@ pub const DEFAULT_RESP_KEEPALIVE: Duration = Duration::from_secs(60);
 pub const DEFAULT_RESP_MAX_MULTIBULK_LEN: usize = 1024 * 1024;
 /// Inline command lines and length headers; redis-server's PROTO_INLINE_MAX_SIZE.
 pub const DEFAULT_RESP_MAX_INLINE_BYTES: u64 = 64 * 1024;
+/// Read buffer a connection borrows while it has bytes to process; a pipeline of small
+/// commands fits in one read.
+pub const DEFAULT_RESP_READ_BUFFER_BYTES: u64 = 16 * 1024;
+/// Buffers kept for reuse across all RESP connections (16KiB each: 64MiB at most); enough
+/// for every busy connection of a loaded 8-core server, freed beyond that.
+pub const DEFAULT_RESP_BUFFER_POOL_BUFFERS: usize = 4096;
 /// Operators' port; loopback only, so metrics and readiness are not exposed by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// Accept backlog; matches the `net.core.somaxconn` we recommend in sysctl.conf.
@@ -140,6 +146,8 @@ pub struct RespConfig {
     pub keepalive: HumanDuration,
     pub max_multibulk_len: usize,
     pub max_inline_bytes: ByteSize,
+    pub read_buffer_bytes: ByteSize,
+    pub buffer_pool_buffers: usize,
     /// When set, clients must AUTH (or HELLO ... AUTH) before other commands.
     pub requirepass: String,
 }
@@ -153,6 +161,8 @@ impl Default for RespConfig {
             keepalive: HumanDuration(DEFAULT_RESP_KEEPALIVE),
             max_multibulk_len: DEFAULT_RESP_MAX_MULTIBULK_LEN,
             max_inline_bytes: ByteSize(DEFAULT_RESP_MAX_INLINE_BYTES),
+            read_buffer_bytes: ByteSize(DEFAULT_RESP_READ_BUFFER_BYTES),
+            buffer_pool_buffers: DEFAULT_RESP_BUFFER_POOL_BUFFERS,
             requirepass: String::new(),
         }
     }
@@ -311,6 +321,12 @@ impl Config {
             bad(
                 "resp.max_multibulk_len",
                 "must be between 1 and 2147483647".into(),
+            );
+        }
+        if !(1024..=16 << 20).contains(&self.resp.read_buffer_bytes.0) {
+            bad(
+                "resp.read_buffer_bytes",
+                "must be between 1KiB and 16MiB".into(),
             );
         }
         if self.resp.max_inline_bytes.0 < 1024 {

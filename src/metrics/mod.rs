@@ -107,6 +107,9 @@ pub struct Metrics {
     pub heartbeat_timeouts: IntCounter,
     pub resp_protocol_errors: IntCounter,
     pub resp_commands: IntCounter,
+    pub buffer_pool_hits: IntCounter,
+    pub buffer_pool_misses: IntCounter,
+    pub buffer_pool_buffers: IntGauge,
 }
 
 impl Metrics {
@@ -196,6 +199,15 @@ impl Metrics {
             "RESP commands received (run or refused)",
         )
         .unwrap();
+        let buffer_pool_hits =
+            IntCounter::new("buffer_pool_hits_total", "I/O buffers taken from the pool").unwrap();
+        let buffer_pool_misses = IntCounter::new(
+            "buffer_pool_misses_total",
+            "I/O buffers allocated because the pool was empty",
+        )
+        .unwrap();
+        let buffer_pool_buffers =
+            IntGauge::new("buffer_pool_buffers", "I/O buffers held in the pool now").unwrap();
         let accept_errors = IntCounter::new(
             "accept_errors_total",
             "Failed accept() calls (fd exhaustion and the like)",
@@ -225,6 +237,9 @@ impl Metrics {
             Box::new(heartbeat_timeouts.clone()),
             Box::new(resp_protocol_errors.clone()),
             Box::new(resp_commands.clone()),
+            Box::new(buffer_pool_hits.clone()),
+            Box::new(buffer_pool_misses.clone()),
+            Box::new(buffer_pool_buffers.clone()),
             Box::new(build),
         ] {
             reg(c);
@@ -269,6 +284,9 @@ impl Metrics {
             heartbeat_timeouts,
             resp_protocol_errors,
             resp_commands,
+            buffer_pool_hits,
+            buffer_pool_misses,
+            buffer_pool_buffers,
             registry,
         }
     }

@@ -1,7 +1,8 @@
-//! One client connection: read what has arrived, run every complete command in it in order,
-//! write all their replies with one write, and wait for more. A client silent for
-//! `resp.idle_timeout` is closed; on shutdown the commands already received are answered
-//! before the connection closes.
+//! One client connection: wait until bytes arrive, borrow a buffer and read them, run every
+//! complete command in order, write all their replies with one write, and give the buffers
+//! back unless a command is still partly read. An idle connection therefore holds no buffer.
+//! A client silent for `resp.idle_timeout` is closed; on shutdown the commands already
+//! received are answered before the connection closes.
 
 use super::{
     cmd::{Command, Ctx},
@@ -9,22 +10,14 @@ use super::{
     session::Session,
     Shared,
 };
-use crate::shutdown::Shutdown;
-use bytes::BytesMut;
-use std::time::Duration;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    time::Instant,
-};
-
-/// Bytes a read asks the kernel for at least; a pipeline of small commands fits in one.
-const READ_CHUNK: usize = 16 * 1024;
+use crate::{buf::pool::Lease, shutdown::Shutdown};
+use std::{io, time::Duration};
+use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
 
 pub async fn serve(mut stream: TcpStream, shared: &Shared, shutdown: &Shutdown) {
     let mut session = Session::new(shared.next_id(), shared.requirepass.is_some());
-    let mut rbuf = BytesMut::new();
-    let mut wbuf = BytesMut::new();
+    let mut rbuf = shared.buffers.lease();
+    let chunk = shared.read_chunk;
     // One timer for the connection's life, re-armed only when it fires: activity just moves
     // `last_active`, so a busy connection does not touch the timer wheel per command.
     let idle = shared.idle_timeout.unwrap_or(Duration::MAX);
@@ -35,35 +28,52 @@ pub async fn serve(mut stream: TcpStream, shared: &Shared, shutdown: &Shutdown) 
     tokio::pin!(stop);
 
     loop {
-        let close = run_buffered(&mut rbuf, &mut wbuf, &mut session, shared).await;
-        if !wbuf.is_empty() {
-            if stream.write_all(&wbuf).await.is_err() {
-                return;
+        let stopping = tokio::select! {
+            ready = stream.readable() => {
+                if ready.is_err() {
+                    return;
+                }
+                false
             }
-            wbuf.clear();
-        }
-        if close || shutdown.is_triggered() {
-            return;
-        }
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-            rbuf.reserve(READ_CHUNK);
-        }
-        tokio::select! {
-            read = stream.read_buf(&mut rbuf) => match read {
-                Ok(0) | Err(_) => return,
-                Ok(_) => last_active = Instant::now(),
-            },
             _ = &mut idle_timer => {
                 if last_active.elapsed() >= idle {
                     shared.metrics.heartbeat_timeouts.inc();
                     return;
                 }
                 idle_timer.as_mut().reset(deadline(last_active, idle));
+                continue;
             }
-            _ = &mut stop => {
-                // Answer what has already arrived, then close.
-                let _ = stream.try_read_buf(&mut rbuf);
+            // Answer what has already arrived, then close.
+            _ = &mut stop => true,
+        };
+        let buf = rbuf.buf();
+        if buf.capacity() - buf.len() < chunk / 4 {
+            buf.reserve(chunk);
+        }
+        match stream.try_read_buf(buf) {
+            Ok(0) => return,
+            Ok(_) => last_active = Instant::now(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && !stopping => {
+                if rbuf.is_empty() {
+                    rbuf.release();
+                }
+                continue;
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+        // Boxed: the command futures (L2 pipelines, moka computes) are kilobytes, and inline
+        // they would make every idle connection's task that large. Allocated once per batch
+        // of commands read, not per command.
+        let Ok(close) = Box::pin(answer(&mut stream, &mut rbuf, &mut session, shared)).await else {
+            return;
+        };
+        if rbuf.is_empty() {
+            rbuf.release();
+        }
+        // The stop future has completed: it must not be polled again.
+        if close || stopping || shutdown.is_triggered() {
+            return;
         }
     }
 }
@@ -73,22 +83,39 @@ fn deadline(from: Instant, idle: Duration) -> Instant {
         .unwrap_or_else(|| from + Duration::from_secs(86_400 * 365))
 }
 
+/// Runs every complete command in `rbuf` and writes all their replies with one write, from a
+/// write buffer borrowed for the occasion. Ok(true) when the connection must close now
+/// (QUIT, or framing lost); Err when the client is gone.
+async fn answer(
+    stream: &mut TcpStream,
+    rbuf: &mut Lease<'_>,
+    session: &mut Session,
+    shared: &Shared,
+) -> io::Result<bool> {
+    let mut wbuf = shared.buffers.lease();
+    let close = run_buffered(rbuf, &mut wbuf, session, shared).await;
+    if !wbuf.is_empty() {
+        stream.write_all(wbuf.buf()).await?;
+    }
+    Ok(close)
+}
+
 /// Runs every complete command in `rbuf`, encoding replies into `wbuf`. True when the
 /// connection must close after the replies are written (QUIT, or framing lost).
 async fn run_buffered(
-    rbuf: &mut BytesMut,
-    wbuf: &mut BytesMut,
+    rbuf: &mut Lease<'_>,
+    wbuf: &mut Lease<'_>,
     session: &mut Session,
     shared: &Shared,
 ) -> bool {
     loop {
-        let args = match frame::parse(rbuf, &shared.limits) {
+        let args = match frame::parse(rbuf.buf(), &shared.limits) {
             Ok(Some(args)) if args.is_empty() => continue,
             Ok(Some(args)) => args,
             Ok(None) => return false,
             Err(e) => {
                 shared.metrics.resp_protocol_errors.inc();
-                Frame::Error(format!("ERR {e}").into()).encode(session.proto, wbuf);
+                Frame::Error(format!("ERR {e}").into()).encode(session.proto, wbuf.buf());
                 return true;
             }
         };
@@ -103,12 +130,12 @@ async fn run_buffered(
                 };
                 let reply = cmd.apply(&mut ctx).await;
                 if ctx.close {
-                    reply.encode(session.proto, wbuf);
+                    reply.encode(session.proto, wbuf.buf());
                     return true;
                 }
                 reply
             }
         };
-        reply.encode(session.proto, wbuf);
+        reply.encode(session.proto, wbuf.buf());
     }
 }

@@ -7,6 +7,7 @@ pub mod frame;
 mod session;
 
 use crate::{
+    buf::{pool::PoolMetrics, BufferPool},
     cache::TieredCache,
     config::Config,
     metrics::{Door, Metrics},
@@ -35,6 +36,10 @@ pub struct Shared {
     pub idle_timeout: Option<Duration>,
     /// What INFO and CONFIG GET report.
     pub facts: Facts,
+    /// Read and write buffers, borrowed only while a connection has work.
+    pub buffers: BufferPool,
+    /// Free space a read asks the kernel to fill, at least.
+    pub read_chunk: usize,
     next_id: AtomicU64,
 }
 
@@ -57,6 +62,7 @@ impl Shared {
         memory: u64,
     ) -> Self {
         let (cfg, limits) = (&config.resp, &config.limits);
+        let buffers_metrics = metrics.clone();
         Self {
             cache,
             metrics,
@@ -78,6 +84,16 @@ impl Shared {
                 l1_capacity: config.l1.capacity.resolve(memory),
                 standalone: config.standalone(),
             },
+            buffers: BufferPool::new(
+                cfg.buffer_pool_buffers,
+                cfg.read_buffer_bytes.0 as usize,
+                PoolMetrics {
+                    hits: buffers_metrics.buffer_pool_hits.clone(),
+                    misses: buffers_metrics.buffer_pool_misses.clone(),
+                    pooled: buffers_metrics.buffer_pool_buffers.clone(),
+                },
+            ),
+            read_chunk: cfg.read_buffer_bytes.0 as usize,
             next_id: AtomicU64::new(1),
         }
     }

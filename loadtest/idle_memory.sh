@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Bytes of server RSS per idle RESP connection: opens N connections (default 10000) that each
+# send one PING, and compares the server's RSS before and after, for tiergate (standalone)
+# and for redis-server on the same machine. Usage: loadtest/idle_memory.sh [N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-10000}
+ulimit -n "$(ulimit -Hn)"
+need=$((N + 100))
+[ "$(ulimit -n)" -ge "$need" ] || { echo "need $need open files, have $(ulimit -n)"; exit 1; }
+command -v redis-server >/dev/null || { echo "redis-server missing (apt-get install -y redis-server)"; exit 1; }
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status"; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; exit 1; }
+
+# measure NAME PID PORT: opens the connections, prints bytes per connection
+measure() {
+    local name=$1 pid=$2 port=$3 before after
+    sleep 0.5
+    before=$(rss "$pid")
+    mkfifo "$WORK/hold-$name"
+    python3 loadtest/idle_conns.py "$port" "$N" <"$WORK/hold-$name" >"$WORK/out-$name" &
+    local client=$!
+    exec 4>"$WORK/hold-$name"
+    for _ in $(seq 1 600); do grep -q ready "$WORK/out-$name" 2>/dev/null && break; sleep 0.1; done
+    grep -q "ready $N" "$WORK/out-$name" || { echo "$name: connections did not all answer"; exit 1; }
+    sleep 1
+    after=$(rss "$pid")
+    exec 4>&-
+    wait "$client" || true
+    printf '%-14s %10d conns  rss before %8.1f MiB  after %8.1f MiB  %8.0f bytes/conn\n' \
+        "$name" "$N" "$(echo "$before/1048576" | bc -l)" "$(echo "$after/1048576" | bc -l)" \
+        "$(echo "($after-$before)/$N" | bc -l)"
+}
+
+cargo build --release --quiet --bin tiergate
+TG=$(free_port)
+TIERGATE_RESP_LISTEN=127.0.0.1:$TG TIERGATE_HTTP_LISTEN=127.0.0.1:$(free_port) \
+TIERGATE_ADMIN_LISTEN=127.0.0.1:$(free_port) TIERGATE_LOG_LEVEL=warn \
+    target/release/tiergate >"$WORK/tiergate.log" 2>&1 &
+PIDS+=($!); TG_PID=$!
+wait_port "$TG"
+RS=$(free_port)
+redis-server --port "$RS" --save "" --appendonly no --maxclients $((N + 100)) >"$WORK/redis.log" 2>&1 &
+PIDS+=($!); RS_PID=$!
+wait_port "$RS"
+
+measure tiergate "$TG_PID" "$TG"
+measure redis-server "$RS_PID" "$RS"
