@@ -113,7 +113,7 @@ pub async fn serve(
             let watcher = graceful.watcher();
             let builder = builder.clone();
             let state = state.clone();
-            tokio::spawn(async move {
+            net::spawn_isolated(state.metrics.connection_panics.clone(), async move {
                 let _open = open;
                 let svc = service_fn(move |req| {
                     let state = state.clone();

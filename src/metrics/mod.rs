@@ -110,6 +110,7 @@ pub struct Metrics {
     pub buffer_pool_hits: IntCounter,
     pub buffer_pool_misses: IntCounter,
     pub buffer_pool_buffers: IntGauge,
+    pub connection_panics: IntCounter,
 }
 
 impl Metrics {
@@ -208,6 +209,11 @@ impl Metrics {
         .unwrap();
         let buffer_pool_buffers =
             IntGauge::new("buffer_pool_buffers", "I/O buffers held in the pool now").unwrap();
+        let connection_panics = IntCounter::new(
+            "connection_panics_total",
+            "Connection tasks that panicked (each closed that connection only)",
+        )
+        .unwrap();
         let accept_errors = IntCounter::new(
             "accept_errors_total",
             "Failed accept() calls (fd exhaustion and the like)",
@@ -240,6 +246,7 @@ impl Metrics {
             Box::new(buffer_pool_hits.clone()),
             Box::new(buffer_pool_misses.clone()),
             Box::new(buffer_pool_buffers.clone()),
+            Box::new(connection_panics.clone()),
             Box::new(build),
         ] {
             reg(c);
@@ -287,6 +294,7 @@ impl Metrics {
             buffer_pool_hits,
             buffer_pool_misses,
             buffer_pool_buffers,
+            connection_panics,
             registry,
         }
     }

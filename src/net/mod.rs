@@ -2,6 +2,8 @@
 
 mod accept;
 mod listener;
+mod task;
 
 pub use accept::accept_loop;
 pub use listener::{bind, ListenOptions};
+pub use task::spawn_isolated;

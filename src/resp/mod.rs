@@ -135,7 +135,8 @@ pub async fn serve(
             let shared = shared.clone();
             let shutdown = shutdown.clone();
             let alive = alive.clone();
-            tokio::spawn(async move {
+            let panics = shared.metrics.connection_panics.clone();
+            net::spawn_isolated(panics, async move {
                 let _held = (permit, open, alive);
                 connection::serve(stream, &shared, &shutdown).await;
             });
