@@ -309,8 +309,18 @@ async fn clients_past_the_budget_are_refused() {
 async fn malformed_and_oversized_frames_get_an_error_and_a_close() {
     let mut cfg = support::config(None);
     cfg.limits.max_value_bytes = tiergate::config::ByteSize(1024);
+    cfg.resp.max_request_bytes = tiergate::config::ByteSize(2048);
     let gw = Gateway::start(cfg).await;
     let addr = gw.running.as_ref().unwrap().resp_addr;
+    // Two 1020-byte values: each within the value bound, together (2086 bytes) over the
+    // request bound, which is seen at the second value's header, before its bytes arrive.
+    let mut mset = b"*5\r\n$4\r\nMSET\r\n$1\r\na\r\n$1020\r\n".to_vec();
+    mset.extend_from_slice(&[b'x'; 1020]);
+    mset.extend_from_slice(b"\r\n$1\r\nb\r\n$1020\r\n");
+    assert_eq!(
+        raw(addr, &mset).await,
+        "-ERR Protocol error: request exceeds resp.max_request_bytes\r\n"
+    );
     let cases: &[(&[u8], &str)] = &[
         (
             b"*2147483647\r\n",
@@ -357,7 +367,7 @@ async fn malformed_and_oversized_frames_get_an_error_and_a_close() {
         "-ERR Protocol error: too big inline request\r\n"
     );
     let m = gw.metrics().await;
-    assert!(metric(&m, "tiergate_resp_protocol_errors_total") >= 8.0);
+    assert!(metric(&m, "tiergate_resp_protocol_errors_total") >= 9.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

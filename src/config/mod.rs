@@ -26,6 +26,9 @@ pub const DEFAULT_RESP_KEEPALIVE: Duration = Duration::from_secs(60);
 pub const DEFAULT_RESP_MAX_MULTIBULK_LEN: usize = 1024 * 1024;
 /// Inline command lines and length headers; redis-server's PROTO_INLINE_MAX_SIZE.
 pub const DEFAULT_RESP_MAX_INLINE_BYTES: u64 = 64 * 1024;
+/// One whole command (MSET of 16 values at the 4MiB value bound fits); redis-server's own
+/// query buffer bound is 1GiB, far more than one gateway connection should hold.
+pub const DEFAULT_RESP_MAX_REQUEST_BYTES: u64 = 64 << 20;
 /// Read buffer a connection borrows while it has bytes to process; a pipeline of small
 /// commands fits in one read.
 pub const DEFAULT_RESP_READ_BUFFER_BYTES: u64 = 16 * 1024;
@@ -146,6 +149,8 @@ pub struct RespConfig {
     pub keepalive: HumanDuration,
     pub max_multibulk_len: usize,
     pub max_inline_bytes: ByteSize,
+    /// Bytes in one whole command, refused from its headers before it is buffered.
+    pub max_request_bytes: ByteSize,
     pub read_buffer_bytes: ByteSize,
     pub buffer_pool_buffers: usize,
     /// When set, clients must AUTH (or HELLO ... AUTH) before other commands.
@@ -161,6 +166,7 @@ impl Default for RespConfig {
             keepalive: HumanDuration(DEFAULT_RESP_KEEPALIVE),
             max_multibulk_len: DEFAULT_RESP_MAX_MULTIBULK_LEN,
             max_inline_bytes: ByteSize(DEFAULT_RESP_MAX_INLINE_BYTES),
+            max_request_bytes: ByteSize(DEFAULT_RESP_MAX_REQUEST_BYTES),
             read_buffer_bytes: ByteSize(DEFAULT_RESP_READ_BUFFER_BYTES),
             buffer_pool_buffers: DEFAULT_RESP_BUFFER_POOL_BUFFERS,
             requirepass: String::new(),
@@ -321,6 +327,12 @@ impl Config {
             bad(
                 "resp.max_multibulk_len",
                 "must be between 1 and 2147483647".into(),
+            );
+        }
+        if self.resp.max_request_bytes.0 < self.limits.max_value_bytes.0 {
+            bad(
+                "resp.max_request_bytes",
+                "must be at least limits.max_value_bytes".into(),
             );
         }
         if !(1024..=16 << 20).contains(&self.resp.read_buffer_bytes.0) {

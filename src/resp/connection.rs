@@ -109,7 +109,7 @@ async fn run_buffered(
     shared: &Shared,
 ) -> bool {
     loop {
-        let args = match frame::parse(rbuf.buf(), &shared.limits) {
+        let args = match frame::parse(rbuf.buf(), &shared.limits, &mut session.progress) {
             Ok(Some(args)) if args.is_empty() => continue,
             Ok(Some(args)) => args,
             Ok(None) => return false,

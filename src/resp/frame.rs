@@ -15,6 +15,8 @@ pub struct Limits {
     pub max_bulk_len: usize,
     /// Bytes in an inline command line, and in a `*N` / `$N` header line.
     pub max_inline_len: usize,
+    /// Bytes in one whole command, checked from the headers before its bytes are buffered.
+    pub max_request_len: usize,
 }
 
 /// A framing error: the connection is answered with `-ERR Protocol error: ...` and closed,
@@ -33,6 +35,19 @@ pub enum ProtocolError {
     TooBigCount,
     #[error("Protocol error: unbalanced quotes in request")]
     UnbalancedQuotes,
+    #[error("Protocol error: request exceeds resp.max_request_bytes")]
+    TooBigRequest,
+}
+
+/// How far `check` got through a multibulk command that has not fully arrived, so the next
+/// read resumes there instead of rescanning every argument header from the start (which
+/// would cost O(args^2) for a large command trickling in). Reset when a command completes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    argc: usize,
+    /// Arguments fully checked, and the offset just after the last of them.
+    done: usize,
+    pos: usize,
 }
 
 /// Where the next command lies in the buffer.
@@ -48,9 +63,17 @@ enum Layout {
 /// Takes the next complete command out of `buf`: `Ok(None)` when more bytes are needed.
 /// When the command's total size is known but not all of it has arrived, room for the rest
 /// is reserved once, so a large value is not re-copied as the buffer grows.
-pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+pub fn parse(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    progress: &mut Progress,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
     loop {
-        match check(buf, limits)? {
+        let checked = check(buf, limits, progress);
+        if !matches!(checked, Ok(Check::Incomplete { .. })) {
+            *progress = Progress::default();
+        }
+        match checked? {
             Check::Incomplete { need } => {
                 if need > buf.len() {
                     buf.reserve(need - buf.len());
@@ -81,25 +104,30 @@ enum Check {
     },
 }
 
-fn check(buf: &[u8], limits: &Limits) -> Result<Check, ProtocolError> {
+fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, ProtocolError> {
     let Some(&first) = buf.first() else {
         return Ok(Check::Incomplete { need: 0 });
     };
     if first != b'*' {
         return check_inline(buf, limits);
     }
-    let Some((count, mut pos)) = header_line(buf, 1, limits, ProtocolError::TooBigCount)? else {
-        return Ok(Check::Incomplete { need: 0 });
-    };
-    let argc = parse_len(count).ok_or(ProtocolError::InvalidMultibulkLength)?;
-    let argc = match argc {
-        n if n <= 0 => return Ok(Check::Complete(Layout::Empty { len: pos })),
-        n if n as u64 > limits.max_multibulk_len as u64 => {
-            return Err(ProtocolError::InvalidMultibulkLength)
+    let (argc, mut pos, done) = if progress.argc > 0 {
+        (progress.argc, progress.pos, progress.done)
+    } else {
+        let Some((count, pos)) = header_line(buf, 1, limits, ProtocolError::TooBigCount)? else {
+            return Ok(Check::Incomplete { need: 0 });
+        };
+        let argc = parse_len(count).ok_or(ProtocolError::InvalidMultibulkLength)?;
+        match argc {
+            n if n <= 0 => return Ok(Check::Complete(Layout::Empty { len: pos })),
+            n if n as u64 > limits.max_multibulk_len as u64 => {
+                return Err(ProtocolError::InvalidMultibulkLength)
+            }
+            n => (n as usize, pos, 0),
         }
-        n => n as usize,
     };
-    for _ in 0..argc {
+    for i in done..argc {
+        *progress = Progress { argc, done: i, pos };
         let Some(&tag) = buf.get(pos) else {
             return Ok(Check::Incomplete { need: 0 });
         };
@@ -116,6 +144,9 @@ fn check(buf: &[u8], limits: &Limits) -> Result<Check, ProtocolError> {
             _ => return Err(ProtocolError::InvalidBulkLength),
         };
         let end = data + len + 2;
+        if end > limits.max_request_len {
+            return Err(ProtocolError::TooBigRequest);
+        }
         if buf.len() < end {
             return Ok(Check::Incomplete { need: end });
         }
@@ -347,12 +378,13 @@ mod tests {
         max_multibulk_len: 1024,
         max_bulk_len: 64,
         max_inline_len: 128,
+        max_request_len: 4096,
     };
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Bytes>>, ProtocolError> {
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
-        while let Some(args) = parse(&mut buf, &LIMITS)? {
+        while let Some(args) = parse(&mut buf, &LIMITS, &mut Progress::default())? {
             out.push(args);
         }
         Ok(out)
@@ -378,12 +410,20 @@ mod tests {
         let full = b"*2\r\n$3\r\nGET\r\n$5\r\nhello\r\n";
         for cut in 0..full.len() {
             let mut buf = BytesMut::from(&full[..cut]);
-            assert_eq!(parse(&mut buf, &LIMITS), Ok(None), "prefix of {cut} bytes");
+            assert_eq!(
+                parse(&mut buf, &LIMITS, &mut Progress::default()),
+                Ok(None),
+                "prefix of {cut} bytes"
+            );
             assert_eq!(buf.len(), cut, "nothing consumed");
         }
         let mut buf = BytesMut::from(&full[..]);
         assert_eq!(
-            strs(&parse(&mut buf, &LIMITS).unwrap().unwrap()),
+            strs(
+                &parse(&mut buf, &LIMITS, &mut Progress::default())
+                    .unwrap()
+                    .unwrap()
+            ),
             ["GET", "hello"]
         );
         assert!(buf.is_empty());
@@ -393,12 +433,12 @@ mod tests {
     fn lengths_are_bounded_before_allocation() {
         let mut buf = BytesMut::from(&b"*2147483647\r\n"[..]);
         assert_eq!(
-            parse(&mut buf, &LIMITS),
+            parse(&mut buf, &LIMITS, &mut Progress::default()),
             Err(ProtocolError::InvalidMultibulkLength)
         );
         let mut buf = BytesMut::from(&b"*1\r\n$999999999999\r\n"[..]);
         assert_eq!(
-            parse(&mut buf, &LIMITS),
+            parse(&mut buf, &LIMITS, &mut Progress::default()),
             Err(ProtocolError::InvalidBulkLength)
         );
         assert!(
@@ -430,9 +470,59 @@ mod tests {
     }
 
     #[test]
+    fn a_command_fed_byte_by_byte_resumes_where_it_stopped() {
+        let full = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n*1\r\n$4\r\nPING\r\n";
+        let mut buf = BytesMut::new();
+        let mut progress = Progress::default();
+        let mut got = Vec::new();
+        for &b in full.iter() {
+            buf.extend_from_slice(&[b]);
+            while let Some(args) = parse(&mut buf, &LIMITS, &mut progress).unwrap() {
+                got.push(args);
+            }
+        }
+        assert_eq!(got.len(), 2);
+        assert_eq!(strs(&got[0]), ["SET", "k", "hello"]);
+        assert_eq!(strs(&got[1]), ["PING"]);
+        assert_eq!(
+            progress,
+            Progress::default(),
+            "reset once the command completed"
+        );
+    }
+
+    #[test]
+    fn resumed_scans_skip_the_arguments_already_checked() {
+        let mut buf = BytesMut::from(&b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\n"[..]);
+        let mut progress = Progress::default();
+        assert_eq!(parse(&mut buf, &LIMITS, &mut progress), Ok(None));
+        assert_eq!(
+            (progress.argc, progress.done),
+            (3, 2),
+            "two arguments are behind us"
+        );
+        buf.extend_from_slice(b"c\r\n");
+        let args = parse(&mut buf, &LIMITS, &mut progress).unwrap().unwrap();
+        assert_eq!(strs(&args), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_whole_command_over_the_request_bound_is_refused_from_its_headers() {
+        // 100 arguments of 64 bytes each is over the 4096-byte bound: refused at the header
+        // that crosses it, before those bytes arrive.
+        let mut input = b"*100\r\n".to_vec();
+        for _ in 0..70 {
+            input.extend_from_slice(b"$64\r\n");
+            input.extend_from_slice(&[b'x'; 64]);
+            input.extend_from_slice(b"\r\n");
+        }
+        assert_eq!(parse_all(&input), Err(ProtocolError::TooBigRequest));
+    }
+
+    #[test]
     fn room_for_a_known_value_is_reserved_once() {
         let mut buf = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$60\r\nab"[..]);
-        assert_eq!(parse(&mut buf, &LIMITS), Ok(None));
+        assert_eq!(parse(&mut buf, &LIMITS, &mut Progress::default()), Ok(None));
         assert!(buf.capacity() >= b"*2\r\n$3\r\nSET\r\n$60\r\n".len() + 62);
     }
 

@@ -71,6 +71,7 @@ impl Shared {
                 // A bulk argument is a key or a value; both bounds apply later, per command.
                 max_bulk_len: (limits.max_value_bytes.0 as usize).max(limits.max_key_bytes),
                 max_inline_len: cfg.max_inline_bytes.0 as usize,
+                max_request_len: cfg.max_request_bytes.0 as usize,
             },
             max_key_bytes: limits.max_key_bytes,
             max_value_bytes: limits.max_value_bytes.0,

@@ -1,6 +1,7 @@
-//! One client's state: protocol version, name, id, and whether it has authenticated.
+//! One client's state: protocol version, name, id, whether it has authenticated, and how far
+//! the codec got through a partly received command.
 
-use super::frame::Protocol;
+use super::frame::{Progress, Protocol};
 use bytes::Bytes;
 
 pub struct Session {
@@ -8,6 +9,8 @@ pub struct Session {
     pub proto: Protocol,
     pub name: Option<Bytes>,
     pub authenticated: bool,
+    /// Where the codec stopped in a command that has not fully arrived.
+    pub progress: Progress,
 }
 
 impl Session {
@@ -18,6 +21,7 @@ impl Session {
             proto: Protocol::Resp2,
             name: None,
             authenticated: !requires_auth,
+            progress: Progress::default(),
         }
     }
 }
