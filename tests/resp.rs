@@ -614,3 +614,40 @@ async fn info_and_config_get_report_tiergates_own_figures() {
         .unwrap_err();
     assert_eq!(err.code(), Some("ERR"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_values_over_their_own_bounds_are_refused() {
+    // The codec bounds each argument by the larger of the two bounds; each command then
+    // checks its keys and values against their own.
+    let mut cfg = support::config(None);
+    cfg.limits.max_key_bytes = 64;
+    cfg.limits.max_value_bytes = tiergate::config::ByteSize(16);
+    cfg.resp.max_request_bytes = tiergate::config::ByteSize(4096);
+    let gw = Gateway::start(cfg).await;
+    let mut c = conn(&resp_url(&gw)).await;
+    let long_value = "v".repeat(32);
+    let set = redis::cmd("SET").arg("k").arg(&long_value).clone();
+    let mset = redis::cmd("MSET")
+        .arg("a")
+        .arg("1")
+        .arg("b")
+        .arg(&long_value)
+        .clone();
+    for cmd in [set, mset] {
+        let err = cmd.query_async::<Value>(&mut c).await.unwrap_err();
+        assert!(err.to_string().contains("limits.max_value_bytes"), "{err}");
+    }
+    let v: Option<String> = c.get("a").await.unwrap();
+    assert_eq!(v, None, "a refused MSET writes nothing");
+
+    let mut cfg = support::config(None);
+    cfg.limits.max_key_bytes = 8;
+    let gw = Gateway::start(cfg).await;
+    let mut c = conn(&resp_url(&gw)).await;
+    let get = redis::cmd("GET").arg("k".repeat(9)).clone();
+    let set = redis::cmd("SET").arg("k".repeat(9)).arg("v").clone();
+    for cmd in [get, set] {
+        let err = cmd.query_async::<Value>(&mut c).await.unwrap_err();
+        assert!(err.to_string().contains("the limit is 8"), "{err}");
+    }
+}

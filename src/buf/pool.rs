@@ -37,6 +37,11 @@ impl BufferPool {
         }
     }
 
+    /// The size of the buffers it hands out.
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
     /// An empty buffer with room for at least `buf_size` bytes.
     pub fn get(&self) -> BytesMut {
         match self.queue.pop() {

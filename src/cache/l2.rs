@@ -179,7 +179,8 @@ impl L2 {
     ) -> Result<(), L2Error> {
         let mut pipe = redis::pipe();
         for (k, v, ttl) in items {
-            pipe.add_command(set_cmd(k, v, *ttl)).ignore();
+            pipe.add_command(set_cmd(k, v, &SetOptions::expiring(*ttl)))
+                .ignore();
         }
         self.run(L2Op::MSet, |mut c| async move {
             pipe.query_async::<()>(&mut c).await
@@ -194,37 +195,7 @@ impl L2 {
         value: &[u8],
         opts: SetOptions,
     ) -> Result<SetOutcome, L2Error> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(value);
-        match opts.cond {
-            SetCond::Always => {}
-            SetCond::IfAbsent => {
-                cmd.arg("NX");
-            }
-            SetCond::IfPresent => {
-                cmd.arg("XX");
-            }
-        }
-        if opts.get {
-            cmd.arg("GET");
-        }
-        match opts.ttl {
-            SetTtl::Clear => {}
-            SetTtl::Keep => {
-                cmd.arg("KEEPTTL");
-            }
-            SetTtl::In(d) => {
-                cmd.arg("PX").arg(d.as_millis().max(1) as u64);
-            }
-            SetTtl::At(t) => {
-                let ms = t
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis()
-                    .max(1) as u64;
-                cmd.arg("PXAT").arg(ms);
-            }
-        }
+        let cmd = set_cmd(key, value, &opts);
         let reply: redis::Value = self
             .run(
                 L2Op::Set,
@@ -243,10 +214,7 @@ impl L2 {
 
     /// DEL; how many of the keys existed.
     pub async fn del(&self, keys: &[Bytes]) -> Result<u64, L2Error> {
-        let mut cmd = redis::cmd("DEL");
-        for k in keys {
-            cmd.arg(k.as_ref());
-        }
+        let cmd = keys_cmd("DEL", keys);
         self.run(
             L2Op::Del,
             |mut c| async move { cmd.query_async(&mut c).await },
@@ -314,10 +282,7 @@ impl L2 {
 
     /// EXISTS; how many of the keys exist, counting repeats.
     pub async fn exists(&self, keys: &[Bytes]) -> Result<u64, L2Error> {
-        let mut cmd = redis::cmd("EXISTS");
-        for k in keys {
-            cmd.arg(k.as_ref());
-        }
+        let cmd = keys_cmd("EXISTS", keys);
         self.run(L2Op::Exists, |mut c| async move {
             cmd.query_async(&mut c).await
         })
@@ -366,12 +331,48 @@ impl L2 {
     }
 }
 
-fn set_cmd(key: &[u8], value: &[u8], ttl: Option<Duration>) -> redis::Cmd {
+/// SET with its options, as Redis spells them.
+fn set_cmd(key: &[u8], value: &[u8], opts: &SetOptions) -> redis::Cmd {
     let mut cmd = redis::cmd("SET");
     cmd.arg(key).arg(value);
-    if let Some(ttl) = ttl {
-        // PX takes whole milliseconds; round up so a sub-millisecond TTL is not "no TTL".
-        cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
+    match opts.cond {
+        SetCond::Always => {}
+        SetCond::IfAbsent => {
+            cmd.arg("NX");
+        }
+        SetCond::IfPresent => {
+            cmd.arg("XX");
+        }
+    }
+    if opts.get {
+        cmd.arg("GET");
+    }
+    // PX/PXAT take whole milliseconds; at least 1 so a sub-millisecond TTL is not "no TTL".
+    match opts.ttl {
+        SetTtl::Clear => {}
+        SetTtl::Keep => {
+            cmd.arg("KEEPTTL");
+        }
+        SetTtl::In(d) => {
+            cmd.arg("PX").arg(d.as_millis().max(1) as u64);
+        }
+        SetTtl::At(t) => {
+            let ms = t
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis()
+                .max(1);
+            cmd.arg("PXAT").arg(ms as u64);
+        }
+    }
+    cmd
+}
+
+/// A command followed by every key in `keys` (DEL, EXISTS).
+fn keys_cmd(name: &str, keys: &[Bytes]) -> redis::Cmd {
+    let mut cmd = redis::cmd(name);
+    for k in keys {
+        cmd.arg(k.as_ref());
     }
     cmd
 }

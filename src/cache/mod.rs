@@ -63,6 +63,16 @@ pub struct SetOptions {
     pub get: bool,
 }
 
+impl SetOptions {
+    /// A plain SET that expires after `ttl` (None: never).
+    pub fn expiring(ttl: Option<Duration>) -> Self {
+        Self {
+            ttl: ttl.map_or(SetTtl::Clear, SetTtl::In),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for SetOptions {
     fn default() -> Self {
         Self {
@@ -238,17 +248,9 @@ impl TieredCache {
         value: Bytes,
         ttl: Option<Duration>,
     ) -> Result<(), L2Error> {
-        let ttl = ttl.map_or(SetTtl::Clear, SetTtl::In);
-        self.set_with(
-            key,
-            value,
-            SetOptions {
-                ttl,
-                ..SetOptions::default()
-            },
-        )
-        .await
-        .map(|_| ())
+        self.set_with(key, value, SetOptions::expiring(ttl))
+            .await
+            .map(|_| ())
     }
 
     /// SET with Redis' options (NX/XX, GET, EX/PX/EXAT/PXAT/KEEPTTL), with Redis' answers.
@@ -267,7 +269,7 @@ impl TieredCache {
             None => {
                 let now = Instant::now();
                 let value = l1::own(&value);
-                let outcome = self.l1.compute(key, |cur| {
+                let outcome = self.in_store(key, |cur| {
                     let old = cur.map(|e| e.value.clone());
                     let write = match opts.cond {
                         SetCond::Always => true,
@@ -290,7 +292,7 @@ impl TieredCache {
                     };
                     (Op::Put(Entry { value, expires_at }), outcome)
                 });
-                Ok(outcome.await.expect("standalone mode always has L1"))
+                Ok(outcome.await)
             }
         }
     }
@@ -358,7 +360,7 @@ impl TieredCache {
             self.invalidate(&key).await;
             return Ok(n);
         }
-        let result = self.l1.compute(key, |cur| {
+        let result = self.in_store(key, |cur| {
             let current = match cur {
                 None => 0,
                 Some(e) => match parse_counter(&e.value) {
@@ -373,7 +375,7 @@ impl TieredCache {
             let expires_at = cur.and_then(|e| e.expires_at);
             (Op::Put(Entry { value, expires_at }), Ok(next))
         });
-        result.await.expect("standalone mode always has L1")
+        result.await
     }
 
     /// PEXPIRE: gives the key a TTL (`ttl_ms` <= 0 deletes it); whether it was applied.
@@ -384,7 +386,7 @@ impl TieredCache {
             return Ok(applied);
         }
         let now = Instant::now();
-        let result = self.l1.compute(key, |cur| {
+        let result = self.in_store(key, |cur| {
             let Some(e) = cur else {
                 return (Op::Nop, false);
             };
@@ -412,7 +414,7 @@ impl TieredCache {
                 )
             }
         });
-        Ok(result.await.expect("standalone mode always has L1"))
+        Ok(result.await)
     }
 
     /// PTTL, from Redis when there is one (L1 only knows its own, shorter, lifetime).
@@ -424,6 +426,15 @@ impl TieredCache {
             None => Ttl::Missing,
             Some(e) => e.ttl(Instant::now()).map_or(Ttl::Persistent, Ttl::Left),
         })
+    }
+
+    /// A read-modify-write of one key in the memory store (standalone mode), serialised
+    /// with every other write of that key.
+    async fn in_store<R>(&self, key: Bytes, f: impl FnOnce(Option<&Entry>) -> (Op<Entry>, R)) -> R {
+        self.l1
+            .compute(key, f)
+            .await
+            .expect("standalone mode always has L1")
     }
 
     /// L1 entries and weighted bytes, exact (runs moka's pending housekeeping first).

@@ -17,7 +17,8 @@ use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
 pub async fn serve(mut stream: TcpStream, shared: &Shared, shutdown: &Shutdown) {
     let mut session = Session::new(shared.next_id(), shared.requirepass.is_some());
     let mut rbuf = shared.buffers.lease();
-    let chunk = shared.read_chunk;
+    // Free space a read asks the kernel to fill, at least.
+    let chunk = shared.buffers.buf_size();
     // One timer for the connection's life, re-armed only when it fires: activity just moves
     // `last_active`, so a busy connection does not touch the timer wheel per command.
     let idle = shared.idle_timeout.unwrap_or(Duration::MAX);

@@ -38,8 +38,6 @@ pub struct Shared {
     pub facts: Facts,
     /// Read and write buffers, borrowed only while a connection has work.
     pub buffers: BufferPool,
-    /// Free space a read asks the kernel to fill, at least.
-    pub read_chunk: usize,
     next_id: AtomicU64,
 }
 
@@ -62,7 +60,15 @@ impl Shared {
         memory: u64,
     ) -> Self {
         let (cfg, limits) = (&config.resp, &config.limits);
-        let buffers_metrics = metrics.clone();
+        let buffers = BufferPool::new(
+            cfg.buffer_pool_buffers,
+            cfg.read_buffer_bytes.0 as usize,
+            PoolMetrics {
+                hits: metrics.buffer_pool_hits.clone(),
+                misses: metrics.buffer_pool_misses.clone(),
+                pooled: metrics.buffer_pool_buffers.clone(),
+            },
+        );
         Self {
             cache,
             metrics,
@@ -85,16 +91,7 @@ impl Shared {
                 l1_capacity: config.l1.capacity.resolve(memory),
                 standalone: config.standalone(),
             },
-            buffers: BufferPool::new(
-                cfg.buffer_pool_buffers,
-                cfg.read_buffer_bytes.0 as usize,
-                PoolMetrics {
-                    hits: buffers_metrics.buffer_pool_hits.clone(),
-                    misses: buffers_metrics.buffer_pool_misses.clone(),
-                    pooled: buffers_metrics.buffer_pool_buffers.clone(),
-                },
-            ),
-            read_chunk: cfg.read_buffer_bytes.0 as usize,
+            buffers,
             next_id: AtomicU64::new(1),
         }
     }

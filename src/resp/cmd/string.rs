@@ -1,6 +1,6 @@
 //! String commands: GET, SET, MGET, MSET, INCR / DECR / INCRBY / DECRBY.
 
-use super::{check_key, is, l2_error, parse_int, syntax_error, Ctx, Parse};
+use super::{check_key, check_value, is, l2_error, parse_int, syntax_error, Ctx, Parse};
 use crate::{
     cache::{SetCond, SetOptions, SetOutcome, SetTtl},
     resp::frame::Frame,
@@ -100,8 +100,8 @@ impl Set {
         if let Err(e) = check_key(&self.key, ctx.shared) {
             return e;
         }
-        if self.value.len() as u64 > ctx.shared.max_value_bytes {
-            return Frame::error("ERR value is larger than limits.max_value_bytes");
+        if let Err(e) = check_value(&self.value, ctx.shared) {
+            return e;
         }
         if let SetTtl::At(at) = self.opts.ttl {
             // Far-future deadlines are Redis' business; in the memory store they must fit.
@@ -181,8 +181,8 @@ impl MSet {
             if let Err(e) = check_key(k, ctx.shared) {
                 return e;
             }
-            if v.len() as u64 > ctx.shared.max_value_bytes {
-                return Frame::error("ERR value is larger than limits.max_value_bytes");
+            if let Err(e) = check_value(v, ctx.shared) {
+                return e;
             }
         }
         let items = self.pairs.into_iter().map(|(k, v)| (k, v, None)).collect();
