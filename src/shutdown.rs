@@ -1,35 +1,36 @@
-//! Shutdown: one watch channel that every service and background loop observes, and the
-//! signals (SIGTERM, SIGINT) that trip it.
+//! Shutdown: one cancellation token that every service, background loop and connection
+//! observes, and the signals (SIGTERM, SIGINT) that trip it.
 
-use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// A cloneable handle on the process-wide shutdown flag.
+///
+/// A token rather than a watch channel because every idle RESP connection keeps a wait
+/// pending: the token's wait future is a third the size of a watch receiver's `wait_for`.
 #[derive(Clone)]
 pub struct Shutdown {
-    tx: watch::Sender<bool>,
+    token: CancellationToken,
 }
 
 impl Shutdown {
     pub fn new() -> Self {
         Self {
-            tx: watch::Sender::new(false),
+            token: CancellationToken::new(),
         }
     }
 
     /// Starts the shutdown; every `wait()` returns. Idempotent.
     pub fn trigger(&self) {
-        self.tx.send_replace(true);
+        self.token.cancel();
     }
 
     pub fn is_triggered(&self) -> bool {
-        *self.tx.borrow()
+        self.token.is_cancelled()
     }
 
     /// Resolves once shutdown has been triggered (at once if it already was).
-    pub async fn wait(&self) {
-        let mut rx = self.tx.subscribe();
-        // The sender lives in `self`, so the channel cannot close under us.
-        let _ = rx.wait_for(|&down| down).await;
+    pub fn wait(&self) -> WaitForCancellationFuture<'_> {
+        self.token.cancelled()
     }
 }
 

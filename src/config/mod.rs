@@ -335,6 +335,9 @@ impl Config {
                 "must be at least limits.max_value_bytes".into(),
             );
         }
+        if self.resp.max_request_bytes.0 > u64::from(u32::MAX) {
+            bad("resp.max_request_bytes", "must be below 4GiB".into());
+        }
         if !(1024..=16 << 20).contains(&self.resp.read_buffer_bytes.0) {
             bad(
                 "resp.read_buffer_bytes",

@@ -10,8 +10,11 @@ pub fn spawn_isolated<F>(panics: IntCounter, conn: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    tokio::spawn(async move {
-        if let Err(panic) = AssertUnwindSafe(conn).catch_unwind().await {
+    // A combinator, not an `async move` block: awaiting a captured future inside an async
+    // block stores it twice in the task (rust-lang/rust#62958), and an idle RESP connection's
+    // task is mostly this future.
+    tokio::spawn(AssertUnwindSafe(conn).catch_unwind().map(move |done| {
+        if let Err(panic) = done {
             panics.inc();
             let what = panic
                 .downcast_ref::<&str>()
@@ -23,7 +26,7 @@ where
                 "a connection task panicked; that connection was closed"
             );
         }
-    });
+    }));
 }
 
 #[cfg(test)]

@@ -43,11 +43,14 @@ pub enum ProtocolError {
 /// read resumes there instead of rescanning every argument header from the start (which
 /// would cost O(args^2) for a large command trickling in). Reset when a command completes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+///
+/// `u32`s because every connection carries one: argc is bounded by `max_multibulk_len` (at
+/// most 2^31 - 1) and offsets by `max_request_len` (config keeps it below 4 GiB).
 pub struct Progress {
-    argc: usize,
+    argc: u32,
     /// Arguments fully checked, and the offset just after the last of them.
-    done: usize,
-    pos: usize,
+    done: u32,
+    pos: u32,
 }
 
 /// Where the next command lies in the buffer.
@@ -112,7 +115,11 @@ fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, 
         return check_inline(buf, limits);
     }
     let (argc, mut pos, done) = if progress.argc > 0 {
-        (progress.argc, progress.pos, progress.done)
+        (
+            progress.argc as usize,
+            progress.pos as usize,
+            progress.done as usize,
+        )
     } else {
         let Some((count, pos)) = header_line(buf, 1, limits, ProtocolError::TooBigCount)? else {
             return Ok(Check::Incomplete { need: 0 });
@@ -127,7 +134,11 @@ fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, 
         }
     };
     for i in done..argc {
-        *progress = Progress { argc, done: i, pos };
+        *progress = Progress {
+            argc: argc as u32,
+            done: i as u32,
+            pos: pos as u32,
+        };
         let Some(&tag) = buf.get(pos) else {
             return Ok(Check::Incomplete { need: 0 });
         };

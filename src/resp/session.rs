@@ -2,12 +2,12 @@
 //! the codec got through a partly received command.
 
 use super::frame::{Progress, Protocol};
-use bytes::Bytes;
 
 pub struct Session {
     pub id: u64,
     pub proto: Protocol,
-    pub name: Option<Bytes>,
+    /// Boxed slice, not `Bytes`: every idle connection carries this field, few set it.
+    pub name: Option<Box<[u8]>>,
     pub authenticated: bool,
     /// Where the codec stopped in a command that has not fully arrived.
     pub progress: Progress,

@@ -189,7 +189,7 @@ impl Hello {
             if let Err(e) = check_client_name(&name) {
                 return e;
             }
-            ctx.session.name = Some(name);
+            ctx.session.name = Some(name.to_vec().into());
         }
         ctx.session.proto = proto;
         let field = |k: &'static str| Frame::bulk_static(k);
@@ -266,11 +266,19 @@ impl Client {
                 Err(e) => e,
                 Ok(()) => {
                     // An empty name clears it, as in redis-server.
-                    ctx.session.name = if name.is_empty() { None } else { Some(name) };
+                    ctx.session.name = if name.is_empty() {
+                        None
+                    } else {
+                        Some(name.to_vec().into())
+                    };
                     Frame::OK
                 }
             },
-            Client::GetName => ctx.session.name.clone().map_or(Frame::Null, Frame::Bulk),
+            Client::GetName => ctx
+                .session
+                .name
+                .as_deref()
+                .map_or(Frame::Null, |n| Frame::Bulk(Bytes::copy_from_slice(n))),
             Client::Id => Frame::Integer(ctx.session.id as i64),
             Client::SetInfo => Frame::OK,
         }
