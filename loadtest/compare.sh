@@ -7,15 +7,24 @@
 #                 body of the same size, both on one core and one worker; wrk on another core.
 #   bare-hyper    the stack's floor: hyper + tokio answering a fixed body (loadtest/bare_hyper.rs),
 #                 also vs nginx, so the table shows what tiergate's own layers cost.
+#   resp-{set,get}-P{1,16}
+#                 redis-benchmark SET and GET (random keys out of 100k, VALUE_BYTES values, 50
+#                 clients, no pipelining and 16-deep pipelines) against tiergate's RESP door
+#                 (standalone, memory tier) vs redis-server (no persistence), both on one core.
 #
-# Usage: loadtest/compare.sh            (DURATION=10s CONNS=64 VALUE_BYTES=64 SERVER_CPU=0 LOAD_CPU=1)
-# Needs: wrk, nginx (apt-get install -y wrk nginx-light); installs them when missing and root.
+# Usage: loadtest/compare.sh   (ROWS="http resp" DURATION=10s CONNS=64 VALUE_BYTES=64
+#                               RESP_REQUESTS=300000 SERVER_CPU=0 LOAD_CPU=1)
+# Needs: wrk, nginx, redis-server, redis-benchmark (apt-get install -y wrk nginx-light
+# redis-server redis-tools); installs them when missing and root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+ROWS=${ROWS:-http resp}
 DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 VALUE_BYTES=${VALUE_BYTES:-64}
+# Requests per unpipelined redis-benchmark run; pipelined runs send 8 times as many.
+RESP_REQUESTS=${RESP_REQUESTS:-300000}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 WORK=$(mktemp -d)
@@ -38,7 +47,7 @@ need() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 }
-need wrk:wrk nginx:nginx-light
+need wrk:wrk nginx:nginx-light redis-server:redis-server redis-benchmark:redis-tools
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -74,6 +83,26 @@ run_wrk() {
     echo "$rps $p50 $p99 $us"
 }
 
+# run_rb PID PORT TEST PIPELINE: prints "rps p50 p99 cpu_us_per_req" (latencies in ms)
+run_rb() {
+    local pid=$1 port=$2 test=$3 depth=$4 n=$RESP_REQUESTS out before after
+    [ "$depth" -eq 1 ] || n=$((RESP_REQUESTS * 8))
+    taskset -c "$LOAD_CPU" redis-benchmark -p "$port" -t "$test" -n $((n / 10)) -r 100000 \
+        -d "$VALUE_BYTES" -P "$depth" -q >/dev/null # warm-up
+    before=$(cpu_ticks "$pid")
+    out=$(taskset -c "$LOAD_CPU" redis-benchmark -p "$port" -t "$test" -n "$n" -r 100000 \
+        -d "$VALUE_BYTES" -P "$depth" --csv)
+    after=$(cpu_ticks "$pid")
+    # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+    awk -F'"' -v n="$n" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" \
+        'NR == 2 {printf "%s %s %s %.2f\n", $4, $10, $14, t / hz * 1e6 / n}' <<<"$out"
+}
+
+row() { # NAME RPS P50 P99 US REF_NAME REF_RPS REF_P50 REF_P99 REF_US
+    printf '%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' "$@" \
+        "$(awk -v a="$2" -v b="$7" 'BEGIN {printf "%.2f", a / b}')"
+}
+
 echo "==> building release binaries"
 cargo build --release --quiet --bin tiergate --example bare_hyper
 BODY=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' 'x')
@@ -85,6 +114,10 @@ TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn \
     taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/tiergate.log" 2>&1 &
 TG_PID=$!; PIDS+=("$TG_PID")
 wait_port "$TG_HTTP"
+wait_port "$TG_RESP"
+TABLE=()
+
+if [[ " $ROWS " == *" http "* ]]; then
 curl -sf -X PUT --data-binary "$BODY" "http://127.0.0.1:$TG_HTTP/v1/kv/bench" >/dev/null
 
 # --- nginx, one worker on SERVER_CPU, same body size, keep-alive unbounded like tiergate's
@@ -121,16 +154,32 @@ taskset -c "$SERVER_CPU" target/release/examples/bare_hyper "127.0.0.1:$BH_PORT"
 BH_PID=$!; PIDS+=("$BH_PID")
 wait_port "$BH_PORT"
 
-echo "==> measuring (wrk -t1 -c$CONNS -d$DURATION; servers on cpu $SERVER_CPU, wrk on cpu $LOAD_CPU)"
+echo "==> measuring HTTP (wrk -t1 -c$CONNS -d$DURATION; servers on cpu $SERVER_CPU, wrk on cpu $LOAD_CPU)"
 read -r t_rps t_p50 t_p99 t_us < <(run_wrk "$TG_PID" "http://127.0.0.1:$TG_HTTP/v1/kv/bench")
 read -r n_rps n_p50 n_p99 n_us < <(run_wrk "$NG_WORKER" "http://127.0.0.1:$NG_PORT/v1/kv/bench")
 read -r b_rps b_p50 b_p99 b_us < <(run_wrk "$BH_PID" "http://127.0.0.1:$BH_PORT/v1/kv/bench")
+TABLE+=("$(row http-get-l1 "$t_rps" "$t_p50" "$t_p99" "$t_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
+TABLE+=("$(row bare-hyper "$b_rps" "$b_p50" "$b_p99" "$b_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
+fi
+
+if [[ " $ROWS " == *" resp "* ]]; then
+# --- redis-server on SERVER_CPU, no persistence
+RS_PORT=$(free_port)
+taskset -c "$SERVER_CPU" redis-server --port "$RS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    >"$WORK/redis.log" 2>&1 &
+RS_PID=$!; PIDS+=("$RS_PID")
+wait_port "$RS_PORT"
+
+echo "==> measuring RESP (redis-benchmark -c50 -r100000 -d$VALUE_BYTES; servers on cpu $SERVER_CPU, client on cpu $LOAD_CPU)"
+for depth in 1 16; do
+    for test in set get; do
+        read -r t_rps t_p50 t_p99 t_us < <(run_rb "$TG_PID" "$TG_RESP" "$test" "$depth")
+        read -r r_rps r_p50 r_p99 r_us < <(run_rb "$RS_PID" "$RS_PORT" "$test" "$depth")
+        TABLE+=("$(row "resp-$test-P$depth" "$t_rps" "${t_p50}ms" "${t_p99}ms" "$t_us" "redis-server" "$r_rps" "${r_p50}ms" "${r_p99}ms" "$r_us")")
+    done
+done
+fi
 
 printf '\n%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' \
     row "req/s" p50 p99 "cpu us/req" reference "req/s" p50 p99 "cpu us/req" ratio
-printf '%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' \
-    http-get-l1 "$t_rps" "$t_p50" "$t_p99" "$t_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us" \
-    "$(awk -v a="$t_rps" -v b="$n_rps" 'BEGIN {printf "%.2f", a / b}')"
-printf '%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' \
-    bare-hyper "$b_rps" "$b_p50" "$b_p99" "$b_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us" \
-    "$(awk -v a="$b_rps" -v b="$n_rps" 'BEGIN {printf "%.2f", a / b}')"
+printf '%s\n' "${TABLE[@]}"

@@ -155,6 +155,8 @@ pub struct RespConfig {
     pub buffer_pool_buffers: usize,
     /// When set, clients must AUTH (or HELLO ... AUTH) before other commands.
     pub requirepass: String,
+    /// Allows DEBUG (fault injection, e.g. DEBUG PANIC); off as in redis-server 7.
+    pub enable_debug_command: bool,
 }
 
 impl Default for RespConfig {
@@ -170,6 +172,7 @@ impl Default for RespConfig {
             read_buffer_bytes: ByteSize(DEFAULT_RESP_READ_BUFFER_BYTES),
             buffer_pool_buffers: DEFAULT_RESP_BUFFER_POOL_BUFFERS,
             requirepass: String::new(),
+            enable_debug_command: false,
         }
     }
 }

@@ -32,6 +32,7 @@ pub struct Shared {
     pub max_key_bytes: usize,
     pub max_value_bytes: u64,
     pub requirepass: Option<Bytes>,
+    pub debug_command: bool,
     /// None: never close an idle client.
     pub idle_timeout: Option<Duration>,
     /// What INFO and CONFIG GET report.
@@ -83,6 +84,7 @@ impl Shared {
             max_value_bytes: limits.max_value_bytes.0,
             requirepass: (!cfg.requirepass.is_empty())
                 .then(|| Bytes::from(cfg.requirepass.clone())),
+            debug_command: cfg.enable_debug_command,
             idle_timeout: (!cfg.idle_timeout.0.is_zero()).then_some(cfg.idle_timeout.0),
             facts: Facts {
                 started: Instant::now(),

@@ -7,8 +7,9 @@ use crate::{
 };
 use bytes::Bytes;
 
-/// name, arity (negative: at least), first key, last key, step: as redis-server reports them.
-const TABLE: &[(&str, i64, i64, i64, i64)] = &[
+/// Every command tiergate knows: name, arity (negative: at least), first key, last key, step,
+/// as redis-server reports them. `Command` dispatches on these names and COMMAND lists them.
+pub(super) const TABLE: &[(&str, i64, i64, i64, i64)] = &[
     ("ping", -1, 0, 0, 0),
     ("echo", 2, 0, 0, 0),
     ("quit", -1, 0, 0, 0),
@@ -34,6 +35,7 @@ const TABLE: &[(&str, i64, i64, i64, i64)] = &[
     ("pttl", 2, 1, 1, 1),
     ("info", -1, 0, 0, 0),
     ("config", -2, 0, 0, 0),
+    ("debug", -2, 0, 0, 0),
 ];
 
 pub enum CommandInfo {
@@ -266,6 +268,33 @@ fn glob(pattern: &[u8], name: &[u8]) -> bool {
         (Some(b'?'), Some(_)) => glob(&pattern[1..], &name[1..]),
         (Some(p), Some(n)) if p == n => glob(&pattern[1..], &name[1..]),
         _ => false,
+    }
+}
+
+/// DEBUG PANIC: panics the task serving this connection, to prove (in tests, or on a staging
+/// box) that a panic closes that connection only. redis-server's DEBUG PANIC takes the whole
+/// server down; ours cannot. Refused unless `resp.enable_debug_command` is set.
+pub struct Debug {
+    sub: Bytes,
+}
+
+impl Debug {
+    pub fn parse_frames(p: &mut Parse) -> Result<Self, Frame> {
+        Ok(Self {
+            sub: p.next_bytes()?,
+        })
+    }
+
+    pub fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
+        if !ctx.shared.debug_command {
+            return Frame::error(
+                "ERR DEBUG command not allowed: set resp.enable_debug_command = true to allow it",
+            );
+        }
+        if is(&self.sub, "panic") {
+            panic!("DEBUG PANIC from client {}", ctx.session.id);
+        }
+        Frame::error("ERR unknown DEBUG subcommand; only PANIC is supported")
     }
 }
 
