@@ -81,6 +81,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(l2) => {
             tracing::info!(l2 = %redact(&config.l2.url), l1_bytes = l1_budget, "tiered mode: L1 in front of L2");
             tokio::spawn(l2.clone().watch_health(draining.clone()));
+            tokio::spawn(crate::cache::bus::follow(
+                cache.clone(),
+                config.l2.health_interval.0,
+                draining.clone(),
+            ));
         }
     }
 

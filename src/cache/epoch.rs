@@ -34,6 +34,13 @@ impl Epochs {
     pub fn bump(&self, key: &[u8]) {
         self.stripe(key).fetch_add(1, Ordering::AcqRel);
     }
+
+    /// Bumps every key's epoch: for an L1 flush, so that loads in flight drop what they read.
+    pub fn bump_all(&self) {
+        for s in self.stripes.iter() {
+            s.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Default for Epochs {

@@ -117,6 +117,13 @@ impl L1 {
         }
     }
 
+    /// Drops every entry (moka does it lazily: O(1) now, entries vanish as they are met).
+    pub fn invalidate_all(&self) {
+        if let Some(c) = &self.cache {
+            c.invalidate_all();
+        }
+    }
+
     /// Removes the key, returning whether a live entry was there.
     pub async fn remove(&self, key: Bytes) -> bool {
         self.compute(key, |cur| (Op::Remove, cur.is_some()))

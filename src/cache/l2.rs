@@ -5,7 +5,7 @@
 
 use super::{ExpireCond, SetCond, SetOptions, SetOutcome, SetTtl, Ttl};
 use crate::{
-    config::L2Config,
+    config::{Invalidation, L2Config},
     metrics::{L2Op, Metrics},
     shutdown::Shutdown,
 };
@@ -66,7 +66,10 @@ impl From<RedisError> for L2Error {
 pub type Fetched = (Bytes, Option<Duration>);
 
 pub struct L2 {
+    client: redis::Client,
     conns: Box<[ConnectionManager]>,
+    /// The invalidation channel every write announces its keys on (None: invalidation off).
+    announce: Option<String>,
     next: AtomicUsize,
     up: AtomicBool,
     health_interval: Duration,
@@ -92,7 +95,10 @@ impl L2 {
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
+            client,
             conns: conns.into(),
+            announce: (cfg.invalidation == Invalidation::Pubsub)
+                .then(|| cfg.invalidation_channel.clone()),
             next: AtomicUsize::new(0),
             up: AtomicBool::new(false),
             health_interval: cfg.health_interval.0,
@@ -104,6 +110,43 @@ impl L2 {
     /// Whether the last health probe of every connection succeeded.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// The client, for connections of other kinds than the data connections (the bus).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// The longest any one call may take (response plus connect timeout).
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// Ends a write's pipeline with a PUBLISH of each key on the invalidation channel, so the
+    /// announcement travels in the write's own round trip and reaches subscribers only after
+    /// Redis has applied the write (one connection's commands run in order).
+    fn announce<'k>(&self, pipe: &mut redis::Pipeline, keys: impl IntoIterator<Item = &'k [u8]>) {
+        if let Some(channel) = &self.announce {
+            for k in keys {
+                pipe.cmd("PUBLISH").arg(channel).arg(k).ignore();
+            }
+        }
+    }
+
+    /// Runs a write: its command, then the announcement of `keys`, in one round trip.
+    async fn write<'k, T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        op: L2Op,
+        cmd: redis::Cmd,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Result<T, L2Error> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        self.announce(&mut pipe, keys);
+        let (reply,): (T,) = self
+            .run(op, |mut c| async move { pipe.query_async(&mut c).await })
+            .await?;
+        Ok(reply)
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -182,6 +225,7 @@ impl L2 {
             pipe.add_command(set_cmd(k, v, &SetOptions::expiring(*ttl)))
                 .ignore();
         }
+        self.announce(&mut pipe, items.iter().map(|(k, _, _)| k.as_ref()));
         self.run(L2Op::MSet, |mut c| async move {
             pipe.query_async::<()>(&mut c).await
         })
@@ -196,12 +240,7 @@ impl L2 {
         opts: SetOptions,
     ) -> Result<SetOutcome, L2Error> {
         let cmd = set_cmd(key, value, &opts);
-        let reply: redis::Value = self
-            .run(
-                L2Op::Set,
-                |mut c| async move { cmd.query_async(&mut c).await },
-            )
-            .await?;
+        let reply: redis::Value = self.write(L2Op::Set, cmd, [key]).await?;
         Ok(match (opts.get, reply) {
             (true, redis::Value::Nil) => SetOutcome::Old(None),
             (true, v) => SetOutcome::Old(Some(
@@ -215,22 +254,15 @@ impl L2 {
     /// DEL; how many of the keys existed.
     pub async fn del(&self, keys: &[Bytes]) -> Result<u64, L2Error> {
         let cmd = keys_cmd("DEL", keys);
-        self.run(
-            L2Op::Del,
-            |mut c| async move { cmd.query_async(&mut c).await },
-        )
-        .await
+        self.write(L2Op::Del, cmd, keys.iter().map(|k| k.as_ref()))
+            .await
     }
 
     /// INCRBY, run in Redis so concurrent increments from every instance add up.
     pub async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, L2Error> {
         let mut cmd = redis::cmd("INCRBY");
         cmd.arg(key).arg(delta);
-        self.run(
-            L2Op::Incr,
-            |mut c| async move { cmd.query_async(&mut c).await },
-        )
-        .await
+        self.write(L2Op::Incr, cmd, [key]).await
     }
 
     /// PEXPIRE with its condition; whether it was applied.
@@ -255,11 +287,7 @@ impl L2 {
                 cmd.arg("XX").arg("LT");
             }
         }
-        let n: i64 = self
-            .run(L2Op::Expire, |mut c| async move {
-                cmd.query_async(&mut c).await
-            })
-            .await?;
+        let n: i64 = self.write(L2Op::Expire, cmd, [key]).await?;
         Ok(n == 1)
     }
 

@@ -3,12 +3,13 @@
 //! and only then invalidate L1, so an acknowledged write is never only in memory. With no L2
 //! configured (standalone mode) L1 is the store.
 
+pub mod bus;
 mod epoch;
 pub mod l1;
 pub mod l2;
 
 use crate::{
-    config::Config,
+    config::{Config, Invalidation},
     metrics::{Metrics, Tier},
 };
 use bytes::Bytes;
@@ -127,6 +128,8 @@ pub struct TieredCache {
     /// Longest L1 lifetime of a value read from L2.
     max_ttl: Duration,
     epochs: Epochs,
+    /// The invalidation bus, when L2 is shared with other instances.
+    bus: Option<Arc<bus::Bus>>,
     metrics: Arc<Metrics>,
 }
 
@@ -139,7 +142,14 @@ impl TieredCache {
             Some(Arc::new(L2::new(&config.l2, metrics.clone())?))
         };
         let capacity = config.l1.capacity.resolve(memory);
+        let bus = (l2.is_some() && config.l2.invalidation == Invalidation::Pubsub).then(|| {
+            Arc::new(bus::Bus::new(
+                config.l2.invalidation_channel.clone(),
+                config.l2.invalidation_queue,
+            ))
+        });
         Ok(Self {
+            bus,
             l1: L1::new(capacity, l2.is_none()),
             l2,
             max_ttl: config.l1.max_ttl.0,
@@ -152,8 +162,28 @@ impl TieredCache {
         self.l2.as_ref()
     }
 
+    /// Whether an L1 entry may be served without asking L2: always, unless the invalidation
+    /// bus is configured and not heard right now (writes elsewhere may be missed). While L2
+    /// itself is down nobody can write through it, so L1 is served then too (stale-if-error).
+    fn l1_trusted(&self) -> bool {
+        match (&self.bus, &self.l2) {
+            (Some(bus), Some(l2)) => bus.is_subscribed() || !l2.is_up(),
+            _ => true,
+        }
+    }
+
+    /// Empties L1, and makes loads in flight drop what they read (it may predate the flush).
+    async fn flush_l1(&self) {
+        self.epochs.bump_all();
+        self.l1.invalidate_all();
+        self.metrics.bus_flushes.inc();
+    }
+
     /// Reads a key: L1, then L2. Absent keys are not cached.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Hit>, L2Error> {
+        if !self.l1_trusted() {
+            return self.get_untrusted(key).await;
+        }
         if let Some(e) = self.l1.get(key).await {
             self.metrics.hit(Tier::L1);
             return Ok(Some(Hit {
@@ -193,9 +223,80 @@ impl TieredCache {
         }
     }
 
+    /// A read while L1 cannot be trusted: L2 answers, and L1 only when L2 cannot.
+    /// Nothing is stored in L1: it will be flushed when the bus is back.
+    async fn get_untrusted(&self, key: &[u8]) -> Result<Option<Hit>, L2Error> {
+        let l2 = self.l2.as_ref().expect("only tiered mode distrusts L1");
+        match l2.get(key).await {
+            Ok(Some((value, _))) => {
+                self.metrics.hit(Tier::L2);
+                Ok(Some(Hit {
+                    value,
+                    tier: Tier::L2,
+                }))
+            }
+            Ok(None) => {
+                self.metrics.miss(Tier::L2);
+                Ok(None)
+            }
+            Err(e) => match self.l1.get(key).await {
+                Some(stale) => {
+                    self.metrics.hit(Tier::L1);
+                    Ok(Some(Hit {
+                        value: stale.value,
+                        tier: Tier::L1,
+                    }))
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// `get_untrusted` for many keys: L2 answers; when it cannot, L1 answers only if it
+    /// holds every key (an absent key there says nothing about L2).
+    async fn get_many_untrusted(&self, keys: &[Bytes]) -> Result<Vec<Option<Hit>>, L2Error> {
+        let l2 = self.l2.as_ref().expect("only tiered mode distrusts L1");
+        let wanted: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        match l2.get_many(&wanted).await {
+            Ok(fetched) => Ok(fetched
+                .into_iter()
+                .map(|f| match f {
+                    Some((value, _)) => {
+                        self.metrics.hit(Tier::L2);
+                        Some(Hit {
+                            value,
+                            tier: Tier::L2,
+                        })
+                    }
+                    None => {
+                        self.metrics.miss(Tier::L2);
+                        None
+                    }
+                })
+                .collect()),
+            Err(e) => {
+                let mut out = Vec::with_capacity(keys.len());
+                for k in keys {
+                    let Some(stale) = self.l1.get(k).await else {
+                        return Err(e);
+                    };
+                    self.metrics.hit(Tier::L1);
+                    out.push(Some(Hit {
+                        value: stale.value,
+                        tier: Tier::L1,
+                    }));
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// Reads many keys: L1 for each, then every L1 miss from L2 in one round trip.
     /// The result is in the order of `keys`.
     pub async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Hit>>, L2Error> {
+        if !self.l1_trusted() {
+            return self.get_many_untrusted(keys).await;
+        }
         let mut out = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         for (i, k) in keys.iter().enumerate() {

@@ -54,6 +54,12 @@ pub const DEFAULT_L2_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_L2_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Commands queued per L2 connection before callers wait; bounds memory under bursts.
 pub const DEFAULT_L2_PIPELINE_BUFFER: usize = 1024;
+/// Channel every instance publishes written keys on and evicts heard keys from; one name per
+/// deployment, shared by every instance over the same Redis.
+pub const DEFAULT_L2_INVALIDATION_CHANNEL: &str = "tiergate:invalidate";
+/// Heard invalidations waiting to be applied; past this L1 is flushed rather than the queue
+/// grown (a burst of that size means the instance is far behind anyway).
+pub const DEFAULT_L2_INVALIDATION_QUEUE: usize = 65_536;
 /// Keys longer than this are refused; real keys are short and long ones are usually bugs.
 pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
 /// Values larger than this are refused before they are buffered.
@@ -221,6 +227,20 @@ pub struct L2Config {
     pub connect_timeout: HumanDuration,
     pub health_interval: HumanDuration,
     pub pipeline_buffer: usize,
+    /// How L1 stays coherent with writes made through other instances.
+    pub invalidation: Invalidation,
+    pub invalidation_channel: String,
+    pub invalidation_queue: usize,
+}
+
+/// How an instance hears of writes made elsewhere.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Invalidation {
+    /// Writes publish their keys on `l2.invalidation_channel`; every instance evicts them.
+    Pubsub,
+    /// Nothing: L1 entries live out their TTL (at most `l1.max_ttl`). One instance only.
+    Off,
 }
 
 impl Default for L2Config {
@@ -232,6 +252,9 @@ impl Default for L2Config {
             connect_timeout: HumanDuration(DEFAULT_L2_CONNECT_TIMEOUT),
             health_interval: HumanDuration(DEFAULT_L2_HEALTH_INTERVAL),
             pipeline_buffer: DEFAULT_L2_PIPELINE_BUFFER,
+            invalidation: Invalidation::Pubsub,
+            invalidation_channel: DEFAULT_L2_INVALIDATION_CHANNEL.into(),
+            invalidation_queue: DEFAULT_L2_INVALIDATION_QUEUE,
         }
     }
 }
@@ -380,6 +403,15 @@ impl Config {
         }
         if self.l2.pipeline_buffer == 0 {
             bad("l2.pipeline_buffer", "must be at least 1".into());
+        }
+        if self.l2.invalidation == Invalidation::Pubsub && self.l2.invalidation_channel.is_empty() {
+            bad(
+                "l2.invalidation_channel",
+                "must not be empty when l2.invalidation = \"pubsub\"".into(),
+            );
+        }
+        if self.l2.invalidation_queue == 0 {
+            bad("l2.invalidation_queue", "must be at least 1".into());
         }
         if self.limits.max_key_bytes == 0 || self.limits.max_key_bytes > 512 << 20 {
             bad(

@@ -111,6 +111,9 @@ pub struct Metrics {
     pub buffer_pool_misses: IntCounter,
     pub buffer_pool_buffers: IntGauge,
     pub connection_panics: IntCounter,
+    pub bus_subscribed: IntGauge,
+    pub bus_invalidations: IntCounter,
+    pub bus_flushes: IntCounter,
 }
 
 impl Metrics {
@@ -214,6 +217,21 @@ impl Metrics {
             "Connection tasks that panicked (each closed that connection only)",
         )
         .unwrap();
+        let bus_subscribed = IntGauge::new(
+            "bus_subscribed",
+            "1 while this instance hears the invalidation bus (L1 is trusted only then)",
+        )
+        .unwrap();
+        let bus_invalidations = IntCounter::new(
+            "bus_invalidations_total",
+            "Keys evicted from L1 because the invalidation bus announced a write",
+        )
+        .unwrap();
+        let bus_flushes = IntCounter::new(
+            "bus_flushes_total",
+            "Whole-L1 flushes after the invalidation bus was (re)joined or fell behind",
+        )
+        .unwrap();
         let accept_errors = IntCounter::new(
             "accept_errors_total",
             "Failed accept() calls (fd exhaustion and the like)",
@@ -247,6 +265,9 @@ impl Metrics {
             Box::new(buffer_pool_misses.clone()),
             Box::new(buffer_pool_buffers.clone()),
             Box::new(connection_panics.clone()),
+            Box::new(bus_subscribed.clone()),
+            Box::new(bus_invalidations.clone()),
+            Box::new(bus_flushes.clone()),
             Box::new(build),
         ] {
             reg(c);
@@ -295,6 +316,9 @@ impl Metrics {
             buffer_pool_misses,
             buffer_pool_buffers,
             connection_panics,
+            bus_subscribed,
+            bus_invalidations,
+            bus_flushes,
             registry,
         }
     }

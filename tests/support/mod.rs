@@ -202,6 +202,8 @@ pub fn config(l2_url: Option<&str>) -> Config {
 /// An in-process gateway and an HTTP client for it.
 pub struct Gateway {
     pub running: Option<tiergate::server::Running>,
+    /// Whether it follows an invalidation bus (tiered, `l2.invalidation = "pubsub"`).
+    bus: bool,
     pub base: String,
     pub admin: String,
     pub http: reqwest::Client,
@@ -209,12 +211,15 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(config: Config) -> Self {
+        let bus = !config.standalone()
+            && config.l2.invalidation == tiergate::config::Invalidation::Pubsub;
         let running = tiergate::server::start(config)
             .await
             .expect("gateway starts");
         let base = format!("http://{}", running.http_addr);
         let admin = format!("http://{}", running.admin_addr);
         Gateway {
+            bus,
             running: Some(running),
             base,
             admin,
@@ -229,11 +234,19 @@ impl Gateway {
         g
     }
 
+    /// Waits for /readyz, and for the invalidation bus when there is one (until then reads
+    /// bypass L1, which tests of L1 behaviour must not race with).
     pub async fn wait_ready(&self) {
         eventually("gateway ready", || async {
             self.admin_status("/readyz").await == 200
         })
         .await;
+        if self.bus {
+            eventually("invalidation bus subscribed", || async {
+                metric(&self.metrics().await, "tiergate_bus_subscribed") == 1.0
+            })
+            .await;
+        }
     }
 
     pub fn kv(&self, key: &str) -> String {

@@ -1,0 +1,182 @@
+//! The invalidation bus: how every instance's L1 stays coherent with writes made through the
+//! others. A write's pipeline ends with `PUBLISH <channel> <key>` (see `L2::announce`); every
+//! instance subscribes to that channel and evicts each key it hears.
+//!
+//! Pub/sub is at-most-once: a message published while an instance is not subscribed is lost
+//! to it. So L1 is trusted only while the subscription is live. When it drops, reads go to L2
+//! first, and when it is back L1 is flushed before it is trusted again. The subscription is a
+//! RESP3 connection whose pushes land in a bounded queue; if the queue overflows (the instance
+//! fell that far behind), that counts as a drop too, rather than the queue growing.
+
+use super::TieredCache;
+use crate::shutdown::Shutdown;
+use bytes::Bytes;
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+use tokio::sync::mpsc;
+
+/// This instance's view of the bus.
+pub struct Bus {
+    channel: String,
+    queue: usize,
+    subscribed: AtomicBool,
+}
+
+/// What the subscription's push handler passes on.
+enum Heard {
+    Evict(Bytes),
+    /// The connection closed, or the queue overflowed: messages may have been missed.
+    Lost,
+}
+
+/// Why a subscription ended.
+#[derive(Debug)]
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+impl Bus {
+    pub fn new(channel: String, queue: usize) -> Self {
+        Self {
+            channel,
+            queue,
+            subscribed: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether every write announced since L1 was last flushed has been heard: only then may
+    /// an L1 entry be served without asking L2.
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
+}
+
+/// Follows the bus until shutdown: subscribe, flush L1, evict what is heard; on any loss,
+/// stop trusting L1 and start over after `l2.health_interval`.
+pub async fn follow(cache: Arc<TieredCache>, retry: std::time::Duration, shutdown: Shutdown) {
+    let (Some(l2), Some(bus)) = (cache.l2.clone(), cache.bus.clone()) else {
+        return;
+    };
+    let client = match resp3_client(l2.client()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "invalidation bus: cannot build a RESP3 client; L1 stays untrusted");
+            return;
+        }
+    };
+    loop {
+        let ended = subscription(&cache, &bus, &client, l2.deadline(), &shutdown).await;
+        if bus.subscribed.swap(false, Ordering::AcqRel) {
+            cache.metrics.bus_subscribed.set(0);
+        }
+        match ended {
+            Ended::Shutdown => return,
+            Ended::Lost(why) => tracing::warn!(
+                why,
+                "invalidation bus: not subscribed; reads go to L2 until it is back"
+            ),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = shutdown.wait() => return,
+        }
+    }
+}
+
+/// One subscription, from connect to loss.
+async fn subscription(
+    cache: &TieredCache,
+    bus: &Bus,
+    client: &redis::Client,
+    deadline: std::time::Duration,
+    shutdown: &Shutdown,
+) -> Ended {
+    let (tx, mut rx) = mpsc::channel(bus.queue);
+    let lost = Arc::new(AtomicBool::new(false));
+    let on_push = {
+        let lost = lost.clone();
+        move |push: PushInfo| -> Result<(), ()> {
+            let heard = match push.kind {
+                PushKind::Message => match push.data.into_iter().nth(1) {
+                    Some(Value::BulkString(key)) => Heard::Evict(key.into()),
+                    _ => return Ok(()),
+                },
+                PushKind::Disconnection => Heard::Lost,
+                _ => return Ok(()),
+            };
+            // Runs on the connection's reader: it must not wait. A full queue means messages
+            // are being dropped, which only a flush can make up for.
+            if tx.try_send(heard).is_err() {
+                lost.store(true, Ordering::Release);
+            }
+            Ok(())
+        }
+    };
+    let config = AsyncConnectionConfig::new()
+        .set_push_sender(on_push)
+        .set_connection_timeout(Some(deadline))
+        .set_response_timeout(Some(deadline));
+    let connect = async {
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        conn.subscribe(&bus.channel).await?;
+        Ok::<_, redis::RedisError>(conn)
+    };
+    let mut conn = tokio::select! {
+        c = tokio::time::timeout(deadline * 2, connect) => match c {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Ended::Lost(e.to_string()),
+            Err(_) => return Ended::Lost("subscribe timed out".into()),
+        },
+        _ = shutdown.wait() => return Ended::Shutdown,
+    };
+    // Subscribed: from here on every announced write is heard. Whatever L1 holds from before
+    // may have missed some, so it goes.
+    cache.flush_l1().await;
+    bus.subscribed.store(true, Ordering::Release);
+    cache.metrics.bus_subscribed.set(1);
+    tracing::info!(
+        channel = bus.channel,
+        "invalidation bus: subscribed; L1 flushed and trusted"
+    );
+
+    // A peer that vanishes without closing the socket is found by pinging it.
+    let mut ping_at = tokio::time::Instant::now() + deadline;
+    loop {
+        tokio::select! {
+            heard = rx.recv() => match heard {
+                Some(Heard::Evict(key)) => {
+                    cache.invalidate(&key).await;
+                    cache.metrics.bus_invalidations.inc();
+                }
+                Some(Heard::Lost) | None => return Ended::Lost("connection closed".into()),
+            },
+            _ = tokio::time::sleep_until(ping_at) => {
+                let pong = tokio::time::timeout(deadline, redis::cmd("PING").query_async::<Value>(&mut conn)).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    return Ended::Lost("PING unanswered".into());
+                }
+                ping_at += deadline;
+            }
+            _ = shutdown.wait() => return Ended::Shutdown,
+        }
+        if lost.load(Ordering::Acquire) {
+            return Ended::Lost("fell behind: invalidation queue full".into());
+        }
+    }
+}
+
+/// The L2 client's address and credentials, speaking RESP3 (pushes need it).
+fn resp3_client(l2: &redis::Client) -> redis::RedisResult<redis::Client> {
+    let info = l2.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
+}

@@ -1,0 +1,190 @@
+//! L1 coherence across instances: two gateway processes on one redis-server, kept coherent by
+//! the invalidation bus (Redis pub/sub), and what happens when the bus is lost.
+
+mod support;
+
+use redis::AsyncCommands;
+use support::{metric, Binary, Redis};
+
+/// Two real tiergate processes on `redis`, each with a fast health/retry period.
+fn pair(redis: &Redis) -> (Binary, Binary) {
+    let env = [
+        ("TIERGATE_L2_URL", redis.url()),
+        ("TIERGATE_L2_HEALTH_INTERVAL", "100ms".to_string()),
+        ("TIERGATE_L1_MAX_TTL", "1h".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    (Binary::start(&env), Binary::start(&env))
+}
+
+async fn metrics(b: &Binary) -> String {
+    reqwest::get(format!("http://{}/metrics", b.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn subscribed(b: &Binary) {
+    support::eventually("subscribed to the invalidation bus", || async {
+        reqwest::get(format!("http://{}/metrics", b.admin))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+            && metric(&metrics(b).await, "tiergate_bus_subscribed") == 1.0
+    })
+    .await;
+}
+
+/// GET over HTTP: the body (None on 404) and the tier that answered.
+async fn get(b: &Binary, key: &str) -> (Option<String>, String) {
+    let r = reqwest::get(format!("http://{}/v1/kv/{key}", b.http))
+        .await
+        .unwrap();
+    let tier = r
+        .headers()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    match r.status().as_u16() {
+        200 => (Some(r.text().await.unwrap()), tier),
+        404 => (None, tier),
+        s => panic!("GET {key}: status {s}"),
+    }
+}
+
+async fn put(b: &Binary, key: &str, value: &str) {
+    let r = reqwest::Client::new()
+        .put(format!("http://{}/v1/kv/{key}", b.http))
+        .body(value.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "PUT {key}");
+}
+
+async fn heard(b: &Binary) -> f64 {
+    metric(&metrics(b).await, "tiergate_bus_invalidations_total")
+}
+
+/// Runs `write` through A, waits until B has heard its invalidation, then checks B's read.
+/// No sleeping and no retrying the read: once the invalidation is in, B must not be stale.
+async fn after_heard<F, Fut>(b: &Binary, keys: usize, write: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let before = heard(b).await;
+    write().await;
+    support::eventually("B heard the invalidation", || async {
+        heard(b).await >= before + keys as f64
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_instance_is_never_served_stale_by_the_other() {
+    let redis = Redis::start();
+    let (a, b) = pair(&redis);
+    subscribed(&a).await;
+    subscribed(&b).await;
+    let mut ra = redis::Client::open(format!("redis://{}", a.resp))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+
+    put(&a, "k", "v0").await;
+    assert_eq!(get(&b, "k").await.0.as_deref(), Some("v0"));
+    assert_eq!(
+        get(&b, "k").await,
+        (Some("v0".into()), "L1".into()),
+        "B now serves k from its L1"
+    );
+
+    for i in 1..=10 {
+        let v = format!("v{i}");
+        after_heard(&b, 1, || put(&a, "k", &v)).await;
+        assert_eq!(get(&b, "k").await.0, Some(v.clone()), "HTTP PUT {i}");
+        assert_eq!(get(&b, "k").await, (Some(v), "L1".into()), "refilled");
+    }
+
+    // Every kind of write over RESP announces its keys too.
+    let _: () = ra.set("n", 1).await.unwrap();
+    assert_eq!(get(&b, "n").await.0.as_deref(), Some("1"));
+    assert_eq!(get(&b, "n").await.1, "L1");
+    after_heard(&b, 1, || async {
+        let _: i64 = ra.clone().incr("n", 5).await.unwrap();
+    })
+    .await;
+    assert_eq!(get(&b, "n").await.0.as_deref(), Some("6"), "INCRBY");
+
+    assert_eq!(get(&b, "n").await.1, "L1", "back in B's L1");
+    after_heard(&b, 1, || async {
+        let _: bool = ra.clone().pexpire("n", 50).await.unwrap();
+    })
+    .await;
+    support::eventually("the shortened TTL reaches B", || async {
+        get(&b, "n").await.0.is_none()
+    })
+    .await;
+
+    let _: () = ra.mset(&[("x", "1"), ("y", "2")]).await.unwrap();
+    assert_eq!(get(&b, "x").await.0.as_deref(), Some("1"));
+    assert_eq!(get(&b, "y").await.0.as_deref(), Some("2"));
+    after_heard(&b, 2, || async {
+        let _: u64 = ra.clone().del(&["x", "y"]).await.unwrap();
+    })
+    .await;
+    assert_eq!(get(&b, "x").await.0, None, "DEL");
+    assert_eq!(get(&b, "y").await.0, None, "DEL");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_subscription_flushes_l1_before_it_is_trusted_again() {
+    let redis = Redis::start();
+    let (_a, b) = pair(&redis);
+    subscribed(&b).await;
+    put(&b, "k", "old").await;
+    assert_eq!(get(&b, "k").await.0.as_deref(), Some("old"));
+    assert_eq!(get(&b, "k").await.1, "L1");
+
+    // A write straight to Redis, announced by nobody: pub/sub mode cannot see it, and B keeps
+    // serving its L1 copy (bounded by l1.max_ttl; that is this mode's documented limit).
+    let mut direct = redis.conn();
+    redis::cmd("SET")
+        .arg("k")
+        .arg("new")
+        .exec(&mut direct)
+        .unwrap();
+    assert_eq!(get(&b, "k").await, (Some("old".into()), "L1".into()));
+
+    // Kill B's subscription (and A's): B must stop trusting L1, come back, flush, and read
+    // the current value.
+    let flushes = metric(&metrics(&b).await, "tiergate_bus_flushes_total");
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut direct).unwrap();
+    let subscribers: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains(" sub=1 "))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert_eq!(
+        subscribers.len(),
+        2,
+        "one subscription per instance: {list}"
+    );
+    for id in subscribers {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query(&mut direct)
+            .unwrap();
+    }
+    support::eventually("B resubscribed and flushed L1", || async {
+        metric(&metrics(&b).await, "tiergate_bus_flushes_total") > flushes
+            && metric(&metrics(&b).await, "tiergate_bus_subscribed") == 1.0
+    })
+    .await;
+    assert_eq!(get(&b, "k").await.0.as_deref(), Some("new"));
+}
