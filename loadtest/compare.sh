@@ -27,15 +27,7 @@ VALUE_BYTES=${VALUE_BYTES:-64}
 RESP_REQUESTS=${RESP_REQUESTS:-300000}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
-WORK=$(mktemp -d)
-PIDS=()
-
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+source loadtest/lib.sh
 
 need() {
     local missing=()
@@ -48,17 +40,6 @@ need() {
     fi
 }
 need wrk:wrk nginx:nginx-light redis-server:redis-server redis-benchmark:redis-tools
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_port() {
-    for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    echo "nothing listening on $1" >&2
-    exit 1
-}
 
 # utime+stime of a process, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -10,14 +10,8 @@ need=$((N + 100))
 [ "$(ulimit -n)" -ge "$need" ] || { echo "need $need open files, have $(ulimit -n)"; exit 1; }
 command -v redis-server >/dev/null || { echo "redis-server missing (apt-get install -y redis-server)"; exit 1; }
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source loadtest/lib.sh
 rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status"; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; exit 1; }
 
 # measure NAME PID PORT: opens the connections, prints bytes per connection
 measure() {

@@ -127,6 +127,8 @@ pub struct TieredCache {
     l2: Option<Arc<L2>>,
     /// Longest L1 lifetime of a value read from L2.
     max_ttl: Duration,
+    /// Fraction of each such lifetime taken off at random.
+    ttl_jitter: f64,
     epochs: Epochs,
     /// The invalidation bus, when L2 is shared with other instances.
     bus: Option<Arc<bus::Bus>>,
@@ -153,6 +155,7 @@ impl TieredCache {
             l1: L1::new(capacity, l2.is_none()),
             l2,
             max_ttl: config.l1.max_ttl.0,
+            ttl_jitter: config.l1.ttl_jitter,
             epochs: Epochs::new(),
             metrics,
         })
@@ -567,9 +570,18 @@ impl TieredCache {
         }
     }
 
+    /// How long L1 keeps a value read from L2: its L2 TTL capped by `l1.max_ttl`, less the
+    /// jitter.
     fn l1_ttl(&self, l2_ttl: Option<Duration>) -> Duration {
-        l2_ttl.map_or(self.max_ttl, |t| t.min(self.max_ttl))
+        let ttl = l2_ttl.map_or(self.max_ttl, |t| t.min(self.max_ttl));
+        jittered(ttl, self.ttl_jitter, fastrand::f64())
     }
+}
+
+/// `ttl` shortened by up to `jitter` of itself (`r` in 0..1 picks how much). Never longer: an
+/// L1 copy must not outlive the key in L2.
+fn jittered(ttl: Duration, jitter: f64, r: f64) -> Duration {
+    ttl.mul_f64(1.0 - jitter * r)
 }
 
 /// A value INCR accepts: a decimal i64 as Redis writes one (no spaces, no '+', no leading
@@ -597,6 +609,33 @@ fn instant_at(now: Instant, at: SystemTime) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn jitter_only_shortens_and_spreads() {
+        let t = Duration::from_secs(100);
+        assert_eq!(jittered(t, 0.1, 0.0), t);
+        assert_eq!(jittered(t, 0.1, 1.0), Duration::from_secs(90));
+        assert_eq!(jittered(t, 0.0, 0.7), t);
+        let cfg = Config {
+            l2: crate::config::L2Config {
+                url: "redis://127.0.0.1:1".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let cache = TieredCache::new(&cfg, 1 << 30, Arc::new(Metrics::new())).unwrap();
+        let l2_ttl = Duration::from_secs(30); // under l1.max_ttl (60s)
+        let ttls: Vec<Duration> = (0..100).map(|_| cache.l1_ttl(Some(l2_ttl))).collect();
+        assert!(ttls
+            .iter()
+            .all(|d| *d <= l2_ttl && *d >= Duration::from_secs(27)));
+        let distinct: std::collections::HashSet<_> = ttls.iter().collect();
+        assert!(
+            distinct.len() > 50,
+            "lifetimes are spread: {}",
+            distinct.len()
+        );
+    }
 
     #[tokio::test]
     async fn stored_values_do_not_pin_the_request_buffer() {

@@ -44,6 +44,9 @@ pub const DEFAULT_L1_CAPACITY: &str = "25%";
 /// How long L1 may hold a key that has no TTL in L2 before asking L2 again: bounds staleness
 /// for writes that bypass this instance.
 pub const DEFAULT_L1_MAX_TTL: Duration = Duration::from_secs(60);
+/// Up to 10% off each L1 lifetime, so keys loaded together do not all expire (and reload
+/// from L2) in the same instant.
+pub const DEFAULT_L1_TTL_JITTER: f64 = 0.1;
 /// Multiplexed connections to L2; each pipelines every concurrent command, so a few suffice.
 pub const DEFAULT_L2_CONNECTIONS: usize = 4;
 /// A Redis command slower than this is failed: a stuck L2 must not pile up requests.
@@ -204,6 +207,8 @@ pub struct L1Config {
     pub capacity: Capacity,
     /// Longest L1 lifetime of a key read from L2 (the key's own L2 TTL caps it further).
     pub max_ttl: HumanDuration,
+    /// Fraction of each L1 lifetime taken off at random (0 = none, at most 0.5).
+    pub ttl_jitter: f64,
 }
 
 impl Default for L1Config {
@@ -211,6 +216,7 @@ impl Default for L1Config {
         Self {
             capacity: DEFAULT_L1_CAPACITY.parse().expect("valid default"),
             max_ttl: HumanDuration(DEFAULT_L1_MAX_TTL),
+            ttl_jitter: DEFAULT_L1_TTL_JITTER,
         }
     }
 }
@@ -380,6 +386,9 @@ impl Config {
                 "l1.capacity",
                 "must be above 0 in standalone mode, where L1 is the only store".into(),
             );
+        }
+        if !(0.0..=0.5).contains(&self.l1.ttl_jitter) {
+            bad("l1.ttl_jitter", "must be between 0 and 0.5".into());
         }
         if self.l1.max_ttl.0.is_zero() {
             bad("l1.max_ttl", "must be above 0s".into());
