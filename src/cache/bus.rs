@@ -70,15 +70,18 @@ pub async fn follow(cache: Arc<TieredCache>, retry: std::time::Duration, shutdow
     };
     loop {
         let ended = subscription(&cache, &bus, &client, l2.deadline(), &shutdown).await;
-        if bus.subscribed.swap(false, Ordering::AcqRel) {
+        let was_subscribed = bus.subscribed.swap(false, Ordering::AcqRel);
+        if was_subscribed {
             cache.metrics.bus_subscribed.set(0);
         }
         match ended {
             Ended::Shutdown => return,
-            Ended::Lost(why) => tracing::warn!(
+            // Warn once per loss, not once per retry while Redis stays down.
+            Ended::Lost(why) if was_subscribed => tracing::warn!(
                 why,
                 "invalidation bus: not subscribed; reads go to L2 until it is back"
             ),
+            Ended::Lost(why) => tracing::debug!(why, "invalidation bus: still not subscribed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(retry) => {}
