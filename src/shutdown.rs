@@ -6,7 +6,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 /// A cloneable handle on the process-wide shutdown flag.
 ///
 /// A token rather than a watch channel because every idle RESP connection keeps a wait
-/// pending: the token's wait future is a third the size of a watch receiver's `wait_for`.
+/// pending: the token's wait future is half the size of a watch receiver's `wait_for`.
 #[derive(Clone)]
 pub struct Shutdown {
     token: CancellationToken,

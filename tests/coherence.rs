@@ -17,21 +17,9 @@ fn pair(redis: &Redis) -> (Binary, Binary) {
     (Binary::start(&env), Binary::start(&env))
 }
 
-async fn metrics(b: &Binary) -> String {
-    reqwest::get(format!("http://{}/metrics", b.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 async fn subscribed(b: &Binary) {
     support::eventually("subscribed to the invalidation bus", || async {
-        reqwest::get(format!("http://{}/metrics", b.admin))
-            .await
-            .is_ok_and(|r| r.status() == 200)
-            && metric(&metrics(b).await, "tiergate_bus_subscribed") == 1.0
+        metric(&b.metrics().await, "tiergate_bus_subscribed") == 1.0
     })
     .await;
 }
@@ -64,7 +52,7 @@ async fn put(b: &Binary, key: &str, value: &str) {
 }
 
 async fn heard(b: &Binary) -> f64 {
-    metric(&metrics(b).await, "tiergate_bus_invalidations_total")
+    metric(&b.metrics().await, "tiergate_bus_invalidations_total")
 }
 
 /// Runs `write` through A, waits until B has heard its invalidation, then checks B's read.
@@ -161,7 +149,7 @@ async fn a_lost_subscription_flushes_l1_before_it_is_trusted_again() {
 
     // Kill B's subscription (and A's): B must stop trusting L1, come back, flush, and read
     // the current value.
-    let flushes = metric(&metrics(&b).await, "tiergate_bus_flushes_total");
+    let flushes = metric(&b.metrics().await, "tiergate_bus_flushes_total");
     let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut direct).unwrap();
     let subscribers: Vec<&str> = list
         .lines()
@@ -182,8 +170,9 @@ async fn a_lost_subscription_flushes_l1_before_it_is_trusted_again() {
             .unwrap();
     }
     support::eventually("B resubscribed and flushed L1", || async {
-        metric(&metrics(&b).await, "tiergate_bus_flushes_total") > flushes
-            && metric(&metrics(&b).await, "tiergate_bus_subscribed") == 1.0
+        let m = b.metrics().await;
+        metric(&m, "tiergate_bus_flushes_total") > flushes
+            && metric(&m, "tiergate_bus_subscribed") == 1.0
     })
     .await;
     assert_eq!(get(&b, "k").await.0.as_deref(), Some("new"));

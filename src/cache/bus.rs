@@ -140,7 +140,7 @@ async fn subscription(
     };
     // Subscribed: from here on every announced write is heard. Whatever L1 holds from before
     // may have missed some, so it goes.
-    cache.flush_l1().await;
+    cache.flush_l1();
     bus.subscribed.store(true, Ordering::Release);
     cache.metrics.bus_subscribed.set(1);
     tracing::info!(

@@ -176,7 +176,7 @@ impl TieredCache {
     }
 
     /// Empties L1, and makes loads in flight drop what they read (it may predate the flush).
-    async fn flush_l1(&self) {
+    fn flush_l1(&self) {
         self.epochs.bump_all();
         self.l1.invalidate_all();
         self.metrics.bus_flushes.inc();
@@ -185,7 +185,9 @@ impl TieredCache {
     /// Reads a key: L1, then L2. Absent keys are not cached.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Hit>, L2Error> {
         if !self.l1_trusted() {
-            return self.get_untrusted(key).await;
+            let key = Bytes::copy_from_slice(key);
+            let mut one = self.get_many_untrusted(std::slice::from_ref(&key)).await?;
+            return Ok(one.pop().flatten());
         }
         if let Some(e) = self.l1.get(key).await {
             self.metrics.hit(Tier::L1);
@@ -226,37 +228,9 @@ impl TieredCache {
         }
     }
 
-    /// A read while L1 cannot be trusted: L2 answers, and L1 only when L2 cannot.
+    /// A read while L1 cannot be trusted (the bus is down): L2 answers; when it cannot, L1
+    /// answers, and only if it holds every key (an absent key there says nothing about L2).
     /// Nothing is stored in L1: it will be flushed when the bus is back.
-    async fn get_untrusted(&self, key: &[u8]) -> Result<Option<Hit>, L2Error> {
-        let l2 = self.l2.as_ref().expect("only tiered mode distrusts L1");
-        match l2.get(key).await {
-            Ok(Some((value, _))) => {
-                self.metrics.hit(Tier::L2);
-                Ok(Some(Hit {
-                    value,
-                    tier: Tier::L2,
-                }))
-            }
-            Ok(None) => {
-                self.metrics.miss(Tier::L2);
-                Ok(None)
-            }
-            Err(e) => match self.l1.get(key).await {
-                Some(stale) => {
-                    self.metrics.hit(Tier::L1);
-                    Ok(Some(Hit {
-                        value: stale.value,
-                        tier: Tier::L1,
-                    }))
-                }
-                None => Err(e),
-            },
-        }
-    }
-
-    /// `get_untrusted` for many keys: L2 answers; when it cannot, L1 answers only if it
-    /// holds every key (an absent key there says nothing about L2).
     async fn get_many_untrusted(&self, keys: &[Bytes]) -> Result<Vec<Option<Hit>>, L2Error> {
         let l2 = self.l2.as_ref().expect("only tiered mode distrusts L1");
         let wanted: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();

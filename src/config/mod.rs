@@ -488,4 +488,35 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn bounds_added_for_the_bus_jitter_and_codec_are_checked() {
+        let mut c = Config::default();
+        c.resp.max_request_bytes = ByteSize(4 << 30);
+        c.l1.ttl_jitter = 0.6;
+        c.l2.invalidation_channel = String::new();
+        c.l2.invalidation_queue = 0;
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "resp.max_request_bytes",
+                "l1.ttl_jitter",
+                "l2.invalidation_channel",
+                "l2.invalidation_queue"
+            ]
+        );
+        c.l1.ttl_jitter = -0.1;
+        c.l2.invalidation = Invalidation::Off;
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            [
+                "resp.max_request_bytes",
+                "l1.ttl_jitter",
+                "l2.invalidation_queue"
+            ],
+            "an empty channel is fine with the bus off"
+        );
+    }
 }

@@ -117,6 +117,7 @@ pub fn serve<H: Send>(
         }
     }
 }
+
 /// What ended an idle connection's wait.
 enum Wake {
     Readable,

@@ -42,10 +42,10 @@ pub enum ProtocolError {
 /// How far `check` got through a multibulk command that has not fully arrived, so the next
 /// read resumes there instead of rescanning every argument header from the start (which
 /// would cost O(args^2) for a large command trickling in). Reset when a command completes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 ///
 /// `u32`s because every connection carries one: argc is bounded by `max_multibulk_len` (at
 /// most 2^31 - 1) and offsets by `max_request_len` (config keeps it below 4 GiB).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     argc: u32,
     /// Arguments fully checked, and the offset just after the last of them.

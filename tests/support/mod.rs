@@ -362,6 +362,16 @@ impl Binary {
         b
     }
 
+    /// Its Prometheus exposition.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// What the binary logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap()
