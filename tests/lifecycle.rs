@@ -1,10 +1,11 @@
-//! The gateway's life: standalone mode, Redis down at start and during service, graceful
-//! shutdown of the real binary under load, and config checking.
+//! The gateway's life: standalone mode, Redis down at start, down or hung during service (the
+//! circuit breaker), graceful shutdown of the real binary under load, and config checking.
 
 mod support;
 
 use std::{process::Command, time::Duration};
-use support::{error_code, eventually, Binary, Gateway, Redis};
+use support::{error_code, eventually, metric, Binary, Gateway, Redis};
+use tiergate::config::HumanDuration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_binary_serves_the_kv_api_without_redis() {
@@ -151,6 +152,61 @@ async fn redis_outage_serves_l1_hits_and_refuses_writes_then_recovers() {
     assert_eq!(gw.get("after").await.text().await.unwrap(), "ok");
     let m = gw.metrics().await;
     assert!(support::metric(&m, "tiergate_l2_errors_total{op=\"set\"}") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_opens_the_circuit_and_its_return_closes_it() {
+    let redis = Redis::start();
+    let mut cfg = support::config(Some(&redis.url()));
+    cfg.l2.timeout = HumanDuration(Duration::from_millis(200));
+    cfg.l2.connect_timeout = HumanDuration(Duration::from_millis(200));
+    cfg.l2.breaker_failures = 3;
+    // Long enough that only the health probe can close it within the test.
+    cfg.l2.breaker_cooldown = HumanDuration(Duration::from_secs(600));
+    let gw = Gateway::start_ready(cfg).await;
+    assert_eq!(gw.put("cached", "v").await.status(), 204);
+    assert_eq!(gw.get("cached").await.headers()["x-cache"], "L2");
+
+    // Redis hangs: it accepts connections but answers nothing.
+    let sleeper = redis.pause(3.0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let misses: Vec<_> = (0..10)
+        .map(|i| {
+            let (http, url) = (gw.http.clone(), gw.kv(&format!("miss{i}")));
+            tokio::spawn(async move { http.get(url).send().await.unwrap() })
+        })
+        .collect();
+    for m in misses {
+        let r = m.await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert_eq!(error_code(r).await, "l2_timeout");
+    }
+    // Past breaker_failures timeouts in a row, calls are refused without waiting on Redis.
+    let r = gw.get("another").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(error_code(r).await, "l2_circuit_open");
+    let r = gw.put("cached", "new").await;
+    assert_eq!(
+        error_code(r).await,
+        "l2_circuit_open",
+        "writes are refused too"
+    );
+    let r = gw.get("cached").await;
+    assert_eq!(r.status(), 200, "L1 hits are still served");
+    assert_eq!(r.text().await.unwrap(), "v");
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "tiergate_l2_circuit_open"), 1.0);
+    assert!(metric(&m, "tiergate_l2_circuit_rejected_total") >= 2.0);
+
+    // Redis wakes; the health probe closes the circuit, no trial call needed.
+    sleeper.join().unwrap();
+    eventually("the circuit closes", || async {
+        metric(&gw.metrics().await, "tiergate_l2_circuit_open") == 0.0
+    })
+    .await;
+    assert_eq!(gw.put("after", "ok").await.status(), 204);
+    assert_eq!(gw.get("after").await.text().await.unwrap(), "ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,7 +182,20 @@ async fn writes_reach_l2_with_their_ttl_and_reads_fill_l1() {
     assert_eq!(v, "x");
     let v: String = c.get("direct").await.unwrap();
     assert_eq!(v, "x");
-    assert_eq!(l2.calls("get"), 1, "the second GET was an L1 hit");
+    assert_eq!(
+        l2.calls("mget"),
+        1,
+        "the second GET was an L1 hit (reads reach Redis as auto-pipelined MGETs)"
+    );
+    // MGET answers nil for a key of another type; the gateway asks again with GET so the
+    // client sees Redis' own WRONGTYPE, not a miss.
+    let _: () = redis::cmd("RPUSH")
+        .arg("list")
+        .arg("x")
+        .exec(&mut l2.conn())
+        .unwrap();
+    let err = c.get::<_, Option<String>>("list").await.unwrap_err();
+    assert_eq!(err.code(), Some("WRONGTYPE"), "{err}");
     // A write through RESP invalidates the L1 copy.
     let _: () = c.set("direct", "y").await.unwrap();
     let v: String = c.get("direct").await.unwrap();

@@ -2,8 +2,14 @@
 //! command sent to it concurrently (redis-rs' `MultiplexedConnection` under a
 //! `ConnectionManager` that reconnects on its own), so requests from all clients share a
 //! handful of sockets and round trips overlap instead of queuing for a pooled connection.
+//! Single-key reads go through the `batch` lanes, which fold concurrent reads into MGETs.
+//! Every call passes the circuit breaker first and counts as in flight until it is answered.
 
-use super::{ExpireCond, SetCond, SetOptions, SetOutcome, SetTtl, Ttl};
+use super::{
+    batch::{Batcher, Slot},
+    breaker::{Breaker, Change},
+    ExpireCond, SetCond, SetOptions, SetOutcome, SetTtl, Ttl,
+};
 use crate::{
     config::{Invalidation, L2Config},
     metrics::{L2Op, Metrics},
@@ -26,6 +32,9 @@ pub enum L2Error {
     Unavailable(String),
     #[error("L2 did not answer in time")]
     Timeout,
+    /// The circuit breaker refused the call without trying: L2 failed repeatedly just now.
+    #[error("L2 circuit is open after repeated failures")]
+    CircuitOpen,
     /// Redis answered with an error: its code ("ERR", "WRONGTYPE", ...) and text, kept apart
     /// so the RESP door can pass the same kind of error on.
     #[error("L2 refused the command: {code} {detail}")]
@@ -54,9 +63,18 @@ impl From<RedisError> for L2Error {
         } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
             L2Error::Unavailable(e.to_string())
         } else {
-            L2Error::Refused {
+            let general = L2Error::Refused {
                 code: e.code().unwrap_or("ERR").to_string(),
                 detail: e.detail().map_or_else(|| e.to_string(), str::to_string),
+            };
+            // A command that failed inside a pipeline: pass on Redis' own error for it
+            // (WRONGTYPE ...), not redis-rs' "Pipeline failure" wrapper.
+            match e.into_server_errors().as_deref() {
+                Some([(_, first), ..]) => L2Error::Refused {
+                    code: first.code().to_string(),
+                    detail: first.details().unwrap_or_default().to_string(),
+                },
+                _ => general,
             }
         }
     }
@@ -71,6 +89,8 @@ pub struct L2 {
     /// The invalidation channel every write announces its keys on (None: invalidation off).
     announce: Option<String>,
     next: AtomicUsize,
+    batcher: Batcher,
+    breaker: Breaker,
     up: AtomicBool,
     health_interval: Duration,
     /// Response timeout plus connect timeout: the longest any one call may take.
@@ -94,7 +114,16 @@ impl L2 {
         let conns = (0..cfg.connections)
             .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg.clone()))
             .collect::<Result<Vec<_>, _>>()?;
+        let deadline = cfg.timeout.0 + cfg.connect_timeout.0;
         Ok(Self {
+            batcher: Batcher::start(
+                &conns,
+                cfg.max_batch,
+                cfg.pipeline_buffer,
+                deadline,
+                metrics.clone(),
+            ),
+            breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown.0),
             client,
             conns: conns.into(),
             announce: (cfg.invalidation == Invalidation::Pubsub)
@@ -102,14 +131,15 @@ impl L2 {
             next: AtomicUsize::new(0),
             up: AtomicBool::new(false),
             health_interval: cfg.health_interval.0,
-            deadline: cfg.timeout.0 + cfg.connect_timeout.0,
+            deadline,
             metrics,
         })
     }
 
-    /// Whether the last health probe of every connection succeeded.
+    /// Whether L2 answers: the last health probe of every connection succeeded and the
+    /// circuit breaker is closed.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed) && !self.breaker.is_open()
     }
 
     /// The client, for connections of other kinds than the data connections (the bus).
@@ -154,25 +184,72 @@ impl L2 {
         self.conns[i].clone()
     }
 
-    /// Runs one command or pipeline with its latency and outcome recorded under `op`.
+    /// Runs one command or pipeline on the next connection (see `guard`).
     async fn run<T, F, Fut>(&self, op: L2Op, f: F) -> Result<T, L2Error>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
+        let conn = self.conn();
+        self.guard(op, async move { f(conn).await.map_err(L2Error::from) })
+            .await
+    }
+
+    /// Every L2 call goes through here: the breaker's leave (or an immediate refusal), the
+    /// deadline, the in-flight gauge, and its latency and outcome recorded under `op`.
+    async fn guard<T>(
+        &self,
+        op: L2Op,
+        call: impl std::future::Future<Output = Result<T, L2Error>>,
+    ) -> Result<T, L2Error> {
+        let Some(ticket) = self.breaker.admit() else {
+            self.metrics.l2_circuit_rejected.inc();
+            return Err(L2Error::CircuitOpen);
+        };
+        let _in_flight = self.metrics.l2_in_flight();
         let start = Instant::now();
         // The connection's own response timeout covers a connected Redis; this one also
-        // bounds a call that first waits on a (re)connect attempt.
-        let res = match tokio::time::timeout(self.deadline, f(self.conn())).await {
-            Ok(r) => r.map_err(L2Error::from),
+        // bounds a call that first waits on a (re)connect attempt or a batch lane.
+        let res = match tokio::time::timeout(self.deadline, call).await {
+            Ok(r) => r,
             Err(_) => Err(L2Error::Timeout),
         };
+        if let Some(change) = ticket.record(&res) {
+            self.breaker_changed(change);
+        }
         self.metrics.record_l2(op, start.elapsed(), res.is_ok());
         res
     }
 
-    /// GET and PTTL in one round trip.
-    pub async fn get(&self, key: &[u8]) -> Result<Option<Fetched>, L2Error> {
+    fn breaker_changed(&self, change: Change) {
+        match change {
+            Change::Opened => {
+                tracing::warn!(
+                    "L2 circuit opened: Redis failed {} calls in a row; refusing L2 calls for {:?} between trials",
+                    self.breaker.threshold(),
+                    self.breaker.cooldown()
+                );
+                self.metrics.l2_circuit_open.set(1);
+            }
+            Change::Closed => {
+                tracing::info!("L2 circuit closed: Redis answers again");
+                self.metrics.l2_circuit_open.set(0);
+            }
+        }
+    }
+
+    /// GET and PTTL, folded with concurrent reads into one MGET by the batch lanes.
+    pub async fn get(&self, key: Bytes) -> Result<Option<Fetched>, L2Error> {
+        match self.guard(L2Op::Get, self.batcher.get(key.clone())).await? {
+            Slot::Found(f) => Ok(Some(f)),
+            Slot::Absent => Ok(None),
+            Slot::Recheck => self.get_alone(&key).await,
+        }
+    }
+
+    /// GET and PTTL in one round trip, outside the batch lanes: GET's own answer (WRONGTYPE
+    /// on a key of another type) where MGET's nil would hide it.
+    async fn get_alone(&self, key: &[u8]) -> Result<Option<Fetched>, L2Error> {
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
         let (value, pttl): (Option<Bytes>, i64) = self
@@ -324,20 +401,37 @@ impl L2 {
         for c in self.conns.iter() {
             let start = Instant::now();
             let mut c = c.clone();
-            let res = tokio::time::timeout(
-                self.deadline,
-                redis::cmd("PING").query_async::<String>(&mut c),
-            )
-            .await;
-            let good = matches!(res, Ok(Ok(_)));
-            self.metrics.record_l2(L2Op::Ping, start.elapsed(), good);
-            ok &= good;
+            let mut good = self.ping(&mut c).await;
+            if let Err(L2Error::Unavailable(_)) = good {
+                // A connection that failed before answers with that old failure and only then
+                // starts reconnecting; a second PING waits on that attempt, so a Redis that
+                // is back is seen now rather than a probe later.
+                good = self.ping(&mut c).await;
+            }
+            self.metrics
+                .record_l2(L2Op::Ping, start.elapsed(), good.is_ok());
+            ok &= good.is_ok();
+        }
+        if ok {
+            if let Some(change) = self.breaker.probe_succeeded() {
+                self.breaker_changed(change);
+            }
         }
         ok
     }
 
-    /// Probes L2 every `health_interval` until shutdown, keeping `is_up` and `l2_up` current.
-    /// A probe on a broken connection is also what makes the manager reconnect.
+    async fn ping(&self, c: &mut ConnectionManager) -> Result<(), L2Error> {
+        match tokio::time::timeout(self.deadline, redis::cmd("PING").query_async::<String>(c)).await
+        {
+            Ok(r) => r.map(drop).map_err(L2Error::from),
+            Err(_) => Err(L2Error::Timeout),
+        }
+    }
+
+    /// Probes L2 until shutdown, keeping `is_up` and `l2_up` current: every `health_interval`
+    /// while it answers, and every `l2.breaker_cooldown` (when shorter) while it does not, so
+    /// a Redis that comes back is in use again within about that. A probe on a broken
+    /// connection is also what makes the manager reconnect.
     pub async fn watch_health(self: Arc<Self>, shutdown: Shutdown) {
         let mut next = tokio::time::Instant::now();
         loop {
@@ -350,7 +444,13 @@ impl L2 {
                 }
             }
             self.metrics.l2_up.set(up as i64);
-            next += self.health_interval;
+            let step = if up {
+                self.health_interval
+            } else {
+                self.health_interval.min(self.breaker.cooldown())
+            };
+            // A probe slower than its period (a hung Redis) is not followed by a catch-up burst.
+            next = (next + step).max(tokio::time::Instant::now());
             tokio::select! {
                 _ = tokio::time::sleep_until(next) => {}
                 _ = shutdown.wait() => return,
@@ -406,7 +506,7 @@ fn keys_cmd(name: &str, keys: &[Bytes]) -> redis::Cmd {
 }
 
 /// PTTL's answer as a TTL: -1 means no expiry; -2 (gone since the GET) means do not cache.
-fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
+pub(super) fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
     match pttl {
         -1 => None,
         ms if ms < 0 => Some(Duration::ZERO),

@@ -3,6 +3,8 @@
 //! and only then invalidate L1, so an acknowledged write is never only in memory. With no L2
 //! configured (standalone mode) L1 is the store.
 
+mod batch;
+mod breaker;
 pub mod bus;
 mod epoch;
 pub mod l1;
@@ -199,10 +201,11 @@ impl TieredCache {
         self.metrics.miss(Tier::L1);
         let Some(l2) = &self.l2 else { return Ok(None) };
         let epoch = self.epochs.read(key);
+        let owned = Bytes::copy_from_slice(key);
         let loaded = self
             .l1
-            .get_or_load(Bytes::copy_from_slice(key), async {
-                match l2.get(key).await {
+            .get_or_load(owned.clone(), async {
+                match l2.get(owned).await {
                     Ok(Some((value, ttl))) => Ok(Entry::new(value, Some(self.l1_ttl(ttl)))),
                     Ok(None) => Err(LoadMiss::Absent),
                     Err(e) => Err(LoadMiss::Failed(e)),

@@ -57,6 +57,15 @@ pub const DEFAULT_L2_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_L2_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Commands queued per L2 connection before callers wait; bounds memory under bursts.
 pub const DEFAULT_L2_PIPELINE_BUFFER: usize = 1024;
+/// Most reads one L2 batch folds into an MGET: enough to amortise a round trip under load,
+/// small enough that one batch's time in Redis stays in tens of microseconds.
+pub const DEFAULT_L2_MAX_BATCH: usize = 64;
+/// L2 failures in a row (unreachable or timed out) that open the circuit breaker: a few, so
+/// one dropped connection does not trip it but a dead Redis does within milliseconds.
+pub const DEFAULT_L2_BREAKER_FAILURES: u32 = 5;
+/// How long an open breaker refuses L2 calls before letting one trial through: short, since a
+/// trial costs one call, and it bounds how long a restarted Redis goes unused.
+pub const DEFAULT_L2_BREAKER_COOLDOWN: Duration = Duration::from_millis(200);
 /// Channel every instance publishes written keys on and evicts heard keys from; one name per
 /// deployment, shared by every instance over the same Redis.
 pub const DEFAULT_L2_INVALIDATION_CHANNEL: &str = "tiergate:invalidate";
@@ -233,6 +242,10 @@ pub struct L2Config {
     pub connect_timeout: HumanDuration,
     pub health_interval: HumanDuration,
     pub pipeline_buffer: usize,
+    /// Most single-key reads folded into one MGET.
+    pub max_batch: usize,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: HumanDuration,
     /// How L1 stays coherent with writes made through other instances.
     pub invalidation: Invalidation,
     pub invalidation_channel: String,
@@ -258,6 +271,9 @@ impl Default for L2Config {
             connect_timeout: HumanDuration(DEFAULT_L2_CONNECT_TIMEOUT),
             health_interval: HumanDuration(DEFAULT_L2_HEALTH_INTERVAL),
             pipeline_buffer: DEFAULT_L2_PIPELINE_BUFFER,
+            max_batch: DEFAULT_L2_MAX_BATCH,
+            breaker_failures: DEFAULT_L2_BREAKER_FAILURES,
+            breaker_cooldown: HumanDuration(DEFAULT_L2_BREAKER_COOLDOWN),
             invalidation: Invalidation::Pubsub,
             invalidation_channel: DEFAULT_L2_INVALIDATION_CHANNEL.into(),
             invalidation_queue: DEFAULT_L2_INVALIDATION_QUEUE,
@@ -405,6 +421,7 @@ impl Config {
             ("l2.timeout", self.l2.timeout),
             ("l2.connect_timeout", self.l2.connect_timeout),
             ("l2.health_interval", self.l2.health_interval),
+            ("l2.breaker_cooldown", self.l2.breaker_cooldown),
         ] {
             if d.0.is_zero() {
                 bad(path, "must be above 0s".into());
@@ -412,6 +429,12 @@ impl Config {
         }
         if self.l2.pipeline_buffer == 0 {
             bad("l2.pipeline_buffer", "must be at least 1".into());
+        }
+        if !(1..=4096).contains(&self.l2.max_batch) {
+            bad("l2.max_batch", "must be between 1 and 4096".into());
+        }
+        if self.l2.breaker_failures == 0 {
+            bad("l2.breaker_failures", "must be at least 1".into());
         }
         if self.l2.invalidation == Invalidation::Pubsub && self.l2.invalidation_channel.is_empty() {
             bad(
@@ -518,5 +541,20 @@ mod tests {
             ],
             "an empty channel is fine with the bus off"
         );
+    }
+
+    #[test]
+    fn batch_and_breaker_bounds_are_checked() {
+        let mut c = Config::default();
+        c.l2.max_batch = 0;
+        c.l2.breaker_failures = 0;
+        c.l2.breaker_cooldown = HumanDuration(Duration::ZERO);
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            ["l2.breaker_cooldown", "l2.max_batch", "l2.breaker_failures"]
+        );
+        c.l2.max_batch = 4097;
+        assert!(c.validate().iter().any(|p| p.path == "l2.max_batch"));
     }
 }

@@ -107,6 +107,7 @@ impl From<L2Error> for ApiError {
         let code = match e {
             L2Error::Unavailable(_) => "l2_unavailable",
             L2Error::Timeout => "l2_timeout",
+            L2Error::CircuitOpen => "l2_circuit_open",
             L2Error::Refused { .. } => "l2_refused",
         };
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())

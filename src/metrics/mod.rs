@@ -83,6 +83,11 @@ pub enum Door {
 }
 const DOORS: [&str; 3] = ["http", "admin", "resp"];
 
+/// Reads per L2 batch: powers of two up to well past any sane `l2.max_batch`.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
 /// Request latencies from tens of microseconds (L1 hits) to seconds (timeouts).
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -100,6 +105,10 @@ pub struct Metrics {
     l2_duration: Vec<Histogram>,
     l2_errors: Vec<IntCounter>,
     pub l2_up: IntGauge,
+    pub l2_batch_size: Histogram,
+    l2_in_flight: IntGauge,
+    pub l2_circuit_open: IntGauge,
+    pub l2_circuit_rejected: IntCounter,
     open_connections: [IntGauge; 3],
     connections: [IntCounter; 3],
     rejected_connections: [IntCounter; 3],
@@ -170,6 +179,29 @@ impl Metrics {
         )
         .unwrap();
         let l2_up = IntGauge::new("l2_up", "1 while the last L2 health probe succeeded").unwrap();
+        let l2_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "l2_batch_size",
+                "Reads folded into each MGET the L2 read pipeline sent",
+            )
+            .buckets(BATCH_BUCKETS.to_vec()),
+        )
+        .unwrap();
+        let l2_in_flight = IntGauge::new(
+            "l2_in_flight",
+            "L2 calls sent or queued and not yet answered (a batched read counts once per key)",
+        )
+        .unwrap();
+        let l2_circuit_open = IntGauge::new(
+            "l2_circuit_open",
+            "1 while the L2 circuit breaker refuses calls (open or half-open)",
+        )
+        .unwrap();
+        let l2_circuit_rejected = IntCounter::new(
+            "l2_circuit_rejected_total",
+            "L2 calls refused at once because the circuit breaker was open",
+        )
+        .unwrap();
         let open = IntGaugeVec::new(
             Opts::new("open_connections", "Client connections open now, by door"),
             &["door"],
@@ -254,6 +286,10 @@ impl Metrics {
             Box::new(l2_duration.clone()),
             Box::new(l2_errors.clone()),
             Box::new(l2_up.clone()),
+            Box::new(l2_batch_size.clone()),
+            Box::new(l2_in_flight.clone()),
+            Box::new(l2_circuit_open.clone()),
+            Box::new(l2_circuit_rejected.clone()),
             Box::new(open.clone()),
             Box::new(conns.clone()),
             Box::new(accept_errors.clone()),
@@ -305,6 +341,10 @@ impl Metrics {
                 .map(|op| l2_errors.with_label_values(&[op]))
                 .collect(),
             l2_up,
+            l2_batch_size,
+            l2_in_flight,
+            l2_circuit_open,
+            l2_circuit_rejected,
             open_connections: std::array::from_fn(|i| open.with_label_values(&[DOORS[i]])),
             connections: std::array::from_fn(|i| conns.with_label_values(&[DOORS[i]])),
             rejected_connections: std::array::from_fn(|i| rejected.with_label_values(&[DOORS[i]])),
@@ -346,6 +386,12 @@ impl Metrics {
         if !ok {
             self.l2_errors[op as usize].inc();
         }
+    }
+
+    /// Counts an L2 call as in flight until the returned guard drops.
+    pub fn l2_in_flight(&self) -> InFlight<'_> {
+        self.l2_in_flight.inc();
+        InFlight(&self.l2_in_flight)
     }
 
     /// Counts a new connection; the returned guard keeps it in `open_connections` until dropped.
@@ -396,6 +442,15 @@ impl Default for Metrics {
 }
 
 /// RAII membership in the open-connections gauge.
+/// Keeps one call in `l2_in_flight` while alive.
+pub struct InFlight<'a>(&'a IntGauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub struct ConnectionGuard(IntGauge);
 
 impl Drop for ConnectionGuard {

@@ -216,6 +216,7 @@ pub fn l2_error(e: crate::cache::L2Error) -> Frame {
         L2Error::Refused { code, detail } => Cow::Owned(format!("{code} {detail}")),
         L2Error::Unavailable(_) => Cow::Borrowed("TRYAGAIN L2 is unreachable; retry later"),
         L2Error::Timeout => Cow::Borrowed("TRYAGAIN L2 did not answer in time; retry later"),
+        L2Error::CircuitOpen => Cow::Borrowed("TRYAGAIN L2 is failing (circuit open); retry later"),
     })
 }
 
