@@ -415,3 +415,114 @@ async fn h2c_can_be_turned_off() {
     );
     assert_eq!(gw.get("k").await.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_keys_are_remembered_for_negative_ttl_until_a_write() {
+    let redis = Redis::start();
+    let mut cfg = support::config(Some(&redis.url()));
+    cfg.l1.negative_ttl = tiergate::config::HumanDuration(Duration::from_secs(600));
+    let gw = Gateway::start_ready(cfg).await;
+    assert_eq!(gw.get("ghost").await.status(), 404);
+    let reads = redis.calls("mget");
+
+    // Created behind the gateway's back: the negative entry still answers (the documented
+    // cost of negative caching), without asking Redis.
+    redis::cmd("SET")
+        .arg("ghost")
+        .arg("direct")
+        .exec(&mut redis.conn())
+        .unwrap();
+    let r = gw.get("ghost").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    let batch = |keys: serde_json::Value| {
+        gw.http
+            .post(format!("{}/v1/kv:batchGet", gw.base))
+            .json(&serde_json::json!({ "keys": keys }))
+            .send()
+    };
+    let v: serde_json::Value = batch(serde_json::json!(["ghost"]))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, serde_json::json!({"values": {"ghost": null}}));
+    assert_eq!(redis.calls("mget"), reads, "answered from L1");
+    assert!(metric(&gw.metrics().await, "tiergate_l1_negative_hits_total") >= 2.0);
+
+    // A write through the gateway evicts the record.
+    assert_eq!(gw.put("ghost", "mine").await.status(), 204);
+    assert_eq!(gw.get("ghost").await.text().await.unwrap(), "mine");
+
+    // batchGet records absent keys too.
+    batch(serde_json::json!(["nobody"])).await.unwrap();
+    let reads = redis.calls("mget");
+    batch(serde_json::json!(["nobody"])).await.unwrap();
+    assert_eq!(redis.calls("mget"), reads);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_entries_answer_only_while_l2_cannot() {
+    let mut redis = Redis::start();
+    let mut cfg = support::config(Some(&redis.url()));
+    cfg.l1.max_ttl = tiergate::config::HumanDuration(Duration::from_millis(200));
+    cfg.l1.stale_if_error = tiergate::config::HumanDuration(Duration::from_secs(600));
+    let gw = Gateway::start_ready(cfg).await;
+    assert_eq!(gw.put("k", "v1").await.status(), 204);
+    assert_eq!(gw.get("k").await.headers()["x-cache"], "L2");
+
+    // Past its TTL, while Redis answers, the entry is refreshed, never answered stale.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v2")
+        .exec(&mut redis.conn())
+        .unwrap();
+    let r = gw.get("k").await;
+    assert_eq!(r.headers()["x-cache"], "L2");
+    assert_eq!(r.text().await.unwrap(), "v2");
+    assert_eq!(gw.get("k").await.headers()["x-cache"], "L1", "refreshed");
+
+    // Concurrent readers of a stale entry refresh it once.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reads = redis.calls("mget");
+    let sleeper = redis.pause(0.3);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let readers: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url) = (gw.http.clone(), gw.kv("k"));
+            tokio::spawn(async move { http.get(url).send().await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.await.unwrap(), "v2");
+    }
+    sleeper.join().unwrap();
+    assert_eq!(redis.calls("mget") - reads, 1, "one refresh for 20 readers");
+
+    // Stale again, and Redis gone: the stale entry answers, single and batch reads alike.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    redis.stop();
+    let r = gw.get("k").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "L1");
+    assert_eq!(r.text().await.unwrap(), "v2");
+    let v: serde_json::Value = gw
+        .http
+        .post(format!("{}/v1/kv:batchGet", gw.base))
+        .json(&serde_json::json!({"keys": ["k"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, serde_json::json!({"values": {"k": "v2"}}));
+    assert_eq!(
+        gw.get("never").await.status(),
+        503,
+        "nothing held, nothing to answer"
+    );
+    assert!(metric(&gw.metrics().await, "tiergate_l1_stale_served_total") >= 2.0);
+}

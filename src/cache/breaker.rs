@@ -124,10 +124,7 @@ impl Breaker {
     /// Records a call's outcome. Only failures to reach Redis count: an error Redis answered
     /// with (WRONGTYPE, say) is a working Redis.
     fn record(&self, pass: Pass, outcome: &Result<impl Sized, L2Error>) -> Option<Change> {
-        let reached = !matches!(
-            outcome,
-            Err(L2Error::Unavailable(_) | L2Error::Timeout | L2Error::CircuitOpen)
-        );
+        let reached = !matches!(outcome, Err(e) if e.is_outage());
         if reached {
             self.failures.store(0, Ordering::Relaxed);
             return self.close();

@@ -1,4 +1,7 @@
 //! L1: the in-process moka cache, weighed in bytes, each entry expiring on its own TTL.
+//! Entries read from L2 may outlive their TTL by a grace (`l1.stale_if_error`): past its TTL
+//! an entry is stale, answered only when L2 cannot be asked. An entry may also record that
+//! L2 had no such key (`l1.negative_ttl`).
 
 use bytes::Bytes;
 use moka::{future::Cache, ops::compute::Op, policy::EvictionPolicy, Expiry};
@@ -11,11 +14,13 @@ use std::{
 /// nodes, the `Bytes` headers); counted so that small values cannot overrun the budget.
 const ENTRY_OVERHEAD: usize = 128;
 
-/// A cached value and when it expires (None: when evicted).
+/// A cached value and when it stops being fresh (None: never, until evicted).
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub value: Bytes,
     pub expires_at: Option<Instant>,
+    /// L2 said the key does not exist (a negative entry; `value` is empty).
+    pub absent: bool,
 }
 
 impl Entry {
@@ -24,6 +29,24 @@ impl Entry {
         Self {
             value,
             expires_at: ttl.map(|t| Instant::now() + t),
+            absent: false,
+        }
+    }
+
+    /// An entry that expires at `expires_at` (None: until evicted).
+    pub fn at(value: Bytes, expires_at: Option<Instant>) -> Self {
+        Self {
+            value,
+            expires_at,
+            absent: false,
+        }
+    }
+
+    /// A record that L2 has no such key, for `ttl`.
+    pub fn absent(ttl: Duration) -> Self {
+        Self {
+            absent: true,
+            ..Self::new(Bytes::new(), Some(ttl))
         }
     }
 
@@ -33,11 +56,14 @@ impl Entry {
     }
 }
 
-struct PerEntryTtl;
+/// moka drops an entry `grace` after its TTL; until then it is kept, stale.
+struct PerEntryTtl {
+    grace: Duration,
+}
 
 impl Expiry<Bytes, Entry> for PerEntryTtl {
     fn expire_after_create(&self, _: &Bytes, v: &Entry, now: Instant) -> Option<Duration> {
-        v.ttl(now)
+        v.ttl(now).map(|t| t + self.grace)
     }
 
     fn expire_after_update(
@@ -47,7 +73,7 @@ impl Expiry<Bytes, Entry> for PerEntryTtl {
         now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        v.ttl(now)
+        v.ttl(now).map(|t| t + self.grace)
     }
 }
 
@@ -71,15 +97,17 @@ pub enum LoadMiss<E> {
 #[derive(Clone)]
 pub struct L1 {
     cache: Option<Cache<Bytes, Entry>>,
+    /// How long past its TTL a stale entry is kept.
+    grace: Duration,
 }
 
 impl L1 {
     /// `capacity` bytes of budget. `as_store` selects LRU admission: when L1 is the only
     /// store (standalone mode) a fresh write must never be refused admission, which
-    /// TinyLFU may do for a cold key.
-    pub fn new(capacity: u64, as_store: bool) -> Self {
+    /// TinyLFU may do for a cold key. `grace`: how long entries are kept stale past their TTL.
+    pub fn new(capacity: u64, as_store: bool, grace: Duration) -> Self {
         if capacity == 0 {
-            return Self { cache: None };
+            return Self { cache: None, grace };
         }
         let policy = if as_store {
             EvictionPolicy::lru()
@@ -91,10 +119,19 @@ impl L1 {
             .weigher(|k: &Bytes, v: &Entry| {
                 u32::try_from(k.len() + v.value.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
             })
-            .expire_after(PerEntryTtl)
+            .expire_after(PerEntryTtl { grace })
             .eviction_policy(policy)
             .build();
-        Self { cache: Some(cache) }
+        Self {
+            cache: Some(cache),
+            grace,
+        }
+    }
+
+    /// Whether `e` is within its TTL. Without a grace moka only returns fresh entries, so
+    /// this reads no clock on the hot path then.
+    pub fn is_fresh(&self, e: &Entry) -> bool {
+        self.grace.is_zero() || e.expires_at.is_none_or(|at| Instant::now() < at)
     }
 
     pub fn enabled(&self) -> bool {
@@ -144,13 +181,31 @@ impl L1 {
         key: Bytes,
         f: impl FnOnce(Option<&Entry>) -> (Op<Entry>, R),
     ) -> Option<R> {
+        self.compute_with(key, |cur| std::future::ready(f(cur.as_ref())))
+            .await
+    }
+
+    /// `compute` with an async `f` (which may ask L2): the entry as it is, stale included,
+    /// and what to store. Calls for the same key still run one at a time.
+    pub async fn compute_with<R, Fut>(
+        &self,
+        key: Bytes,
+        f: impl FnOnce(Option<Entry>) -> Fut,
+    ) -> Option<R>
+    where
+        Fut: std::future::Future<Output = (Op<Entry>, R)>,
+    {
         let c = self.cache.as_ref()?;
         let mut out = None;
+        let out_ref = &mut out;
         c.entry(own(&key))
             .and_compute_with(|cur| {
-                let (op, r) = f(cur.as_ref().map(|e| e.value()));
-                out = Some(r);
-                std::future::ready(op)
+                let fut = f(cur.map(|e| e.into_value()));
+                async move {
+                    let (op, r) = fut.await;
+                    *out_ref = Some(r);
+                    op
+                }
             })
             .await;
         out
@@ -192,7 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_expire_on_their_own_ttl() {
-        let l1 = L1::new(1 << 20, true);
+        let l1 = L1::new(1 << 20, true, Duration::ZERO);
         l1.insert(b("k"), Entry::new(b("v"), Some(Duration::from_millis(30))))
             .await;
         l1.insert(b("forever"), Entry::new(b("v"), None)).await;
@@ -211,7 +266,7 @@ mod tests {
 
     #[tokio::test]
     async fn compute_sees_live_entries_only_and_applies_its_op() {
-        let l1 = L1::new(1 << 20, true);
+        let l1 = L1::new(1 << 20, true, Duration::ZERO);
         l1.insert(
             b("gone"),
             Entry::new(b("v"), Some(Duration::from_millis(1))),
@@ -234,7 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn zero_budget_disables_l1() {
-        let l1 = L1::new(0, false);
+        let l1 = L1::new(0, false, Duration::ZERO);
         l1.insert(b("k"), Entry::new(Bytes::new(), None)).await;
         assert!(!l1.enabled());
         assert!(l1.get(b"k").await.is_none());
@@ -243,7 +298,7 @@ mod tests {
 
     #[tokio::test]
     async fn byte_budget_bounds_the_weight() {
-        let l1 = L1::new(64 * 1024, true);
+        let l1 = L1::new(64 * 1024, true, Duration::ZERO);
         for i in 0..1000u32 {
             l1.insert(
                 Bytes::from(i.to_string()),

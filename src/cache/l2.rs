@@ -42,6 +42,15 @@ pub enum L2Error {
 }
 
 impl L2Error {
+    /// Whether L2 could not be asked at all (down, too slow, circuit open), as opposed to
+    /// having answered with an error. Only an outage lets stale L1 entries be answered.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            L2Error::Unavailable(_) | L2Error::Timeout | L2Error::CircuitOpen
+        )
+    }
+
     fn refused(detail: impl Into<String>) -> Self {
         Self::store("ERR", &detail.into())
     }

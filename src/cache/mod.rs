@@ -131,6 +131,8 @@ pub struct TieredCache {
     max_ttl: Duration,
     /// Fraction of each such lifetime taken off at random.
     ttl_jitter: f64,
+    /// How long L1 remembers that L2 had no such key (zero: not at all).
+    negative_ttl: Duration,
     epochs: Epochs,
     /// The invalidation bus, when L2 is shared with other instances.
     bus: Option<Arc<bus::Bus>>,
@@ -154,7 +156,21 @@ impl TieredCache {
         });
         Ok(Self {
             bus,
-            l1: L1::new(capacity, l2.is_none()),
+            // Stale entries are only ever answered for an unreachable L2.
+            l1: L1::new(
+                capacity,
+                l2.is_none(),
+                if l2.is_some() {
+                    config.l1.stale_if_error.0
+                } else {
+                    Duration::ZERO
+                },
+            ),
+            negative_ttl: if l2.is_some() {
+                config.l1.negative_ttl.0
+            } else {
+                Duration::ZERO
+            },
             l2,
             max_ttl: config.l1.max_ttl.0,
             ttl_jitter: config.l1.ttl_jitter,
@@ -192,11 +208,10 @@ impl TieredCache {
             return Ok(one.pop().flatten());
         }
         if let Some(e) = self.l1.get(key).await {
-            self.metrics.hit(Tier::L1);
-            return Ok(Some(Hit {
-                value: e.value,
-                tier: Tier::L1,
-            }));
+            if self.l1.is_fresh(&e) {
+                return Ok(self.answer(e, Tier::L1));
+            }
+            return self.revalidate(key).await;
         }
         self.metrics.miss(Tier::L1);
         let Some(l2) = &self.l2 else { return Ok(None) };
@@ -207,20 +222,14 @@ impl TieredCache {
             .get_or_load(owned.clone(), async {
                 match l2.get(owned).await {
                     Ok(Some((value, ttl))) => Ok(Entry::new(value, Some(self.l1_ttl(ttl)))),
-                    Ok(None) => Err(LoadMiss::Absent),
+                    Ok(None) => self.negative_entry().ok_or(LoadMiss::Absent),
                     Err(e) => Err(LoadMiss::Failed(e)),
                 }
             })
             .await;
         self.drop_if_raced(key, epoch).await;
         match loaded {
-            Ok(e) => {
-                self.metrics.hit(Tier::L2);
-                Ok(Some(Hit {
-                    value: e.value,
-                    tier: Tier::L2,
-                }))
-            }
+            Ok(e) => Ok(self.answer(e, Tier::L2)),
             Err(miss) => match &*miss {
                 LoadMiss::Absent => {
                     self.metrics.miss(Tier::L2);
@@ -229,6 +238,73 @@ impl TieredCache {
                 LoadMiss::Failed(e) => Err(e.clone()),
             },
         }
+    }
+
+    /// What an entry from `tier` answers, counted: its value, or None for a negative entry.
+    fn answer(&self, e: Entry, tier: Tier) -> Option<Hit> {
+        if e.absent {
+            if tier == Tier::L1 {
+                self.metrics.l1_negative_hits.inc();
+            } else {
+                self.metrics.miss(tier);
+            }
+            return None;
+        }
+        self.metrics.hit(tier);
+        Some(Hit {
+            value: e.value,
+            tier,
+        })
+    }
+
+    /// A negative entry to store for a key L2 does not have, when `l1.negative_ttl` is set.
+    fn negative_entry(&self) -> Option<Entry> {
+        (!self.negative_ttl.is_zero()).then(|| Entry::absent(self.negative_ttl))
+    }
+
+    /// A read that found only a stale L1 entry (past its TTL, within `l1.stale_if_error`):
+    /// ask L2 and store what it says; if L2 cannot be reached, answer the stale entry.
+    /// Concurrent readers of the key run one at a time (moka's compute), and those after the
+    /// first find the entry fresh again and ask L2 nothing.
+    async fn revalidate(&self, key: &[u8]) -> Result<Option<Hit>, L2Error> {
+        let l2 = self
+            .l2
+            .as_ref()
+            .expect("only tiered mode keeps stale entries");
+        let epoch = self.epochs.read(key);
+        let owned = Bytes::copy_from_slice(key);
+        let answer = self
+            .l1
+            .compute_with(owned.clone(), |cur| async move {
+                match cur {
+                    Some(e) if self.l1.is_fresh(&e) => (Op::Nop, Ok((e, Tier::L1))),
+                    cur => match l2.get(owned).await {
+                        Ok(Some((value, ttl))) => {
+                            let e = Entry::new(value, Some(self.l1_ttl(ttl)));
+                            (Op::Put(e.clone()), Ok((e, Tier::L2)))
+                        }
+                        Ok(None) => {
+                            let absent = Entry::absent(Duration::ZERO);
+                            match self.negative_entry() {
+                                Some(neg) => (Op::Put(neg), Ok((absent, Tier::L2))),
+                                None => (Op::Remove, Ok((absent, Tier::L2))),
+                            }
+                        }
+                        Err(e) => match cur {
+                            Some(stale) if e.is_outage() => {
+                                self.metrics.l1_stale_served.inc();
+                                (Op::Nop, Ok((stale, Tier::L1)))
+                            }
+                            _ => (Op::Nop, Err(e)),
+                        },
+                    },
+                }
+            })
+            .await
+            .expect("an entry was found, so L1 is enabled");
+        self.drop_if_raced(key, epoch).await;
+        let (e, tier) = answer?;
+        Ok(self.answer(e, tier))
     }
 
     /// A read while L1 cannot be trusted (the bus is down): L2 answers; when it cannot, L1
@@ -254,20 +330,14 @@ impl TieredCache {
                     }
                 })
                 .collect()),
-            Err(e) => {
-                let mut out = Vec::with_capacity(keys.len());
+            Err(e) if e.is_outage() => {
+                let mut held = Vec::with_capacity(keys.len());
                 for k in keys {
-                    let Some(stale) = self.l1.get(k).await else {
-                        return Err(e);
-                    };
-                    self.metrics.hit(Tier::L1);
-                    out.push(Some(Hit {
-                        value: stale.value,
-                        tier: Tier::L1,
-                    }));
+                    held.push(self.l1.get(k).await);
                 }
-                Ok(out)
+                self.answer_stale(held).ok_or(e)
             }
+            Err(e) => Err(e),
         }
     }
 
@@ -279,19 +349,16 @@ impl TieredCache {
         }
         let mut out = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
+        // Stale entries of the missing keys, answered if L2 cannot be reached.
+        let mut stale = Vec::new();
         for (i, k) in keys.iter().enumerate() {
             match self.l1.get(k).await {
-                Some(e) => {
-                    self.metrics.hit(Tier::L1);
-                    out.push(Some(Hit {
-                        value: e.value,
-                        tier: Tier::L1,
-                    }));
-                }
-                None => {
+                Some(e) if self.l1.is_fresh(&e) => out.push(self.answer(e, Tier::L1)),
+                held => {
                     self.metrics.miss(Tier::L1);
                     out.push(None);
                     missing.push(i);
+                    stale.push(held);
                 }
             }
         }
@@ -304,22 +371,50 @@ impl TieredCache {
             .map(|&i| self.epochs.read(&keys[i]))
             .collect();
         let wanted: Vec<&[u8]> = missing.iter().map(|&i| keys[i].as_ref()).collect();
-        let fetched = l2.get_many(&wanted).await?;
+        let fetched = match l2.get_many(&wanted).await {
+            Ok(f) => f,
+            Err(e) if e.is_outage() => {
+                let answers = self.answer_stale(stale).ok_or(e)?;
+                for (&i, a) in missing.iter().zip(answers) {
+                    out[i] = a;
+                }
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        };
         for ((&i, fetched), epoch) in missing.iter().zip(fetched).zip(epochs) {
-            let Some((value, ttl)) = fetched else {
-                self.metrics.miss(Tier::L2);
-                continue;
+            let entry = match fetched {
+                Some((value, ttl)) => Entry::new(value, Some(self.l1_ttl(ttl))),
+                None => match self.negative_entry() {
+                    Some(neg) => neg,
+                    None => {
+                        self.metrics.miss(Tier::L2);
+                        continue;
+                    }
+                },
             };
-            self.metrics.hit(Tier::L2);
-            let entry = Entry::new(value.clone(), Some(self.l1_ttl(ttl)));
-            self.l1.insert(keys[i].clone(), entry).await;
+            self.l1.insert(keys[i].clone(), entry.clone()).await;
             self.drop_if_raced(&keys[i], epoch).await;
-            out[i] = Some(Hit {
-                value,
-                tier: Tier::L2,
-            });
+            out[i] = self.answer(entry, Tier::L2);
         }
         Ok(out)
+    }
+
+    /// Answers from what L1 holds (stale entries included) for keys L2 could not be asked
+    /// about: only if it holds every one of them, since an absent key there says nothing
+    /// about L2. None otherwise.
+    fn answer_stale(&self, held: Vec<Option<Entry>>) -> Option<Vec<Option<Hit>>> {
+        let held: Vec<Entry> = held.into_iter().collect::<Option<_>>()?;
+        Some(
+            held.into_iter()
+                .map(|e| {
+                    if !self.l1.is_fresh(&e) {
+                        self.metrics.l1_stale_served.inc();
+                    }
+                    self.answer(e, Tier::L1)
+                })
+                .collect(),
+        )
     }
 
     /// Writes a key (TTL None: no expiry). L2 must accept it before L1 changes.
@@ -371,7 +466,7 @@ impl TieredCache {
                         SetTtl::In(d) => Some(now + d),
                         SetTtl::At(t) => Some(instant_at(now, t)),
                     };
-                    (Op::Put(Entry { value, expires_at }), outcome)
+                    (Op::Put(Entry::at(value, expires_at)), outcome)
                 });
                 Ok(outcome.await)
             }
@@ -454,7 +549,7 @@ impl TieredCache {
             };
             let value = Bytes::from(itoa::Buffer::new().format(next).to_owned());
             let expires_at = cur.and_then(|e| e.expires_at);
-            (Op::Put(Entry { value, expires_at }), Ok(next))
+            (Op::Put(Entry::at(value, expires_at)), Ok(next))
         });
         result.await
     }
@@ -486,13 +581,7 @@ impl TieredCache {
             } else if ttl_ms <= 0 {
                 (Op::Remove, true)
             } else {
-                (
-                    Op::Put(Entry {
-                        value: e.value.clone(),
-                        expires_at: Some(now + new),
-                    }),
-                    true,
-                )
+                (Op::Put(Entry::at(e.value.clone(), Some(now + new))), true)
             }
         });
         Ok(result.await)

@@ -47,6 +47,12 @@ pub const DEFAULT_L1_MAX_TTL: Duration = Duration::from_secs(60);
 /// Up to 10% off each L1 lifetime, so keys loaded together do not all expire (and reload
 /// from L2) in the same instant.
 pub const DEFAULT_L1_TTL_JITTER: f64 = 0.1;
+/// Off: a key created by a program writing straight to Redis would read as absent for this
+/// long. Turn it on where reads of absent keys are hot (writes through any instance evict it).
+pub const DEFAULT_L1_NEGATIVE_TTL: Duration = Duration::ZERO;
+/// Off: past its TTL a key may be gone from Redis, and a RESP client expects it gone. Turn it
+/// on to keep answering expired values for this long while Redis cannot be reached.
+pub const DEFAULT_L1_STALE_IF_ERROR: Duration = Duration::ZERO;
 /// Multiplexed connections to L2; each pipelines every concurrent command, so a few suffice.
 pub const DEFAULT_L2_CONNECTIONS: usize = 4;
 /// A Redis command slower than this is failed: a stuck L2 must not pile up requests.
@@ -218,6 +224,10 @@ pub struct L1Config {
     pub max_ttl: HumanDuration,
     /// Fraction of each L1 lifetime taken off at random (0 = none, at most 0.5).
     pub ttl_jitter: f64,
+    /// How long L1 remembers that L2 had no such key (0s: not at all).
+    pub negative_ttl: HumanDuration,
+    /// How long past its TTL an entry may still answer while L2 cannot be reached (0s: never).
+    pub stale_if_error: HumanDuration,
 }
 
 impl Default for L1Config {
@@ -226,6 +236,8 @@ impl Default for L1Config {
             capacity: DEFAULT_L1_CAPACITY.parse().expect("valid default"),
             max_ttl: HumanDuration(DEFAULT_L1_MAX_TTL),
             ttl_jitter: DEFAULT_L1_TTL_JITTER,
+            negative_ttl: HumanDuration(DEFAULT_L1_NEGATIVE_TTL),
+            stale_if_error: HumanDuration(DEFAULT_L1_STALE_IF_ERROR),
         }
     }
 }

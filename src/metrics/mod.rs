@@ -102,6 +102,8 @@ pub struct Metrics {
     cache_misses: [IntCounter; 2],
     pub l1_entries: IntGauge,
     pub l1_bytes: IntGauge,
+    pub l1_negative_hits: IntCounter,
+    pub l1_stale_served: IntCounter,
     l2_duration: Vec<Histogram>,
     l2_errors: Vec<IntCounter>,
     pub l2_up: IntGauge,
@@ -161,6 +163,16 @@ impl Metrics {
         .unwrap();
         let l1_entries = IntGauge::new("l1_entries", "Entries held in L1 (approximate)").unwrap();
         let l1_bytes = IntGauge::new("l1_bytes", "Weighted bytes held in L1").unwrap();
+        let l1_negative_hits = IntCounter::new(
+            "l1_negative_hits_total",
+            "Reads answered 'no such key' from L1's record of an L2 miss (l1.negative_ttl)",
+        )
+        .unwrap();
+        let l1_stale_served = IntCounter::new(
+            "l1_stale_served_total",
+            "Reads answered from an L1 entry past its TTL because L2 could not be asked (l1.stale_if_error)",
+        )
+        .unwrap();
         let l2_duration = HistogramVec::new(
             HistogramOpts::new(
                 "l2_command_duration_seconds",
@@ -283,6 +295,8 @@ impl Metrics {
             Box::new(misses.clone()),
             Box::new(l1_entries.clone()),
             Box::new(l1_bytes.clone()),
+            Box::new(l1_negative_hits.clone()),
+            Box::new(l1_stale_served.clone()),
             Box::new(l2_duration.clone()),
             Box::new(l2_errors.clone()),
             Box::new(l2_up.clone()),
@@ -332,6 +346,8 @@ impl Metrics {
             ],
             l1_entries,
             l1_bytes,
+            l1_negative_hits,
+            l1_stale_served,
             l2_duration: L2_OPS
                 .iter()
                 .map(|op| l2_duration.with_label_values(&[op]))
