@@ -1,5 +1,6 @@
 //! L1 coherence across instances: two gateway processes on one redis-server, kept coherent by
-//! the invalidation bus (Redis pub/sub), and what happens when the bus is lost.
+//! the invalidation bus (Redis pub/sub, or Redis client-side caching in tracking mode), and
+//! what happens when the bus is lost.
 
 mod support;
 
@@ -8,12 +9,17 @@ use support::{metric, Binary, Redis};
 
 /// Two real tiergate processes on `redis`, each with a fast health/retry period.
 fn pair(redis: &Redis) -> (Binary, Binary) {
-    let env = [
-        ("TIERGATE_L2_URL", redis.url()),
-        ("TIERGATE_L2_HEALTH_INTERVAL", "100ms".to_string()),
-        ("TIERGATE_L1_MAX_TTL", "1h".to_string()),
+    pair_with(redis, &[])
+}
+
+fn pair_with(redis: &Redis, extra: &[(&str, &str)]) -> (Binary, Binary) {
+    let url = redis.url();
+    let mut env = vec![
+        ("TIERGATE_L2_URL", url.as_str()),
+        ("TIERGATE_L2_HEALTH_INTERVAL", "100ms"),
+        ("TIERGATE_L1_MAX_TTL", "1h"),
     ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend_from_slice(extra);
     (Binary::start(&env), Binary::start(&env))
 }
 
@@ -176,4 +182,57 @@ async fn a_lost_subscription_flushes_l1_before_it_is_trusted_again() {
     })
     .await;
     assert_eq!(get(&b, "k").await.0.as_deref(), Some("new"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_mode_evicts_writes_that_bypass_the_gateway() {
+    let redis = Redis::start();
+    let (a, b) = pair_with(
+        &redis,
+        &[
+            ("TIERGATE_L2_INVALIDATION", "tracking"),
+            ("TIERGATE_L2_TRACKING_PREFIXES", r#"["user:", "sess:"]"#),
+        ],
+    );
+    subscribed(&a).await;
+    subscribed(&b).await;
+    let mut direct = redis.conn();
+    let mut set_direct = |k: &str, v: &str| {
+        redis::cmd("SET").arg(k).arg(v).exec(&mut direct).unwrap();
+    };
+
+    // A program writing straight to Redis: B hears it from Redis itself.
+    set_direct("user:1", "old");
+    assert_eq!(get(&b, "user:1").await, (Some("old".into()), "L2".into()));
+    assert_eq!(get(&b, "user:1").await.1, "L1");
+    after_heard(&b, 1, || async { set_direct("user:1", "new") }).await;
+    assert_eq!(get(&b, "user:1").await, (Some("new".into()), "L2".into()));
+
+    // A write through A: no PUBLISH in this mode, Redis' tracking tells B.
+    assert_eq!(get(&b, "sess:9").await.0, None);
+    put(&b, "sess:9", "v1").await;
+    assert_eq!(get(&b, "sess:9").await, (Some("v1".into()), "L2".into()));
+    after_heard(&b, 1, || put(&a, "sess:9", "v2")).await;
+    assert_eq!(get(&b, "sess:9").await.0.as_deref(), Some("v2"));
+    assert_eq!(
+        redis.calls("publish"),
+        0,
+        "tracking mode announces nothing itself"
+    );
+
+    // Outside the prefixes nothing is heard: the documented bound is l1.max_ttl.
+    set_direct("other:1", "old");
+    assert_eq!(get(&b, "other:1").await.0.as_deref(), Some("old"));
+    set_direct("other:1", "new");
+    let stale = get(&b, "other:1").await;
+    assert_eq!(stale, (Some("old".into()), "L1".into()));
+
+    // FLUSHALL empties B's L1 (Redis pushes a nil invalidation).
+    let flushes = metric(&b.metrics().await, "tiergate_bus_flushes_total");
+    redis::cmd("FLUSHALL").exec(&mut redis.conn()).unwrap();
+    support::eventually("B flushed L1", || async {
+        metric(&b.metrics().await, "tiergate_bus_flushes_total") > flushes
+    })
+    .await;
+    assert_eq!(get(&b, "other:1").await.0, None);
 }

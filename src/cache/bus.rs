@@ -1,6 +1,10 @@
 //! The invalidation bus: how every instance's L1 stays coherent with writes made through the
-//! others. A write's pipeline ends with `PUBLISH <channel> <key>` (see `L2::announce`); every
-//! instance subscribes to that channel and evicts each key it hears.
+//! others. Two ways to hear of writes, one connection each:
+//! - `pubsub`: a write's pipeline ends with `PUBLISH <channel> <key>` (see `L2::announce`);
+//!   every instance subscribes to that channel and evicts each key it hears.
+//! - `tracking`: Redis' client-side caching in broadcast mode (`CLIENT TRACKING ON BCAST
+//!   PREFIX ...`): Redis itself pushes the name of every key written under the prefixes, by
+//!   any client, including programs that bypass tiergate and keys Redis expires or evicts.
 //!
 //! Pub/sub is at-most-once: a message published while an instance is not subscribed is lost
 //! to it. So L1 is trusted only while the subscription is live. When it drops, reads go to L2
@@ -20,14 +24,43 @@ use tokio::sync::mpsc;
 
 /// This instance's view of the bus.
 pub struct Bus {
-    channel: String,
+    listen: Listen,
     queue: usize,
     subscribed: AtomicBool,
+}
+
+/// What the bus connection listens to.
+#[derive(Clone, Debug)]
+pub enum Listen {
+    /// SUBSCRIBE to the channel writes are announced on.
+    Channel(String),
+    /// CLIENT TRACKING ON BCAST with these prefixes (none: every key).
+    Tracking(Vec<String>),
+}
+
+impl Listen {
+    /// Starts listening on a fresh RESP3 connection.
+    async fn start(&self, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<()> {
+        match self {
+            // Through redis-rs' own call: in RESP3 the confirmation arrives as a push.
+            Listen::Channel(channel) => conn.subscribe(channel).await,
+            Listen::Tracking(prefixes) => {
+                let mut cmd = redis::cmd("CLIENT");
+                cmd.arg("TRACKING").arg("ON").arg("BCAST");
+                for p in prefixes {
+                    cmd.arg("PREFIX").arg(p);
+                }
+                cmd.exec_async(conn).await
+            }
+        }
+    }
 }
 
 /// What the subscription's push handler passes on.
 enum Heard {
     Evict(Bytes),
+    /// Redis dropped every tracked key at once (FLUSHALL, FLUSHDB).
+    EvictAll,
     /// The connection closed, or the queue overflowed: messages may have been missed.
     Lost,
 }
@@ -40,9 +73,9 @@ enum Ended {
 }
 
 impl Bus {
-    pub fn new(channel: String, queue: usize) -> Self {
+    pub fn new(listen: Listen, queue: usize) -> Self {
         Self {
-            channel,
+            listen,
             queue,
             subscribed: AtomicBool::new(false),
         }
@@ -103,18 +136,32 @@ async fn subscription(
     let on_push = {
         let lost = lost.clone();
         move |push: PushInfo| -> Result<(), ()> {
-            let heard = match push.kind {
-                PushKind::Message => match push.data.into_iter().nth(1) {
-                    Some(Value::BulkString(key)) => Heard::Evict(key.into()),
-                    _ => return Ok(()),
-                },
-                PushKind::Disconnection => Heard::Lost,
-                _ => return Ok(()),
-            };
             // Runs on the connection's reader: it must not wait. A full queue means messages
             // are being dropped, which only a flush can make up for.
-            if tx.try_send(heard).is_err() {
-                lost.store(true, Ordering::Release);
+            let pass = |heard| {
+                if tx.try_send(heard).is_err() {
+                    lost.store(true, Ordering::Release);
+                }
+            };
+            match push.kind {
+                PushKind::Message => {
+                    if let Some(Value::BulkString(key)) = push.data.into_iter().nth(1) {
+                        pass(Heard::Evict(key.into()));
+                    }
+                }
+                // ["invalidate", [key, ...]], or a nil for "everything".
+                PushKind::Invalidate => match push.data.into_iter().next() {
+                    Some(Value::Array(keys)) => {
+                        for k in keys {
+                            if let Value::BulkString(key) = k {
+                                pass(Heard::Evict(key.into()));
+                            }
+                        }
+                    }
+                    _ => pass(Heard::EvictAll),
+                },
+                PushKind::Disconnection => pass(Heard::Lost),
+                _ => {}
             }
             Ok(())
         }
@@ -127,7 +174,7 @@ async fn subscription(
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        conn.subscribe(&bus.channel).await?;
+        bus.listen.start(&mut conn).await?;
         Ok::<_, redis::RedisError>(conn)
     };
     let mut conn = tokio::select! {
@@ -144,7 +191,7 @@ async fn subscription(
     bus.subscribed.store(true, Ordering::Release);
     cache.metrics.bus_subscribed.set(1);
     tracing::info!(
-        channel = bus.channel,
+        listen = ?bus.listen,
         "invalidation bus: subscribed; L1 flushed and trusted"
     );
 
@@ -157,6 +204,7 @@ async fn subscription(
                     cache.invalidate(&key).await;
                     cache.metrics.bus_invalidations.inc();
                 }
+                Some(Heard::EvictAll) => cache.flush_l1(),
                 Some(Heard::Lost) | None => return Ended::Lost("connection closed".into()),
             },
             _ = tokio::time::sleep_until(ping_at) => {

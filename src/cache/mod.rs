@@ -148,12 +148,18 @@ impl TieredCache {
             Some(Arc::new(L2::new(&config.l2, metrics.clone())?))
         };
         let capacity = config.l1.capacity.resolve(memory);
-        let bus = (l2.is_some() && config.l2.invalidation == Invalidation::Pubsub).then(|| {
-            Arc::new(bus::Bus::new(
-                config.l2.invalidation_channel.clone(),
-                config.l2.invalidation_queue,
-            ))
-        });
+        let listen = match config.l2.invalidation {
+            Invalidation::Pubsub => {
+                Some(bus::Listen::Channel(config.l2.invalidation_channel.clone()))
+            }
+            Invalidation::Tracking => {
+                Some(bus::Listen::Tracking(config.l2.tracking_prefixes.clone()))
+            }
+            Invalidation::Off => None,
+        };
+        let bus = listen
+            .filter(|_| l2.is_some())
+            .map(|listen| Arc::new(bus::Bus::new(listen, config.l2.invalidation_queue)));
         Ok(Self {
             bus,
             // Stale entries are only ever answered for an unreachable L2.

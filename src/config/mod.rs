@@ -262,6 +262,8 @@ pub struct L2Config {
     pub invalidation: Invalidation,
     pub invalidation_channel: String,
     pub invalidation_queue: usize,
+    /// Key prefixes Redis reports writes of in `tracking` mode (empty: every key).
+    pub tracking_prefixes: Vec<String>,
 }
 
 /// How an instance hears of writes made elsewhere.
@@ -270,6 +272,9 @@ pub struct L2Config {
 pub enum Invalidation {
     /// Writes publish their keys on `l2.invalidation_channel`; every instance evicts them.
     Pubsub,
+    /// Redis client-side caching: every instance asks Redis to push the keys written under
+    /// `l2.tracking_prefixes` (CLIENT TRACKING ON BCAST), whoever wrote them, and evicts them.
+    Tracking,
     /// Nothing: L1 entries live out their TTL (at most `l1.max_ttl`). One instance only.
     Off,
 }
@@ -289,6 +294,7 @@ impl Default for L2Config {
             invalidation: Invalidation::Pubsub,
             invalidation_channel: DEFAULT_L2_INVALIDATION_CHANNEL.into(),
             invalidation_queue: DEFAULT_L2_INVALIDATION_QUEUE,
+            tracking_prefixes: Vec::new(),
         }
     }
 }
@@ -452,6 +458,18 @@ impl Config {
             bad(
                 "l2.invalidation_channel",
                 "must not be empty when l2.invalidation = \"pubsub\"".into(),
+            );
+        }
+        let prefixes = &self.l2.tracking_prefixes;
+        if prefixes.iter().enumerate().any(|(i, a)| {
+            prefixes
+                .iter()
+                .enumerate()
+                .any(|(j, b)| i != j && b.starts_with(a.as_str()))
+        }) {
+            bad(
+                "l2.tracking_prefixes",
+                "no prefix may start another (Redis refuses overlapping tracking prefixes)".into(),
             );
         }
         if self.l2.invalidation_queue == 0 {
