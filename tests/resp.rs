@@ -711,3 +711,60 @@ async fn keys_and_values_over_their_own_bounds_are_refused() {
         assert!(err.to_string().contains("the limit is 8"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_keys_are_reported_by_info_and_the_admin_port() {
+    let mut cfg = support::config(None);
+    cfg.admin.hot_keys = 2;
+    cfg.admin.hot_keys_sample = 1; // count every read, so the figures are exact
+    let gw = Gateway::start(cfg).await;
+    let mut c = conn(&resp_url(&gw)).await;
+    let _: () = c.set("hot", "1").await.unwrap();
+    for _ in 0..50 {
+        let _: Option<String> = c.get("hot").await.unwrap();
+    }
+    for _ in 0..20 {
+        let _: Option<String> = c.get("warm\r\n").await.unwrap();
+    }
+    for i in 0..30 {
+        let _: Option<String> = c.get(format!("cold:{i}")).await.unwrap();
+    }
+    // Batch reads over HTTP count too.
+    gw.http
+        .post(format!("{}/v1/kv:batchGet", gw.base))
+        .json(&serde_json::json!({"keys": ["hot"]}))
+        .send()
+        .await
+        .unwrap();
+
+    let info: String = redis::cmd("INFO")
+        .arg("hotkeys")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let lines: Vec<&str> = info.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "# Hotkeys",
+            "hotkey_0:key=hot,reads=51",
+            "hotkey_1:key=warm\\r\\n,reads=20"
+        ],
+        "keys are escaped so a line stays a line"
+    );
+
+    let v: serde_json::Value = gw
+        .http
+        .get(format!("{}/hotkeys", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["sampled_one_in"], 1);
+    assert_eq!(
+        v["keys"],
+        serde_json::json!([{"key": "hot", "reads": 51}, {"key": "warm\r\n", "reads": 20}])
+    );
+}

@@ -7,6 +7,7 @@ mod batch;
 mod breaker;
 pub mod bus;
 mod epoch;
+pub mod hot;
 pub mod l1;
 pub mod l2;
 
@@ -136,6 +137,7 @@ pub struct TieredCache {
     epochs: Epochs,
     /// The invalidation bus, when L2 is shared with other instances.
     bus: Option<Arc<bus::Bus>>,
+    hot: hot::HotKeys,
     metrics: Arc<Metrics>,
 }
 
@@ -162,6 +164,7 @@ impl TieredCache {
             .map(|listen| Arc::new(bus::Bus::new(listen, config.l2.invalidation_queue)));
         Ok(Self {
             bus,
+            hot: hot::HotKeys::new(config.admin.hot_keys, config.admin.hot_keys_sample),
             // Stale entries are only ever answered for an unreachable L2.
             l1: L1::new(
                 capacity,
@@ -183,6 +186,11 @@ impl TieredCache {
             epochs: Epochs::new(),
             metrics,
         })
+    }
+
+    /// The hottest keys read lately (single and batch reads, both doors).
+    pub fn hot_keys(&self) -> &hot::HotKeys {
+        &self.hot
     }
 
     pub fn l2(&self) -> Option<&Arc<L2>> {
@@ -208,6 +216,7 @@ impl TieredCache {
 
     /// Reads a key: L1, then L2. Absent keys are not cached.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Hit>, L2Error> {
+        self.hot.read(key);
         if !self.l1_trusted() {
             let key = Bytes::copy_from_slice(key);
             let mut one = self.get_many_untrusted(std::slice::from_ref(&key)).await?;
@@ -350,6 +359,9 @@ impl TieredCache {
     /// Reads many keys: L1 for each, then every L1 miss from L2 in one round trip.
     /// The result is in the order of `keys`.
     pub async fn get_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Hit>>, L2Error> {
+        for k in keys {
+            self.hot.read(k);
+        }
         if !self.l1_trusted() {
             return self.get_many_untrusted(keys).await;
         }

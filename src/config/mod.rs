@@ -37,6 +37,11 @@ pub const DEFAULT_RESP_READ_BUFFER_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_RESP_BUFFER_POOL_BUFFERS: usize = 4096;
 /// Operators' port; loopback only, so metrics and readiness are not exposed by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Hot keys reported on /hotkeys and in INFO: a screenful.
+pub const DEFAULT_ADMIN_HOT_KEYS: usize = 10;
+/// One read in this many is counted for hot keys: a hot key is still read thousands of times
+/// a second, and the hot path pays one random draw for the rest.
+pub const DEFAULT_ADMIN_HOT_KEYS_SAMPLE: u32 = 16;
 /// Accept backlog; matches the `net.core.somaxconn` we recommend in sysctl.conf.
 pub const DEFAULT_BACKLOG: u32 = 8192;
 /// A quarter of RAM leaves room for Redis clients, buffers and the OS page cache.
@@ -205,12 +210,17 @@ impl Default for RespConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// How many of the hottest keys are tracked and reported (0: off).
+    pub hot_keys: usize,
+    pub hot_keys_sample: u32,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
+            hot_keys: DEFAULT_ADMIN_HOT_KEYS,
+            hot_keys_sample: DEFAULT_ADMIN_HOT_KEYS_SAMPLE,
         }
     }
 }
@@ -451,6 +461,12 @@ impl Config {
         if !(1..=4096).contains(&self.l2.max_batch) {
             bad("l2.max_batch", "must be between 1 and 4096".into());
         }
+        if self.admin.hot_keys > 1000 {
+            bad("admin.hot_keys", "must be at most 1000".into());
+        }
+        if self.admin.hot_keys_sample == 0 {
+            bad("admin.hot_keys_sample", "must be at least 1".into());
+        }
         if self.l2.breaker_failures == 0 {
             bad("l2.breaker_failures", "must be at least 1".into());
         }
@@ -586,5 +602,15 @@ mod tests {
         );
         c.l2.max_batch = 4097;
         assert!(c.validate().iter().any(|p| p.path == "l2.max_batch"));
+    }
+
+    #[test]
+    fn overlapping_tracking_prefixes_are_refused() {
+        let mut c = Config::default();
+        c.l2.tracking_prefixes = vec!["user:".into(), "sess:".into()];
+        assert!(c.validate().is_empty());
+        c.l2.tracking_prefixes.push("user:1".into());
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["l2.tracking_prefixes"]);
     }
 }

@@ -60,6 +60,12 @@ enum WireValue {
     Encoded { base64: String },
 }
 
+/// A key or value as JSON the way batch calls carry it: a string when UTF-8, else
+/// `{"base64": ...}` (the admin port's /hotkeys uses it too).
+pub fn to_json(value: &Bytes) -> serde_json::Value {
+    serde_json::to_value(WireValue::encode(value, Encoding::Utf8)).unwrap_or_default()
+}
+
 impl WireValue {
     fn encode(value: &Bytes, encoding: Encoding) -> Self {
         match (encoding, std::str::from_utf8(value)) {

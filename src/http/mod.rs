@@ -2,6 +2,7 @@
 //! router, and a graceful drain on shutdown.
 
 mod batch;
+pub use batch::to_json;
 mod body;
 pub mod error;
 mod key;

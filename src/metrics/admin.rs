@@ -1,6 +1,6 @@
 //! The admin port: `/metrics` (Prometheus text), `/healthz` (the process is alive),
-//! `/readyz` (it should get traffic: not draining, and L2 reachable when configured), and a
-//! plain-text status page at `/`. Served by its own listener so that scrapes and probes never
+//! `/readyz` (it should get traffic: not draining, and L2 reachable when configured),
+//! `/hotkeys` (the keys read most lately, JSON), and a plain-text status page at `/`. Served by its own listener so that scrapes and probes never
 //! queue behind data traffic.
 
 use super::{Door, Metrics};
@@ -54,10 +54,30 @@ impl Admin {
                     format!("not ready: {why}\n"),
                 ),
             },
+            "/hotkeys" => {
+                let hot = self.cache.hot_keys();
+                let keys: Vec<_> = hot
+                    .report()
+                    .iter()
+                    .map(|h| serde_json::json!({"key": crate::http::to_json(&h.key), "reads": h.reads}))
+                    .collect();
+                let body = serde_json::json!({
+                    "enabled": hot.enabled(),
+                    "sampled_one_in": hot.sample(),
+                    "half_life_seconds": crate::cache::hot::HALF_LIFE.as_secs(),
+                    "keys": keys,
+                });
+                let mut resp = text(StatusCode::OK, format!("{body}\n"));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                resp
+            }
             "/" => text(StatusCode::OK, self.status_page().await),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "try /metrics, /healthz, /readyz or /\n".into(),
+                "try /metrics, /healthz, /readyz, /hotkeys or /\n".into(),
             ),
         }
     }
@@ -72,12 +92,20 @@ impl Admin {
             Err(why) => format!("no ({why})"),
         };
         self.cache.publish_usage().await;
-        format!(
+        let mut page = format!(
             "tiergate {}\nmode: {mode}\nready: {ready}\nl1 entries: {}\nl1 bytes: {}\n",
             env!("CARGO_PKG_VERSION"),
             self.metrics.l1_entries.get(),
             self.metrics.l1_bytes.get(),
-        )
+        );
+        let hot = self.cache.hot_keys().report();
+        if !hot.is_empty() {
+            page.push_str("hot keys (estimated recent reads):\n");
+            for h in hot {
+                page.push_str(&format!("  {:>10}  {}\n", h.reads, h.key.escape_ascii()));
+            }
+        }
+        page
     }
 }
 

@@ -100,13 +100,16 @@ fn entry(&(name, arity, first, last, step): &(&'static str, i64, i64, i64, i64))
 }
 
 /// INFO [section ...]: redis-server's layout (`# Section` headers, `field:value` lines) with
-/// tiergate's own figures. Sections: server, clients, memory, stats, keyspace; "all",
-/// "everything" and "default" mean all of them.
+/// tiergate's own figures. Sections: server, clients, memory, stats, keyspace, and
+/// tiergate's hotkeys (`hotkey_<rank>:key=<escaped key>,reads=<estimated recent reads>`);
+/// "all", "everything" and "default" mean all of them.
 pub struct Info {
     sections: Vec<Bytes>,
 }
 
-const SECTIONS: [&str; 5] = ["server", "clients", "memory", "stats", "keyspace"];
+const SECTIONS: [&str; 6] = [
+    "server", "clients", "memory", "stats", "keyspace", "hotkeys",
+];
 
 impl Info {
     pub fn parse_frames(p: &mut Parse) -> Result<Self, Frame> {
@@ -193,6 +196,14 @@ impl Info {
                     field("keyspace_misses", &misses);
                     field("tiergate_l1_hits", &l1_hits);
                     field("tiergate_l2_hits", &l2_hits);
+                }
+                "hotkeys" => {
+                    for (rank, h) in shared.cache.hot_keys().report().iter().enumerate() {
+                        field(
+                            &format!("hotkey_{rank}"),
+                            &format_args!("key={},reads={}", h.key.escape_ascii(), h.reads),
+                        );
+                    }
                 }
                 _ => {
                     // Keys this instance holds in L1; in tiered mode Redis holds the rest.
