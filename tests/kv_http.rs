@@ -435,19 +435,10 @@ async fn absent_keys_are_remembered_for_negative_ttl_until_a_write() {
     let r = gw.get("ghost").await;
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-cache"], "MISS");
-    let batch = |keys: serde_json::Value| {
-        gw.http
-            .post(format!("{}/v1/kv:batchGet", gw.base))
-            .json(&serde_json::json!({ "keys": keys }))
-            .send()
-    };
-    let v: serde_json::Value = batch(serde_json::json!(["ghost"]))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v, serde_json::json!({"values": {"ghost": null}}));
+    assert_eq!(
+        gw.batch_get(&["ghost"]).await,
+        serde_json::json!({"values": {"ghost": null}})
+    );
     assert_eq!(redis.calls("mget"), reads, "answered from L1");
     assert!(metric(&gw.metrics().await, "tiergate_l1_negative_hits_total") >= 2.0);
 
@@ -456,9 +447,9 @@ async fn absent_keys_are_remembered_for_negative_ttl_until_a_write() {
     assert_eq!(gw.get("ghost").await.text().await.unwrap(), "mine");
 
     // batchGet records absent keys too.
-    batch(serde_json::json!(["nobody"])).await.unwrap();
+    gw.batch_get(&["nobody"]).await;
     let reads = redis.calls("mget");
-    batch(serde_json::json!(["nobody"])).await.unwrap();
+    gw.batch_get(&["nobody"]).await;
     assert_eq!(redis.calls("mget"), reads);
 }
 
@@ -508,17 +499,10 @@ async fn stale_entries_answer_only_while_l2_cannot() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "L1");
     assert_eq!(r.text().await.unwrap(), "v2");
-    let v: serde_json::Value = gw
-        .http
-        .post(format!("{}/v1/kv:batchGet", gw.base))
-        .json(&serde_json::json!({"keys": ["k"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v, serde_json::json!({"values": {"k": "v2"}}));
+    assert_eq!(
+        gw.batch_get(&["k"]).await,
+        serde_json::json!({"values": {"k": "v2"}})
+    );
     assert_eq!(
         gw.get("never").await.status(),
         503,

@@ -730,12 +730,7 @@ async fn hot_keys_are_reported_by_info_and_the_admin_port() {
         let _: Option<String> = c.get(format!("cold:{i}")).await.unwrap();
     }
     // Batch reads over HTTP count too.
-    gw.http
-        .post(format!("{}/v1/kv:batchGet", gw.base))
-        .json(&serde_json::json!({"keys": ["hot"]}))
-        .send()
-        .await
-        .unwrap();
+    gw.batch_get(&["hot"]).await;
 
     let info: String = redis::cmd("INFO")
         .arg("hotkeys")
@@ -753,15 +748,7 @@ async fn hot_keys_are_reported_by_info_and_the_admin_port() {
         "keys are escaped so a line stays a line"
     );
 
-    let v: serde_json::Value = gw
-        .http
-        .get(format!("{}/hotkeys", gw.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = gw.admin_get("/hotkeys").await.json().await.unwrap();
     assert_eq!(v["sampled_one_in"], 1);
     assert_eq!(
         v["keys"],

@@ -279,12 +279,27 @@ impl Gateway {
     }
 
     pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await.text().await.unwrap()
+    }
+
+    /// GET of an admin-port path.
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
         self.http
-            .get(format!("{}/metrics", self.admin))
+            .get(format!("{}{path}", self.admin))
             .send()
             .await
             .unwrap()
-            .text()
+    }
+
+    /// POST /v1/kv:batchGet of `keys`; the JSON answer.
+    pub async fn batch_get(&self, keys: &[&str]) -> serde_json::Value {
+        self.http
+            .post(format!("{}/v1/kv:batchGet", self.base))
+            .json(&serde_json::json!({ "keys": keys }))
+            .send()
+            .await
+            .unwrap()
+            .json()
             .await
             .unwrap()
     }
