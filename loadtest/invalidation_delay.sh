@@ -5,6 +5,7 @@
 # first fresh answer (p50, p99, max), and how many reads after the ack were still stale: the
 # staleness window the invalidation bus leaves. The delay includes one client round trip to B.
 # Usage: loadtest/invalidation_delay.sh [ROUNDS]   (default 2000)
+# Tracking mode: TIERGATE_L2_INVALIDATION=tracking loadtest/invalidation_delay.sh (the env reaches both instances).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-2000}
