@@ -76,10 +76,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     match cache.l2() {
         None => tracing::info!(
             l1_bytes = l1_budget,
-            "standalone memory mode: no l2.url configured, so L1 is the store (bounded, evicts when full)"
+            "standalone memory mode: no l2.url or l2.cluster_nodes configured, so L1 is the store (bounded, evicts when full)"
         ),
         Some(l2) => {
-            tracing::info!(l2 = %redact(&config.l2.url), l1_bytes = l1_budget, "tiered mode: L1 in front of L2");
+            let at = if config.l2.cluster_nodes.is_empty() {
+                redact(&config.l2.url)
+            } else {
+                let nodes: Vec<String> = config.l2.cluster_nodes.iter().map(|n| redact(n)).collect();
+                format!("cluster {}", nodes.join(","))
+            };
+            tracing::info!(l2 = %at, l1_bytes = l1_budget, "tiered mode: L1 in front of L2");
             tokio::spawn(l2.clone().watch_health(draining.clone()));
             tokio::spawn(crate::cache::bus::follow(
                 cache.clone(),

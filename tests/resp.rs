@@ -143,7 +143,7 @@ async fn run_script(url: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replies_match_redis_server_standalone_and_tiered() {
+async fn replies_match_redis_server_standalone_tiered_and_over_a_cluster() {
     // tiergate serves one keyspace: the reference is a redis-server with one database.
     let reference = Redis::start_with(&["--databases", "1"]);
     let want = run_script(&reference.url()).await;
@@ -156,6 +156,13 @@ async fn replies_match_redis_server_standalone_and_tiered() {
     let tiered = Gateway::start_ready(support::config(Some(&l2.url()))).await;
     let got = run_script(&resp_url(&tiered)).await;
     assert_eq!(got, want, "tiered mode");
+
+    // Over a 3-master cluster, multi-key commands (MSET, MGET, EXISTS, DEL) name keys of
+    // different slots; tiergate splits them, so clients see one Redis.
+    let cluster = support::Cluster::start();
+    let clustered = Gateway::start_ready(cluster.config()).await;
+    let got = run_script(&resp_url(&clustered)).await;
+    assert_eq!(got, want, "tiered over a cluster");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,10 +10,14 @@
 //! Writes are not folded; redis-rs' multiplexed connection already sends every write queued
 //! on it in one syscall.
 
-use super::l2::{ttl_from_pttl, Fetched, L2Error};
+use super::{
+    conn::{groups, Conn},
+    l2::{ttl_from_pttl, Fetched, L2Error},
+};
 use crate::metrics::Metrics;
 use bytes::Bytes;
-use redis::{aio::ConnectionManager, Value};
+use futures_util::future::join_all;
+use redis::{Pipeline, Value};
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -48,7 +52,8 @@ impl Batcher {
     /// callers wait (and their deadline bounds the wait). Drivers stop when the batcher is
     /// dropped.
     pub fn start(
-        conns: &[ConnectionManager],
+        conns: &[Conn],
+        clustered: bool,
         max_batch: usize,
         queue: usize,
         deadline: Duration,
@@ -60,6 +65,7 @@ impl Batcher {
                 let (tx, rx) = mpsc::channel(queue);
                 tokio::spawn(drive(
                     conn.clone(),
+                    clustered,
                     rx,
                     max_batch,
                     deadline,
@@ -92,7 +98,8 @@ fn stopped() -> L2Error {
 
 /// One lane: take what is queued, send it as one batch, hand out the answers, repeat.
 async fn drive(
-    mut conn: ConnectionManager,
+    conn: Conn,
+    clustered: bool,
     mut queue: mpsc::Receiver<Read>,
     max_batch: usize,
     deadline: Duration,
@@ -105,44 +112,62 @@ async fn drive(
         if batch.is_empty() {
             continue;
         }
-        metrics.l2_batch_size.observe(batch.len() as f64);
-        match fetch(&mut conn, &batch, deadline).await {
-            Ok(slots) => {
-                for (read, slot) in batch.drain(..).zip(slots) {
-                    let _ = read.reply.send(Ok(slot));
+        // On a cluster an MGET may only name keys of one slot: one pipeline per slot, sent
+        // together. On a single Redis the whole batch is one group.
+        let keys: Vec<&[u8]> = batch.iter().map(|r| r.key.as_ref()).collect();
+        let parts = groups(clustered, &keys);
+        for part in &parts {
+            metrics.l2_batch_size.observe(part.len() as f64);
+        }
+        let answers = join_all(parts.iter().map(|part| {
+            let conn = conn.clone().aimed_at(keys[part[0]]);
+            fetch(conn, part.iter().map(|&i| keys[i]), part.len(), deadline)
+        }))
+        .await;
+        let mut batch: Vec<Option<Read>> = batch.drain(..).map(Some).collect();
+        for (part, answer) in parts.iter().zip(answers) {
+            let mut reply = |i: usize, r: Result<Slot, L2Error>| {
+                if let Some(read) = batch[i].take() {
+                    let _ = read.reply.send(r);
                 }
-            }
-            Err(e) => {
-                for read in batch.drain(..) {
-                    let _ = read.reply.send(Err(e.clone()));
-                }
+            };
+            match answer {
+                Ok(slots) => part.iter().zip(slots).for_each(|(&i, s)| reply(i, Ok(s))),
+                Err(e) => part.iter().for_each(|&i| reply(i, Err(e.clone()))),
             }
         }
     }
 }
 
-/// MGET of every key, then PTTL of each, in one round trip.
-async fn fetch(
-    conn: &mut ConnectionManager,
-    batch: &[Read],
+/// One batch part: MGET of its keys, then PTTL of each, in one round trip.
+async fn fetch<'k>(
+    mut conn: Conn,
+    keys: impl Iterator<Item = &'k [u8]> + Clone,
+    n: usize,
     deadline: Duration,
 ) -> Result<Vec<Slot>, L2Error> {
-    let mut pipe = redis::pipe();
-    pipe.cmd("MGET");
-    for r in batch {
-        pipe.arg(r.key.as_ref());
-    }
-    for r in batch {
-        pipe.cmd("PTTL").arg(r.key.as_ref());
-    }
-    let raw: Vec<Value> = tokio::time::timeout(deadline, pipe.query_async(conn))
+    let pipe = mget_pipeline(keys);
+    let raw: Vec<Value> = tokio::time::timeout(deadline, pipe.query_async(&mut conn))
         .await
         .map_err(|_| L2Error::Timeout)??;
-    slots(raw, batch.len())
+    slots(raw, n)
+}
+
+/// `MGET k1..kn`, then `PTTL k` for each, as one pipeline.
+pub(super) fn mget_pipeline<'k>(keys: impl Iterator<Item = &'k [u8]> + Clone) -> Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.cmd("MGET");
+    for k in keys.clone() {
+        pipe.arg(k);
+    }
+    for k in keys {
+        pipe.cmd("PTTL").arg(k);
+    }
+    pipe
 }
 
 /// Pairs MGET's values with the PTTLs that follow them.
-fn slots(raw: Vec<Value>, n: usize) -> Result<Vec<Slot>, L2Error> {
+pub(super) fn slots(raw: Vec<Value>, n: usize) -> Result<Vec<Slot>, L2Error> {
     let mut it = raw.into_iter();
     let values: Vec<Option<Bytes>> = redis::from_redis_value(it.next().unwrap_or(Value::Nil))
         .map_err(|e| L2Error::store("ERR", &e.to_string()))?;

@@ -89,20 +89,27 @@ impl Bus {
 }
 
 /// Follows the bus until shutdown: subscribe, flush L1, evict what is heard; on any loss,
-/// stop trusting L1 and start over after `l2.health_interval`.
+/// stop trusting L1 and start over after `l2.health_interval`, on the next node when L2 is a
+/// cluster (a PUBLISH on any node of a cluster reaches subscribers on every node).
 pub async fn follow(cache: Arc<TieredCache>, retry: std::time::Duration, shutdown: Shutdown) {
     let (Some(l2), Some(bus)) = (cache.l2.clone(), cache.bus.clone()) else {
         return;
     };
-    let client = match resp3_client(l2.client()) {
+    let clients = match l2
+        .nodes()
+        .iter()
+        .map(resp3_client)
+        .collect::<Result<Vec<_>, _>>()
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "invalidation bus: cannot build a RESP3 client; L1 stays untrusted");
             return;
         }
     };
-    loop {
-        let ended = subscription(&cache, &bus, &client, l2.deadline(), &shutdown).await;
+    for attempt in 0.. {
+        let client = &clients[attempt % clients.len()];
+        let ended = subscription(&cache, &bus, client, l2.deadline(), &shutdown).await;
         let was_subscribed = bus.subscribed.swap(false, Ordering::AcqRel);
         if was_subscribed {
             cache.metrics.bus_subscribed.set(0);

@@ -1,13 +1,14 @@
-//! L2: Redis, reached over a few multiplexed connections. Each connection pipelines every
-//! command sent to it concurrently (redis-rs' `MultiplexedConnection` under a
-//! `ConnectionManager` that reconnects on its own), so requests from all clients share a
-//! handful of sockets and round trips overlap instead of queuing for a pooled connection.
+//! L2: Redis or a Redis Cluster, reached over a few multiplexed connections (`conn::Conn`).
+//! Each connection pipelines every command sent to it concurrently, so requests from all
+//! clients share a handful of sockets and round trips overlap instead of queuing for a pooled
+//! connection. On a cluster, multi-key work is split into one pipeline per hash slot.
 //! Single-key reads go through the `batch` lanes, which fold concurrent reads into MGETs.
 //! Every call passes the circuit breaker first and counts as in flight until it is answered.
 
 use super::{
-    batch::{Batcher, Slot},
+    batch::{mget_pipeline, slots, Batcher, Slot},
     breaker::{Breaker, Change},
+    conn::{groups, Conn},
     ExpireCond, SetCond, SetOptions, SetOutcome, SetTtl, Ttl,
 };
 use crate::{
@@ -16,7 +17,11 @@ use crate::{
     shutdown::Shutdown,
 };
 use bytes::Bytes;
-use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, RedisError};
+use futures_util::future::try_join_all;
+use redis::{
+    aio::ConnectionManager, aio::ConnectionManagerConfig, cluster::ClusterClient,
+    cluster::ClusterConfig, RedisError,
+};
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -89,12 +94,19 @@ impl From<RedisError> for L2Error {
     }
 }
 
+/// Attempts per cluster call: enough to follow a MOVED or ASK after a resharding and a
+/// slot-map refresh; an unreachable node fails the call rather than retrying past the deadline.
+const CLUSTER_RETRIES: u32 = 3;
+
 /// A value read from L2 and its remaining TTL there (None: the key does not expire).
 pub type Fetched = (Bytes, Option<Duration>);
 
 pub struct L2 {
-    client: redis::Client,
-    conns: Box<[ConnectionManager]>,
+    /// A client per node (one, or each listed cluster node), for the bus connection.
+    nodes: Vec<redis::Client>,
+    conns: Box<[Conn]>,
+    /// Whether `conns` reach a cluster: multi-key work is then split by hash slot.
+    clustered: bool,
     /// The invalidation channel every write announces its keys on (None: invalidation off).
     announce: Option<String>,
     next: AtomicUsize,
@@ -111,30 +123,62 @@ impl L2 {
     /// Prepares the connections without connecting: a Redis that is down at start-up must not
     /// stop the gateway from starting. The health loop connects and reconnects.
     pub fn new(cfg: &L2Config, metrics: Arc<Metrics>) -> Result<Self, L2Error> {
-        let client =
-            redis::Client::open(cfg.url.as_str()).map_err(|e| L2Error::refused(e.to_string()))?;
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(cfg.timeout.0))
-            .set_connection_timeout(Some(cfg.connect_timeout.0))
-            // One attempt per reconnect: callers fail fast while Redis is down, and the
-            // health loop's next probe starts the next attempt.
-            .set_number_of_retries(0)
-            .set_pipeline_buffer_size(cfg.pipeline_buffer);
-        let conns = (0..cfg.connections)
-            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let clustered = !cfg.cluster_nodes.is_empty();
+        let urls = if clustered {
+            cfg.cluster_nodes.clone()
+        } else {
+            vec![cfg.url.clone()]
+        };
+        let nodes = urls
+            .iter()
+            .map(|u| redis::Client::open(u.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| L2Error::refused(e.to_string()))?;
+        let conns: Vec<Conn> = if clustered {
+            let cluster = ClusterClient::builder(cfg.cluster_nodes.iter().map(String::as_str))
+                .retries(CLUSTER_RETRIES)
+                .build()
+                .map_err(|e| L2Error::refused(e.to_string()))?;
+            let cluster_cfg = ClusterConfig::new()
+                .set_connection_timeout(cfg.connect_timeout.0)
+                .set_response_timeout(cfg.timeout.0);
+            (0..cfg.connections)
+                .map(|_| Conn::Cluster {
+                    // Pending: connects in the background, so a cluster that is down at
+                    // start-up does not stop the gateway from starting.
+                    conn: cluster.get_pending_async_connection_with_config(cluster_cfg.clone()),
+                    route: None,
+                })
+                .collect()
+        } else {
+            let manager_cfg = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(cfg.timeout.0))
+                .set_connection_timeout(Some(cfg.connect_timeout.0))
+                // One attempt per reconnect: callers fail fast while Redis is down, and the
+                // health loop's next probe starts the next attempt.
+                .set_number_of_retries(0)
+                .set_pipeline_buffer_size(cfg.pipeline_buffer);
+            (0..cfg.connections)
+                .map(|_| {
+                    ConnectionManager::new_lazy_with_config(nodes[0].clone(), manager_cfg.clone())
+                        .map(Conn::Node)
+                })
+                .collect::<Result<_, _>>()?
+        };
         let deadline = cfg.timeout.0 + cfg.connect_timeout.0;
         Ok(Self {
             batcher: Batcher::start(
                 &conns,
+                clustered,
                 cfg.max_batch,
                 cfg.pipeline_buffer,
                 deadline,
                 metrics.clone(),
             ),
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown.0),
-            client,
+            nodes,
             conns: conns.into(),
+            clustered,
             announce: (cfg.invalidation == Invalidation::Pubsub)
                 .then(|| cfg.invalidation_channel.clone()),
             next: AtomicUsize::new(0),
@@ -151,9 +195,10 @@ impl L2 {
         self.up.load(Ordering::Relaxed) && !self.breaker.is_open()
     }
 
-    /// The client, for connections of other kinds than the data connections (the bus).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// A client per node (one, or each listed cluster node), for connections of other kinds
+    /// than the data connections (the bus).
+    pub fn nodes(&self) -> &[redis::Client] {
+        &self.nodes
     }
 
     /// The longest any one call may take (response plus connect timeout).
@@ -172,36 +217,70 @@ impl L2 {
         }
     }
 
-    /// Runs a write: its command, then the announcement of `keys`, in one round trip.
-    async fn write<'k, T: redis::FromRedisValue + Send + 'static>(
+    /// Runs a one-key write: its command, then the announcement of `key`, in one round trip.
+    async fn write<T: redis::FromRedisValue + Send + 'static>(
         &self,
         op: L2Op,
         cmd: redis::Cmd,
-        keys: impl IntoIterator<Item = &'k [u8]>,
+        key: &[u8],
     ) -> Result<T, L2Error> {
         let mut pipe = redis::pipe();
         pipe.add_command(cmd);
-        self.announce(&mut pipe, keys);
+        self.announce(&mut pipe, [key]);
         let (reply,): (T,) = self
-            .run(op, |mut c| async move { pipe.query_async(&mut c).await })
+            .run(
+                op,
+                key,
+                |mut c| async move { pipe.query_async(&mut c).await },
+            )
             .await?;
         Ok(reply)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    /// The next connection, aimed at `key`'s slot on a cluster.
+    fn conn(&self, key: &[u8]) -> Conn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
+        self.conns[i].clone().aimed_at(key)
     }
 
-    /// Runs one command or pipeline on the next connection (see `guard`).
-    async fn run<T, F, Fut>(&self, op: L2Op, f: F) -> Result<T, L2Error>
+    /// Runs one command or pipeline about `key` (or keys of its slot) on the next connection
+    /// (see `guard`).
+    async fn run<T, F, Fut>(&self, op: L2Op, key: &[u8], f: F) -> Result<T, L2Error>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, RedisError>>,
     {
-        let conn = self.conn();
+        let conn = self.conn(key);
         self.guard(op, async move { f(conn).await.map_err(L2Error::from) })
             .await
+    }
+
+    /// Runs `f` once per group of `keys` that can share a pipeline (one group on a single
+    /// Redis, one per slot on a cluster), the groups concurrently; each result comes back with
+    /// the indices of its group's keys.
+    async fn per_slot<K, T, F, Fut>(
+        &self,
+        op: L2Op,
+        keys: &[K],
+        f: F,
+    ) -> Result<Vec<(Vec<usize>, T)>, L2Error>
+    where
+        K: AsRef<[u8]>,
+        F: Fn(Conn, &[usize]) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        try_join_all(groups(self.clustered, keys).into_iter().map(|group| {
+            let first = group.first().map_or(&[][..], |&i| keys[i].as_ref());
+            let conn = self.conn(first);
+            let f = &f;
+            async move {
+                let out = self
+                    .guard(op, async { f(conn, &group).await.map_err(L2Error::from) })
+                    .await?;
+                Ok((group, out))
+            }
+        }))
+        .await
     }
 
     /// Every L2 call goes through here: the breaker's leave (or an immediate refusal), the
@@ -262,60 +341,56 @@ impl L2 {
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
         let (value, pttl): (Option<Bytes>, i64) = self
-            .run(
-                L2Op::Get,
-                |mut c| async move { pipe.query_async(&mut c).await },
-            )
+            .run(L2Op::Get, key, |mut c| async move {
+                pipe.query_async(&mut c).await
+            })
             .await?;
         Ok(value.map(|v| (v, ttl_from_pttl(pttl))))
     }
 
-    /// MGET and a PTTL per key, all in one round trip.
+    /// MGET and a PTTL per key, in one round trip (one per slot on a cluster). A key of
+    /// another type reads as absent, as MGET has it.
     pub async fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Fetched>>, L2Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("MGET").arg(keys);
-        for k in keys {
-            pipe.cmd("PTTL").arg(*k);
-        }
-        let raw: Vec<redis::Value> = self
-            .run(
-                L2Op::MGet,
-                |mut c| async move { pipe.query_async(&mut c).await },
-            )
-            .await?;
-        let mut it = raw.into_iter();
-        let values: Vec<Option<Bytes>> =
-            redis::from_redis_value(it.next().unwrap_or(redis::Value::Nil))
-                .map_err(|e| L2Error::refused(e.to_string()))?;
-        Ok(values
-            .into_iter()
-            .zip(it)
-            .map(|(v, pttl)| {
-                let pttl: i64 = redis::from_redis_value(pttl).unwrap_or(-1);
-                v.map(|v| (v, ttl_from_pttl(pttl)))
+        let parts = self
+            .per_slot(L2Op::MGet, keys, |mut c, group| {
+                let pipe = mget_pipeline(group.iter().map(|&i| keys[i]));
+                async move { pipe.query_async::<Vec<redis::Value>>(&mut c).await }
             })
-            .collect())
+            .await?;
+        let mut out = vec![None; keys.len()];
+        for (group, raw) in parts {
+            for (i, slot) in group.iter().zip(slots(raw, group.len())?) {
+                if let Slot::Found(f) = slot {
+                    out[*i] = Some(f);
+                }
+            }
+        }
+        Ok(out)
     }
 
-    /// Every SET in one pipeline (one round trip). Not atomic: on an error some items may be
-    /// written, and a retry of the whole batch is safe because SET is idempotent.
+    /// Every SET in one pipeline (one round trip; one per slot on a cluster). Not atomic: on
+    /// an error some items may be written, and a retry of the whole batch is safe because SET
+    /// is idempotent.
     pub async fn set_many(
         &self,
         items: &[(Bytes, Bytes, Option<Duration>)],
     ) -> Result<(), L2Error> {
-        let mut pipe = redis::pipe();
-        for (k, v, ttl) in items {
-            pipe.add_command(set_cmd(k, v, &SetOptions::expiring(*ttl)))
-                .ignore();
-        }
-        self.announce(&mut pipe, items.iter().map(|(k, _, _)| k.as_ref()));
-        self.run(L2Op::MSet, |mut c| async move {
-            pipe.query_async::<()>(&mut c).await
+        let keys: Vec<&[u8]> = items.iter().map(|(k, _, _)| k.as_ref()).collect();
+        self.per_slot(L2Op::MSet, &keys, |mut c, group| {
+            let mut pipe = redis::pipe();
+            for &i in group {
+                let (k, v, ttl) = &items[i];
+                pipe.add_command(set_cmd(k, v, &SetOptions::expiring(*ttl)))
+                    .ignore();
+            }
+            self.announce(&mut pipe, group.iter().map(|&i| keys[i]));
+            async move { pipe.query_async::<()>(&mut c).await }
         })
         .await
+        .map(drop)
     }
 
     /// SET with its options, answered as Redis answered.
@@ -326,7 +401,7 @@ impl L2 {
         opts: SetOptions,
     ) -> Result<SetOutcome, L2Error> {
         let cmd = set_cmd(key, value, &opts);
-        let reply: redis::Value = self.write(L2Op::Set, cmd, [key]).await?;
+        let reply: redis::Value = self.write(L2Op::Set, cmd, key).await?;
         Ok(match (opts.get, reply) {
             (true, redis::Value::Nil) => SetOutcome::Old(None),
             (true, v) => SetOutcome::Old(Some(
@@ -337,18 +412,24 @@ impl L2 {
         })
     }
 
-    /// DEL; how many of the keys existed.
+    /// DEL, with its announcement; how many of the keys existed.
     pub async fn del(&self, keys: &[Bytes]) -> Result<u64, L2Error> {
-        let cmd = keys_cmd("DEL", keys);
-        self.write(L2Op::Del, cmd, keys.iter().map(|k| k.as_ref()))
-            .await
+        let parts = self
+            .per_slot(L2Op::Del, keys, |mut c, group| {
+                let mut pipe = redis::pipe();
+                pipe.add_command(keys_cmd("DEL", group.iter().map(|&i| &keys[i])));
+                self.announce(&mut pipe, group.iter().map(|&i| keys[i].as_ref()));
+                async move { pipe.query_async::<(u64,)>(&mut c).await }
+            })
+            .await?;
+        Ok(parts.into_iter().map(|(_, (n,))| n).sum())
     }
 
     /// INCRBY, run in Redis so concurrent increments from every instance add up.
     pub async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, L2Error> {
         let mut cmd = redis::cmd("INCRBY");
         cmd.arg(key).arg(delta);
-        self.write(L2Op::Incr, cmd, [key]).await
+        self.write(L2Op::Incr, cmd, key).await
     }
 
     /// PEXPIRE with its condition; whether it was applied.
@@ -373,7 +454,7 @@ impl L2 {
                 cmd.arg("XX").arg("LT");
             }
         }
-        let n: i64 = self.write(L2Op::Expire, cmd, [key]).await?;
+        let n: i64 = self.write(L2Op::Expire, cmd, key).await?;
         Ok(n == 1)
     }
 
@@ -382,10 +463,9 @@ impl L2 {
         let mut cmd = redis::cmd("PTTL");
         cmd.arg(key);
         let ms: i64 = self
-            .run(
-                L2Op::Ttl,
-                |mut c| async move { cmd.query_async(&mut c).await },
-            )
+            .run(L2Op::Ttl, key, |mut c| async move {
+                cmd.query_async(&mut c).await
+            })
             .await?;
         Ok(match ms {
             -1 => Ttl::Persistent,
@@ -396,11 +476,13 @@ impl L2 {
 
     /// EXISTS; how many of the keys exist, counting repeats.
     pub async fn exists(&self, keys: &[Bytes]) -> Result<u64, L2Error> {
-        let cmd = keys_cmd("EXISTS", keys);
-        self.run(L2Op::Exists, |mut c| async move {
-            cmd.query_async(&mut c).await
-        })
-        .await
+        let parts = self
+            .per_slot(L2Op::Exists, keys, |mut c, group| {
+                let cmd = keys_cmd("EXISTS", group.iter().map(|&i| &keys[i]));
+                async move { cmd.query_async::<u64>(&mut c).await }
+            })
+            .await?;
+        Ok(parts.into_iter().map(|(_, n)| n).sum())
     }
 
     /// Probes every connection; L2 is up only when all of them answer, since requests are
@@ -409,6 +491,7 @@ impl L2 {
         let mut ok = true;
         for c in self.conns.iter() {
             let start = Instant::now();
+            // Not aimed: on a cluster redis-rs sends PING to every node.
             let mut c = c.clone();
             let mut good = self.ping(&mut c).await;
             if let Err(L2Error::Unavailable(_)) = good {
@@ -429,7 +512,7 @@ impl L2 {
         ok
     }
 
-    async fn ping(&self, c: &mut ConnectionManager) -> Result<(), L2Error> {
+    async fn ping(&self, c: &mut Conn) -> Result<(), L2Error> {
         match tokio::time::timeout(self.deadline, redis::cmd("PING").query_async::<String>(c)).await
         {
             Ok(r) => r.map(drop).map_err(L2Error::from),
@@ -506,7 +589,7 @@ fn set_cmd(key: &[u8], value: &[u8], opts: &SetOptions) -> redis::Cmd {
 }
 
 /// A command followed by every key in `keys` (DEL, EXISTS).
-fn keys_cmd(name: &str, keys: &[Bytes]) -> redis::Cmd {
+fn keys_cmd<'k>(name: &str, keys: impl IntoIterator<Item = &'k Bytes>) -> redis::Cmd {
     let mut cmd = redis::cmd(name);
     for k in keys {
         cmd.arg(k.as_ref());

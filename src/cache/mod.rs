@@ -6,6 +6,7 @@
 mod batch;
 mod breaker;
 pub mod bus;
+mod conn;
 mod epoch;
 pub mod hot;
 pub mod l1;

@@ -255,8 +255,11 @@ impl Default for L1Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct L2Config {
-    /// `redis://[user:pass@]host:port[/db]`; empty runs the standalone memory mode.
+    /// `redis://[user:pass@]host:port[/db]`; empty (and no `cluster_nodes`) runs the
+    /// standalone memory mode.
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`); used instead of `url`.
+    pub cluster_nodes: Vec<String>,
     pub connections: usize,
     /// Longest wait for a Redis reply; a call that must also (re)connect may take up to
     /// `connect_timeout` more.
@@ -293,6 +296,7 @@ impl Default for L2Config {
     fn default() -> Self {
         Self {
             url: String::new(),
+            cluster_nodes: Vec::new(),
             connections: DEFAULT_L2_CONNECTIONS,
             timeout: HumanDuration(DEFAULT_L2_TIMEOUT),
             connect_timeout: HumanDuration(DEFAULT_L2_CONNECT_TIMEOUT),
@@ -359,7 +363,7 @@ impl std::fmt::Display for Problem {
 impl Config {
     /// True when no L2 is configured: the memory tier is the store.
     pub fn standalone(&self) -> bool {
-        self.l2.url.trim().is_empty()
+        self.l2.url.trim().is_empty() && self.l2.cluster_nodes.is_empty()
     }
 
     /// Checks what types alone cannot: ranges and relations between keys. Returns every problem.
@@ -437,9 +441,32 @@ impl Config {
         if self.l1.max_ttl.0.is_zero() {
             bad("l1.max_ttl", "must be above 0s".into());
         }
-        if !self.standalone() {
-            if let Err(e) = redis::Client::open(self.l2.url.as_str()) {
-                bad("l2.url", format!("not a Redis URL: {e}"));
+        if self.l2.cluster_nodes.is_empty() {
+            if !self.standalone() {
+                if let Err(e) = redis::Client::open(self.l2.url.as_str()) {
+                    bad("l2.url", format!("not a Redis URL: {e}"));
+                }
+            }
+        } else {
+            if !self.l2.url.trim().is_empty() {
+                bad(
+                    "l2.url",
+                    "must be empty when l2.cluster_nodes names a cluster".into(),
+                );
+            }
+            for (i, node) in self.l2.cluster_nodes.iter().enumerate() {
+                if let Err(e) = redis::Client::open(node.as_str()) {
+                    bad(
+                        &format!("l2.cluster_nodes[{i}]"),
+                        format!("not a Redis URL: {e}"),
+                    );
+                }
+            }
+            if self.l2.invalidation == Invalidation::Tracking {
+                bad(
+                    "l2.invalidation",
+                    "\"tracking\" is not supported on a cluster yet (each node reports only its own keys); use \"pubsub\"".into(),
+                );
             }
         }
         if self.l2.connections == 0 || self.l2.connections > 256 {

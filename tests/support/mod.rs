@@ -189,6 +189,99 @@ impl Drop for Redis {
     }
 }
 
+/// A local Redis Cluster: three masters (no replicas) on free ports, their slots assigned by
+/// `redis-cli --cluster create`. Killed, and its node files removed, on drop.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<Redis> = (0..3).map(|_| Self::node(dir.path())).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli is on PATH (scripts/test.sh installs redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Cluster { nodes, _dir: dir };
+        let deadline = Instant::now() + SETTLE;
+        while !cluster.nodes.iter().all(|n| {
+            redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query::<String>(&mut n.conn())
+                .is_ok_and(|i| i.contains("cluster_state:ok"))
+        }) {
+            assert!(Instant::now() < deadline, "the cluster did not settle");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// A cluster-enabled redis-server whose port and cluster bus port (+10000) are both free.
+    fn node(dir: &std::path::Path) -> Redis {
+        for _ in 0..20 {
+            let port = fastrand::u16(20_000..=50_000);
+            let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+            if !free(port) || !free(port + 10_000) {
+                continue;
+            }
+            let conf = dir.join(format!("nodes-{port}.conf"));
+            let mut r = Redis {
+                port,
+                child: None,
+                extra_args: vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    conf.to_string_lossy().into_owned(),
+                    "--cluster-node-timeout".into(),
+                    "2000".into(),
+                ],
+            };
+            if r.spawn() {
+                return r;
+            }
+        }
+        panic!("could not start a cluster node");
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::url).collect()
+    }
+
+    /// Gateway config with this cluster as L2.
+    pub fn config(&self) -> Config {
+        let mut c = config(None);
+        c.l2.cluster_nodes = self.urls();
+        c
+    }
+
+    /// A direct cluster connection, bypassing tiergate.
+    pub fn conn(&self) -> redis::cluster::ClusterConnection {
+        redis::cluster::ClusterClient::new(self.urls())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// How many times `command` ran, summed over the nodes.
+    pub fn calls(&self, command: &str) -> u64 {
+        self.nodes.iter().map(|n| n.calls(command)).sum()
+    }
+}
+
 /// Config for a test gateway: loopback ephemeral ports, a small L1, and L2 if given.
 pub fn config(l2_url: Option<&str>) -> Config {
     let mut c = Config::default();
