@@ -632,6 +632,22 @@ mod tests {
     }
 
     #[test]
+    fn cluster_nodes_are_checked() {
+        let mut c = Config::default();
+        c.l2.cluster_nodes = vec!["redis://127.0.0.1:7000".into()];
+        assert!(!c.standalone());
+        assert!(c.validate().is_empty());
+        c.l2.url = "redis://127.0.0.1:6379".into();
+        c.l2.cluster_nodes.push("not a url".into());
+        c.l2.invalidation = Invalidation::Tracking;
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(
+            paths,
+            ["l2.url", "l2.cluster_nodes[1]", "l2.invalidation"]
+        );
+    }
+
+    #[test]
     fn overlapping_tracking_prefixes_are_refused() {
         let mut c = Config::default();
         c.l2.tracking_prefixes = vec!["user:".into(), "sess:".into()];
