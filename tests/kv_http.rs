@@ -510,3 +510,53 @@ async fn stale_entries_answer_only_while_l2_cannot() {
     );
     assert!(metric(&gw.metrics().await, "tiergate_l1_stale_served_total") >= 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
+    let redis = Redis::start();
+    let mut cfg = support::config(Some(&redis.url()));
+    cfg.l1.max_ttl = tiergate::config::HumanDuration(Duration::from_millis(200));
+    cfg.l1.stale_while_revalidate = tiergate::config::HumanDuration(Duration::from_secs(600));
+    let gw = Gateway::start_ready(cfg).await;
+    assert_eq!(gw.put("k", "v1").await.status(), 204);
+    assert_eq!(gw.get("k").await.headers()["x-cache"], "L2");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    redis::cmd("SET")
+        .arg("k")
+        .arg("v2")
+        .exec(&mut redis.conn())
+        .unwrap();
+
+    // Past its TTL: answered from L1 at once, while Redis is held busy, so the answers
+    // cannot have waited for it; one refresh for all 20 readers.
+    let reads = redis.calls("mget");
+    let sleeper = redis.pause(0.5);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let readers: Vec<_> = (0..20)
+        .map(|_| {
+            let (http, url) = (gw.http.clone(), gw.kv("k"));
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.unwrap();
+                let tier = r.headers()["x-cache"].to_str().unwrap().to_string();
+                (tier, r.text().await.unwrap())
+            })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.await.unwrap(), ("L1".to_string(), "v1".to_string()));
+    }
+    sleeper.join().unwrap();
+    support::eventually("the background refresh lands", || async {
+        gw.get("k").await.text().await.unwrap() == "v2"
+    })
+    .await;
+    assert_eq!(
+        redis.calls("mget") - reads,
+        1,
+        "one refresh for 20 stale reads"
+    );
+    assert_eq!(
+        metric(&gw.metrics().await, "tiergate_l1_refreshes_total"),
+        1.0
+    );
+}

@@ -128,6 +128,11 @@ impl L1 {
         }
     }
 
+    /// Whether `e` is past its TTL by less than `window`.
+    pub fn within(&self, e: &Entry, window: Duration) -> bool {
+        !window.is_zero() && e.expires_at.is_some_and(|at| Instant::now() < at + window)
+    }
+
     /// Whether `e` is within its TTL. Without a grace moka only returns fresh entries, so
     /// this reads no clock on the hot path then.
     pub fn is_fresh(&self, e: &Entry) -> bool {

@@ -11,6 +11,7 @@ mod epoch;
 pub mod hot;
 pub mod l1;
 pub mod l2;
+pub mod refresh;
 
 use crate::{
     config::{Config, Invalidation},
@@ -135,6 +136,9 @@ pub struct TieredCache {
     ttl_jitter: f64,
     /// How long L1 remembers that L2 had no such key (zero: not at all).
     negative_ttl: Duration,
+    /// How long past its TTL an entry is answered at once while it is refreshed.
+    stale_while_revalidate: Duration,
+    refresher: refresh::Refresher,
     epochs: Epochs,
     /// The invalidation bus, when L2 is shared with other instances.
     bus: Option<Arc<bus::Bus>>,
@@ -166,16 +170,27 @@ impl TieredCache {
         Ok(Self {
             bus,
             hot: hot::HotKeys::new(config.admin.hot_keys, config.admin.hot_keys_sample),
-            // Stale entries are only ever answered for an unreachable L2.
+            // Entries are kept past their TTL for whichever use of stale entries is longer;
+            // never in standalone mode, where L1 is the store and a TTL is the key's own.
             l1: L1::new(
                 capacity,
                 l2.is_none(),
                 if l2.is_some() {
-                    config.l1.stale_if_error.0
+                    config
+                        .l1
+                        .stale_if_error
+                        .0
+                        .max(config.l1.stale_while_revalidate.0)
                 } else {
                     Duration::ZERO
                 },
             ),
+            stale_while_revalidate: if l2.is_some() {
+                config.l1.stale_while_revalidate.0
+            } else {
+                Duration::ZERO
+            },
+            refresher: refresh::Refresher::new(),
             negative_ttl: if l2.is_some() {
                 config.l1.negative_ttl.0
             } else {
@@ -227,7 +242,7 @@ impl TieredCache {
             if self.l1.is_fresh(&e) {
                 return Ok(self.answer(e, Tier::L1));
             }
-            return self.revalidate(key).await;
+            return self.read_stale(key, e).await;
         }
         self.metrics.miss(Tier::L1);
         let Some(l2) = &self.l2 else { return Ok(None) };
@@ -278,11 +293,26 @@ impl TieredCache {
         (!self.negative_ttl.is_zero()).then(|| Entry::absent(self.negative_ttl))
     }
 
-    /// A read that found only a stale L1 entry (past its TTL, within `l1.stale_if_error`):
-    /// ask L2 and store what it says; if L2 cannot be reached, answer the stale entry.
-    /// Concurrent readers of the key run one at a time (moka's compute), and those after the
-    /// first find the entry fresh again and ask L2 nothing.
-    async fn revalidate(&self, key: &[u8]) -> Result<Option<Hit>, L2Error> {
+    /// A read that found only a stale L1 entry: answered with it at once when it is within
+    /// `l1.stale_while_revalidate` (the key is refreshed in the background), else read again
+    /// from L2 now (`revalidate`), the stale entry answering only if L2 cannot.
+    async fn read_stale(&self, key: &[u8], stale: Entry) -> Result<Option<Hit>, L2Error> {
+        if self.l1.within(&stale, self.stale_while_revalidate) {
+            self.refresher.schedule(key);
+            return Ok(self.answer(stale, Tier::L1));
+        }
+        let (e, tier) = self.revalidate(key).await?;
+        if tier == Tier::L1 && !self.l1.is_fresh(&e) {
+            self.metrics.l1_stale_served.inc();
+        }
+        Ok(self.answer(e, tier))
+    }
+
+    /// Reads `key` from L2 and stores what it says in L1; if L2 cannot be reached, the stale
+    /// entry (if still held) is the answer. Concurrent callers for the key run one at a time
+    /// (moka's compute), and those after the first find the entry fresh again and ask L2
+    /// nothing.
+    async fn revalidate(&self, key: &[u8]) -> Result<(Entry, Tier), L2Error> {
         let l2 = self
             .l2
             .as_ref()
@@ -307,10 +337,7 @@ impl TieredCache {
                             }
                         }
                         Err(e) => match cur {
-                            Some(stale) if e.is_outage() => {
-                                self.metrics.l1_stale_served.inc();
-                                (Op::Nop, Ok((stale, Tier::L1)))
-                            }
+                            Some(stale) if e.is_outage() => (Op::Nop, Ok((stale, Tier::L1))),
                             _ => (Op::Nop, Err(e)),
                         },
                     },
@@ -319,8 +346,7 @@ impl TieredCache {
             .await
             .expect("an entry was found, so L1 is enabled");
         self.drop_if_raced(key, epoch).await;
-        let (e, tier) = answer?;
-        Ok(self.answer(e, tier))
+        answer
     }
 
     /// A read while L1 cannot be trusted (the bus is down): L2 answers; when it cannot, L1
@@ -373,6 +399,10 @@ impl TieredCache {
         for (i, k) in keys.iter().enumerate() {
             match self.l1.get(k).await {
                 Some(e) if self.l1.is_fresh(&e) => out.push(self.answer(e, Tier::L1)),
+                Some(e) if self.l1.within(&e, self.stale_while_revalidate) => {
+                    self.refresher.schedule(k);
+                    out.push(self.answer(e, Tier::L1));
+                }
                 held => {
                     self.metrics.miss(Tier::L1);
                     out.push(None);

@@ -58,6 +58,9 @@ pub const DEFAULT_L1_NEGATIVE_TTL: Duration = Duration::ZERO;
 /// Off: past its TTL a key may be gone from Redis, and a RESP client expects it gone. Turn it
 /// on to keep answering expired values for this long while Redis cannot be reached.
 pub const DEFAULT_L1_STALE_IF_ERROR: Duration = Duration::ZERO;
+/// Off: an answer past its TTL can be one write behind for a round trip. Turn it on to
+/// take L2's latency off reads of keys that just expired.
+pub const DEFAULT_L1_STALE_WHILE_REVALIDATE: Duration = Duration::ZERO;
 /// Multiplexed connections to L2; each pipelines every concurrent command, so a few suffice.
 pub const DEFAULT_L2_CONNECTIONS: usize = 4;
 /// A Redis command slower than this is failed: a stuck L2 must not pile up requests.
@@ -238,6 +241,9 @@ pub struct L1Config {
     pub negative_ttl: HumanDuration,
     /// How long past its TTL an entry may still answer while L2 cannot be reached (0s: never).
     pub stale_if_error: HumanDuration,
+    /// How long past its TTL an entry is answered at once while it is read again from L2 in
+    /// the background (0s: never).
+    pub stale_while_revalidate: HumanDuration,
 }
 
 impl Default for L1Config {
@@ -248,6 +254,7 @@ impl Default for L1Config {
             ttl_jitter: DEFAULT_L1_TTL_JITTER,
             negative_ttl: HumanDuration(DEFAULT_L1_NEGATIVE_TTL),
             stale_if_error: HumanDuration(DEFAULT_L1_STALE_IF_ERROR),
+            stale_while_revalidate: HumanDuration(DEFAULT_L1_STALE_WHILE_REVALIDATE),
         }
     }
 }
@@ -641,10 +648,7 @@ mod tests {
         c.l2.cluster_nodes.push("not a url".into());
         c.l2.invalidation = Invalidation::Tracking;
         let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
-        assert_eq!(
-            paths,
-            ["l2.url", "l2.cluster_nodes[1]", "l2.invalidation"]
-        );
+        assert_eq!(paths, ["l2.url", "l2.cluster_nodes[1]", "l2.invalidation"]);
     }
 
     #[test]

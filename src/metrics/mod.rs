@@ -104,6 +104,7 @@ pub struct Metrics {
     pub l1_bytes: IntGauge,
     pub l1_negative_hits: IntCounter,
     pub l1_stale_served: IntCounter,
+    pub l1_refreshes: IntCounter,
     l2_duration: Vec<Histogram>,
     l2_errors: Vec<IntCounter>,
     pub l2_up: IntGauge,
@@ -171,6 +172,11 @@ impl Metrics {
         let l1_stale_served = IntCounter::new(
             "l1_stale_served_total",
             "Reads answered from an L1 entry past its TTL because L2 could not be asked (l1.stale_if_error)",
+        )
+        .unwrap();
+        let l1_refreshes = IntCounter::new(
+            "l1_refreshes_total",
+            "Background refreshes of L1 entries answered stale (l1.stale_while_revalidate)",
         )
         .unwrap();
         let l2_duration = HistogramVec::new(
@@ -297,6 +303,7 @@ impl Metrics {
             Box::new(l1_bytes.clone()),
             Box::new(l1_negative_hits.clone()),
             Box::new(l1_stale_served.clone()),
+            Box::new(l1_refreshes.clone()),
             Box::new(l2_duration.clone()),
             Box::new(l2_errors.clone()),
             Box::new(l2_up.clone()),
@@ -348,6 +355,7 @@ impl Metrics {
             l1_bytes,
             l1_negative_hits,
             l1_stale_served,
+            l1_refreshes,
             l2_duration: L2_OPS
                 .iter()
                 .map(|op| l2_duration.with_label_values(&[op]))
