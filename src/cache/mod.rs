@@ -190,7 +190,7 @@ impl TieredCache {
             } else {
                 Duration::ZERO
             },
-            refresher: refresh::Refresher::new(),
+            refresher: refresh::Refresher::default(),
             negative_ttl: if l2.is_some() {
                 config.l1.negative_ttl.0
             } else {

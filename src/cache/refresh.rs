@@ -24,8 +24,8 @@ pub struct Refresher {
     pending: Mutex<HashSet<Bytes>>,
 }
 
-impl Refresher {
-    pub fn new() -> Self {
+impl Default for Refresher {
+    fn default() -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
         Self {
             queue,
@@ -33,7 +33,9 @@ impl Refresher {
             pending: Mutex::new(HashSet::new()),
         }
     }
+}
 
+impl Refresher {
     /// Queues `key` for a background refresh unless it is already queued.
     pub fn schedule(&self, key: &[u8]) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
