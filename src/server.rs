@@ -88,6 +88,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             tracing::info!(l2 = %at, l1_bytes = l1_budget, "tiered mode: L1 in front of L2");
             tokio::spawn(l2.clone().watch_health(draining.clone()));
             tokio::spawn(crate::cache::refresh::run(cache.clone(), draining.clone()));
+            tokio::spawn(crate::cache::warm::run(
+                cache.clone(),
+                config.l1.clone(),
+                draining.clone(),
+            ));
             tokio::spawn(crate::cache::bus::follow(
                 cache.clone(),
                 config.l2.health_interval.0,

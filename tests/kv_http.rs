@@ -560,3 +560,63 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_up_fills_l1_with_the_configured_prefixes() {
+    let redis = Redis::start();
+    let mut pipe = redis::pipe();
+    for i in 0..500 {
+        pipe.cmd("SET").arg(format!("user:{i}")).arg(i).ignore();
+    }
+    for i in 0..100 {
+        pipe.cmd("SET").arg(format!("other:{i}")).arg(i).ignore();
+    }
+    pipe.cmd("SET").arg("user*x").arg("glob").ignore();
+    pipe.exec(&mut redis.conn()).unwrap();
+
+    let mut cfg = support::config(Some(&redis.url()));
+    cfg.l1.warm_prefixes = vec!["user:".into()];
+    cfg.l1.warm_rate = 1_000_000;
+    let gw = Gateway::start_ready(cfg).await;
+    let finished = |want: f64| {
+        let gw = &gw;
+        async move {
+            let m = gw.metrics().await;
+            metric(&m, "tiergate_l1_warm_keys_total") == want
+                && metric(&m, "tiergate_l1_warming") == 0.0
+        }
+    };
+    support::eventually("the warm-up loads every user: key", || finished(500.0)).await;
+
+    let reads = redis.calls("mget");
+    for i in [0, 42, 499] {
+        let r = gw.get(&format!("user:{i}")).await;
+        assert_eq!(r.headers()["x-cache"], "L1", "user:{i} was warmed");
+        assert_eq!(r.text().await.unwrap(), i.to_string());
+    }
+    assert_eq!(redis.calls("mget"), reads, "warmed keys cost Redis nothing");
+    assert_eq!(gw.get("other:1").await.headers()["x-cache"], "L2");
+    assert_eq!(
+        gw.get("user*x").await.headers()["x-cache"],
+        "L2",
+        "the prefix is matched literally, not as a glob"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "tiergate_cache_hits_total{tier=\"l2\"}"),
+        2.0,
+        "warming reads are not counted as reads"
+    );
+
+    // warm_max_keys bounds it.
+    let mut cfg = support::config(Some(&redis.url()));
+    cfg.l1.warm_prefixes = vec!["user:".into(), "other:".into()];
+    cfg.l1.warm_max_keys = 120;
+    let bounded = Gateway::start_ready(cfg).await;
+    let done = || async {
+        let m = bounded.metrics().await;
+        metric(&m, "tiergate_l1_warm_keys_total") == 120.0
+            && metric(&m, "tiergate_l1_warming") == 0.0
+    };
+    support::eventually("the bounded warm-up stops at 120 keys", done).await;
+}

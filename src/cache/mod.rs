@@ -12,6 +12,7 @@ pub mod hot;
 pub mod l1;
 pub mod l2;
 pub mod refresh;
+pub mod warm;
 
 use crate::{
     config::{Config, Invalidation},
@@ -411,17 +412,12 @@ impl TieredCache {
                 }
             }
         }
-        let Some(l2) = &self.l2 else { return Ok(out) };
-        if missing.is_empty() {
+        if self.l2.is_none() || missing.is_empty() {
             return Ok(out);
         }
-        let epochs: Vec<u64> = missing
-            .iter()
-            .map(|&i| self.epochs.read(&keys[i]))
-            .collect();
-        let wanted: Vec<&[u8]> = missing.iter().map(|&i| keys[i].as_ref()).collect();
-        let fetched = match l2.get_many(&wanted).await {
-            Ok(f) => f,
+        let wanted: Vec<Bytes> = missing.iter().map(|&i| keys[i].clone()).collect();
+        let loaded = match self.load_many(&wanted).await {
+            Ok(loaded) => loaded,
             Err(e) if e.is_outage() => {
                 let answers = self.answer_stale(stale).ok_or(e)?;
                 for (&i, a) in missing.iter().zip(answers) {
@@ -431,22 +427,46 @@ impl TieredCache {
             }
             Err(e) => return Err(e),
         };
-        for ((&i, fetched), epoch) in missing.iter().zip(fetched).zip(epochs) {
-            let entry = match fetched {
-                Some((value, ttl)) => Entry::new(value, Some(self.l1_ttl(ttl))),
-                None => match self.negative_entry() {
-                    Some(neg) => neg,
-                    None => {
-                        self.metrics.miss(Tier::L2);
-                        continue;
-                    }
-                },
-            };
-            self.l1.insert(keys[i].clone(), entry.clone()).await;
-            self.drop_if_raced(&keys[i], epoch).await;
-            out[i] = self.answer(entry, Tier::L2);
+        for (&i, entry) in missing.iter().zip(loaded) {
+            match entry {
+                Some(entry) => out[i] = self.answer(entry, Tier::L2),
+                None => self.metrics.miss(Tier::L2),
+            }
         }
         Ok(out)
+    }
+
+    /// Reads `keys` from L2 in one round trip (per slot) and stores each in L1 (a negative
+    /// entry for an absent key, when configured), with the epoch check of a read-through
+    /// load. What was stored, in the order of `keys` (None: absent, nothing stored).
+    async fn load_many(&self, keys: &[Bytes]) -> Result<Vec<Option<Entry>>, L2Error> {
+        let l2 = self.l2.as_ref().expect("only tiered mode loads from L2");
+        let epochs: Vec<u64> = keys.iter().map(|k| self.epochs.read(k)).collect();
+        let wanted: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        let fetched = l2.get_many(&wanted).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for ((key, fetched), epoch) in keys.iter().zip(fetched).zip(epochs) {
+            let entry = match fetched {
+                Some((value, ttl)) => Some(Entry::new(value, Some(self.l1_ttl(ttl)))),
+                None => self.negative_entry(),
+            };
+            if let Some(entry) = &entry {
+                self.l1.insert(key.clone(), entry.clone()).await;
+                self.drop_if_raced(key, epoch).await;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// Loads `keys` into L1 without counting them as reads (no hit or miss counters, no hot
+    /// keys): the warm-up. How many were found in L2.
+    pub async fn warm(&self, keys: &[Bytes]) -> Result<usize, L2Error> {
+        if !self.l1.enabled() || keys.is_empty() {
+            return Ok(0);
+        }
+        let loaded = self.load_many(keys).await?;
+        Ok(loaded.iter().flatten().filter(|e| !e.absent).count())
     }
 
     /// Answers from what L1 holds (stale entries included) for keys L2 could not be asked

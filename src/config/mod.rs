@@ -61,6 +61,11 @@ pub const DEFAULT_L1_STALE_IF_ERROR: Duration = Duration::ZERO;
 /// Off: an answer past its TTL can be one write behind for a round trip. Turn it on to
 /// take L2's latency off reads of keys that just expired.
 pub const DEFAULT_L1_STALE_WHILE_REVALIDATE: Duration = Duration::ZERO;
+/// Keys a second the warm-up reads: a small share of what one Redis serves, so a fleet of
+/// restarting instances does not load it more than its traffic does.
+pub const DEFAULT_L1_WARM_RATE: u32 = 10_000;
+/// Most keys one warm-up loads; L1's byte budget bounds what stays anyway.
+pub const DEFAULT_L1_WARM_MAX_KEYS: usize = 1_000_000;
 /// Multiplexed connections to L2; each pipelines every concurrent command, so a few suffice.
 pub const DEFAULT_L2_CONNECTIONS: usize = 4;
 /// A Redis command slower than this is failed: a stuck L2 must not pile up requests.
@@ -244,6 +249,11 @@ pub struct L1Config {
     /// How long past its TTL an entry is answered at once while it is read again from L2 in
     /// the background (0s: never).
     pub stale_while_revalidate: HumanDuration,
+    /// Key prefixes L1 is filled with at start (empty: no warm-up).
+    pub warm_prefixes: Vec<String>,
+    /// Keys a second the warm-up reads, at most.
+    pub warm_rate: u32,
+    pub warm_max_keys: usize,
 }
 
 impl Default for L1Config {
@@ -255,6 +265,9 @@ impl Default for L1Config {
             negative_ttl: HumanDuration(DEFAULT_L1_NEGATIVE_TTL),
             stale_if_error: HumanDuration(DEFAULT_L1_STALE_IF_ERROR),
             stale_while_revalidate: HumanDuration(DEFAULT_L1_STALE_WHILE_REVALIDATE),
+            warm_prefixes: Vec::new(),
+            warm_rate: DEFAULT_L1_WARM_RATE,
+            warm_max_keys: DEFAULT_L1_WARM_MAX_KEYS,
         }
     }
 }
@@ -444,6 +457,9 @@ impl Config {
         }
         if !(0.0..=0.5).contains(&self.l1.ttl_jitter) {
             bad("l1.ttl_jitter", "must be between 0 and 0.5".into());
+        }
+        if self.l1.warm_rate == 0 {
+            bad("l1.warm_rate", "must be at least 1 key a second".into());
         }
         if self.l1.max_ttl.0.is_zero() {
             bad("l1.max_ttl", "must be above 0s".into());

@@ -105,6 +105,8 @@ pub struct Metrics {
     pub l1_negative_hits: IntCounter,
     pub l1_stale_served: IntCounter,
     pub l1_refreshes: IntCounter,
+    pub l1_warming: IntGauge,
+    pub l1_warm_keys: IntCounter,
     l2_duration: Vec<Histogram>,
     l2_errors: Vec<IntCounter>,
     pub l2_up: IntGauge,
@@ -177,6 +179,16 @@ impl Metrics {
         let l1_refreshes = IntCounter::new(
             "l1_refreshes_total",
             "Background refreshes of L1 entries answered stale (l1.stale_while_revalidate)",
+        )
+        .unwrap();
+        let l1_warming = IntGauge::new(
+            "l1_warming",
+            "1 while the start-up warm-up fills L1 (l1.warm_prefixes)",
+        )
+        .unwrap();
+        let l1_warm_keys = IntCounter::new(
+            "l1_warm_keys_total",
+            "Keys the start-up warm-up found by SCAN and read from L2",
         )
         .unwrap();
         let l2_duration = HistogramVec::new(
@@ -304,6 +316,8 @@ impl Metrics {
             Box::new(l1_negative_hits.clone()),
             Box::new(l1_stale_served.clone()),
             Box::new(l1_refreshes.clone()),
+            Box::new(l1_warming.clone()),
+            Box::new(l1_warm_keys.clone()),
             Box::new(l2_duration.clone()),
             Box::new(l2_errors.clone()),
             Box::new(l2_up.clone()),
@@ -356,6 +370,8 @@ impl Metrics {
             l1_negative_hits,
             l1_stale_served,
             l1_refreshes,
+            l1_warming,
+            l1_warm_keys,
             l2_duration: L2_OPS
                 .iter()
                 .map(|op| l2_duration.with_label_values(&[op]))
