@@ -620,3 +620,34 @@ async fn warm_up_fills_l1_with_the_configured_prefixes() {
     };
     support::eventually("the bounded warm-up stops at 120 keys", done).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_queue_overflow_flushes_l1() {
+    let redis = Redis::start();
+    let mut cfg = support::config(Some(&redis.url()));
+    cfg.l2.invalidation_queue = 1;
+    let gw = Gateway::start_ready(cfg).await;
+    assert_eq!(gw.put("k", "v1").await.status(), 204);
+    assert_eq!(gw.get("k").await.headers()["x-cache"], "L2");
+    let flushes = metric(&gw.metrics().await, "tiergate_bus_flushes_total");
+
+    // A burst of announcements far faster than one queue slot drains: some are dropped, so
+    // the instance must treat its L1 as unknown.
+    let mut burst = redis::pipe();
+    for i in 0..20_000 {
+        burst
+            .cmd("PUBLISH")
+            .arg("tiergate:invalidate")
+            .arg(format!("noise:{i}"))
+            .ignore();
+    }
+    burst.exec(&mut redis.conn()).unwrap();
+    support::eventually("L1 flushed after falling behind", || async {
+        metric(&gw.metrics().await, "tiergate_bus_flushes_total") > flushes
+    })
+    .await;
+    gw.wait_ready().await; // resubscribed
+    let r = gw.get("k").await;
+    assert_eq!(r.headers()["x-cache"], "L2", "the flush emptied L1");
+    assert_eq!(r.text().await.unwrap(), "v1");
+}
