@@ -231,7 +231,8 @@ impl TieredCache {
         self.metrics.bus_flushes.inc();
     }
 
-    /// Reads a key: L1, then L2. Absent keys are not cached.
+    /// Reads a key: L1, then L2 (one coalesced load per key). An absent key is remembered
+    /// only with `l1.negative_ttl`; an entry past its TTL is handled by `read_stale`.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Hit>, L2Error> {
         self.hot.read(key);
         if !self.l1_trusted() {
