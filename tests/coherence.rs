@@ -88,7 +88,8 @@ async fn a_write_through_one_instance_is_never_served_stale_by_the_other() {
         .await
         .unwrap();
 
-    put(&a, "k", "v0").await;
+    // Let B hear this write's own announcement first, or it could evict what B reads next.
+    after_heard(&b, 1, || put(&a, "k", "v0")).await;
     assert_eq!(get(&b, "k").await.0.as_deref(), Some("v0"));
     assert_eq!(
         get(&b, "k").await,
@@ -139,7 +140,8 @@ async fn a_lost_subscription_flushes_l1_before_it_is_trusted_again() {
     let redis = Redis::start();
     let (_a, b) = pair(&redis);
     subscribed(&b).await;
-    put(&b, "k", "old").await;
+    // B hears its own write's announcement; let it land before B caches the key.
+    after_heard(&b, 1, || put(&b, "k", "old")).await;
     assert_eq!(get(&b, "k").await.0.as_deref(), Some("old"));
     assert_eq!(get(&b, "k").await.1, "L1");
 

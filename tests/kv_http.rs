@@ -120,6 +120,7 @@ async fn ttl_expires_in_both_tiers() {
     let gw = Gateway::start_ready(support::config(Some(&redis.url()))).await;
 
     // Written through the gateway with a TTL: L2 has the TTL, L1 honours it.
+    let heard = gw.heard().await;
     let r = gw
         .http
         .put(format!("{}?ttl=700ms", gw.kv("short")))
@@ -133,6 +134,7 @@ async fn ttl_expires_in_both_tiers() {
         .query(&mut redis.conn())
         .unwrap();
     assert!(pttl > 0 && pttl <= 700, "{pttl}");
+    gw.wait_heard_past(heard).await;
     assert_eq!(gw.get("short").await.status(), 200);
     assert_eq!(gw.get("short").await.headers()["x-cache"], "L1");
 
@@ -518,7 +520,7 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     cfg.l1.max_ttl = tiergate::config::HumanDuration(Duration::from_millis(200));
     cfg.l1.stale_while_revalidate = tiergate::config::HumanDuration(Duration::from_secs(600));
     let gw = Gateway::start_ready(cfg).await;
-    assert_eq!(gw.put("k", "v1").await.status(), 204);
+    gw.put_heard("k", "v1").await;
     assert_eq!(gw.get("k").await.headers()["x-cache"], "L2");
     tokio::time::sleep(Duration::from_millis(400)).await;
     redis::cmd("SET")

@@ -118,7 +118,7 @@ async fn redis_down_at_start_then_up() {
 async fn redis_outage_serves_l1_hits_and_refuses_writes_then_recovers() {
     let mut redis = Redis::start();
     let gw = Gateway::start_ready(support::config(Some(&redis.url()))).await;
-    assert_eq!(gw.put("cached", "v").await.status(), 204);
+    gw.put_heard("cached", "v").await;
     assert_eq!(gw.get("cached").await.headers()["x-cache"], "L2");
 
     redis.stop();
@@ -164,7 +164,7 @@ async fn a_hung_redis_opens_the_circuit_and_its_return_closes_it() {
     // Long enough that only the health probe can close it within the test.
     cfg.l2.breaker_cooldown = HumanDuration(Duration::from_secs(600));
     let gw = Gateway::start_ready(cfg).await;
-    assert_eq!(gw.put("cached", "v").await.status(), 204);
+    gw.put_heard("cached", "v").await;
     assert_eq!(gw.get("cached").await.headers()["x-cache"], "L2");
 
     // Redis hangs: it accepts connections but answers nothing.
@@ -220,7 +220,7 @@ async fn redis_killed_and_restarted_under_load() {
     let mut redis = Redis::start();
     let gw = Arc::new(Gateway::start_ready(support::config(Some(&redis.url()))).await);
     for i in 0..50 {
-        assert_eq!(gw.put(&format!("hot:{i}"), "v").await.status(), 204);
+        gw.put_heard(&format!("hot:{i}"), "v").await;
         assert_eq!(gw.get(&format!("hot:{i}")).await.status(), 200); // into L1
     }
 

@@ -5,6 +5,10 @@
 //! - `tracking`: Redis' client-side caching in broadcast mode (`CLIENT TRACKING ON BCAST
 //!   PREFIX ...`): Redis itself pushes the name of every key written under the prefixes, by
 //!   any client, including programs that bypass tiergate and keys Redis expires or evicts.
+//! - `pubsub` on a cluster is sharded: a write SPUBLISHes on its slot's channel
+//!   (`conn::shard_channel`) on the node that applied it, and every instance holds one cluster
+//!   connection SSUBSCRIBEd to the channels of all 16,384 slots. A dropped node connection or
+//!   a moved slot (Redis then pushes `sunsubscribe`) counts as a loss.
 //!
 //! Pub/sub is at-most-once: a message published while an instance is not subscribed is lost
 //! to it. So L1 is trusted only while the subscription is live. When it drops, reads go to L2
@@ -12,10 +16,17 @@
 //! RESP3 connection whose pushes land in a bounded queue; if the queue overflows (the instance
 //! fell that far behind), that counts as a drop too, rather than the queue growing.
 
-use super::TieredCache;
+use super::{
+    conn::{shard_channel, SLOTS},
+    TieredCache,
+};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
-use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
+use futures_util::{StreamExt, TryStreamExt};
+use redis::{
+    aio::MultiplexedConnection, cluster::ClusterClient, cluster_async::ClusterConnection,
+    AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, RedisResult, Value,
+};
 use std::sync::{
     atomic::{AtomicBool, Ordering},
     Arc,
@@ -36,6 +47,28 @@ pub enum Listen {
     Channel(String),
     /// CLIENT TRACKING ON BCAST with these prefixes (none: every key).
     Tracking(Vec<String>),
+    /// SSUBSCRIBE to this channel's shard of every slot of a cluster.
+    Sharded(String),
+}
+
+/// SSUBSCRIBEs in flight at once while joining a sharded bus.
+const SUBSCRIBE_CONCURRENCY: usize = 256;
+
+/// The bus connection.
+enum Listener {
+    Node(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Listener {
+    async fn ping(&mut self) -> RedisResult<Value> {
+        let ping = redis::cmd("PING");
+        match self {
+            Listener::Node(c) => ping.query_async(c).await,
+            // Routed by redis-rs to every node.
+            Listener::Cluster(c) => ping.query_async(c).await,
+        }
+    }
 }
 
 impl Listen {
@@ -52,6 +85,7 @@ impl Listen {
                 }
                 cmd.exec_async(conn).await
             }
+            Listen::Sharded(_) => unreachable!("a sharded bus listens on a cluster connection"),
         }
     }
 }
@@ -108,8 +142,7 @@ pub async fn follow(cache: Arc<TieredCache>, retry: std::time::Duration, shutdow
         }
     };
     for attempt in 0.. {
-        let client = &clients[attempt % clients.len()];
-        let ended = subscription(&cache, &bus, client, l2.deadline(), &shutdown).await;
+        let ended = subscription(&cache, &bus, &clients, attempt, l2.deadline(), &shutdown).await;
         let was_subscribed = bus.subscribed.swap(false, Ordering::AcqRel);
         if was_subscribed {
             cache.metrics.bus_subscribed.set(0);
@@ -130,11 +163,12 @@ pub async fn follow(cache: Arc<TieredCache>, retry: std::time::Duration, shutdow
     }
 }
 
-/// One subscription, from connect to loss.
+/// One subscription, from connect to loss. `attempt` picks the node (single-node modes).
 async fn subscription(
     cache: &TieredCache,
     bus: &Bus,
-    client: &redis::Client,
+    clients: &[redis::Client],
+    attempt: usize,
     deadline: std::time::Duration,
     shutdown: &Shutdown,
 ) -> Ended {
@@ -151,11 +185,13 @@ async fn subscription(
                 }
             };
             match push.kind {
-                PushKind::Message => {
+                PushKind::Message | PushKind::SMessage => {
                     if let Some(Value::BulkString(key)) = push.data.into_iter().nth(1) {
                         pass(Heard::Evict(key.into()));
                     }
                 }
+                // We never unsubscribe: Redis moved a slot away, and its messages with it.
+                PushKind::SUnsubscribe => pass(Heard::Lost),
                 // ["invalidate", [key, ...]], or a nil for "everything".
                 PushKind::Invalidate => match push.data.into_iter().next() {
                     Some(Value::Array(keys)) => {
@@ -173,19 +209,29 @@ async fn subscription(
             Ok(())
         }
     };
-    let config = AsyncConnectionConfig::new()
-        .set_push_sender(on_push)
-        .set_connection_timeout(Some(deadline))
-        .set_response_timeout(Some(deadline));
     let connect = async {
-        let mut conn = client
+        if let Listen::Sharded(channel) = &bus.listen {
+            return join_shards(clients, channel, on_push, deadline)
+                .await
+                .map(Listener::Cluster);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_push_sender(on_push)
+            .set_connection_timeout(Some(deadline))
+            .set_response_timeout(Some(deadline));
+        let mut conn = clients[attempt % clients.len()]
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         bus.listen.start(&mut conn).await?;
-        Ok::<_, redis::RedisError>(conn)
+        Ok::<_, redis::RedisError>(Listener::Node(conn))
+    };
+    // Joining a sharded bus is 16,384 SSUBSCRIBEs; give it room beyond one call's deadline.
+    let connect_budget = match bus.listen {
+        Listen::Sharded(_) => deadline * 10,
+        _ => deadline * 2,
     };
     let mut conn = tokio::select! {
-        c = tokio::time::timeout(deadline * 2, connect) => match c {
+        c = tokio::time::timeout(connect_budget, connect) => match c {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Ended::Lost(e.to_string()),
             Err(_) => return Ended::Lost("subscribe timed out".into()),
@@ -215,7 +261,7 @@ async fn subscription(
                 Some(Heard::Lost) | None => return Ended::Lost("connection closed".into()),
             },
             _ = tokio::time::sleep_until(ping_at) => {
-                let pong = tokio::time::timeout(deadline, redis::cmd("PING").query_async::<Value>(&mut conn)).await;
+                let pong = tokio::time::timeout(deadline, conn.ping()).await;
                 if !matches!(pong, Ok(Ok(_))) {
                     return Ended::Lost("PING unanswered".into());
                 }
@@ -227,6 +273,32 @@ async fn subscription(
             return Ended::Lost("fell behind: invalidation queue full".into());
         }
     }
+}
+
+/// A cluster connection SSUBSCRIBEd to `channel`'s shard of every slot, its pushes (messages,
+/// and `sunsubscribe` when a slot moves, and disconnections) going to `on_push`.
+async fn join_shards(
+    clients: &[redis::Client],
+    channel: &str,
+    on_push: impl redis::aio::AsyncPushSender,
+    deadline: std::time::Duration,
+) -> RedisResult<ClusterConnection> {
+    let cluster = ClusterClient::builder(clients.iter().map(|c| c.get_connection_info().clone()))
+        .use_protocol(ProtocolVersion::RESP3)
+        .push_sender(on_push)
+        .connection_timeout(deadline)
+        .response_timeout(deadline)
+        .build()?;
+    let conn = cluster.get_async_connection().await?;
+    futures_util::stream::iter(0..SLOTS)
+        .map(|slot| {
+            let mut c = conn.clone();
+            async move { c.ssubscribe(shard_channel(channel, slot)).await }
+        })
+        .buffer_unordered(SUBSCRIBE_CONCURRENCY)
+        .try_collect::<()>()
+        .await?;
+    Ok(conn)
 }
 
 /// The L2 client's address and credentials, speaking RESP3 (pushes need it).

@@ -8,7 +8,7 @@
 use super::{
     batch::{mget_pipeline, slots, Batcher, Slot},
     breaker::{Breaker, Change},
-    conn::{groups, Conn},
+    conn::{groups, shard_channel, slot_of, Conn},
     ExpireCond, SetCond, SetOptions, SetOutcome, SetTtl, Ttl,
 };
 use crate::{
@@ -208,13 +208,28 @@ impl L2 {
 
     /// Ends a write's pipeline with a PUBLISH of each key on the invalidation channel, so the
     /// announcement travels in the write's own round trip and reaches subscribers only after
-    /// Redis has applied the write (one connection's commands run in order).
+    /// Redis has applied the write (one connection's commands run in order). On a cluster it
+    /// is an SPUBLISH on the key's slot's channel (sharded pub/sub): it stays on the node that
+    /// applied the write instead of being broadcast to every node.
     fn announce<'k>(&self, pipe: &mut redis::Pipeline, keys: impl IntoIterator<Item = &'k [u8]>) {
-        if let Some(channel) = &self.announce {
-            for k in keys {
+        let Some(channel) = &self.announce else {
+            return;
+        };
+        for k in keys {
+            if self.clustered {
+                pipe.cmd("SPUBLISH")
+                    .arg(shard_channel(channel, slot_of(k)))
+                    .arg(k)
+                    .ignore();
+            } else {
                 pipe.cmd("PUBLISH").arg(channel).arg(k).ignore();
             }
         }
+    }
+
+    /// Whether L2 is a cluster.
+    pub fn clustered(&self) -> bool {
+        self.clustered
     }
 
     /// Runs a one-key write: its command, then the announcement of `key`, in one round trip.

@@ -157,6 +157,10 @@ impl TieredCache {
         };
         let capacity = config.l1.capacity.resolve(memory);
         let listen = match config.l2.invalidation {
+            // On a cluster, sharded: see `bus`.
+            Invalidation::Pubsub if !config.l2.cluster_nodes.is_empty() => {
+                Some(bus::Listen::Sharded(config.l2.invalidation_channel.clone()))
+            }
             Invalidation::Pubsub => {
                 Some(bus::Listen::Channel(config.l2.invalidation_channel.clone()))
             }

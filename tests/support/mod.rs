@@ -375,6 +375,32 @@ impl Gateway {
         self.admin_get("/metrics").await.text().await.unwrap()
     }
 
+    /// PUT that returns once this gateway has heard its own announcement of the write on the
+    /// bus (when it follows one). Its own announcement evicts the key here too, so a read
+    /// made before it lands may be evicted right after; tests that then expect an L1 hit
+    /// write with this.
+    pub async fn put_heard(&self, key: &str, value: &str) {
+        let before = self.heard().await;
+        assert_eq!(self.put(key, value.to_string()).await.status(), 204);
+        self.wait_heard_past(before).await;
+    }
+
+    /// Invalidations this gateway has heard on the bus.
+    pub async fn heard(&self) -> f64 {
+        metric(&self.metrics().await, "tiergate_bus_invalidations_total")
+    }
+
+    /// Waits until the gateway has heard more than `before` invalidations (at once when it
+    /// follows no bus).
+    pub async fn wait_heard_past(&self, before: f64) {
+        if self.bus {
+            eventually("the gateway heard the write", || async {
+                self.heard().await > before
+            })
+            .await;
+        }
+    }
+
     /// GET of an admin-port path.
     pub async fn admin_get(&self, path: &str) -> reqwest::Response {
         self.http
