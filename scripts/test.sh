@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: installs what the tests need when it is missing (redis-server and
-# redis-cli from Debian), then cargo fmt --check, clippy with warnings denied, and the tests
-# with warnings denied. Run from anywhere: scripts/test.sh
+# redis-cli from Debian), then cargo fmt --check, clippy with warnings denied, the tests with
+# warnings denied, and the KV and RESP suites once more over a local Redis Cluster.
+# Run from anywhere: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,3 +36,8 @@ cargo clippy --all-targets --locked -- -D warnings
 
 echo "==> cargo test (warnings denied)"
 RUSTFLAGS="${RUSTFLAGS:-} -D warnings" cargo test --all-targets --locked
+
+# The KV and RESP suites again, with a three-master Redis Cluster as L2 (tests/support).
+echo "==> cargo test --test kv_http --test resp, over a Redis Cluster"
+TIERGATE_TEST_L2=cluster RUSTFLAGS="${RUSTFLAGS:-} -D warnings" \
+    cargo test --locked --test kv_http --test resp

@@ -1,13 +1,14 @@
 //! The Redis-protocol door with real clients (the `redis` crate, redis-cli, redis-benchmark):
 //! every command, pipelines, binary and large values, RESP3, heartbeats, the connection
 //! budget, malformed frames, auth, cross-door reads, and a differential run against
-//! redis-server itself.
+//! redis-server itself. L2 is one redis-server, or a three-master cluster with
+//! `TIERGATE_TEST_L2=cluster`.
 
 mod support;
 
 use redis::{AsyncCommands, Value};
 use std::{process::Command, time::Duration};
-use support::{metric, Gateway, Redis};
+use support::{metric, Backend, Gateway, Redis};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn resp_url(gw: &Gateway) -> String {
@@ -152,8 +153,8 @@ async fn replies_match_redis_server_standalone_tiered_and_over_a_cluster() {
     let got = run_script(&resp_url(&standalone)).await;
     assert_eq!(got, want, "standalone memory mode");
 
-    let l2 = Redis::start();
-    let tiered = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let l2 = Backend::start();
+    let tiered = Gateway::start_ready(l2.config()).await;
     let got = run_script(&resp_url(&tiered)).await;
     assert_eq!(got, want, "tiered mode");
 
@@ -167,8 +168,8 @@ async fn replies_match_redis_server_standalone_tiered_and_over_a_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_reach_l2_with_their_ttl_and_reads_fill_l1() {
-    let l2 = Redis::start();
-    let gw = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let l2 = Backend::start();
+    let gw = Gateway::start_ready(l2.config()).await;
     let mut c = conn(&resp_url(&gw)).await;
     let _: () = redis::cmd("SET")
         .arg("t")
@@ -226,8 +227,8 @@ async fn pipelines_of_a_thousand_answer_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_empty_and_one_mib_values_round_trip() {
-    let l2 = Redis::start();
-    let gw = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let l2 = Backend::start();
+    let gw = Gateway::start_ready(l2.config()).await;
     let mut c = conn(&resp_url(&gw)).await;
     let binary: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
     let big: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
@@ -472,8 +473,8 @@ async fn requirepass_gates_every_command_but_the_handshake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_doors_share_one_engine() {
-    let l2 = Redis::start();
-    let gw = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let l2 = Backend::start();
+    let gw = Gateway::start_ready(l2.config()).await;
     let mut c = conn(&resp_url(&gw)).await;
     assert_eq!(gw.put("from-http", "h").await.status(), 204);
     let v: String = c.get("from-http").await.unwrap();
@@ -490,8 +491,8 @@ async fn both_doors_share_one_engine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_commands_already_received() {
-    let l2 = Redis::start();
-    let gw = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let l2 = Backend::start();
+    let gw = Gateway::start_ready(l2.config()).await;
     redis::cmd("SET")
         .arg("slow")
         .arg("answer")
@@ -558,9 +559,9 @@ async fn redis_cli_and_redis_benchmark_work_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn counters_are_atomic_across_gateways_and_in_the_memory_store() {
-    let l2 = Redis::start();
-    let a = Gateway::start_ready(support::config(Some(&l2.url()))).await;
-    let b = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let l2 = Backend::start();
+    let a = Gateway::start_ready(l2.config()).await;
+    let b = Gateway::start_ready(l2.config()).await;
     let standalone = Gateway::start(support::config(None)).await;
     for (urls, what) in [
         (
@@ -596,8 +597,8 @@ async fn counters_are_atomic_across_gateways_and_in_the_memory_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expire_reaches_l2_and_evicts_the_l1_copy() {
-    let l2 = Redis::start();
-    let gw = Gateway::start_ready(support::config(Some(&l2.url()))).await;
+    let l2 = Backend::start();
+    let gw = Gateway::start_ready(l2.config()).await;
     let mut c = conn(&resp_url(&gw)).await;
     let _: () = c.set("k", "v").await.unwrap();
     let _: String = c.get("k").await.unwrap(); // now in L1

@@ -74,7 +74,11 @@ impl From<RedisError> for L2Error {
     fn from(e: RedisError) -> Self {
         if e.is_timeout() {
             L2Error::Timeout
-        } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        } else if e.is_io_error()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || unavailable_kind(e.kind())
+        {
             L2Error::Unavailable(e.to_string())
         } else {
             let general = L2Error::Refused {
@@ -97,6 +101,18 @@ impl From<RedisError> for L2Error {
 /// Attempts per cluster call: enough to follow a MOVED or ASK after a resharding and a
 /// slot-map refresh; an unreachable node fails the call rather than retrying past the deadline.
 const CLUSTER_RETRIES: u32 = 3;
+
+/// Errors that mean L2 cannot serve now, not that it refused the command: no connection to
+/// the node that owns the slot, the cluster down or failing over, Redis loading its dataset.
+/// They count for the breaker and let stale entries answer, like a refused connection.
+fn unavailable_kind(kind: redis::ErrorKind) -> bool {
+    use redis::{ErrorKind as K, ServerErrorKind as S};
+    matches!(
+        kind,
+        K::ClusterConnectionNotFound
+            | K::Server(S::ClusterDown | S::TryAgain | S::MasterDown | S::BusyLoading)
+    )
+}
 
 /// A value read from L2 and its remaining TTL there (None: the key does not expire).
 pub type Fetched = (Bytes, Option<Duration>);
@@ -624,6 +640,21 @@ pub(super) fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_and_loading_errors_are_outages() {
+        use redis::{ErrorKind as K, ServerErrorKind as S};
+        for kind in [
+            K::ClusterConnectionNotFound,
+            K::Server(S::ClusterDown),
+            K::Server(S::BusyLoading),
+        ] {
+            let e = L2Error::from(RedisError::from((kind, "test")));
+            assert!(e.is_outage(), "{kind:?}: {e:?}");
+        }
+        let refused = L2Error::from(RedisError::from((K::Server(S::ResponseError), "test")));
+        assert!(!refused.is_outage());
+    }
 
     #[test]
     fn pttl_maps_to_ttl() {

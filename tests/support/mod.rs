@@ -189,6 +189,142 @@ impl Drop for Redis {
     }
 }
 
+/// The L2 the KV and RESP suites run against: one redis-server, or a three-master cluster
+/// when `TIERGATE_TEST_L2=cluster` (scripts/test.sh runs those suites both ways).
+pub enum Backend {
+    Single(Redis),
+    Cluster(Cluster),
+}
+
+impl Backend {
+    pub fn start() -> Self {
+        match std::env::var("TIERGATE_TEST_L2").as_deref() {
+            Ok("cluster") => Backend::Cluster(Cluster::start()),
+            _ => Backend::Single(Redis::start()),
+        }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Backend::Cluster(_))
+    }
+
+    /// Gateway config with this as L2.
+    pub fn config(&self) -> Config {
+        match self {
+            Backend::Single(r) => config(Some(&r.url())),
+            Backend::Cluster(c) => c.config(),
+        }
+    }
+
+    /// A direct connection, bypassing tiergate (routed by key on a cluster).
+    pub fn conn(&self) -> Direct {
+        match self {
+            Backend::Single(r) => Direct::Single(r.conn()),
+            Backend::Cluster(c) => Direct::Cluster(c.conn()),
+        }
+    }
+
+    /// How many times `command` ran (summed over the nodes).
+    pub fn calls(&self, command: &str) -> u64 {
+        match self {
+            Backend::Single(r) => r.calls(command),
+            Backend::Cluster(c) => c.calls(command),
+        }
+    }
+
+    /// Holds every node busy for `secs` (DEBUG SLEEP); join the handle to know they woke.
+    pub fn pause(&self, secs: f64) -> std::thread::JoinHandle<()> {
+        let nodes: Vec<std::thread::JoinHandle<()>> = match self {
+            Backend::Single(r) => vec![r.pause(secs)],
+            Backend::Cluster(c) => c.nodes.iter().map(|n| n.pause(secs)).collect(),
+        };
+        std::thread::spawn(move || nodes.into_iter().for_each(|n| n.join().unwrap()))
+    }
+
+    /// Kills every node.
+    pub fn stop(&mut self) {
+        match self {
+            Backend::Single(r) => r.stop(),
+            Backend::Cluster(c) => c.nodes.iter_mut().for_each(Redis::stop),
+        }
+    }
+
+    /// How many distinct hash slots `keys` fall in: the MGETs a batch read of them takes on a
+    /// cluster (1 on a single Redis).
+    pub fn slots(&self, keys: &[&str]) -> u64 {
+        let Backend::Cluster(c) = self else { return 1 };
+        let mut conn = c.nodes[0].conn();
+        let mut slots: Vec<i64> = keys
+            .iter()
+            .map(|k| {
+                redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(*k)
+                    .query(&mut conn)
+                    .unwrap()
+            })
+            .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        slots.len() as u64
+    }
+}
+
+/// A direct connection to a `Backend`.
+pub enum Direct {
+    Single(redis::Connection),
+    Cluster(redis::cluster::ClusterConnection),
+}
+
+impl redis::ConnectionLike for Direct {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        match self {
+            Direct::Single(c) => c.req_packed_command(cmd),
+            Direct::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        match self {
+            Direct::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Direct::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn req_command(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            Direct::Single(c) => c.req_command(cmd),
+            Direct::Cluster(c) => c.req_command(cmd),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Direct::Single(c) => c.get_db(),
+            Direct::Cluster(c) => c.get_db(),
+        }
+    }
+
+    fn check_connection(&mut self) -> bool {
+        match self {
+            Direct::Single(c) => c.check_connection(),
+            Direct::Cluster(c) => c.check_connection(),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            Direct::Single(c) => c.is_open(),
+            Direct::Cluster(c) => c.is_open(),
+        }
+    }
+}
+
 /// A local Redis Cluster: three masters (no replicas) on free ports, their slots assigned by
 /// `redis-cli --cluster create`. Killed, and its node files removed, on drop.
 pub struct Cluster {
