@@ -271,6 +271,7 @@ impl Backend {
 }
 
 /// A direct connection to a `Backend`.
+#[allow(clippy::large_enum_variant)] // one per test, short-lived
 pub enum Direct {
     Single(redis::Connection),
     Cluster(redis::cluster::ClusterConnection),
