@@ -53,6 +53,11 @@ fn hot_path(c: &mut Criterion) {
 
     let state = http::State {
         cache: cache.clone(),
+        admission: tiergate::exec::Admission::from_config(
+            tiergate::metrics::Door::Http,
+            &config.admission,
+            &metrics,
+        ),
         metrics,
         limits: config.limits.clone(),
     };

@@ -6,6 +6,7 @@
 pub mod buf;
 pub mod cache;
 pub mod config;
+pub mod exec;
 pub mod host;
 pub mod http;
 pub mod logging;

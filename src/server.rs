@@ -5,7 +5,7 @@ use crate::{
     cache::{L2Error, TieredCache},
     config::Config,
     host, http,
-    metrics::{admin, Metrics},
+    metrics::{admin, Door, Metrics},
     net::{self, ListenOptions},
     resp,
     shutdown::{self, Shutdown},
@@ -105,6 +105,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         cache: cache.clone(),
         metrics: metrics.clone(),
         limits: config.limits.clone(),
+        admission: crate::exec::Admission::from_config(Door::Http, &config.admission, &metrics),
     });
     let http_task = tokio::spawn(http::serve(
         http_listener,

@@ -333,6 +333,133 @@ async fn redis_killed_and_restarted_under_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_admission_limits_a_door_refuses_at_once() {
+    use std::sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    };
+    let redis = Redis::start();
+    let mut cfg = support::config(Some(&redis.url()));
+    cfg.admission.max_inflight = 4;
+    cfg.admission.max_queue = 4;
+    cfg.admission.queue_timeout = HumanDuration(Duration::from_secs(30));
+    let gw = Arc::new(Gateway::start_ready(cfg).await);
+    let resp_url = format!("redis://{}", gw.running.as_ref().unwrap().resp_addr);
+
+    // Redis sleeps (less than l2.timeout): every read that misses L1 holds its slot until it
+    // wakes.
+    let sleeper = redis.pause(1.0);
+    let awake = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let awake = awake.clone();
+        std::thread::spawn(move || {
+            sleeper.join().unwrap();
+            awake.store(true, Ordering::SeqCst);
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let (gw, awake) = (gw.clone(), awake.clone());
+            tokio::spawn(async move {
+                let r = gw.get(&format!("miss:{i}")).await;
+                let during_sleep = !awake.load(Ordering::SeqCst);
+                let status = r.status().as_u16();
+                let retry_after = r.headers().contains_key("retry-after");
+                let code = if status == 503 {
+                    error_code(r).await
+                } else {
+                    String::new()
+                };
+                (status, code, retry_after, during_sleep)
+            })
+        })
+        .collect();
+
+    // While the slots and the queue are full: the gauges show the bound, and a RESP client
+    // (a door with its own limits) is still served or told BUSY, never left waiting.
+    support::eventually("4 in flight and 4 queued", || async {
+        let m = gw.metrics().await;
+        metric(&m, "tiergate_admission_inflight{door=\"http\"}") == 4.0
+            && metric(&m, "tiergate_admission_queued{door=\"http\"}") == 4.0
+    })
+    .await;
+
+    let mut refused = 0;
+    let mut served = 0;
+    for r in requests {
+        let (status, code, retry_after, during_sleep) = r.await.unwrap();
+        if code == "overloaded" {
+            refused += 1;
+            assert!(retry_after);
+            assert!(during_sleep, "refused at once, not after Redis woke");
+        } else {
+            assert_eq!(status, 404, "served once Redis woke");
+            served += 1;
+        }
+    }
+    assert_eq!(
+        (refused, served),
+        (12, 8),
+        "4 in flight + 4 queued, the rest refused"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "tiergate_admission_rejected_total{door=\"http\",reason=\"queue_full\"}"
+        ),
+        12.0
+    );
+    watch.join().unwrap();
+
+    // The RESP door has its own slots: fill them with clients blocked on a sleeping Redis,
+    // and the next command is answered -BUSY at once.
+    let sleeper = redis.pause(1.0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let client = redis::Client::open(resp_url).unwrap();
+    // The client's own default response timeout is shorter than the wait under test.
+    let patient =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(20)));
+    let blocked: Vec<_> = (0..8)
+        .map(|i| {
+            let (client, patient) = (client.clone(), patient.clone());
+            tokio::spawn(async move {
+                let mut c = client
+                    .get_multiplexed_async_connection_with_config(&patient)
+                    .await
+                    .unwrap();
+                redis::cmd("GET")
+                    .arg(format!("resp:{i}"))
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+            })
+        })
+        .collect();
+    support::eventually("RESP slots and queue full", || async {
+        let m = gw.metrics().await;
+        metric(&m, "tiergate_admission_inflight{door=\"resp\"}") == 4.0
+            && metric(&m, "tiergate_admission_queued{door=\"resp\"}") == 4.0
+    })
+    .await;
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let err = redis::cmd("GET")
+        .arg("one-more")
+        .query_async::<Option<String>>(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("BUSY"), "{err}");
+    sleeper.join().unwrap();
+    for b in blocked {
+        assert_eq!(
+            b.await.unwrap().unwrap(),
+            None,
+            "the admitted ones are answered"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let redis = Redis::start();
     let mut bin = Binary::start(&[

@@ -102,6 +102,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// Admission refused the request: the door is at its limits. 503 with Retry-After.
+    pub fn overloaded(why: crate::exec::Refused) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", why.reason())
+    }
+}
+
 impl From<L2Error> for ApiError {
     fn from(e: L2Error) -> Self {
         let code = match e {

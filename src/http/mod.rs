@@ -11,6 +11,7 @@ mod kv;
 use crate::{
     cache::TieredCache,
     config::{HttpConfig, LimitsConfig},
+    exec::Admission,
     metrics::{Door, Metrics, Route},
     net,
     shutdown::Shutdown,
@@ -35,6 +36,8 @@ pub struct State {
     pub cache: Arc<TieredCache>,
     pub metrics: Arc<Metrics>,
     pub limits: LimitsConfig,
+    /// This door's admission: requests past it are refused with 503 at once.
+    pub admission: Admission,
 }
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
@@ -47,7 +50,10 @@ const BATCH_SET: &str = "/v1/kv:batchSet";
 /// and unit tests can call it without sockets.
 pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
     let start = Instant::now();
-    let (route, reply) = dispatch(state, req).await;
+    let (route, reply) = match state.admission.admit().await {
+        Ok(_admitted) => dispatch(state, req).await,
+        Err(why) => (Route::Unmatched, Err(ApiError::overloaded(why))),
+    };
     let resp = reply.unwrap_or_else(ApiError::into_response);
     state
         .metrics

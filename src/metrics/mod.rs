@@ -94,8 +94,19 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// One door's admission figures (see `exec::admission`).
+#[derive(Clone)]
+pub struct AdmissionMetrics {
+    pub inflight: IntGauge,
+    pub queued: IntGauge,
+    /// By `exec::Refused` (queue full, queue timeout).
+    pub rejected: [IntCounter; 2],
+    pub queue_wait: Histogram,
+}
+
 pub struct Metrics {
     registry: Registry,
+    admission: [AdmissionMetrics; 3],
     http_requests: Vec<[IntCounter; STATUS_LABELS.len()]>,
     http_duration: Vec<Histogram>,
     cache_hits: [IntCounter; 2],
@@ -299,6 +310,39 @@ impl Metrics {
             "Failed accept() calls (fd exhaustion and the like)",
         )
         .unwrap();
+        let admission_inflight = IntGaugeVec::new(
+            Opts::new(
+                "admission_inflight",
+                "Requests (RESP: batches of pipelined commands) running now, by door",
+            ),
+            &["door"],
+        )
+        .unwrap();
+        let admission_queued = IntGaugeVec::new(
+            Opts::new(
+                "admission_queued",
+                "Requests waiting for an admission slot now, by door",
+            ),
+            &["door"],
+        )
+        .unwrap();
+        let admission_rejected = IntCounterVec::new(
+            Opts::new(
+                "admission_rejected_total",
+                "Requests refused by admission (HTTP 503, RESP -BUSY), by door and reason",
+            ),
+            &["door", "reason"],
+        )
+        .unwrap();
+        let admission_wait = HistogramVec::new(
+            HistogramOpts::new(
+                "admission_queue_wait_seconds",
+                "Time queued requests waited for a slot (admitted or not), by door",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["door"],
+        )
+        .unwrap();
         let build = IntGaugeVec::new(
             Opts::new("build_info", "Always 1; the version as a label"),
             &["version"],
@@ -339,12 +383,25 @@ impl Metrics {
             Box::new(bus_subscribed.clone()),
             Box::new(bus_invalidations.clone()),
             Box::new(bus_flushes.clone()),
+            Box::new(admission_inflight.clone()),
+            Box::new(admission_queued.clone()),
+            Box::new(admission_rejected.clone()),
+            Box::new(admission_wait.clone()),
             Box::new(build),
         ] {
             reg(c);
         }
 
         Self {
+            admission: std::array::from_fn(|d| AdmissionMetrics {
+                inflight: admission_inflight.with_label_values(&[DOORS[d]]),
+                queued: admission_queued.with_label_values(&[DOORS[d]]),
+                rejected: [
+                    admission_rejected.with_label_values(&[DOORS[d], "queue_full"]),
+                    admission_rejected.with_label_values(&[DOORS[d], "queue_timeout"]),
+                ],
+                queue_wait: admission_wait.with_label_values(&[DOORS[d]]),
+            }),
             http_requests: Route::ALL
                 .iter()
                 .map(|r| {
@@ -426,6 +483,11 @@ impl Metrics {
         if !ok {
             self.l2_errors[op as usize].inc();
         }
+    }
+
+    /// A door's admission figures.
+    pub fn admission(&self, door: Door) -> AdmissionMetrics {
+        self.admission[door as usize].clone()
     }
 
     /// Counts an L2 call as in flight until the returned guard drops.

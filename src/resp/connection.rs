@@ -10,7 +10,7 @@ use super::{
     session::Session,
     Shared,
 };
-use crate::{buf::pool::Lease, shutdown::Shutdown};
+use crate::{buf::pool::Lease, exec::Refused, shutdown::Shutdown};
 use std::{
     future::{poll_fn, Future},
     io,
@@ -137,20 +137,25 @@ async fn answer(
     shared: &Shared,
 ) -> io::Result<bool> {
     let mut wbuf = shared.buffers.lease();
-    let close = run_buffered(rbuf, &mut wbuf, session, shared).await;
+    // One admission slot for the batch: its commands run one after another anyway.
+    let admitted = shared.admission.admit().await;
+    let close = run_buffered(rbuf, &mut wbuf, session, shared, admitted.as_ref().err()).await;
+    drop(admitted);
     if !wbuf.is_empty() {
         stream.write_all(wbuf.buf()).await?;
     }
     Ok(close)
 }
 
-/// Runs every complete command in `rbuf`, encoding replies into `wbuf`. True when the
-/// connection must close after the replies are written (QUIT, or framing lost).
+/// Runs every complete command in `rbuf`, encoding replies into `wbuf`; when admission
+/// `refused` the batch, each command is answered `-BUSY` instead. True when the connection
+/// must close after the replies are written (QUIT, or framing lost).
 async fn run_buffered(
     rbuf: &mut Lease<'_>,
     wbuf: &mut Lease<'_>,
     session: &mut Session,
     shared: &Shared,
+    refused: Option<&Refused>,
 ) -> bool {
     loop {
         let args = match frame::parse(rbuf.buf(), &shared.limits, &mut session.progress) {
@@ -164,6 +169,14 @@ async fn run_buffered(
             }
         };
         shared.metrics.resp_commands.inc();
+        if let Some(why) = refused {
+            let busy = format!(
+                "BUSY tiergate is at its limits ({}); retry later",
+                why.reason()
+            );
+            Frame::Error(busy.into()).encode(session.proto, wbuf.buf());
+            continue;
+        }
         let reply = match Command::from_args(args, session) {
             Err(reply) => reply,
             Ok(cmd) => {

@@ -10,6 +10,7 @@ use crate::{
     buf::{pool::PoolMetrics, BufferPool},
     cache::TieredCache,
     config::Config,
+    exec::Admission,
     metrics::{Door, Metrics},
     net,
     shutdown::Shutdown,
@@ -39,6 +40,8 @@ pub struct Shared {
     pub facts: Facts,
     /// Read and write buffers, borrowed only while a connection has work.
     pub buffers: BufferPool,
+    /// This door's admission: a batch of commands past it is answered `-BUSY`.
+    pub admission: Admission,
     next_id: AtomicU64,
 }
 
@@ -71,6 +74,7 @@ impl Shared {
             },
         );
         Self {
+            admission: Admission::from_config(Door::Resp, &config.admission, &metrics),
             cache,
             metrics,
             limits: frame::Limits {

@@ -1,0 +1,184 @@
+//! Admission for one front door: at most `admission.max_inflight` requests (RESP: batches of
+//! pipelined commands) run at once; up to `admission.max_queue` more wait, each for at most
+//! `admission.queue_timeout`; anything past that is refused at once (HTTP 503 with
+//! Retry-After, RESP `-BUSY`). Overload then costs a fast refusal, not a growing queue and
+//! memory: the queue is a count, and a waiter is one future in its own connection's task.
+//!
+//! The fast path, with a slot free, is one semaphore `try_acquire` and one gauge increment.
+
+use crate::{
+    config::AdmissionConfig,
+    metrics::{AdmissionMetrics, Door, Metrics},
+};
+use std::{
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+pub struct Admission {
+    slots: Semaphore,
+    queued: AtomicUsize,
+    max_queue: usize,
+    queue_timeout: Duration,
+    metrics: AdmissionMetrics,
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Every slot busy and the queue full.
+    QueueFull,
+    /// It waited `admission.queue_timeout` without a slot.
+    QueueTimeout,
+}
+
+impl Refused {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refused::QueueFull => "too many requests in flight and queued",
+            Refused::QueueTimeout => "no capacity within the queue timeout",
+        }
+    }
+}
+
+/// A slot, held until the request is answered.
+pub struct Admitted<'a> {
+    _slot: SemaphorePermit<'a>,
+    metrics: &'a AdmissionMetrics,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        self.metrics.inflight.dec();
+    }
+}
+
+impl Admission {
+    pub fn new(
+        door: Door,
+        max_inflight: usize,
+        max_queue: usize,
+        queue_timeout: Duration,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        Self {
+            slots: Semaphore::new(max_inflight),
+            queued: AtomicUsize::new(0),
+            max_queue,
+            queue_timeout,
+            metrics: metrics.admission(door),
+        }
+    }
+
+    pub fn from_config(door: Door, cfg: &AdmissionConfig, metrics: &Arc<Metrics>) -> Self {
+        Self::new(
+            door,
+            cfg.max_inflight,
+            cfg.max_queue,
+            cfg.queue_timeout.0,
+            metrics,
+        )
+    }
+
+    /// A slot now, or after a bounded wait in the queue, or a refusal.
+    pub async fn admit(&self) -> Result<Admitted<'_>, Refused> {
+        if let Ok(slot) = self.slots.try_acquire() {
+            return Ok(self.admitted(slot));
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(self.refuse(Refused::QueueFull));
+        }
+        let _queued = Queued::new(self);
+        let start = Instant::now();
+        let waited = tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await;
+        self.metrics
+            .queue_wait
+            .observe(start.elapsed().as_secs_f64());
+        match waited {
+            Ok(Ok(slot)) => Ok(self.admitted(slot)),
+            // Timed out (the semaphore is never closed).
+            _ => Err(self.refuse(Refused::QueueTimeout)),
+        }
+    }
+
+    fn admitted<'a>(&'a self, slot: SemaphorePermit<'a>) -> Admitted<'a> {
+        self.metrics.inflight.inc();
+        Admitted {
+            _slot: slot,
+            metrics: &self.metrics,
+        }
+    }
+
+    fn refuse(&self, why: Refused) -> Refused {
+        self.metrics.rejected[why as usize].inc();
+        why
+    }
+}
+
+/// Counts a waiter in the queue (and its gauge) until it leaves, however it leaves.
+struct Queued<'a>(&'a Admission);
+
+impl<'a> Queued<'a> {
+    fn new(a: &'a Admission) -> Self {
+        a.metrics.queued.inc();
+        Queued(a)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.queued.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn admission(inflight: usize, queue: usize, timeout_ms: u64) -> Admission {
+        Admission::new(
+            Door::Http,
+            inflight,
+            queue,
+            Duration::from_millis(timeout_ms),
+            &Arc::new(Metrics::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn past_the_slots_and_the_queue_it_refuses_at_once() {
+        let a = admission(2, 1, 60_000);
+        let first = a.admit().await.unwrap();
+        let _second = a.admit().await.unwrap();
+        // The third waits in the queue; a fourth finds the queue full.
+        let third = a.admit();
+        tokio::pin!(third);
+        assert!((&mut third).now_or_never().is_none(), "queued");
+        assert_eq!(a.admit().await.err(), Some(Refused::QueueFull));
+        // A slot freed goes to the waiter.
+        drop(first);
+        assert!(third.await.is_ok());
+        assert_eq!(a.metrics.rejected[Refused::QueueFull as usize].get(), 1);
+        assert_eq!(a.metrics.queued.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_is_refused_after_the_queue_timeout() {
+        let a = admission(1, 8, 10);
+        let _held = a.admit().await.unwrap();
+        assert_eq!(a.admit().await.err(), Some(Refused::QueueTimeout));
+        assert_eq!(
+            a.queued.load(Ordering::Acquire),
+            0,
+            "the waiter left the queue"
+        );
+        assert_eq!(a.metrics.inflight.get(), 1);
+    }
+}
