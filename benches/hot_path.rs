@@ -8,13 +8,19 @@ use http_body_util::Empty;
 use std::{hint::black_box, sync::Arc};
 use tiergate::{cache::TieredCache, config::Config, http, metrics::Metrics};
 
-fn standalone() -> (Arc<TieredCache>, Arc<Metrics>, Config) {
-    standalone_with(Config::default())
-}
-
-fn standalone_with(config: Config) -> (Arc<TieredCache>, Arc<Metrics>, Config) {
+/// A standalone engine holding one 64-byte value under "bench".
+fn standalone(
+    rt: &tokio::runtime::Runtime,
+    config: Config,
+) -> (Arc<TieredCache>, Arc<Metrics>, Config) {
     let metrics = Arc::new(Metrics::new());
     let cache = Arc::new(TieredCache::new(&config, 1 << 30, metrics.clone()).unwrap());
+    rt.block_on(cache.set(
+        Bytes::from_static(b"bench"),
+        Bytes::from(vec![b'x'; 64]),
+        None,
+    ))
+    .unwrap();
     (cache, metrics, config)
 }
 
@@ -23,14 +29,7 @@ fn hot_path(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (cache, metrics, config) = standalone();
-    rt.block_on(cache.set(
-        Bytes::from_static(b"bench"),
-        Bytes::from(vec![b'x'; 64]),
-        None,
-    ))
-    .unwrap();
-
+    let (cache, metrics, config) = standalone(&rt, Config::default());
     c.bench_function("tiered_cache_get_l1_hit", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(cache.get(black_box(b"bench")).await.unwrap()) })
@@ -39,13 +38,7 @@ fn hot_path(c: &mut Criterion) {
     // The same without hot-key sampling: what `admin.hot_keys` costs a read.
     let mut no_hot_keys = Config::default();
     no_hot_keys.admin.hot_keys = 0;
-    let (plain, _, _) = standalone_with(no_hot_keys);
-    rt.block_on(plain.set(
-        Bytes::from_static(b"bench"),
-        Bytes::from(vec![b'x'; 64]),
-        None,
-    ))
-    .unwrap();
+    let (plain, _, _) = standalone(&rt, no_hot_keys);
     c.bench_function("tiered_cache_get_l1_hit_no_hot_keys", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(plain.get(black_box(b"bench")).await.unwrap()) })

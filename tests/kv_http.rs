@@ -13,11 +13,7 @@ async fn read_through_fills_l1_from_l2() {
     let gw = Gateway::start_ready(redis.config()).await;
     // A miss is not cached: once the key appears in Redis, the next read finds it.
     assert_eq!(gw.get("user:1").await.status(), 404);
-    redis::cmd("SET")
-        .arg("user:1")
-        .arg("alice")
-        .exec(&mut redis.conn())
-        .unwrap();
+    redis.set("user:1", "alice");
 
     let r = gw.get("user:1").await;
     assert_eq!(r.status(), 200);
@@ -163,18 +159,10 @@ async fn l1_never_outlives_l1_max_ttl() {
     let mut cfg = redis.config();
     cfg.l1.max_ttl = tiergate::config::HumanDuration(Duration::from_millis(300));
     let gw = Gateway::start_ready(cfg).await;
-    redis::cmd("SET")
-        .arg("k")
-        .arg("old")
-        .exec(&mut redis.conn())
-        .unwrap();
+    redis.set("k", "old");
     assert_eq!(gw.get("k").await.text().await.unwrap(), "old");
     // A write that bypasses the gateway is picked up once the L1 copy ages out.
-    redis::cmd("SET")
-        .arg("k")
-        .arg("new")
-        .exec(&mut redis.conn())
-        .unwrap();
+    redis.set("k", "new");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let r = gw.get("k").await;
     assert_eq!(r.headers()["x-cache"], "L2");
@@ -185,26 +173,15 @@ async fn l1_never_outlives_l1_max_ttl() {
 async fn concurrent_misses_share_one_l2_fetch() {
     let redis = Backend::start();
     let gw = Gateway::start_ready(redis.config()).await;
-    redis::cmd("SET")
-        .arg("hot")
-        .arg("value")
-        .exec(&mut redis.conn())
-        .unwrap();
+    redis.set("hot", "value");
     let gets_before = redis.calls("mget");
 
     // Hold Redis busy so that every request below misses L1 while the first load is
     // outstanding; without coalescing each would send its own GET.
     let sleeper = redis.pause(0.5);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let http = gw.http.clone();
-            let url = gw.kv("hot");
-            tokio::spawn(async move { http.get(url).send().await.unwrap().text().await.unwrap() })
-        })
-        .collect();
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), "value");
+    for (_, body) in gw.concurrent_gets("hot", 50).await {
+        assert_eq!(body, "value");
     }
     sleeper.join().unwrap();
     assert_eq!(
@@ -430,11 +407,7 @@ async fn absent_keys_are_remembered_for_negative_ttl_until_a_write() {
 
     // Created behind the gateway's back: the negative entry still answers (the documented
     // cost of negative caching), without asking Redis.
-    redis::cmd("SET")
-        .arg("ghost")
-        .arg("direct")
-        .exec(&mut redis.conn())
-        .unwrap();
+    redis.set("ghost", "direct");
     let r = gw.get("ghost").await;
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["x-cache"], "MISS");
@@ -468,11 +441,7 @@ async fn stale_entries_answer_only_while_l2_cannot() {
 
     // Past its TTL, while Redis answers, the entry is refreshed, never answered stale.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    redis::cmd("SET")
-        .arg("k")
-        .arg("v2")
-        .exec(&mut redis.conn())
-        .unwrap();
+    redis.set("k", "v2");
     let r = gw.get("k").await;
     assert_eq!(r.headers()["x-cache"], "L2");
     assert_eq!(r.text().await.unwrap(), "v2");
@@ -483,14 +452,8 @@ async fn stale_entries_answer_only_while_l2_cannot() {
     let reads = redis.calls("mget");
     let sleeper = redis.pause(0.3);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let readers: Vec<_> = (0..20)
-        .map(|_| {
-            let (http, url) = (gw.http.clone(), gw.kv("k"));
-            tokio::spawn(async move { http.get(url).send().await.unwrap().text().await.unwrap() })
-        })
-        .collect();
-    for r in readers {
-        assert_eq!(r.await.unwrap(), "v2");
+    for (_, body) in gw.concurrent_gets("k", 20).await {
+        assert_eq!(body, "v2");
     }
     sleeper.join().unwrap();
     assert_eq!(redis.calls("mget") - reads, 1, "one refresh for 20 readers");
@@ -524,29 +487,15 @@ async fn stale_while_revalidate_answers_at_once_and_refreshes_once() {
     gw.put_heard("k", "v1").await;
     assert_eq!(gw.get("k").await.headers()["x-cache"], "L2");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    redis::cmd("SET")
-        .arg("k")
-        .arg("v2")
-        .exec(&mut redis.conn())
-        .unwrap();
+    redis.set("k", "v2");
 
     // Past its TTL: answered from L1 at once, while Redis is held busy, so the answers
     // cannot have waited for it; one refresh for all 20 readers.
     let reads = redis.calls("mget");
     let sleeper = redis.pause(0.5);
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let readers: Vec<_> = (0..20)
-        .map(|_| {
-            let (http, url) = (gw.http.clone(), gw.kv("k"));
-            tokio::spawn(async move {
-                let r = http.get(url).send().await.unwrap();
-                let tier = r.headers()["x-cache"].to_str().unwrap().to_string();
-                (tier, r.text().await.unwrap())
-            })
-        })
-        .collect();
-    for r in readers {
-        assert_eq!(r.await.unwrap(), ("L1".to_string(), "v1".to_string()));
+    for answer in gw.concurrent_gets("k", 20).await {
+        assert_eq!(answer, ("L1".to_string(), "v1".to_string()));
     }
     sleeper.join().unwrap();
     support::eventually("the background refresh lands", || async {

@@ -181,11 +181,7 @@ async fn writes_reach_l2_with_their_ttl_and_reads_fill_l1() {
         .unwrap();
     let ttl: i64 = redis::cmd("TTL").arg("t").query(&mut l2.conn()).unwrap();
     assert!(ttl > 90 && ttl <= 100, "{ttl}");
-    let _: () = redis::cmd("SET")
-        .arg("direct")
-        .arg("x")
-        .exec(&mut l2.conn())
-        .unwrap();
+    let _: () = l2.set("direct", "x");
     let v: String = c.get("direct").await.unwrap();
     assert_eq!(v, "x");
     let v: String = c.get("direct").await.unwrap();
@@ -493,11 +489,7 @@ async fn both_doors_share_one_engine() {
 async fn shutdown_answers_commands_already_received() {
     let l2 = Backend::start();
     let gw = Gateway::start_ready(l2.config()).await;
-    redis::cmd("SET")
-        .arg("slow")
-        .arg("answer")
-        .exec(&mut l2.conn())
-        .unwrap();
+    l2.set("slow", "answer");
     let addr = gw.running.as_ref().unwrap().resp_addr;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let sleeper = l2.pause(1.0);

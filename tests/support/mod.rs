@@ -224,6 +224,15 @@ impl Backend {
         }
     }
 
+    /// SET straight to Redis, behind tiergate's back.
+    pub fn set(&self, key: &str, value: &str) {
+        redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .exec(&mut self.conn())
+            .unwrap();
+    }
+
     /// How many times `command` ran (summed over the nodes).
     pub fn calls(&self, command: &str) -> u64 {
         match self {
@@ -520,6 +529,25 @@ impl Gateway {
         let before = self.heard().await;
         assert_eq!(self.put(key, value.to_string()).await.status(), 204);
         self.wait_heard_past(before).await;
+    }
+
+    /// `n` GETs of `key` sent at once: each answer's `X-Cache` tier and body.
+    pub async fn concurrent_gets(&self, key: &str, n: usize) -> Vec<(String, String)> {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let (http, url) = (self.http.clone(), self.kv(key));
+                tokio::spawn(async move {
+                    let r = http.get(url).send().await.unwrap();
+                    let tier = r.headers()["x-cache"].to_str().unwrap().to_string();
+                    (tier, r.text().await.unwrap())
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(n);
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
     }
 
     /// Invalidations this gateway has heard on the bus.
