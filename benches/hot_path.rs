@@ -53,6 +53,8 @@ fn hot_path(c: &mut Criterion) {
         ),
         metrics,
         limits: config.limits.clone(),
+        body_read_timeout: config.http.body_read_timeout.0,
+        request_timeout: config.http.request_timeout.0,
     };
     c.bench_function("http_handle_get_l1_hit", |b| {
         b.to_async(&rt).iter(|| async {

@@ -106,6 +106,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         limits: config.limits.clone(),
         admission: crate::exec::Admission::from_config(Door::Http, &config.admission, &metrics),
+        body_read_timeout: config.http.body_read_timeout.0,
+        request_timeout: config.http.request_timeout.0,
     });
     let http_task = tokio::spawn(http::serve(
         http_listener,

@@ -13,6 +13,22 @@ use std::{net::SocketAddr, time::Duration};
 
 /// Data port for HTTP; 8080 is the conventional unprivileged HTTP port.
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
+/// A client gets this long to send a request's headers, and an idle HTTP/1 keep-alive
+/// connection this long to start its next request (hyper runs one timer for both): long
+/// enough for any real client, short enough that a slowloris holds a connection for seconds.
+pub const DEFAULT_HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request body must arrive within this; a body trickled slower is answered 408.
+pub const DEFAULT_HTTP_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request is answered within this or gets 503 `request_timeout`: L2 calls are bounded far
+/// below it, so only a wedged request meets it.
+pub const DEFAULT_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Request headers past this many bytes get 431; real requests to a KV API are far smaller.
+pub const DEFAULT_HTTP_MAX_HEADER_BYTES: u64 = 16 << 10;
+/// Headers per request past this get 431; hyper's own default (parsed on the stack).
+pub const DEFAULT_HTTP_MAX_HEADERS: usize = 100;
+/// Concurrent streams per h2 connection: one connection cannot hold more than this much of a
+/// door's admission slots.
+pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Redis-protocol port; 6380 so it does not clash with a local Redis on 6379.
 pub const DEFAULT_RESP_LISTEN: &str = "0.0.0.0:6380";
 /// 300k long-lived clients on the 8-core / 32 GB reference server (see docs/TUNING.md);
@@ -198,6 +214,12 @@ pub struct HttpConfig {
     pub reuse_port: bool,
     /// Serve h2c (HTTP/2 with prior knowledge) beside HTTP/1.1 on the same port.
     pub http2: bool,
+    pub header_read_timeout: HumanDuration,
+    pub body_read_timeout: HumanDuration,
+    pub request_timeout: HumanDuration,
+    pub max_header_bytes: ByteSize,
+    pub max_headers: usize,
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl Default for HttpConfig {
@@ -207,6 +229,12 @@ impl Default for HttpConfig {
             backlog: DEFAULT_BACKLOG,
             reuse_port: true,
             http2: true,
+            header_read_timeout: HumanDuration(DEFAULT_HTTP_HEADER_READ_TIMEOUT),
+            body_read_timeout: HumanDuration(DEFAULT_HTTP_BODY_READ_TIMEOUT),
+            request_timeout: HumanDuration(DEFAULT_HTTP_REQUEST_TIMEOUT),
+            max_header_bytes: ByteSize(DEFAULT_HTTP_MAX_HEADER_BYTES),
+            max_headers: DEFAULT_HTTP_MAX_HEADERS,
+            http2_max_concurrent_streams: DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -445,6 +473,31 @@ impl Config {
         }
         if self.http.backlog == 0 {
             bad("http.backlog", "must be at least 1".into());
+        }
+        for (path, d) in [
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.body_read_timeout", self.http.body_read_timeout),
+            ("http.request_timeout", self.http.request_timeout),
+        ] {
+            if d.0.is_zero() {
+                bad(path, "must be above 0s".into());
+            }
+        }
+        // hyper's read buffer, which bounds the head, cannot be smaller than 8KiB.
+        if self.http.max_header_bytes.0 < 8 << 10 || self.http.max_header_bytes.0 > 1 << 20 {
+            bad(
+                "http.max_header_bytes",
+                "must be between 8KiB and 1MiB".into(),
+            );
+        }
+        if self.http.max_headers == 0 {
+            bad("http.max_headers", "must be at least 1".into());
+        }
+        if self.http.http2_max_concurrent_streams == 0 {
+            bad(
+                "http.http2_max_concurrent_streams",
+                "must be at least 1".into(),
+            );
         }
         // Port 0 (any free port, as tests use) cannot clash.
         let clash = |a: SocketAddr, b: SocketAddr| a.port() != 0 && a == b;

@@ -94,7 +94,14 @@ where
     B: RequestBody,
 {
     let limit = state.limits.max_batch_bytes.0;
-    let raw = body::read(headers, b, limit, "batch_too_large").await?;
+    let raw = body::read(
+        headers,
+        b,
+        limit,
+        "batch_too_large",
+        state.body_read_timeout,
+    )
+    .await?;
     serde_json::from_slice(&raw)
         .map_err(|e| ApiError::bad_request("bad_json", format!("invalid request body: {e}")))
 }

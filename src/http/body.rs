@@ -21,12 +21,14 @@ where
 {
 }
 
-/// Reads the whole body if it is at most `limit` bytes; otherwise 413 with `code`.
+/// Reads the whole body if it is at most `limit` bytes (otherwise 413 with `code`) and arrives
+/// within `deadline` (otherwise 408).
 pub async fn read<B: RequestBody>(
     headers: &HeaderMap,
     body: B,
     limit: u64,
     code: &'static str,
+    deadline: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
     let too_large =
         || ApiError::too_large(code, format!("the body exceeds the limit of {limit} bytes"));
@@ -42,7 +44,10 @@ pub async fn read<B: RequestBody>(
             return Err(too_large());
         }
     }
-    match Limited::new(body, limit as usize).collect().await {
+    let collected = tokio::time::timeout(deadline, Limited::new(body, limit as usize).collect())
+        .await
+        .map_err(|_| ApiError::body_timeout())?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(too_large()),
         Err(e) => Err(ApiError::bad_request(
@@ -56,6 +61,7 @@ pub async fn read<B: RequestBody>(
 mod tests {
     use super::*;
     use http_body_util::Full;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn declared_length_over_limit_is_refused_unread() {
@@ -66,6 +72,7 @@ mod tests {
             Full::new(Bytes::from_static(b"x")),
             10,
             "value_too_large",
+            Duration::from_secs(5),
         )
         .await
         .unwrap_err();
@@ -79,6 +86,7 @@ mod tests {
             Full::new(Bytes::from(vec![0u8; 11])),
             10,
             "value_too_large",
+            Duration::from_secs(5),
         )
         .await
         .unwrap_err();
@@ -88,6 +96,7 @@ mod tests {
             Full::new(Bytes::from(vec![0u8; 10])),
             10,
             "value_too_large",
+            Duration::from_secs(5),
         )
         .await;
         assert_eq!(ok.unwrap().len(), 10);

@@ -103,6 +103,24 @@ impl ApiError {
 }
 
 impl ApiError {
+    /// The body did not arrive within `http.body_read_timeout`.
+    pub fn body_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive within http.body_read_timeout",
+        )
+    }
+
+    /// The request took longer than `http.request_timeout`. 503 with Retry-After.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            "the request was not answered within http.request_timeout",
+        )
+    }
+
     /// Admission refused the request: the door is at its limits. 503 with Retry-After.
     pub fn overloaded(why: crate::exec::Refused) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", why.reason())

@@ -48,6 +48,7 @@ pub async fn put<B: RequestBody>(
         b,
         state.limits.max_value_bytes.0,
         "value_too_large",
+        state.body_read_timeout,
     )
     .await?;
     state.cache.set(key::owned(key), value, ttl).await?;

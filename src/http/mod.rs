@@ -10,7 +10,7 @@ mod kv;
 
 use crate::{
     cache::TieredCache,
-    config::{HttpConfig, LimitsConfig},
+    config::{HttpConfig, LimitsConfig, DEFAULT_HTTP_MAX_HEADERS},
     exec::Admission,
     metrics::{Door, Metrics, Route},
     net,
@@ -38,6 +38,10 @@ pub struct State {
     pub limits: LimitsConfig,
     /// This door's admission: requests past it are refused with 503 at once.
     pub admission: Admission,
+    /// How long a request body may take to arrive (408 past it).
+    pub body_read_timeout: Duration,
+    /// How long a request may take in all (503 `request_timeout` past it).
+    pub request_timeout: Duration,
 }
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
@@ -51,7 +55,9 @@ const BATCH_SET: &str = "/v1/kv:batchSet";
 pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
     let start = Instant::now();
     let (route, reply) = match state.admission.admit().await {
-        Ok(_admitted) => dispatch(state, req).await,
+        Ok(_admitted) => tokio::time::timeout(state.request_timeout, dispatch(state, req))
+            .await
+            .unwrap_or_else(|_| (Route::Unmatched, Err(ApiError::request_timeout()))),
         Err(why) => (Route::Unmatched, Err(ApiError::overloaded(why))),
     };
     let resp = reply.unwrap_or_else(ApiError::into_response);
@@ -103,8 +109,22 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Also the keep-alive idle timeout: hyper starts it whenever it waits for a head.
+        .header_read_timeout(cfg.header_read_timeout.0)
+        // A head that does not fit the read buffer gets 431 (the body streams past it).
+        .max_buf_size(cfg.max_header_bytes.0 as usize);
+    if cfg.max_headers != DEFAULT_HTTP_MAX_HEADERS {
+        // Only when changed: hyper then parses headers on the heap, about 5% slower.
+        builder.http1().max_headers(cfg.max_headers);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(cfg.http2_max_concurrent_streams)
+        .max_header_list_size(cfg.max_header_bytes.0 as u32);
     if !cfg.http2 {
         builder = builder.http1_only();
     }

@@ -1,0 +1,148 @@
+//! The HTTP door's timeouts and limits, each with its config key: a slowloris client is
+//! dropped (`http.header_read_timeout`, also the keep-alive idle timeout), a trickled body gets
+//! 408 (`http.body_read_timeout`), a wedged request 503 (`http.request_timeout`), an oversized
+//! head 431 (`http.max_header_bytes`), too many headers 431 (`http.max_headers`), and an h2
+//! connection advertises `http.http2_max_concurrent_streams`.
+
+mod support;
+
+use std::time::Duration;
+use support::{error_code, Gateway, Redis};
+use tiergate::config::{ByteSize, HumanDuration};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+async fn connect(gw: &Gateway) -> TcpStream {
+    TcpStream::connect(gw.running.as_ref().unwrap().http_addr)
+        .await
+        .unwrap()
+}
+
+/// Everything the server sends until it closes the connection.
+async fn until_closed(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(support::SETTLE, s.read_to_end(&mut out))
+        .await
+        .expect("the server closed the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_and_an_idle_keep_alive_connection_are_dropped() {
+    let mut cfg = support::config(None);
+    cfg.http.header_read_timeout = HumanDuration(Duration::from_millis(300));
+    let gw = Gateway::start(cfg).await;
+
+    // One byte every 100 ms: the head never completes within 300 ms.
+    let mut s = connect(&gw).await;
+    let head = b"GET /v1/kv/k HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let mut closed = false;
+    for b in head {
+        if s.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !closed {
+        // Every byte was accepted by the kernel; the server still must not answer it.
+        let answer = until_closed(&mut s).await;
+        assert!(!answer.contains("HTTP/1.1 404"), "{answer}");
+    }
+
+    // A keep-alive connection that goes quiet after one request is closed too.
+    let mut s = connect(&gw).await;
+    s.write_all(b"GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_gets_408() {
+    let mut cfg = support::config(None);
+    cfg.http.body_read_timeout = HumanDuration(Duration::from_millis(200));
+    let gw = Gateway::start(cfg).await;
+    let mut s = connect(&gw).await;
+    s.write_all(b"PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert_eq!(gw.get("k").await.status(), 404, "nothing was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_the_request_timeout_gets_503() {
+    let redis = Redis::start();
+    let mut cfg = support::config(Some(&redis.url()));
+    cfg.http.request_timeout = HumanDuration(Duration::from_millis(200));
+    let gw = Gateway::start_ready(cfg).await;
+    let sleeper = redis.pause(1.0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = gw.get("waits-on-redis").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(error_code(r).await, "request_timeout");
+    sleeper.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_and_too_many_headers_get_431() {
+    let mut cfg = support::config(None);
+    cfg.http.max_header_bytes = ByteSize(8 << 10);
+    cfg.http.max_headers = 10;
+    let gw = Gateway::start(cfg).await;
+
+    let big = "x".repeat(16 << 10);
+    let mut s = connect(&gw).await;
+    s.write_all(format!("GET /v1/kv/k HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    let many: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let mut s = connect(&gw).await;
+    s.write_all(format!("GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+
+    // Within both limits, served as usual.
+    assert_eq!(gw.get("k").await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_connections_are_told_the_stream_limit() {
+    let mut cfg = support::config(None);
+    cfg.http.http2_max_concurrent_streams = 3;
+    let gw = Gateway::start(cfg).await;
+    let mut s = connect(&gw).await;
+    // The client preface and an empty SETTINGS frame; the server's SETTINGS come back first.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut frame = [0u8; 9];
+    s.read_exact(&mut frame).await.unwrap();
+    let len = u32::from_be_bytes([0, frame[0], frame[1], frame[2]]) as usize;
+    assert_eq!(frame[3], 0x4, "a SETTINGS frame");
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.unwrap();
+    let settings: Vec<(u16, u32)> = payload
+        .chunks(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect();
+    // SETTINGS_MAX_CONCURRENT_STREAMS is 0x3.
+    assert!(settings.contains(&(0x3, 3)), "{settings:?}");
+}
