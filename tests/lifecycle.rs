@@ -343,12 +343,15 @@ async fn past_its_admission_limits_a_door_refuses_at_once() {
     cfg.admission.max_inflight = 4;
     cfg.admission.max_queue = 4;
     cfg.admission.queue_timeout = HumanDuration(Duration::from_secs(30));
+    // Longer than the pauses below, so admitted reads wait Redis out rather than time out,
+    // and the moments the test looks at (slots and queue full) last seconds.
+    cfg.l2.timeout = HumanDuration(Duration::from_secs(10));
     let gw = Arc::new(Gateway::start_ready(cfg).await);
     let resp_url = format!("redis://{}", gw.running.as_ref().unwrap().resp_addr);
 
     // Redis sleeps (less than l2.timeout): every read that misses L1 holds its slot until it
     // wakes.
-    let sleeper = redis.pause(1.0);
+    let sleeper = redis.pause(3.0);
     let awake = Arc::new(AtomicBool::new(false));
     let watch = {
         let awake = awake.clone();
@@ -414,24 +417,32 @@ async fn past_its_admission_limits_a_door_refuses_at_once() {
     watch.join().unwrap();
 
     // The RESP door has its own slots: fill them with clients blocked on a sleeping Redis,
-    // and the next command is answered -BUSY at once.
-    let sleeper = redis.pause(1.0);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // and the next command is answered -BUSY at once. Connections are made first: a client's
+    // connection handshake (CLIENT SETINFO) is itself a command batch that needs a slot.
     let client = redis::Client::open(resp_url).unwrap();
     // The client's own default response timeout is shorter than the wait under test.
     let patient =
         redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(20)));
-    let blocked: Vec<_> = (0..8)
-        .map(|i| {
-            let (client, patient) = (client.clone(), patient.clone());
+    let mut conns = Vec::new();
+    for _ in 0..9 {
+        conns.push(
+            client
+                .get_multiplexed_async_connection_with_config(&patient)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut c = conns.pop().unwrap();
+    let sleeper = redis.pause(3.0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let blocked: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut conn)| {
             tokio::spawn(async move {
-                let mut c = client
-                    .get_multiplexed_async_connection_with_config(&patient)
-                    .await
-                    .unwrap();
                 redis::cmd("GET")
                     .arg(format!("resp:{i}"))
-                    .query_async::<Option<String>>(&mut c)
+                    .query_async::<Option<String>>(&mut conn)
                     .await
             })
         })
@@ -442,7 +453,6 @@ async fn past_its_admission_limits_a_door_refuses_at_once() {
             && metric(&m, "tiergate_admission_queued{door=\"resp\"}") == 4.0
     })
     .await;
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let err = redis::cmd("GET")
         .arg("one-more")
         .query_async::<Option<String>>(&mut c)
