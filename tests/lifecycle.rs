@@ -417,8 +417,7 @@ async fn past_its_admission_limits_a_door_refuses_at_once() {
     watch.join().unwrap();
 
     // The RESP door has its own slots: fill them with clients blocked on a sleeping Redis,
-    // and the next command is answered -BUSY at once. Connections are made first: a client's
-    // connection handshake (CLIENT SETINFO) is itself a command batch that needs a slot.
+    // and the next command is answered -BUSY at once.
     let client = redis::Client::open(resp_url).unwrap();
     // The client's own default response timeout is shorter than the wait under test.
     let patient =
@@ -459,6 +458,14 @@ async fn past_its_admission_limits_a_door_refuses_at_once() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("BUSY"), "{err}");
+    // Connection commands are still served, so a new client can connect (its handshake runs
+    // CLIENT SETINFO) and PING while data commands are shed.
+    let mut newcomer = client
+        .get_multiplexed_async_connection_with_config(&patient)
+        .await
+        .unwrap();
+    let pong: String = redis::cmd("PING").query_async(&mut newcomer).await.unwrap();
+    assert_eq!(pong, "PONG");
     sleeper.join().unwrap();
     for b in blocked {
         assert_eq!(

@@ -148,8 +148,9 @@ async fn answer(
 }
 
 /// Runs every complete command in `rbuf`, encoding replies into `wbuf`; when admission
-/// `refused` the batch, each command is answered `-BUSY` instead. True when the connection
-/// must close after the replies are written (QUIT, or framing lost).
+/// `refused` the batch, each command other than connection commands is answered `-BUSY`
+/// instead. True when the connection must close after the replies are written (QUIT, or
+/// framing lost).
 async fn run_buffered(
     rbuf: &mut Lease<'_>,
     wbuf: &mut Lease<'_>,
@@ -169,16 +170,12 @@ async fn run_buffered(
             }
         };
         shared.metrics.resp_commands.inc();
-        if let Some(why) = refused {
-            let busy = format!(
-                "BUSY tiergate is at its limits ({}); retry later",
-                why.reason()
-            );
-            Frame::Error(busy.into()).encode(session.proto, wbuf.buf());
-            continue;
-        }
         let reply = match Command::from_args(args, session) {
             Err(reply) => reply,
+            Ok(cmd) if refused.is_some() && !cmd.is_connection() => {
+                let why = refused.map_or("", |r| r.reason());
+                Frame::Error(format!("BUSY tiergate is at its limits ({why}); retry later").into())
+            }
             Ok(cmd) => {
                 let mut ctx = Ctx {
                     shared,

@@ -51,6 +51,23 @@ pub enum Command {
 const BEFORE_AUTH: &[&str] = &["auth", "hello", "ping", "quit"];
 
 impl Command {
+    /// Whether this command only concerns the connection (handshake, PING, QUIT ...): it is
+    /// run even when admission refused its batch, so clients can still connect, authenticate
+    /// and leave while the door sheds data commands.
+    pub fn is_connection(&self) -> bool {
+        matches!(
+            self,
+            Command::Ping(_)
+                | Command::Echo(_)
+                | Command::Quit(_)
+                | Command::Select(_)
+                | Command::Auth(_)
+                | Command::Hello(_)
+                | Command::Client(_)
+                | Command::CommandInfo(_)
+        )
+    }
+
     /// Parses a request. The error is the reply to send (the command is not run).
     pub fn from_args(args: Vec<Bytes>, session: &Session) -> Result<Command, Frame> {
         let name = lookup(&args[0]).ok_or_else(|| unknown(&args))?;
