@@ -753,6 +753,43 @@ mod tests {
     }
 
     #[test]
+    fn http_admission_warm_up_and_hot_key_bounds_are_checked() {
+        let mut c = Config::default();
+        c.http.header_read_timeout = HumanDuration(Duration::ZERO);
+        c.http.body_read_timeout = HumanDuration(Duration::ZERO);
+        c.http.request_timeout = HumanDuration(Duration::ZERO);
+        c.http.max_header_bytes = ByteSize(4 << 10);
+        c.http.max_headers = 0;
+        c.http.http2_max_concurrent_streams = 0;
+        c.admission.max_inflight = 0;
+        c.l1.warm_rate = 0;
+        c.admin.hot_keys = 1001;
+        c.admin.hot_keys_sample = 0;
+        let mut paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "admin.hot_keys",
+                "admin.hot_keys_sample",
+                "admission.max_inflight",
+                "http.body_read_timeout",
+                "http.header_read_timeout",
+                "http.http2_max_concurrent_streams",
+                "http.max_header_bytes",
+                "http.max_headers",
+                "http.request_timeout",
+                "l1.warm_rate",
+            ]
+        );
+        c.http.max_header_bytes = ByteSize(2 << 20);
+        assert!(c
+            .validate()
+            .iter()
+            .any(|p| p.path == "http.max_header_bytes"));
+    }
+
+    #[test]
     fn cluster_nodes_are_checked() {
         let mut c = Config::default();
         c.l2.cluster_nodes = vec!["redis://127.0.0.1:7000".into()];
