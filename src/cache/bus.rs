@@ -72,20 +72,54 @@ impl Listener {
 }
 
 impl Listen {
-    /// Starts listening on a fresh RESP3 connection.
-    async fn start(&self, conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<()> {
+    /// Connects and starts listening, pushes going to `on_push`: on the one L2 node
+    /// (single-node modes) or on the cluster that `clients` seed (sharded).
+    async fn connect(
+        &self,
+        clients: &[redis::Client],
+        on_push: impl redis::aio::AsyncPushSender,
+        deadline: std::time::Duration,
+    ) -> RedisResult<Listener> {
+        let node = |on_push| {
+            let config = AsyncConnectionConfig::new()
+                .set_push_sender(on_push)
+                .set_connection_timeout(Some(deadline))
+                .set_response_timeout(Some(deadline));
+            async move {
+                clients[0]
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+            }
+        };
         match self {
+            Listen::Sharded(channel) => join_shards(clients, channel, on_push, deadline)
+                .await
+                .map(Listener::Cluster),
             // Through redis-rs' own call: in RESP3 the confirmation arrives as a push.
-            Listen::Channel(channel) => conn.subscribe(channel).await,
+            Listen::Channel(channel) => {
+                let mut conn = node(on_push).await?;
+                conn.subscribe(channel).await?;
+                Ok(Listener::Node(conn))
+            }
             Listen::Tracking(prefixes) => {
+                let mut conn = node(on_push).await?;
                 let mut cmd = redis::cmd("CLIENT");
                 cmd.arg("TRACKING").arg("ON").arg("BCAST");
                 for p in prefixes {
                     cmd.arg("PREFIX").arg(p);
                 }
-                cmd.exec_async(conn).await
+                cmd.exec_async(&mut conn).await?;
+                Ok(Listener::Node(conn))
             }
-            Listen::Sharded(_) => unreachable!("a sharded bus listens on a cluster connection"),
+        }
+    }
+
+    /// How long connecting may take: joining a sharded bus is 16,384 SSUBSCRIBEs, so it gets
+    /// room beyond one call's deadline.
+    fn connect_budget(&self, deadline: std::time::Duration) -> std::time::Duration {
+        match self {
+            Listen::Sharded(_) => deadline * 10,
+            _ => deadline * 2,
         }
     }
 }
@@ -123,8 +157,7 @@ impl Bus {
 }
 
 /// Follows the bus until shutdown: subscribe, flush L1, evict what is heard; on any loss,
-/// stop trusting L1 and start over after `l2.health_interval`, on the next node when L2 is a
-/// cluster (a PUBLISH on any node of a cluster reaches subscribers on every node).
+/// stop trusting L1 and start over after `l2.health_interval`.
 pub async fn follow(cache: Arc<TieredCache>, retry: std::time::Duration, shutdown: Shutdown) {
     let (Some(l2), Some(bus)) = (cache.l2.clone(), cache.bus.clone()) else {
         return;
@@ -141,8 +174,8 @@ pub async fn follow(cache: Arc<TieredCache>, retry: std::time::Duration, shutdow
             return;
         }
     };
-    for attempt in 0.. {
-        let ended = subscription(&cache, &bus, &clients, attempt, l2.deadline(), &shutdown).await;
+    loop {
+        let ended = subscription(&cache, &bus, &clients, l2.deadline(), &shutdown).await;
         let was_subscribed = bus.subscribed.swap(false, Ordering::AcqRel);
         if was_subscribed {
             cache.metrics.bus_subscribed.set(0);
@@ -163,12 +196,11 @@ pub async fn follow(cache: Arc<TieredCache>, retry: std::time::Duration, shutdow
     }
 }
 
-/// One subscription, from connect to loss. `attempt` picks the node (single-node modes).
+/// One subscription, from connect to loss.
 async fn subscription(
     cache: &TieredCache,
     bus: &Bus,
     clients: &[redis::Client],
-    attempt: usize,
     deadline: std::time::Duration,
     shutdown: &Shutdown,
 ) -> Ended {
@@ -209,29 +241,9 @@ async fn subscription(
             Ok(())
         }
     };
-    let connect = async {
-        if let Listen::Sharded(channel) = &bus.listen {
-            return join_shards(clients, channel, on_push, deadline)
-                .await
-                .map(Listener::Cluster);
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_push_sender(on_push)
-            .set_connection_timeout(Some(deadline))
-            .set_response_timeout(Some(deadline));
-        let mut conn = clients[attempt % clients.len()]
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        bus.listen.start(&mut conn).await?;
-        Ok::<_, redis::RedisError>(Listener::Node(conn))
-    };
-    // Joining a sharded bus is 16,384 SSUBSCRIBEs; give it room beyond one call's deadline.
-    let connect_budget = match bus.listen {
-        Listen::Sharded(_) => deadline * 10,
-        _ => deadline * 2,
-    };
+    let connect = bus.listen.connect(clients, on_push, deadline);
     let mut conn = tokio::select! {
-        c = tokio::time::timeout(connect_budget, connect) => match c {
+        c = tokio::time::timeout(bus.listen.connect_budget(deadline), connect) => match c {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Ended::Lost(e.to_string()),
             Err(_) => return Ended::Lost("subscribe timed out".into()),

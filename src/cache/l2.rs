@@ -243,11 +243,6 @@ impl L2 {
         }
     }
 
-    /// Whether L2 is a cluster.
-    pub fn clustered(&self) -> bool {
-        self.clustered
-    }
-
     /// Runs a one-key write: its command, then the announcement of `key`, in one round trip.
     async fn write<T: redis::FromRedisValue + Send + 'static>(
         &self,

@@ -172,35 +172,22 @@ impl TieredCache {
         let bus = listen
             .filter(|_| l2.is_some())
             .map(|listen| Arc::new(bus::Bus::new(listen, config.l2.invalidation_queue)));
+        // The stale and negative-entry policies apply in tiered mode only: in standalone mode
+        // L1 is the store, and a TTL or an absence is the key's own.
+        let tiered = |d: Duration| if l2.is_some() { d } else { Duration::ZERO };
+        let stale_while_revalidate = tiered(config.l1.stale_while_revalidate.0);
         Ok(Self {
             bus,
             hot: hot::HotKeys::new(config.admin.hot_keys, config.admin.hot_keys_sample),
-            // Entries are kept past their TTL for whichever use of stale entries is longer;
-            // never in standalone mode, where L1 is the store and a TTL is the key's own.
+            // Entries are kept past their TTL for whichever use of stale entries is longer.
             l1: L1::new(
                 capacity,
                 l2.is_none(),
-                if l2.is_some() {
-                    config
-                        .l1
-                        .stale_if_error
-                        .0
-                        .max(config.l1.stale_while_revalidate.0)
-                } else {
-                    Duration::ZERO
-                },
+                tiered(config.l1.stale_if_error.0).max(stale_while_revalidate),
             ),
-            stale_while_revalidate: if l2.is_some() {
-                config.l1.stale_while_revalidate.0
-            } else {
-                Duration::ZERO
-            },
+            stale_while_revalidate,
             refresher: refresh::Refresher::default(),
-            negative_ttl: if l2.is_some() {
-                config.l1.negative_ttl.0
-            } else {
-                Duration::ZERO
-            },
+            negative_ttl: tiered(config.l1.negative_ttl.0),
             l2,
             max_ttl: config.l1.max_ttl.0,
             ttl_jitter: config.l1.ttl_jitter,

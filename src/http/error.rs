@@ -100,9 +100,7 @@ impl ApiError {
         }
         resp
     }
-}
 
-impl ApiError {
     /// The body did not arrive within `http.body_read_timeout`.
     pub fn body_timeout() -> Self {
         Self::new(

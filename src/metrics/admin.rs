@@ -1,7 +1,7 @@
 //! The admin port: `/metrics` (Prometheus text), `/healthz` (the process is alive),
 //! `/readyz` (it should get traffic: not draining, and L2 reachable when configured),
-//! `/hotkeys` (the keys read most lately, JSON), and a plain-text status page at `/`. Served by its own listener so that scrapes and probes never
-//! queue behind data traffic.
+//! `/hotkeys` (the keys read most lately, JSON), and a plain-text status page at `/`. Served
+//! by its own listener so that scrapes and probes never queue behind data traffic.
 
 use super::{Door, Metrics};
 use crate::{cache::TieredCache, net, shutdown::Shutdown};
@@ -39,12 +39,10 @@ impl Admin {
         match req.uri().path() {
             "/metrics" => {
                 self.cache.publish_usage().await;
-                let mut resp = text(StatusCode::OK, self.metrics.render());
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                resp
+                typed(
+                    self.metrics.render(),
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
             }
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" => match self.ready() {
@@ -67,12 +65,7 @@ impl Admin {
                     "half_life_seconds": crate::cache::hot::HALF_LIFE.as_secs(),
                     "keys": keys,
                 });
-                let mut resp = text(StatusCode::OK, format!("{body}\n"));
-                resp.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                resp
+                typed(format!("{body}\n"), "application/json")
             }
             "/" => text(StatusCode::OK, self.status_page().await),
             _ => text(
@@ -110,12 +103,16 @@ impl Admin {
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let mut resp = typed(body, "text/plain; charset=utf-8");
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp
+}
+
+/// A 200 with `body` of `content_type`.
+fn typed(body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
