@@ -3,6 +3,7 @@
 //!
 //! `server` wires the pieces together; `main.rs` is a thin CLI over it.
 
+pub mod access;
 pub mod buf;
 pub mod cache;
 pub mod config;

@@ -139,6 +139,8 @@ pub struct Metrics {
     pub bus_subscribed: IntGauge,
     pub bus_invalidations: IntCounter,
     pub bus_flushes: IntCounter,
+    pub access_log_written: IntCounter,
+    pub access_log_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -300,6 +302,16 @@ impl Metrics {
             "Keys evicted from L1 because the invalidation bus announced a write",
         )
         .unwrap();
+        let access_log_written = IntCounter::new(
+            "access_log_records_total",
+            "Access-log records written out (access_log.enabled)",
+        )
+        .unwrap();
+        let access_log_dropped = IntCounter::new(
+            "access_log_dropped_total",
+            "Access-log records dropped because the ring was full (the request was not slowed)",
+        )
+        .unwrap();
         let bus_flushes = IntCounter::new(
             "bus_flushes_total",
             "Whole-L1 flushes after the invalidation bus was (re)joined or fell behind",
@@ -383,6 +395,8 @@ impl Metrics {
             Box::new(bus_subscribed.clone()),
             Box::new(bus_invalidations.clone()),
             Box::new(bus_flushes.clone()),
+            Box::new(access_log_written.clone()),
+            Box::new(access_log_dropped.clone()),
             Box::new(admission_inflight.clone()),
             Box::new(admission_queued.clone()),
             Box::new(admission_rejected.clone()),
@@ -456,6 +470,8 @@ impl Metrics {
             bus_subscribed,
             bus_invalidations,
             bus_flushes,
+            access_log_written,
+            access_log_dropped,
             registry,
         }
     }

@@ -1,0 +1,1 @@
+//! The access log (placeholder while it is written).
