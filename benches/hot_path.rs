@@ -6,7 +6,13 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http_body_util::Empty;
 use std::{hint::black_box, sync::Arc};
-use tiergate::{cache::TieredCache, config::Config, http, metrics::Metrics};
+use tiergate::{
+    auth::{Auth, Rules},
+    cache::TieredCache,
+    config::Config,
+    http,
+    metrics::Metrics,
+};
 
 /// A standalone engine holding one 64-byte value under "bench".
 fn standalone(
@@ -44,18 +50,8 @@ fn hot_path(c: &mut Criterion) {
             .iter(|| async { black_box(plain.get(black_box(b"bench")).await.unwrap()) })
     });
 
-    let state = http::State {
-        cache: cache.clone(),
-        admission: tiergate::exec::Admission::from_config(
-            tiergate::metrics::Door::Http,
-            &config.admission,
-            &metrics,
-        ),
-        metrics,
-        limits: config.limits.clone(),
-        body_read_timeout: config.http.body_read_timeout.0,
-        request_timeout: config.http.request_timeout.0,
-    };
+    let auth = Arc::new(Auth::new(Rules::from_config(&config)));
+    let state = http::State::new(&config, auth, cache.clone(), metrics);
     c.bench_function("http_handle_get_l1_hit", |b| {
         b.to_async(&rt).iter(|| async {
             let req = ::http::Request::get("/v1/kv/bench")

@@ -4,6 +4,7 @@
 //! `server` wires the pieces together; `main.rs` is a thin CLI over it.
 
 pub mod access;
+pub mod auth;
 pub mod buf;
 pub mod cache;
 pub mod config;

@@ -2,10 +2,11 @@
 //! one shutdown watch, and drains them in order (data doors first, admin port last).
 
 use crate::{
+    auth::{Auth, Rules},
     cache::{L2Error, TieredCache},
     config::Config,
     host, http,
-    metrics::{admin, Door, Metrics},
+    metrics::{admin, Metrics},
     net::{self, ListenOptions},
     resp,
     shutdown::{self, Shutdown},
@@ -101,14 +102,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     }
 
-    let state = Arc::new(http::State {
-        cache: cache.clone(),
-        metrics: metrics.clone(),
-        limits: config.limits.clone(),
-        admission: crate::exec::Admission::from_config(Door::Http, &config.admission, &metrics),
-        body_read_timeout: config.http.body_read_timeout.0,
-        request_timeout: config.http.request_timeout.0,
-    });
+    let auth = Arc::new(Auth::new(Rules::from_config(&config)));
+    let state = Arc::new(http::State::new(
+        &config,
+        auth.clone(),
+        cache.clone(),
+        metrics.clone(),
+    ));
     let http_task = tokio::spawn(http::serve(
         http_listener,
         state,
@@ -118,6 +118,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     ));
     let resp_shared = Arc::new(resp::Shared::new(
         &config,
+        auth.clone(),
         resp_addr.port(),
         cache.clone(),
         metrics.clone(),

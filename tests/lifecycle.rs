@@ -271,7 +271,11 @@ async fn redis_killed_and_restarted_under_load() {
         })
         .collect();
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Load first (not a fixed sleep: a busy CI machine may answer slowly).
+    support::eventually("there is load", || async {
+        answers.lock().unwrap().len() > 100
+    })
+    .await;
     let killing = Instant::now();
     redis.stop(); // SIGKILL, and reaped
     let killed = Instant::now();

@@ -8,7 +8,7 @@ mod support;
 
 use redis::{AsyncCommands, Value};
 use std::{process::Command, time::Duration};
-use support::{metric, Backend, Gateway, Redis};
+use support::{metric, raw, Backend, Gateway, Redis};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn resp_url(gw: &Gateway) -> String {
@@ -21,17 +21,6 @@ async fn conn(url: &str) -> redis::aio::MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .unwrap()
-}
-
-/// Sends raw bytes and reads until the server closes (bounded).
-async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(support::SETTLE, s.read_to_end(&mut out))
-        .await
-        .expect("server closed the connection");
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The command script both tiergate and redis-server run in the differential test.

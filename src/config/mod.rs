@@ -3,9 +3,11 @@
 //! bad key (with its path and why) before failing.
 
 mod load;
+mod secret;
 mod units;
 
 pub use load::{load, ConfigError};
+pub use secret::Secret;
 pub use units::{ByteSize, Capacity, HumanDuration};
 
 use serde::Deserialize;
@@ -150,6 +152,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub admission: AdmissionConfig,
     pub access_log: AccessLogConfig,
+    pub auth: AuthConfig,
     pub shutdown: ShutdownConfig,
 }
 
@@ -165,8 +168,51 @@ pub const SECTIONS: &[&str] = &[
     "limits",
     "admission",
     "access_log",
+    "auth",
     "shutdown",
 ];
+
+/// Who may read and write which keys (see `auth`). Both lists empty (the default): the HTTP
+/// door is open, and RESP asks only for `resp.requirepass` when that is set.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HTTP bearer tokens; when any is set, every data request needs one.
+    pub tokens: Vec<TokenConfig>,
+    /// RESP users (`AUTH name password`); when any is set, clients must authenticate, and the
+    /// "default" user exists only if `resp.requirepass` is set.
+    pub users: Vec<UserConfig>,
+}
+
+/// One bearer token and the keys it grants.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it, for operators (the token itself is never logged).
+    pub name: String,
+    pub token: Secret,
+    /// Key prefixes it may read; "*" is every key.
+    #[serde(default)]
+    pub read: Vec<String>,
+    /// Key prefixes it may write (set, delete); "*" is every key.
+    #[serde(default)]
+    pub write: Vec<String>,
+}
+
+/// One RESP user and the keys it grants.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: Secret,
+    #[serde(default)]
+    pub read: Vec<String>,
+    #[serde(default)]
+    pub write: Vec<String>,
+}
+
+/// Shortest bearer token accepted: 128 bits of hex, so tokens cannot be guessed online.
+pub const MIN_TOKEN_LEN: usize = 32;
 
 /// Per-request log lines (see `access`): written by a background thread from a bounded ring;
 /// when the ring is full records are dropped and counted, and requests never wait.
@@ -292,7 +338,7 @@ pub struct RespConfig {
     pub read_buffer_bytes: ByteSize,
     pub buffer_pool_buffers: usize,
     /// When set, clients must AUTH (or HELLO ... AUTH) before other commands.
-    pub requirepass: String,
+    pub requirepass: Secret,
     /// Allows DEBUG (fault injection, e.g. DEBUG PANIC); off as in redis-server 7.
     pub enable_debug_command: bool,
 }
@@ -309,7 +355,7 @@ impl Default for RespConfig {
             max_request_bytes: ByteSize(DEFAULT_RESP_MAX_REQUEST_BYTES),
             read_buffer_bytes: ByteSize(DEFAULT_RESP_READ_BUFFER_BYTES),
             buffer_pool_buffers: DEFAULT_RESP_BUFFER_POOL_BUFFERS,
-            requirepass: String::new(),
+            requirepass: Secret::default(),
             enable_debug_command: false,
         }
     }
@@ -694,6 +740,7 @@ impl Config {
         if self.limits.max_batch_bytes.0 == 0 {
             bad("limits.max_batch_bytes", "must be at least 1".into());
         }
+        self.validate_auth(&mut bad);
         if self.access_log.ring_records == 0 || self.access_log.ring_records > 16 << 20 {
             bad(
                 "access_log.ring_records",
@@ -710,6 +757,56 @@ impl Config {
             bad("access_log.flush_interval", "must be above 0s".into());
         }
         problems
+    }
+
+    fn validate_auth(&self, bad: &mut impl FnMut(&str, String)) {
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            let at = format!("auth.tokens[{i}]");
+            if t.name.trim().is_empty() || !seen.insert(("token", t.name.as_str())) {
+                bad(&format!("{at}.name"), "must be set and unique".into());
+            }
+            if t.token.expose().len() < MIN_TOKEN_LEN {
+                bad(
+                    &format!("{at}.token"),
+                    format!(
+                        "must be at least {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 16`)"
+                    ),
+                );
+            }
+            if self.auth.tokens[..i].iter().any(|o| o.token == t.token) {
+                bad(
+                    &format!("{at}.token"),
+                    "is the same as an earlier token".into(),
+                );
+            }
+            if t.read.is_empty() && t.write.is_empty() {
+                bad(&at, "grants nothing: give it read or write prefixes".into());
+            }
+        }
+        for (i, u) in self.auth.users.iter().enumerate() {
+            let at = format!("auth.users[{i}]");
+            if u.name == "default" {
+                bad(
+                    &format!("{at}.name"),
+                    "\"default\" is the resp.requirepass user".into(),
+                );
+            } else if u.name.is_empty()
+                || u.name.bytes().any(|c| !c.is_ascii_graphic())
+                || !seen.insert(("user", u.name.as_str()))
+            {
+                bad(
+                    &format!("{at}.name"),
+                    "must be set, unique and without spaces".into(),
+                );
+            }
+            if u.password.is_empty() {
+                bad(&format!("{at}.password"), "must be set".into());
+            }
+            if u.read.is_empty() && u.write.is_empty() {
+                bad(&at, "grants nothing: give it read or write prefixes".into());
+            }
+        }
     }
 
     /// Worker threads to start: the configured count, or one per core.

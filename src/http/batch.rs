@@ -12,6 +12,7 @@ use super::{
     kv::no_content,
     Reply, State,
 };
+use crate::auth::{Need, Principal};
 use crate::cache::Item;
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use bytes::Bytes;
@@ -116,11 +117,18 @@ fn check_count(n: usize, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn get<B: RequestBody>(state: &State, headers: &HeaderMap, b: B) -> Reply {
+pub async fn get<B: RequestBody>(
+    state: &State,
+    user: Option<&Principal>,
+    headers: &HeaderMap,
+    b: B,
+) -> Reply {
     let req: BatchGet = read_json(state, headers, b).await?;
     check_count(req.keys.len(), state.limits.max_batch_keys)?;
     for k in &req.keys {
         key::check(k.as_bytes(), state.limits.max_key_bytes)?;
+        // One key out of scope refuses the whole batch: a partial answer would hide it.
+        state.authorize(user, Need::Read, k.as_bytes())?;
     }
     let keys: Vec<Bytes> = req
         .keys
@@ -151,9 +159,18 @@ pub async fn get<B: RequestBody>(state: &State, headers: &HeaderMap, b: B) -> Re
     Ok(resp)
 }
 
-pub async fn set<B: RequestBody>(state: &State, headers: &HeaderMap, b: B) -> Reply {
+pub async fn set<B: RequestBody>(
+    state: &State,
+    user: Option<&Principal>,
+    headers: &HeaderMap,
+    b: B,
+) -> Reply {
     let req: BatchSet = read_json(state, headers, b).await?;
     check_count(req.items.len(), state.limits.max_batch_keys)?;
+    for it in &req.items {
+        // All or nothing: no item is written when one is out of scope.
+        state.authorize(user, Need::Write, it.key.as_bytes())?;
+    }
     let max_value = state.limits.max_value_bytes.0;
     let mut items: Vec<Item> = Vec::with_capacity(req.items.len());
     for (i, it) in req.items.into_iter().enumerate() {

@@ -1,7 +1,7 @@
 //! API errors: one type carrying status, a stable machine-readable code and a message,
 //! rendered as `{"error":{"code","message"}}`.
 
-use crate::cache::L2Error;
+use crate::{auth::Denied, cache::L2Error};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
@@ -19,6 +19,8 @@ pub struct ApiError {
     pub message: Cow<'static, str>,
     /// For 405: the methods the route accepts.
     pub allow: Option<&'static str>,
+    /// For 401: send the `WWW-Authenticate: Bearer` challenge.
+    pub challenge: bool,
 }
 
 impl ApiError {
@@ -28,6 +30,7 @@ impl ApiError {
             code,
             message: message.into(),
             allow: None,
+            challenge: false,
         }
     }
 
@@ -89,6 +92,12 @@ impl ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.challenge {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tiergate\""),
+            );
+        }
         if let Some(allow) = self.allow {
             h.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
@@ -99,6 +108,30 @@ impl ApiError {
             );
         }
         resp
+    }
+
+    /// No valid bearer token. 401 with `WWW-Authenticate`.
+    pub fn unauthorized(why: Denied) -> Self {
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            match why {
+                Denied::Missing => "this endpoint needs an Authorization: Bearer token",
+                _ => "the bearer token is not valid",
+            },
+        );
+        e.challenge = true;
+        e
+    }
+
+    /// The token is valid but does not grant this key. The message names the token's holder,
+    /// never the token.
+    pub fn forbidden(holder: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the token of {holder:?} does not grant this operation on this key"),
+        )
     }
 
     /// The body did not arrive within `http.body_read_timeout`.

@@ -5,6 +5,7 @@ use super::{
     error::ApiError,
     key, Reply, State,
 };
+use crate::auth::{Need, Principal};
 use crate::metrics::Tier;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
@@ -12,8 +13,9 @@ use http_body_util::Full;
 
 pub const X_CACHE: &str = "x-cache";
 
-pub async fn get(state: &State, raw_key: &str) -> Reply {
+pub async fn get(state: &State, user: Option<&Principal>, raw_key: &str) -> Reply {
     let key = key::decode(raw_key, state.limits.max_key_bytes)?;
+    state.authorize(user, Need::Read, &key)?;
     match state.cache.get(&key).await? {
         Some(hit) => {
             let mut resp = Response::new(Full::new(hit.value));
@@ -36,12 +38,15 @@ pub async fn get(state: &State, raw_key: &str) -> Reply {
 
 pub async fn put<B: RequestBody>(
     state: &State,
+    user: Option<&Principal>,
     raw_key: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     b: B,
 ) -> Reply {
     let key = key::decode(raw_key, state.limits.max_key_bytes)?;
+    // Before the body is read: a forbidden write costs no upload.
+    state.authorize(user, Need::Write, &key)?;
     let ttl = key::ttl_from_query(query)?;
     let value = body::read(
         headers,
@@ -55,8 +60,9 @@ pub async fn put<B: RequestBody>(
     Ok(no_content())
 }
 
-pub async fn delete(state: &State, raw_key: &str) -> Reply {
+pub async fn delete(state: &State, user: Option<&Principal>, raw_key: &str) -> Reply {
     let key = key::decode(raw_key, state.limits.max_key_bytes)?;
+    state.authorize(user, Need::Write, &key)?;
     if state.cache.delete(&key).await? {
         Ok(no_content())
     } else {

@@ -9,8 +9,9 @@ mod key;
 mod kv;
 
 use crate::{
+    auth::{Auth, Denied, Need, Principal},
     cache::TieredCache,
-    config::{HttpConfig, LimitsConfig, DEFAULT_HTTP_MAX_HEADERS},
+    config::{Config, HttpConfig, LimitsConfig, DEFAULT_HTTP_MAX_HEADERS},
     exec::Admission,
     metrics::{Door, Metrics, Route},
     net,
@@ -33,6 +34,8 @@ pub use kv::X_CACHE;
 
 /// What every request handler needs.
 pub struct State {
+    /// Bearer tokens and their scopes; shared with the RESP door, replaced on reload.
+    pub auth: Arc<Auth>,
     pub cache: Arc<TieredCache>,
     pub metrics: Arc<Metrics>,
     pub limits: LimitsConfig,
@@ -44,21 +47,52 @@ pub struct State {
     pub request_timeout: Duration,
 }
 
+impl State {
+    pub fn new(
+        config: &Config,
+        auth: Arc<Auth>,
+        cache: Arc<TieredCache>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            auth,
+            cache,
+            admission: Admission::from_config(Door::Http, &config.admission, &metrics),
+            metrics,
+            limits: config.limits.clone(),
+            body_read_timeout: config.http.body_read_timeout.0,
+            request_timeout: config.http.request_timeout.0,
+        }
+    }
+}
+
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
 const KV_PREFIX: &str = "/v1/kv/";
 const BATCH_GET: &str = "/v1/kv:batchGet";
 const BATCH_SET: &str = "/v1/kv:batchSet";
 
-/// Handles one request: routes it, answers it, records it. Generic over the body so benches
-/// and unit tests can call it without sockets.
+/// Handles one request: checks its token, admits it, routes it, answers it, records it.
+/// Generic over the body so benches and unit tests can call it without sockets.
 pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
     let start = Instant::now();
-    let (route, reply) = match state.admission.admit().await {
-        Ok(_admitted) => tokio::time::timeout(state.request_timeout, dispatch(state, req))
-            .await
-            .unwrap_or_else(|_| (Route::Unmatched, Err(ApiError::request_timeout()))),
-        Err(why) => (Route::Unmatched, Err(ApiError::overloaded(why))),
+    // Classified first, so refusals (401, 503) are counted under the route they were for.
+    let route = route_of(req.method(), req.uri().path());
+    let reply = match state.auth.rules().bearer(req.headers()) {
+        Err(why) => {
+            state.metrics.auth_denied(Door::Http, why);
+            Err(ApiError::unauthorized(why))
+        }
+        // Before admission: a request without a valid token must not take a slot.
+        Ok(user) => match state.admission.admit().await {
+            Ok(_admitted) => {
+                let work = dispatch(state, route, user.as_deref(), req);
+                tokio::time::timeout(state.request_timeout, work)
+                    .await
+                    .unwrap_or_else(|_| Err(ApiError::request_timeout()))
+            }
+            Err(why) => Err(ApiError::overloaded(why)),
+        },
     };
     let resp = reply.unwrap_or_else(ApiError::into_response);
     state
@@ -67,36 +101,69 @@ pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<
     resp
 }
 
-async fn dispatch<B: RequestBody>(state: &State, req: Request<B>) -> (Route, Reply) {
-    let (parts, body) = req.into_parts();
-    let path = parts.uri.path();
-    if let Some(raw_key) = path.strip_prefix(KV_PREFIX) {
-        return match parts.method {
-            Method::GET | Method::HEAD => (Route::KvGet, kv::get(state, raw_key).await),
-            Method::PUT => (
-                Route::KvPut,
-                kv::put(state, raw_key, parts.uri.query(), &parts.headers, body).await,
-            ),
-            Method::DELETE => (Route::KvDelete, kv::delete(state, raw_key).await),
-            _ => (
-                Route::Unmatched,
-                Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE")),
-            ),
+/// The route a request is for; `Unmatched` for unknown paths and methods a path does not take.
+fn route_of(method: &Method, path: &str) -> Route {
+    if path.starts_with(KV_PREFIX) {
+        return match *method {
+            Method::GET | Method::HEAD => Route::KvGet,
+            Method::PUT => Route::KvPut,
+            Method::DELETE => Route::KvDelete,
+            _ => Route::Unmatched,
         };
     }
-    let (route, reply) = match path {
-        BATCH_GET if parts.method == Method::POST => (
-            Route::BatchGet,
-            batch::get(state, &parts.headers, body).await,
-        ),
-        BATCH_SET if parts.method == Method::POST => (
-            Route::BatchSet,
-            batch::set(state, &parts.headers, body).await,
-        ),
-        BATCH_GET | BATCH_SET => (Route::Unmatched, Err(ApiError::method_not_allowed("POST"))),
-        _ => (Route::Unmatched, Err(ApiError::route_not_found())),
-    };
-    (route, reply)
+    match (path, method) {
+        (BATCH_GET, &Method::POST) => Route::BatchGet,
+        (BATCH_SET, &Method::POST) => Route::BatchSet,
+        _ => Route::Unmatched,
+    }
+}
+
+async fn dispatch<B: RequestBody>(
+    state: &State,
+    route: Route,
+    user: Option<&Principal>,
+    req: Request<B>,
+) -> Reply {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path();
+    let raw_key = path.strip_prefix(KV_PREFIX).unwrap_or_default();
+    match route {
+        Route::KvGet => kv::get(state, user, raw_key).await,
+        Route::KvPut => {
+            kv::put(
+                state,
+                user,
+                raw_key,
+                parts.uri.query(),
+                &parts.headers,
+                body,
+            )
+            .await
+        }
+        Route::KvDelete => kv::delete(state, user, raw_key).await,
+        Route::BatchGet => batch::get(state, user, &parts.headers, body).await,
+        Route::BatchSet => batch::set(state, user, &parts.headers, body).await,
+        Route::Unmatched if path.starts_with(KV_PREFIX) => {
+            Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE"))
+        }
+        Route::Unmatched if path == BATCH_GET || path == BATCH_SET => {
+            Err(ApiError::method_not_allowed("POST"))
+        }
+        Route::Unmatched => Err(ApiError::route_not_found()),
+    }
+}
+
+impl State {
+    /// 403 unless `user` (None: auth is off) may do `need` to `key`.
+    fn authorize(&self, user: Option<&Principal>, need: Need, key: &[u8]) -> Result<(), ApiError> {
+        match user {
+            Some(p) if !p.may(need, key) => {
+                self.metrics.auth_denied(Door::Http, Denied::Forbidden);
+                Err(ApiError::forbidden(p.name()))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Serves the data port until shutdown, then gives open connections `grace` to finish:

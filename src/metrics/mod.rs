@@ -139,6 +139,7 @@ pub struct Metrics {
     pub bus_subscribed: IntGauge,
     pub bus_invalidations: IntCounter,
     pub bus_flushes: IntCounter,
+    auth_denied: [[IntCounter; 3]; 3],
     pub access_log_written: IntCounter,
     pub access_log_dropped: IntCounter,
 }
@@ -302,6 +303,18 @@ impl Metrics {
             "Keys evicted from L1 because the invalidation bus announced a write",
         )
         .unwrap();
+        let auth_denied = IntCounterVec::new(
+            Opts::new(
+                "auth_denied_total",
+                "Requests refused by auth, by door and reason (missing or invalid credentials, or a key outside their scopes)",
+            ),
+            &["door", "reason"],
+        )
+        .unwrap();
+        reg(Box::new(auth_denied.clone()));
+        let auth_denied = DOORS.map(|door| {
+            crate::auth::Denied::ALL.map(|d| auth_denied.with_label_values(&[door, d.label()]))
+        });
         let access_log_written = IntCounter::new(
             "access_log_records_total",
             "Access-log records written out (access_log.enabled)",
@@ -471,6 +484,7 @@ impl Metrics {
             bus_invalidations,
             bus_flushes,
             access_log_written,
+            auth_denied,
             access_log_dropped,
             registry,
         }
@@ -502,6 +516,10 @@ impl Metrics {
     }
 
     /// A door's admission figures.
+    pub fn auth_denied(&self, door: Door, why: crate::auth::Denied) {
+        self.auth_denied[door as usize][why as usize].inc();
+    }
+
     pub fn admission(&self, door: Door) -> AdmissionMetrics {
         self.admission[door as usize].clone()
     }

@@ -10,7 +10,7 @@ use super::{
     session::Session,
     Shared,
 };
-use crate::{buf::pool::Lease, exec::Refused, shutdown::Shutdown};
+use crate::{auth::Denied, buf::pool::Lease, exec::Refused, metrics::Door, shutdown::Shutdown};
 use std::{
     future::{poll_fn, Future},
     io,
@@ -36,7 +36,7 @@ pub fn serve<H: Send>(
         // Captured (so released when the connection ends) but bound to nothing: a local
         // would store it a second time.
         let _ = &held;
-        let mut session = Session::new(shared.next_id(), shared.requirepass.is_some());
+        let mut session = Session::new(shared.next_id(), shared.auth.rules().resp_anonymous());
         let mut rbuf = shared.buffers.lease();
         // One timer for the connection's life, re-armed only when it fires: activity just moves
         // `last_active`, so a busy connection does not touch the timer wheel per command.
@@ -170,8 +170,15 @@ async fn run_buffered(
             }
         };
         shared.metrics.resp_commands.inc();
+        session.follow_reload(&shared.auth);
         let reply = match Command::from_args(args, session) {
             Err(reply) => reply,
+            Ok(cmd) if !cmd.permitted(session) => {
+                shared.metrics.auth_denied(Door::Resp, Denied::Forbidden);
+                Frame::error(
+                    "NOPERM this user has no permissions to access one of the keys used as arguments",
+                )
+            }
             Ok(cmd) if refused.is_some() && !cmd.is_connection() => {
                 let why = refused.map_or("", |r| r.reason());
                 Frame::Error(format!("BUSY tiergate is at its limits ({why}); retry later").into())

@@ -7,6 +7,7 @@ pub mod frame;
 mod session;
 
 use crate::{
+    auth::Auth,
     buf::{pool::PoolMetrics, BufferPool},
     cache::TieredCache,
     config::Config,
@@ -15,7 +16,6 @@ use crate::{
     net,
     shutdown::Shutdown,
 };
-use bytes::Bytes;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -32,7 +32,8 @@ pub struct Shared {
     pub limits: frame::Limits,
     pub max_key_bytes: usize,
     pub max_value_bytes: u64,
-    pub requirepass: Option<Bytes>,
+    /// Who may log in and what they may touch; shared with the HTTP door, replaced on reload.
+    pub auth: Arc<Auth>,
     pub debug_command: bool,
     /// None: never close an idle client.
     pub idle_timeout: Option<Duration>,
@@ -58,6 +59,7 @@ impl Shared {
     /// `port` is where the door actually listens (config may say 0).
     pub fn new(
         config: &Config,
+        auth: Arc<Auth>,
         port: u16,
         cache: Arc<TieredCache>,
         metrics: Arc<Metrics>,
@@ -86,8 +88,7 @@ impl Shared {
             },
             max_key_bytes: limits.max_key_bytes,
             max_value_bytes: limits.max_value_bytes.0,
-            requirepass: (!cfg.requirepass.is_empty())
-                .then(|| Bytes::from(cfg.requirepass.clone())),
+            auth,
             debug_command: cfg.enable_debug_command,
             idle_timeout: (!cfg.idle_timeout.0.is_zero()).then_some(cfg.idle_timeout.0),
             facts: Facts {

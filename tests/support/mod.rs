@@ -443,6 +443,18 @@ pub fn config(l2_url: Option<&str>) -> Config {
     c
 }
 
+/// Sends raw bytes to a RESP port and reads until the server closes (bounded).
+pub async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(SETTLE, s.read_to_end(&mut out))
+        .await
+        .expect("server closed the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// An in-process gateway and an HTTP client for it.
 pub struct Gateway {
     pub running: Option<tiergate::server::Running>,

@@ -2,6 +2,7 @@
 
 use super::{is, parse_int, Ctx, Parse};
 use crate::resp::frame::{Frame, Protocol};
+use crate::{auth::Denied, metrics::Door};
 use bytes::Bytes;
 
 /// The Redis version tiergate's command semantics follow; clients read it from HELLO.
@@ -93,7 +94,7 @@ impl Auth {
     }
 
     pub fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
-        if ctx.shared.requirepass.is_none() && self.user.is_none() {
+        if !ctx.shared.auth.rules().resp_has_passwords() && self.user.is_none() {
             return Frame::error(
                 "ERR AUTH <password> called without any password configured for the default user. \
                  Are you sure your configuration is correct?",
@@ -106,27 +107,20 @@ impl Auth {
     }
 }
 
-/// Checks credentials for the only user, "default"; marks the session authenticated.
+/// Checks credentials (`user` None: "default") and logs the session in as that user.
 fn check_password(ctx: &mut Ctx<'_>, user: Option<&[u8]>, password: &[u8]) -> Result<(), Frame> {
-    let user_ok = user.is_none_or(|u| u == b"default");
-    let pass_ok = match &ctx.shared.requirepass {
-        // With no password set, "default" accepts any password, as in redis-server.
-        None => true,
-        Some(want) => constant_time_eq(want, password),
-    };
-    if user_ok && pass_ok {
-        ctx.session.authenticated = true;
-        Ok(())
-    } else {
-        Err(Frame::error(
-            "WRONGPASS invalid username-password pair or user is disabled.",
-        ))
+    match ctx.shared.auth.rules().login(user, password) {
+        Some(p) => {
+            ctx.session.user = Some(p);
+            Ok(())
+        }
+        None => {
+            ctx.shared.metrics.auth_denied(Door::Resp, Denied::Invalid);
+            Err(Frame::error(
+                "WRONGPASS invalid username-password pair or user is disabled.",
+            ))
+        }
     }
-}
-
-/// Compares without an early exit, so response timing does not reveal how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub struct Hello {
@@ -178,7 +172,7 @@ impl Hello {
                 return e;
             }
         }
-        if !ctx.session.authenticated {
+        if ctx.session.user.is_none() {
             return Frame::error(
                 "NOAUTH HELLO must be called with the client already authenticated, otherwise the \
                  HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and \

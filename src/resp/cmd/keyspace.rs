@@ -17,7 +17,7 @@ fn keys(p: &mut Parse) -> Result<Vec<Bytes>, Frame> {
 }
 
 pub struct Del {
-    keys: Vec<Bytes>,
+    pub(super) keys: Vec<Bytes>,
 }
 
 impl Del {
@@ -34,7 +34,7 @@ impl Del {
 }
 
 pub struct Exists {
-    keys: Vec<Bytes>,
+    pub(super) keys: Vec<Bytes>,
 }
 
 impl Exists {
@@ -52,7 +52,7 @@ impl Exists {
 
 /// EXPIRE and PEXPIRE, with Redis 7's NX / XX / GT / LT.
 pub struct Expire {
-    key: Bytes,
+    pub(super) key: Bytes,
     ttl_ms: i64,
     cond: ExpireCond,
 }
@@ -128,7 +128,7 @@ fn now_ms() -> i64 {
 
 /// TTL and PTTL.
 pub struct Ttl {
-    key: Bytes,
+    pub(super) key: Bytes,
     millis: bool,
 }
 

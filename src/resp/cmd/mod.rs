@@ -8,6 +8,7 @@ mod server;
 mod string;
 
 use super::{frame::Frame, session::Session, Shared};
+use crate::auth::Need;
 use bytes::Bytes;
 use std::borrow::Cow;
 
@@ -71,7 +72,7 @@ impl Command {
     /// Parses a request. The error is the reply to send (the command is not run).
     pub fn from_args(args: Vec<Bytes>, session: &Session) -> Result<Command, Frame> {
         let name = lookup(&args[0]).ok_or_else(|| unknown(&args))?;
-        if !session.authenticated && !BEFORE_AUTH.contains(&name) {
+        if session.user.is_none() && !BEFORE_AUTH.contains(&name) {
             return Err(Frame::error("NOAUTH Authentication required."));
         }
         let mut p = Parse::new(name, args);
@@ -105,6 +106,39 @@ impl Command {
         };
         p.finish()?;
         Ok(cmd)
+    }
+
+    /// Whether the session's user may touch every key this command names. Commands without
+    /// keys are open to any logged-in user.
+    pub fn permitted(&self, session: &Session) -> bool {
+        let Some(user) = &session.user else {
+            return true;
+        };
+        let all = |need: Need, keys: &[Bytes]| keys.iter().all(|k| user.may(need, k));
+        match self {
+            Command::Get(c) => user.may(Need::Read, &c.key),
+            // SET ... GET returns the old value.
+            Command::Set(c) if c.opts.get => user.may(Need::ReadWrite, &c.key),
+            Command::Set(c) => user.may(Need::Write, &c.key),
+            Command::MGet(c) => all(Need::Read, &c.keys),
+            Command::MSet(c) => c.pairs.iter().all(|(k, _)| user.may(Need::Write, k)),
+            Command::Del(c) => all(Need::Write, &c.keys),
+            Command::Exists(c) => all(Need::Read, &c.keys),
+            Command::Incr(c) => user.may(Need::ReadWrite, &c.key),
+            Command::Expire(c) => user.may(Need::Write, &c.key),
+            Command::Ttl(c) => user.may(Need::Read, &c.key),
+            Command::Ping(_)
+            | Command::Echo(_)
+            | Command::Quit(_)
+            | Command::Select(_)
+            | Command::Auth(_)
+            | Command::Hello(_)
+            | Command::Client(_)
+            | Command::CommandInfo(_)
+            | Command::Info(_)
+            | Command::Config(_)
+            | Command::Debug(_) => true,
+        }
     }
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
@@ -267,6 +301,11 @@ pub fn check_key(key: &[u8], shared: &Shared) -> Result<(), Frame> {
 mod tests {
     use super::*;
 
+    /// The default user of a server without passwords.
+    fn anyone() -> Option<std::sync::Arc<crate::auth::Principal>> {
+        crate::auth::Rules::from_config(&crate::config::Config::default()).resp_anonymous()
+    }
+
     fn args(v: &[&str]) -> Vec<Bytes> {
         v.iter()
             .map(|s| Bytes::copy_from_slice(s.as_bytes()))
@@ -274,7 +313,7 @@ mod tests {
     }
 
     fn err(v: &[&str]) -> String {
-        match Command::from_args(args(v), &Session::new(1, false)) {
+        match Command::from_args(args(v), &Session::new(1, anyone())) {
             Err(Frame::Error(e)) => e.into_owned(),
             Err(other) => panic!("{other:?}"),
             Ok(_) => panic!("{v:?} parsed"),
@@ -283,7 +322,7 @@ mod tests {
 
     #[test]
     fn names_are_case_insensitive_and_extra_args_rejected() {
-        assert!(Command::from_args(args(&["gEt", "k"]), &Session::new(1, false)).is_ok());
+        assert!(Command::from_args(args(&["gEt", "k"]), &Session::new(1, anyone())).is_ok());
         assert_eq!(
             err(&["GET", "k", "extra"]),
             "ERR wrong number of arguments for 'get' command"
@@ -302,7 +341,7 @@ mod tests {
     fn every_listed_command_is_dispatched() {
         for &(name, ..) in server::TABLE {
             // Parse errors are fine (no arguments given); reaching `unreachable!` is not.
-            let _ = Command::from_args(args(&[name]), &Session::new(1, false));
+            let _ = Command::from_args(args(&[name]), &Session::new(1, anyone()));
         }
     }
 
@@ -316,7 +355,7 @@ mod tests {
 
     #[test]
     fn unauthenticated_clients_get_noauth() {
-        let s = Session::new(1, true);
+        let s = Session::new(1, None);
         assert!(
             matches!(Command::from_args(args(&["GET", "k"]), &s), Err(Frame::Error(e)) if e.starts_with("NOAUTH"))
         );

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub struct Get {
-    key: Bytes,
+    pub(super) key: Bytes,
 }
 
 impl Get {
@@ -32,9 +32,9 @@ impl Get {
 }
 
 pub struct Set {
-    key: Bytes,
+    pub(super) key: Bytes,
     value: Bytes,
-    opts: SetOptions,
+    pub(super) opts: SetOptions,
 }
 
 impl Set {
@@ -127,7 +127,7 @@ impl Set {
 }
 
 pub struct MGet {
-    keys: Vec<Bytes>,
+    pub(super) keys: Vec<Bytes>,
 }
 
 impl MGet {
@@ -159,7 +159,7 @@ impl MGet {
 }
 
 pub struct MSet {
-    pairs: Vec<(Bytes, Bytes)>,
+    pub(super) pairs: Vec<(Bytes, Bytes)>,
 }
 
 impl MSet {
@@ -195,7 +195,7 @@ impl MSet {
 
 /// INCR, DECR, INCRBY, DECRBY.
 pub struct Incr {
-    key: Bytes,
+    pub(super) key: Bytes,
     delta: i64,
 }
 

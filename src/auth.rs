@@ -1,0 +1,380 @@
+//! Who may do what: HTTP bearer tokens and RESP users from `[auth]`, each granting reads and
+//! writes over key prefixes, plus the RESP "default" user of `resp.requirepass`. The rules
+//! live behind one `ArcSwap`, so a SIGHUP reload replaces them while requests read them
+//! without a lock; sessions logged in under replaced rules are moved to the new ones by name.
+//!
+//! Secrets are compared in constant time and never logged: only a principal's name is.
+
+use crate::config::Config;
+use arc_swap::{ArcSwap, Guard};
+use http::{header::AUTHORIZATION, HeaderMap};
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc,
+};
+
+/// What an operation does to its keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    Read,
+    Write,
+    /// Changes the value and returns it (INCR, SET ... GET).
+    ReadWrite,
+}
+
+/// Why a request was refused before it ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denied {
+    /// No credentials where they are required (HTTP 401).
+    Missing,
+    /// Credentials that match nothing (HTTP 401, RESP WRONGPASS).
+    Invalid,
+    /// Valid credentials, but a key outside their scopes (HTTP 403, RESP NOPERM).
+    Forbidden,
+}
+
+impl Denied {
+    pub const ALL: [Denied; 3] = [Denied::Missing, Denied::Invalid, Denied::Forbidden];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Denied::Missing => "missing",
+            Denied::Invalid => "invalid",
+            Denied::Forbidden => "forbidden",
+        }
+    }
+}
+
+/// Key prefixes; `*` stands for every key.
+struct Prefixes {
+    all: bool,
+    list: Box<[Box<[u8]>]>,
+}
+
+impl Prefixes {
+    fn new(list: &[String]) -> Self {
+        Self {
+            all: list.iter().any(|p| p == "*"),
+            list: list
+                .iter()
+                .filter(|p| *p != "*")
+                .map(|p| p.as_bytes().into())
+                .collect(),
+        }
+    }
+
+    fn everything() -> Self {
+        Self {
+            all: true,
+            list: Box::new([]),
+        }
+    }
+
+    fn allow(&self, key: &[u8]) -> bool {
+        self.all || self.list.iter().any(|p| key.starts_with(p))
+    }
+}
+
+/// A token holder or a user: a name and what it may touch.
+pub struct Principal {
+    name: Box<str>,
+    read: Prefixes,
+    write: Prefixes,
+    /// Set when a reload replaced the rules this came from.
+    replaced: AtomicBool,
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Principal {
+    fn new(name: &str, read: Prefixes, write: Prefixes) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            read,
+            write,
+            replaced: AtomicBool::new(false),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this principal may do `need` to `key`.
+    pub fn may(&self, need: Need, key: &[u8]) -> bool {
+        match need {
+            Need::Read => self.read.allow(key),
+            Need::Write => self.write.allow(key),
+            Need::ReadWrite => self.read.allow(key) && self.write.allow(key),
+        }
+    }
+
+    /// Whether a reload replaced the rules this principal came from (see `Auth::refresh`).
+    pub fn is_replaced(&self) -> bool {
+        self.replaced.load(Ordering::Relaxed)
+    }
+}
+
+/// One generation of the rules.
+pub struct Rules {
+    tokens: Vec<(Box<[u8]>, Arc<Principal>)>,
+    users: Vec<(Box<[u8]>, Arc<Principal>)>,
+    /// `resp.requirepass`; None: the default user needs no password (when it exists).
+    requirepass: Option<Box<[u8]>>,
+    /// The RESP user with every key, when it exists: with no users configured, or with
+    /// `resp.requirepass` set.
+    default_user: Option<Arc<Principal>>,
+}
+
+impl Rules {
+    pub fn from_config(config: &Config) -> Self {
+        let scoped = |name: &str, read: &[String], write: &[String]| {
+            Principal::new(name, Prefixes::new(read), Prefixes::new(write))
+        };
+        let requirepass = (!config.resp.requirepass.is_empty())
+            .then(|| config.resp.requirepass.expose().as_bytes().into());
+        let default_exists = config.auth.users.is_empty() || requirepass.is_some();
+        Self {
+            tokens: config
+                .auth
+                .tokens
+                .iter()
+                .map(|t| {
+                    let p = scoped(&t.name, &t.read, &t.write);
+                    (t.token.expose().as_bytes().into(), p)
+                })
+                .collect(),
+            users: config
+                .auth
+                .users
+                .iter()
+                .map(|u| {
+                    let p = scoped(&u.name, &u.read, &u.write);
+                    (u.password.expose().as_bytes().into(), p)
+                })
+                .collect(),
+            requirepass,
+            default_user: default_exists
+                .then(|| Principal::new("default", Prefixes::everything(), Prefixes::everything())),
+        }
+    }
+
+    /// The principal an HTTP request acts as: None when no tokens are configured (the door is
+    /// open), else the holder of its `Authorization: Bearer` token.
+    pub fn bearer(&self, headers: &HeaderMap) -> Result<Option<Arc<Principal>>, Denied> {
+        if self.tokens.is_empty() {
+            return Ok(None);
+        }
+        let value = headers.get(AUTHORIZATION).ok_or(Denied::Missing)?;
+        let token = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
+            .ok_or(Denied::Invalid)?;
+        // Every token is compared, so timing does not tell which one came close.
+        let mut found = None;
+        for (secret, p) in &self.tokens {
+            if constant_time_eq(secret, token) {
+                found = Some(p);
+            }
+        }
+        found.cloned().map(Some).ok_or(Denied::Invalid)
+    }
+
+    /// The user a new RESP connection starts as: the default user when it needs no password.
+    pub fn resp_anonymous(&self) -> Option<Arc<Principal>> {
+        match self.requirepass {
+            None => self.default_user.clone(),
+            Some(_) => None,
+        }
+    }
+
+    /// Whether AUTH with a password alone makes sense (redis-server refuses it when the
+    /// default user has no password and there are no other users).
+    pub fn resp_has_passwords(&self) -> bool {
+        self.requirepass.is_some() || !self.users.is_empty()
+    }
+
+    /// AUTH [user] password: the user it logs in as.
+    pub fn login(&self, user: Option<&[u8]>, password: &[u8]) -> Option<Arc<Principal>> {
+        match user {
+            None | Some(b"default") => {
+                let ok = match &self.requirepass {
+                    // With no password set, "default" accepts any password, as in redis-server.
+                    None => true,
+                    Some(want) => constant_time_eq(want, password),
+                };
+                ok.then(|| self.default_user.clone()).flatten()
+            }
+            Some(name) => {
+                let (secret, p) = self.users.iter().find(|(_, p)| p.name.as_bytes() == name)?;
+                constant_time_eq(secret, password).then(|| p.clone())
+            }
+        }
+    }
+
+    fn by_name(&self, name: &str) -> Option<Arc<Principal>> {
+        if name == "default" {
+            return self.default_user.clone();
+        }
+        self.users
+            .iter()
+            .map(|(_, p)| p)
+            .find(|p| &*p.name == name)
+            .cloned()
+    }
+
+    fn principals(&self) -> impl Iterator<Item = &Arc<Principal>> {
+        self.tokens
+            .iter()
+            .chain(&self.users)
+            .map(|(_, p)| p)
+            .chain(&self.default_user)
+    }
+}
+
+/// The current rules, replaceable at run time.
+pub struct Auth {
+    rules: ArcSwap<Rules>,
+}
+
+impl Auth {
+    pub fn new(rules: Rules) -> Self {
+        Self {
+            rules: ArcSwap::from_pointee(rules),
+        }
+    }
+
+    pub fn rules(&self) -> Guard<Arc<Rules>> {
+        self.rules.load()
+    }
+
+    /// Puts `rules` in force. Every principal of the old rules is marked replaced, so live
+    /// RESP sessions move to the new principal of the same name, or lose their login when it
+    /// is gone (as redis-server drops the clients of a deleted user).
+    pub fn replace(&self, rules: Rules) {
+        let old = self.rules.swap(Arc::new(rules));
+        for p in old.principals() {
+            p.replaced.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// What a session logged in as `p` becomes under the current rules.
+    pub fn refresh(&self, p: &Principal) -> Option<Arc<Principal>> {
+        self.rules.load().by_name(&p.name)
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal how much matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{TokenConfig, UserConfig};
+
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+    fn config() -> Config {
+        let mut c = Config::default();
+        c.auth.tokens.push(TokenConfig {
+            name: "reader".into(),
+            token: TOKEN.into(),
+            read: vec!["user:".into(), "sess:".into()],
+            write: vec!["sess:".into()],
+        });
+        c.auth.users.push(UserConfig {
+            name: "app".into(),
+            password: "pw".into(),
+            read: vec!["*".into()],
+            write: vec!["app:".into()],
+        });
+        c
+    }
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, auth.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_tokens_grant_their_prefixes_only() {
+        let rules = Rules::from_config(&config());
+        let p = rules
+            .bearer(&headers(&format!("Bearer {TOKEN}")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.name(), "reader");
+        assert!(p.may(Need::Read, b"user:1"));
+        assert!(!p.may(Need::Write, b"user:1"));
+        assert!(p.may(Need::ReadWrite, b"sess:1"));
+        assert!(!p.may(Need::Read, b"other"));
+        assert_eq!(
+            rules.bearer(&HeaderMap::new()).unwrap_err(),
+            Denied::Missing
+        );
+        assert_eq!(
+            rules.bearer(&headers("Bearer nope")).unwrap_err(),
+            Denied::Invalid
+        );
+        assert_eq!(
+            rules
+                .bearer(&headers(&format!("Basic {TOKEN}")))
+                .unwrap_err(),
+            Denied::Invalid
+        );
+        let open = Rules::from_config(&Config::default());
+        assert!(open.bearer(&HeaderMap::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn users_log_in_and_the_default_user_follows_requirepass() {
+        let mut c = config();
+        let rules = Rules::from_config(&c);
+        assert!(
+            rules.resp_anonymous().is_none(),
+            "users configured: log in first"
+        );
+        assert_eq!(rules.login(Some(b"app"), b"pw").unwrap().name(), "app");
+        assert!(rules.login(Some(b"app"), b"wrong").is_none());
+        assert!(rules.login(None, b"anything").is_none(), "no default user");
+        c.resp.requirepass = "s3cret".into();
+        let rules = Rules::from_config(&c);
+        assert!(rules.login(None, b"s3cret").unwrap().may(Need::Write, b"x"));
+        assert!(rules.login(Some(b"default"), b"nope").is_none());
+        let open = Rules::from_config(&Config::default());
+        assert_eq!(open.resp_anonymous().unwrap().name(), "default");
+        assert!(!open.resp_has_passwords());
+    }
+
+    #[test]
+    fn a_reload_moves_sessions_by_name_and_drops_removed_users() {
+        let auth = Auth::new(Rules::from_config(&config()));
+        let app = auth.rules().login(Some(b"app"), b"pw").unwrap();
+        assert!(!app.may(Need::Write, b"new:1"));
+        let mut c = config();
+        c.auth.users[0].write = vec!["new:".into()];
+        auth.replace(Rules::from_config(&c));
+        assert!(app.is_replaced());
+        let now = auth.refresh(&app).unwrap();
+        assert!(now.may(Need::Write, b"new:1"));
+        c.auth.users.clear();
+        c.auth.users.push(UserConfig {
+            name: "other".into(),
+            password: "x".into(),
+            read: vec!["*".into()],
+            write: vec![],
+        });
+        auth.replace(Rules::from_config(&c));
+        assert!(auth.refresh(&now).is_none(), "the user is gone");
+    }
+}

@@ -1,0 +1,254 @@
+//! Auth on both doors against a real redis-server: bearer tokens with read/write prefix
+//! scopes over HTTP (401, 403), RESP users with the same scopes (WRONGPASS, NOPERM), and
+//! nothing written when a request is refused.
+
+mod support;
+
+use support::{error_code, metric, raw, Backend, Gateway};
+use tiergate::config::{Config, TokenConfig, UserConfig};
+
+const READER: &str = "r0000000000000000000000000000000";
+const WRITER: &str = "w0000000000000000000000000000000";
+
+fn with_auth(mut c: Config) -> Config {
+    c.auth.tokens = vec![
+        TokenConfig {
+            name: "reader".into(),
+            token: READER.into(),
+            read: vec!["pub:".into(), "team:".into()],
+            write: vec![],
+        },
+        TokenConfig {
+            name: "team".into(),
+            token: WRITER.into(),
+            read: vec!["team:".into()],
+            write: vec!["team:".into()],
+        },
+    ];
+    c.auth.users = vec![UserConfig {
+        name: "app".into(),
+        password: "app-pw".into(),
+        read: vec!["*".into()],
+        write: vec!["app:".into()],
+    }];
+    c
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_gate_the_http_door_by_prefix() {
+    let l2 = Backend::start();
+    let gw = Gateway::start_ready(with_auth(l2.config())).await;
+    l2.set("pub:a", "1");
+    l2.set("secret:a", "2");
+    let get = |key: &str, token: Option<&str>| {
+        let mut r = gw.http.get(gw.kv(key));
+        if let Some(t) = token {
+            r = r.header("authorization", bearer(t));
+        }
+        r.send()
+    };
+
+    let no_token = get("pub:a", None).await.unwrap();
+    assert_eq!(no_token.status(), 401);
+    assert_eq!(
+        no_token.headers()["www-authenticate"],
+        "Bearer realm=\"tiergate\""
+    );
+    assert_eq!(error_code(no_token).await, "unauthorized");
+    assert_eq!(
+        get("pub:a", Some("not-a-token")).await.unwrap().status(),
+        401
+    );
+
+    let ok = get("pub:a", Some(READER)).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "1");
+    let denied = get("secret:a", Some(READER)).await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let body = denied.text().await.unwrap();
+    assert!(
+        body.contains("\"forbidden\"") && body.contains("reader"),
+        "{body}"
+    );
+    assert!(
+        !body.contains(READER),
+        "the token never appears in a response"
+    );
+
+    // The reader may not write what it may read; nothing reaches Redis.
+    let put = gw
+        .http
+        .put(gw.kv("team:x"))
+        .header("authorization", bearer(READER))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 403);
+    let put = gw
+        .http
+        .put(gw.kv("team:x"))
+        .header("authorization", bearer(WRITER))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204);
+    let del = gw
+        .http
+        .delete(gw.kv("pub:a"))
+        .header("authorization", bearer(WRITER))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 403);
+
+    // Batches are all or nothing.
+    let batch_get = gw
+        .http
+        .post(format!("{}/v1/kv:batchGet", gw.base))
+        .header("authorization", bearer(READER))
+        .body(r#"{"keys":["pub:a","secret:a"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch_get.status(), 403);
+    let batch_set = gw
+        .http
+        .post(format!("{}/v1/kv:batchSet", gw.base))
+        .header("authorization", bearer(WRITER))
+        .body(r#"{"items":[{"key":"team:y","value":"1"},{"key":"pub:y","value":"1"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch_set.status(), 403);
+    let mut direct = l2.conn();
+    let written: Vec<Option<String>> = redis::cmd("MGET")
+        .arg("team:y")
+        .arg("pub:y")
+        .query(&mut direct)
+        .unwrap();
+    assert_eq!(written, [None, None], "a refused batch writes nothing");
+    let stored: Option<String> = redis::cmd("GET").arg("team:x").query(&mut direct).unwrap();
+    assert_eq!(stored.as_deref(), Some("v"));
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "tiergate_auth_denied_total{door=\"http\",reason=\"missing\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tiergate_auth_denied_total{door=\"http\",reason=\"invalid\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tiergate_auth_denied_total{door=\"http\",reason=\"forbidden\"}"
+        ),
+        5.0
+    );
+    assert!(
+        metric(
+            &m,
+            "tiergate_http_requests_total{route=\"kv_get\",status=\"401\"}"
+        ) == 2.0,
+        "refusals are counted under their route"
+    );
+    assert!(
+        !m.contains(READER) && !m.contains(WRITER),
+        "no token in metrics"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp_users_log_in_and_are_held_to_their_prefixes() {
+    let l2 = Backend::start();
+    let gw = Gateway::start_ready(with_auth(l2.config())).await;
+    l2.set("other:k", "o");
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let out = raw(
+        addr,
+        b"GET other:k\r\nAUTH anything\r\nAUTH app wrong\r\nAUTH app app-pw\r\nGET other:k\r\n\
+          SET app:k v\r\nSET other:k v\r\nMSET app:m 1 other:m 1\r\nINCR other:n\r\n\
+          SET app:k w GET\r\nDEL other:k\r\nQUIT\r\n",
+    )
+    .await;
+    let firsts: Vec<&str> = out
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        firsts,
+        [
+            "-NOAUTH", // the default user is off: users are configured and no requirepass
+            "-WRONGPASS",
+            "-WRONGPASS",
+            "+OK",
+            "$1",
+            "o",
+            "+OK",
+            "-NOPERM",
+            "-NOPERM",
+            "-NOPERM", // INCR reads the value too, and app may write only app:
+            "$1",      // SET ... GET needs read and write: app has both on app:
+            "v",
+            "-NOPERM",
+            "+OK"
+        ],
+        "{out}"
+    );
+    let mut direct = l2.conn();
+    let left: Vec<Option<String>> = redis::cmd("MGET")
+        .arg("app:m")
+        .arg("other:m")
+        .arg("other:k")
+        .query(&mut direct)
+        .unwrap();
+    assert_eq!(
+        left,
+        [None, None, Some("o".into())],
+        "refused commands changed nothing"
+    );
+
+    // HELLO 3 AUTH logs in too, as client libraries do.
+    let out = raw(addr, b"HELLO 3 AUTH app app-pw\r\nGET app:k\r\nQUIT\r\n").await;
+    assert!(out.contains("$1\r\nw\r\n"), "{out}");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "tiergate_auth_denied_total{door=\"resp\",reason=\"forbidden\"}"
+        ),
+        4.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tiergate_auth_denied_total{door=\"resp\",reason=\"invalid\"}"
+        ),
+        2.0
+    );
+}
+
+#[test]
+fn secrets_never_reach_debug_output() {
+    let mut c = with_auth(Config::default());
+    c.resp.requirepass = "requirepass-secret".into();
+    let printed = format!("{c:?}");
+    for secret in [READER, WRITER, "app-pw", "requirepass-secret"] {
+        assert!(!printed.contains(secret), "{secret} leaked: {printed}");
+    }
+    assert!(printed.contains("reader") && printed.contains("\"***\""));
+}
