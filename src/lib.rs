@@ -14,6 +14,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod reload;
 pub mod resp;
 pub mod server;
 pub mod shutdown;

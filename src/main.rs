@@ -33,6 +33,13 @@ enum Command {
     CheckConfig,
 }
 
+/// The `TIERGATE_*` overrides. TIERGATE_CONFIG names the file, it is not a config key.
+fn env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k != "TIERGATE_CONFIG")
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -46,11 +53,10 @@ fn main() -> ExitCode {
             };
         }
     };
-    // TIERGATE_CONFIG names the file, it is not a config key.
-    let env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| k != "TIERGATE_CONFIG");
-    let config = match tiergate::config::load(cli.config.as_deref(), env) {
+    // The file and the environment are read again on SIGHUP.
+    let path = cli.config.clone();
+    let load = move || tiergate::config::load(path.as_deref(), env());
+    let config = match load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tiergate: {e}");
@@ -74,7 +80,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tiergate::server::run(config)) {
+    match runtime.block_on(tiergate::server::run(config, load)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "tiergate failed");

@@ -4,11 +4,11 @@
 use crate::{
     auth::{Auth, Rules},
     cache::{L2Error, TieredCache},
-    config::Config,
+    config::{Config, ConfigError},
     host, http,
     metrics::{admin, Metrics},
     net::{self, ListenOptions},
-    resp,
+    reload, resp,
     shutdown::{self, Shutdown},
 };
 use std::{net::SocketAddr, sync::Arc};
@@ -35,6 +35,11 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub cache: Arc<TieredCache>,
     pub metrics: Arc<Metrics>,
+    /// The config in force: what a reload compares the new file against.
+    config: std::sync::Mutex<Config>,
+    auth: Arc<Auth>,
+    http_state: Arc<http::State>,
+    resp_shared: Arc<resp::Shared>,
     draining: Shutdown,
     admin_stop: Shutdown,
     http_task: JoinHandle<()>,
@@ -111,9 +116,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     ));
     let http_task = tokio::spawn(http::serve(
         http_listener,
-        state,
+        state.clone(),
         config.http.clone(),
-        config.shutdown.grace.0,
+        config.shutdown.clone(),
         draining.clone(),
     ));
     let resp_shared = Arc::new(resp::Shared::new(
@@ -126,7 +131,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     ));
     let resp_task = tokio::spawn(resp::serve(
         resp_listener,
-        resp_shared,
+        resp_shared.clone(),
         config.resp.max_connections,
         config.shutdown.grace.0,
         draining.clone(),
@@ -144,6 +149,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         cache,
         metrics,
+        config: std::sync::Mutex::new(config),
+        auth,
+        http_state: state,
+        resp_shared,
         draining,
         admin_stop,
         http_task,
@@ -153,6 +162,53 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 }
 
 impl Running {
+    /// Applies what can change under load from `new` (see `reload`); logs what cannot.
+    /// Returns the keys that need a restart and were left as they were.
+    pub fn reload(&self, new: Config) -> Vec<String> {
+        let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = reload::changed(&current, &new);
+        let (applied, refused): (Vec<String>, Vec<String>) =
+            changed.into_iter().partition(|p| reload::reloadable(p));
+        let next = reload::merge(&current, &new);
+        // Reloadable keys are checked against each other and against the ones kept.
+        let problems = next.validate();
+        if !problems.is_empty() {
+            let list: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            tracing::error!(
+                problems = %list.join("; "),
+                "config reload refused: the reloadable keys do not fit the running config; nothing changed"
+            );
+            self.metrics.config_reload(false);
+            return refused;
+        }
+        if let Err(e) = crate::logging::set_level(&next.log.level) {
+            tracing::warn!(error = %e, "log.level not applied");
+        }
+        self.auth.replace(Rules::from_config(&next));
+        self.http_state.limits.store(Arc::new(next.limits.clone()));
+        self.resp_shared
+            .limits
+            .store(Arc::new(resp::Limits::from_config(&next)));
+        self.http_state.admission.resize(&next.admission);
+        self.resp_shared.admission.resize(&next.admission);
+        self.cache.set_ttl_policy(&next);
+        tracing::info!(
+            applied = %applied.join(","),
+            tokens = next.auth.tokens.len(),
+            users = next.auth.users.len(),
+            "config reloaded"
+        );
+        if !refused.is_empty() {
+            tracing::warn!(
+                keys = %refused.join(","),
+                "config reload: these keys need a restart and were NOT applied; the running values stay"
+            );
+        }
+        *current = next;
+        self.metrics.config_reload(true);
+        refused
+    }
+
     /// Starts the drain: readiness turns 503, listeners close, in-flight requests finish.
     pub fn shutdown(&self) {
         self.draining.trigger();
@@ -172,19 +228,40 @@ impl Running {
     }
 }
 
-/// Runs until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(config: Config) -> Result<(), StartError> {
+/// Runs until SIGTERM or SIGINT, then drains and returns. On SIGHUP, `load` reads the
+/// config again and what can change under load is applied (see `Running::reload`).
+pub async fn run(
+    config: Config,
+    load: impl Fn() -> Result<Config, ConfigError>,
+) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
     // Install the handlers before binding, so a signal during start-up is not lost.
-    let signal = tokio::spawn(shutdown::signal());
+    let stop = tokio::spawn(shutdown::signal());
+    let mut hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     let running = start(config).await?;
     let draining = running.draining.clone();
-    tokio::select! {
-        sig = signal => match sig {
-            Ok(Ok(name)) => tracing::info!(signal = name, "shutting down"),
-            Ok(Err(e)) => return Err(StartError::Signals(e)),
-            Err(e) => return Err(StartError::Signals(std::io::Error::other(e))),
-        },
-        _ = draining.wait() => {}
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            sig = &mut stop => match sig {
+                Ok(Ok(name)) => {
+                    tracing::info!(signal = name, "shutting down");
+                    break;
+                }
+                Ok(Err(e)) => return Err(StartError::Signals(e)),
+                Err(e) => return Err(StartError::Signals(std::io::Error::other(e))),
+            },
+            _ = hangup.recv() => match load() {
+                Ok(new) => {
+                    running.reload(new);
+                }
+                Err(e) => {
+                    running.metrics.config_reload(false);
+                    tracing::error!(error = %e, "config reload refused; the running config is unchanged");
+                }
+            },
+            _ = draining.wait() => break,
+        }
     }
     running.shutdown();
     running.wait().await;

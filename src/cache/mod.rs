@@ -18,6 +18,7 @@ use crate::{
     config::{Config, Invalidation},
     metrics::{Metrics, Tier},
 };
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use epoch::Epochs;
 use l1::{Entry, LoadMiss, L1};
@@ -128,15 +129,36 @@ pub enum Ttl {
 pub const NOT_AN_INTEGER: &str = "value is not an integer or out of range";
 pub const INCR_OVERFLOW: &str = "increment or decrement would overflow";
 
+/// How long L1 keeps values read from L2, and absences (`l1.max_ttl`, `l1.ttl_jitter`,
+/// `l1.negative_ttl`).
+pub struct TtlPolicy {
+    max_ttl: Duration,
+    /// Fraction of each lifetime taken off at random.
+    jitter: f64,
+    /// How long L1 remembers that L2 had no such key (zero: not at all).
+    negative_ttl: Duration,
+}
+
+impl TtlPolicy {
+    fn new(config: &Config, tiered: bool) -> Self {
+        Self {
+            max_ttl: config.l1.max_ttl.0,
+            jitter: config.l1.ttl_jitter,
+            // In standalone mode an absence is the key's own: nothing to remember.
+            negative_ttl: if tiered {
+                config.l1.negative_ttl.0
+            } else {
+                Duration::ZERO
+            },
+        }
+    }
+}
+
 pub struct TieredCache {
     l1: L1,
     l2: Option<Arc<L2>>,
-    /// Longest L1 lifetime of a value read from L2.
-    max_ttl: Duration,
-    /// Fraction of each such lifetime taken off at random.
-    ttl_jitter: f64,
-    /// How long L1 remembers that L2 had no such key (zero: not at all).
-    negative_ttl: Duration,
+    /// How long L1 keeps what it reads from L2; replaced on reload.
+    ttl: ArcSwap<TtlPolicy>,
     /// How long past its TTL an entry is answered at once while it is refreshed.
     stale_while_revalidate: Duration,
     refresher: refresh::Refresher,
@@ -187,13 +209,17 @@ impl TieredCache {
             ),
             stale_while_revalidate,
             refresher: refresh::Refresher::default(),
-            negative_ttl: tiered(config.l1.negative_ttl.0),
+            ttl: ArcSwap::from_pointee(TtlPolicy::new(config, l2.is_some())),
             l2,
-            max_ttl: config.l1.max_ttl.0,
-            ttl_jitter: config.l1.ttl_jitter,
             epochs: Epochs::new(),
             metrics,
         })
+    }
+
+    /// Applies the TTL keys of a reloaded config to what L2 reads from now on.
+    pub fn set_ttl_policy(&self, config: &Config) {
+        self.ttl
+            .store(Arc::new(TtlPolicy::new(config, self.l2.is_some())));
     }
 
     /// The hottest keys read lately (single and batch reads, both doors).
@@ -283,7 +309,8 @@ impl TieredCache {
 
     /// A negative entry to store for a key L2 does not have, when `l1.negative_ttl` is set.
     fn negative_entry(&self) -> Option<Entry> {
-        (!self.negative_ttl.is_zero()).then(|| Entry::absent(self.negative_ttl))
+        let negative_ttl = self.ttl.load().negative_ttl;
+        (!negative_ttl.is_zero()).then(|| Entry::absent(negative_ttl))
     }
 
     /// A read that found only a stale L1 entry: answered with it at once when it is within
@@ -700,8 +727,9 @@ impl TieredCache {
     /// How long L1 keeps a value read from L2: its L2 TTL capped by `l1.max_ttl`, less the
     /// jitter.
     fn l1_ttl(&self, l2_ttl: Option<Duration>) -> Duration {
-        let ttl = l2_ttl.map_or(self.max_ttl, |t| t.min(self.max_ttl));
-        jittered(ttl, self.ttl_jitter, fastrand::f64())
+        let policy = self.ttl.load();
+        let ttl = l2_ttl.map_or(policy.max_ttl, |t| t.min(policy.max_ttl));
+        jittered(ttl, policy.jitter, fastrand::f64())
     }
 }
 

@@ -10,7 +10,7 @@ pub use load::{load, ConfigError};
 pub use secret::Secret;
 pub use units::{ByteSize, Capacity, HumanDuration};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::{net::SocketAddr, time::Duration};
 
 /// Data port for HTTP; 8080 is the conventional unprivileged HTTP port.
@@ -136,10 +136,15 @@ pub const DEFAULT_ACCESS_LOG_RING_RECORDS: usize = 65_536;
 /// How long the writer sleeps when the ring is empty: lines reach the output within this,
 /// and the request path never wakes the writer.
 pub const DEFAULT_ACCESS_LOG_FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+/// After SIGTERM, connections are served this long more, every HTTP/1 response saying
+/// `Connection: close`, so busy clients reconnect (to a new instance on the same port)
+/// between requests rather than have an idle connection closed under them: a second covers
+/// clients that send a request every few hundred milliseconds.
+pub const DEFAULT_SHUTDOWN_DRAIN_DELAY: Duration = Duration::from_secs(1);
 /// Time in-flight requests get to finish after SIGTERM, as Kubernetes' default grace period.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub runtime: RuntimeConfig,
@@ -174,7 +179,7 @@ pub const SECTIONS: &[&str] = &[
 
 /// Who may read and write which keys (see `auth`). Both lists empty (the default): the HTTP
 /// door is open, and RESP asks only for `resp.requirepass` when that is set.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HTTP bearer tokens; when any is set, every data request needs one.
@@ -185,7 +190,7 @@ pub struct AuthConfig {
 }
 
 /// One bearer token and the keys it grants.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Who holds it, for operators (the token itself is never logged).
@@ -200,7 +205,7 @@ pub struct TokenConfig {
 }
 
 /// One RESP user and the keys it grants.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
@@ -216,7 +221,7 @@ pub const MIN_TOKEN_LEN: usize = 32;
 
 /// Per-request log lines (see `access`): written by a background thread from a bounded ring;
 /// when the ring is full records are dropped and counted, and requests never wait.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccessLogConfig {
     pub enabled: bool,
@@ -238,7 +243,7 @@ impl Default for AccessLogConfig {
 }
 
 /// Per front door (HTTP and RESP each have their own): see `exec::admission`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdmissionConfig {
     pub max_inflight: usize,
@@ -256,14 +261,14 @@ impl Default for AdmissionConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Tokio worker threads; 0 means one per core.
     pub worker_threads: usize,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter: "info", "tiergate=debug,warn", ...; `RUST_LOG` wins when set.
@@ -280,14 +285,14 @@ impl Default for LogConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
@@ -321,7 +326,7 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RespConfig {
     pub listen: SocketAddr,
@@ -361,7 +366,7 @@ impl Default for RespConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
@@ -380,7 +385,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct L1Config {
     /// Byte budget: "25%" of memory, or a size ("8GiB"); "0" disables L1.
@@ -419,7 +424,7 @@ impl Default for L1Config {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct L2Config {
     /// `redis://[user:pass@]host:port[/db]`; empty (and no `cluster_nodes`) runs the
@@ -447,7 +452,7 @@ pub struct L2Config {
 }
 
 /// How an instance hears of writes made elsewhere.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Invalidation {
     /// Writes publish their keys on `l2.invalidation_channel`; every instance evicts them.
@@ -480,7 +485,7 @@ impl Default for L2Config {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     pub max_key_bytes: usize,
@@ -500,16 +505,19 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShutdownConfig {
+    /// Bounds the whole drain, `drain_delay` included.
     pub grace: HumanDuration,
+    pub drain_delay: HumanDuration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             grace: HumanDuration(DEFAULT_SHUTDOWN_GRACE),
+            drain_delay: HumanDuration(DEFAULT_SHUTDOWN_DRAIN_DELAY),
         }
     }
 }
@@ -741,6 +749,12 @@ impl Config {
             bad("limits.max_batch_bytes", "must be at least 1".into());
         }
         self.validate_auth(&mut bad);
+        if self.shutdown.drain_delay > self.shutdown.grace {
+            bad(
+                "shutdown.drain_delay",
+                "must not be longer than shutdown.grace".into(),
+            );
+        }
         if self.access_log.ring_records == 0 || self.access_log.ring_records > 16 << 20 {
             bad(
                 "access_log.ring_records",

@@ -1,7 +1,7 @@
 //! Secrets in config (bearer tokens, passwords): deserialised like a string, but never
 //! printed. `Config` derives `Debug` and is logged in places; a `Secret` shows as `"***"`.
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -37,6 +37,13 @@ impl From<&str> for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(Self)
+    }
+}
+
+/// Serialised (for config diffs) as its Debug form: the secret never leaves.
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{self:?}"))
     }
 }
 

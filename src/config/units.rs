@@ -1,7 +1,7 @@
 //! Human-readable units in config files: durations ("30s", "250ms") and byte sizes
 //! ("64MiB", "4096"), plus the L1 capacity that may also be a share of RAM ("25%").
 
-use serde::{de, Deserialize, Deserializer};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::{fmt, str::FromStr, time::Duration};
 
 /// A duration written as a string: "30s", "250ms", "1m 30s". "0" / "0s" means zero.
@@ -106,6 +106,27 @@ impl<'de> Deserialize<'de> for Capacity {
         }
     }
 }
+
+impl fmt::Display for Capacity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Capacity::Bytes(n) => ByteSize(*n).fmt(f),
+            Capacity::PercentOfMemory(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+/// Written as they are read (config diffs on reload compare these forms).
+macro_rules! serialize_as_display {
+    ($($t:ty),*) => {$(
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_as_display!(HumanDuration, ByteSize, Capacity);
 
 #[derive(Deserialize)]
 #[serde(untagged)]

@@ -12,7 +12,7 @@ use crate::{
 };
 use std::{
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -22,8 +22,13 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 pub struct Admission {
     slots: Semaphore,
     queued: AtomicUsize,
-    max_queue: usize,
-    queue_timeout: Duration,
+    /// The three limits, atomics so a reload (`resize`) changes them under load.
+    max_inflight: AtomicUsize,
+    max_queue: AtomicUsize,
+    queue_timeout_ns: AtomicU64,
+    /// Slots a shrink could not take back at once (they were in use): the next ones
+    /// released are forgotten instead.
+    owed: AtomicUsize,
     metrics: AdmissionMetrics,
 }
 
@@ -47,13 +52,23 @@ impl Refused {
 
 /// A slot, held until the request is answered.
 pub struct Admitted<'a> {
-    _slot: SemaphorePermit<'a>,
-    metrics: &'a AdmissionMetrics,
+    slot: Option<SemaphorePermit<'a>>,
+    admission: &'a Admission,
 }
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        self.metrics.inflight.dec();
+        let a = self.admission;
+        a.metrics.inflight.dec();
+        if a.owed.load(Ordering::Relaxed) > 0
+            && a.owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            if let Some(slot) = self.slot.take() {
+                slot.forget();
+            }
+        }
     }
 }
 
@@ -68,10 +83,37 @@ impl Admission {
         Self {
             slots: Semaphore::new(max_inflight),
             queued: AtomicUsize::new(0),
-            max_queue,
-            queue_timeout,
+            max_inflight: AtomicUsize::new(max_inflight),
+            max_queue: AtomicUsize::new(max_queue),
+            queue_timeout_ns: AtomicU64::new(queue_timeout.as_nanos() as u64),
+            owed: AtomicUsize::new(0),
             metrics: metrics.admission(door),
         }
+    }
+
+    /// Applies new limits (a config reload). A smaller `max_inflight` takes effect as
+    /// requests in flight finish; nothing running is interrupted.
+    pub fn resize(&self, cfg: &AdmissionConfig) {
+        let new = cfg.max_inflight;
+        let old = self.max_inflight.swap(new, Ordering::AcqRel);
+        if new > old {
+            let mut grow = new - old;
+            // Slots still owed from an earlier shrink are simply no longer owed.
+            let _ = self
+                .owed
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
+                    let paid = owed.min(grow);
+                    grow = new - old - paid;
+                    Some(owed - paid)
+                });
+            self.slots.add_permits(grow);
+        } else if new < old {
+            let taken = self.slots.forget_permits(old - new);
+            self.owed.fetch_add(old - new - taken, Ordering::AcqRel);
+        }
+        self.max_queue.store(cfg.max_queue, Ordering::Relaxed);
+        self.queue_timeout_ns
+            .store(cfg.queue_timeout.0.as_nanos() as u64, Ordering::Relaxed);
     }
 
     pub fn from_config(door: Door, cfg: &AdmissionConfig, metrics: &Arc<Metrics>) -> Self {
@@ -89,13 +131,14 @@ impl Admission {
         if let Ok(slot) = self.slots.try_acquire() {
             return Ok(self.admitted(slot));
         }
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue.load(Ordering::Relaxed) {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(self.refuse(Refused::QueueFull));
         }
         let _queued = Queued::new(self);
         let start = Instant::now();
-        let waited = tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await;
+        let timeout = Duration::from_nanos(self.queue_timeout_ns.load(Ordering::Relaxed));
+        let waited = tokio::time::timeout(timeout, self.slots.acquire()).await;
         self.metrics
             .queue_wait
             .observe(start.elapsed().as_secs_f64());
@@ -109,8 +152,8 @@ impl Admission {
     fn admitted<'a>(&'a self, slot: SemaphorePermit<'a>) -> Admitted<'a> {
         self.metrics.inflight.inc();
         Admitted {
-            _slot: slot,
-            metrics: &self.metrics,
+            slot: Some(slot),
+            admission: self,
         }
     }
 
@@ -180,5 +223,27 @@ mod tests {
             "the waiter left the queue"
         );
         assert_eq!(a.metrics.inflight.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn resize_shrinks_as_requests_finish_and_grows_at_once() {
+        let a = admission(2, 0, 10);
+        let (first, second) = (a.admit().await.unwrap(), a.admit().await.unwrap());
+        let cfg = |n| AdmissionConfig {
+            max_inflight: n,
+            max_queue: 0,
+            queue_timeout: crate::config::HumanDuration(Duration::from_millis(10)),
+        };
+        a.resize(&cfg(1));
+        drop(first); // owed to the shrink: forgotten, not freed
+        assert_eq!(a.admit().await.err(), Some(Refused::QueueFull));
+        drop(second);
+        let only = a.admit().await.unwrap();
+        assert_eq!(a.admit().await.err(), Some(Refused::QueueFull), "limit 1");
+        a.resize(&cfg(3));
+        let _more = (a.admit().await.unwrap(), a.admit().await.unwrap());
+        assert_eq!(a.admit().await.err(), Some(Refused::QueueFull), "limit 3");
+        drop(only);
+        assert_eq!(a.slots.available_permits(), 1);
     }
 }

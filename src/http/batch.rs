@@ -94,7 +94,7 @@ where
     T: serde::de::DeserializeOwned,
     B: RequestBody,
 {
-    let limit = state.limits.max_batch_bytes.0;
+    let limit = state.limits.load().max_batch_bytes.0;
     let raw = body::read(
         headers,
         b,
@@ -124,9 +124,9 @@ pub async fn get<B: RequestBody>(
     b: B,
 ) -> Reply {
     let req: BatchGet = read_json(state, headers, b).await?;
-    check_count(req.keys.len(), state.limits.max_batch_keys)?;
+    check_count(req.keys.len(), state.limits.load().max_batch_keys)?;
     for k in &req.keys {
-        key::check(k.as_bytes(), state.limits.max_key_bytes)?;
+        key::check(k.as_bytes(), state.limits.load().max_key_bytes)?;
         // One key out of scope refuses the whole batch: a partial answer would hide it.
         state.authorize(user, Need::Read, k.as_bytes())?;
     }
@@ -166,15 +166,15 @@ pub async fn set<B: RequestBody>(
     b: B,
 ) -> Reply {
     let req: BatchSet = read_json(state, headers, b).await?;
-    check_count(req.items.len(), state.limits.max_batch_keys)?;
+    check_count(req.items.len(), state.limits.load().max_batch_keys)?;
     for it in &req.items {
         // All or nothing: no item is written when one is out of scope.
         state.authorize(user, Need::Write, it.key.as_bytes())?;
     }
-    let max_value = state.limits.max_value_bytes.0;
+    let max_value = state.limits.load().max_value_bytes.0;
     let mut items: Vec<Item> = Vec::with_capacity(req.items.len());
     for (i, it) in req.items.into_iter().enumerate() {
-        key::check(it.key.as_bytes(), state.limits.max_key_bytes).map_err(|e| ApiError {
+        key::check(it.key.as_bytes(), state.limits.load().max_key_bytes).map_err(|e| ApiError {
             message: format!("items[{i}]: {}", e.message).into(),
             ..e
         })?;

@@ -14,7 +14,7 @@ use http_body_util::Full;
 pub const X_CACHE: &str = "x-cache";
 
 pub async fn get(state: &State, user: Option<&Principal>, raw_key: &str) -> Reply {
-    let key = key::decode(raw_key, state.limits.max_key_bytes)?;
+    let key = key::decode(raw_key, state.limits.load().max_key_bytes)?;
     state.authorize(user, Need::Read, &key)?;
     match state.cache.get(&key).await? {
         Some(hit) => {
@@ -44,14 +44,14 @@ pub async fn put<B: RequestBody>(
     headers: &HeaderMap,
     b: B,
 ) -> Reply {
-    let key = key::decode(raw_key, state.limits.max_key_bytes)?;
+    let key = key::decode(raw_key, state.limits.load().max_key_bytes)?;
     // Before the body is read: a forbidden write costs no upload.
     state.authorize(user, Need::Write, &key)?;
     let ttl = key::ttl_from_query(query)?;
     let value = body::read(
         headers,
         b,
-        state.limits.max_value_bytes.0,
+        state.limits.load().max_value_bytes.0,
         "value_too_large",
         state.body_read_timeout,
     )
@@ -61,7 +61,7 @@ pub async fn put<B: RequestBody>(
 }
 
 pub async fn delete(state: &State, user: Option<&Principal>, raw_key: &str) -> Reply {
-    let key = key::decode(raw_key, state.limits.max_key_bytes)?;
+    let key = key::decode(raw_key, state.limits.load().max_key_bytes)?;
     state.authorize(user, Need::Write, &key)?;
     if state.cache.delete(&key).await? {
         Ok(no_content())

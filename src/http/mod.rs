@@ -11,15 +11,16 @@ mod kv;
 use crate::{
     auth::{Auth, Denied, Need, Principal},
     cache::TieredCache,
-    config::{Config, HttpConfig, LimitsConfig, DEFAULT_HTTP_MAX_HEADERS},
+    config::{Config, HttpConfig, ShutdownConfig, LimitsConfig, DEFAULT_HTTP_MAX_HEADERS},
     exec::Admission,
     metrics::{Door, Metrics, Route},
     net,
     shutdown::Shutdown,
 };
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use error::ApiError;
-use http::{Method, Request, Response};
+use http::{header, HeaderValue, Method, Request, Response, Version};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::{
@@ -38,13 +39,18 @@ pub struct State {
     pub auth: Arc<Auth>,
     pub cache: Arc<TieredCache>,
     pub metrics: Arc<Metrics>,
-    pub limits: LimitsConfig,
+    /// Key, value and batch bounds; replaced on reload.
+    pub limits: ArcSwap<LimitsConfig>,
     /// This door's admission: requests past it are refused with 503 at once.
     pub admission: Admission,
     /// How long a request body may take to arrive (408 past it).
     pub body_read_timeout: Duration,
     /// How long a request may take in all (503 `request_timeout` past it).
     pub request_timeout: Duration,
+    /// Tripped once the listener is closed: HTTP/1 responses then say `Connection: close`.
+    /// Not before: a client told to reconnect while the listener is still open may be
+    /// queued on it and reset when it closes.
+    pub listener_closed: Shutdown,
 }
 
 impl State {
@@ -55,11 +61,12 @@ impl State {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            listener_closed: Shutdown::new(),
             auth,
             cache,
             admission: Admission::from_config(Door::Http, &config.admission, &metrics),
             metrics,
-            limits: config.limits.clone(),
+            limits: ArcSwap::from_pointee(config.limits.clone()),
             body_read_timeout: config.http.body_read_timeout.0,
             request_timeout: config.http.request_timeout.0,
         }
@@ -166,13 +173,15 @@ impl State {
     }
 }
 
-/// Serves the data port until shutdown, then gives open connections `grace` to finish:
-/// HTTP/1 connections close after their in-flight request, h2 connections get GOAWAY.
+/// Serves the data port until shutdown, then drains in two steps, within `shutdown.grace`:
+/// for `shutdown.drain_delay` every connection is still served, each HTTP/1 response saying
+/// `Connection: close`, so busy clients move to a new instance between two requests; then
+/// idle HTTP/1 connections are closed, h2 ones get GOAWAY, and in-flight requests finish.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     cfg: HttpConfig,
-    grace: Duration,
+    drain: ShutdownConfig,
     shutdown: Shutdown,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -209,9 +218,17 @@ pub async fn serve(
             let state = state.clone();
             net::spawn_isolated(state.metrics.connection_panics.clone(), async move {
                 let _open = open;
-                let svc = service_fn(move |req| {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                    async move {
+                        let h1 = req.version() < Version::HTTP_2;
+                        let mut resp = handle(&state, req).await;
+                        if h1 && state.listener_closed.is_triggered() {
+                            resp.headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 if let Err(e) = watcher.watch(conn).await {
@@ -221,12 +238,30 @@ pub async fn serve(
         },
     )
     .await;
-    let open = graceful.count();
-    tracing::info!(open, "http: stopped accepting; draining connections");
+    state.listener_closed.trigger();
+    let (grace, delay) = (drain.grace.0, drain.drain_delay.0);
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(
+        open = graceful.count(),
+        ?delay,
+        "http: stopped accepting; serving open connections with `Connection: close`"
+    );
+    // Step one ends early once every client has gone.
+    let delay_over = tokio::time::Instant::now() + delay;
+    while graceful.count() > 0 && tokio::time::Instant::now() < delay_over {
+        tokio::time::sleep(DRAIN_POLL.min(delay)).await;
+    }
+    tracing::info!(
+        open = graceful.count(),
+        "http: closing idle connections; waiting for in-flight requests"
+    );
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("http: drained"),
-        _ = tokio::time::sleep(grace) => {
+        _ = tokio::time::sleep_until(deadline) => {
             tracing::warn!(grace = ?grace, "http: grace period over; closing the connections left")
         }
     }
 }
+
+/// How often the first drain step checks whether every connection has closed.
+const DRAIN_POLL: Duration = Duration::from_millis(10);

@@ -46,7 +46,12 @@ impl Admin {
             }
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" => match self.ready() {
-                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                // The pid tells which of two instances sharing the port (SO_REUSEPORT, during
+                // a rolling restart) answered.
+                Ok(()) => text(
+                    StatusCode::OK,
+                    format!("ready pid={}\n", std::process::id()),
+                ),
                 Err(why) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("not ready: {why}\n"),

@@ -140,6 +140,8 @@ pub struct Metrics {
     pub bus_invalidations: IntCounter,
     pub bus_flushes: IntCounter,
     auth_denied: [[IntCounter; 3]; 3],
+    /// Config reloads (SIGHUP): [applied, refused].
+    config_reloads: [IntCounter; 2],
     pub access_log_written: IntCounter,
     pub access_log_dropped: IntCounter,
 }
@@ -315,6 +317,16 @@ impl Metrics {
         let auth_denied = DOORS.map(|door| {
             crate::auth::Denied::ALL.map(|d| auth_denied.with_label_values(&[door, d.label()]))
         });
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Config reloads on SIGHUP: applied, or refused (the file did not load or validate)",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        reg(Box::new(reloads.clone()));
+        let config_reloads = ["applied", "refused"].map(|r| reloads.with_label_values(&[r]));
         let access_log_written = IntCounter::new(
             "access_log_records_total",
             "Access-log records written out (access_log.enabled)",
@@ -485,6 +497,7 @@ impl Metrics {
             bus_flushes,
             access_log_written,
             auth_denied,
+            config_reloads,
             access_log_dropped,
             registry,
         }
@@ -516,6 +529,10 @@ impl Metrics {
     }
 
     /// A door's admission figures.
+    pub fn config_reload(&self, applied: bool) {
+        self.config_reloads[usize::from(!applied)].inc();
+    }
+
     pub fn auth_denied(&self, door: Door, why: crate::auth::Denied) {
         self.auth_denied[door as usize][why as usize].inc();
     }

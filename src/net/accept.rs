@@ -3,6 +3,7 @@
 //! the door's handler.
 
 use crate::shutdown::Shutdown;
+use futures_util::FutureExt;
 use std::{io, net::SocketAddr, time::Duration};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -11,7 +12,10 @@ use tokio::net::{TcpListener, TcpStream};
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts connections until `shutdown`, calling `on_conn` for each; returns after the
-/// listener is closed so that no new connection can arrive during the drain.
+/// listener is closed so that no new connection can arrive during the drain. Connections
+/// already in the accept queue at shutdown are taken too: closing a listener resets what is
+/// queued on it, and under SO_REUSEPORT those are clients that chose this instance before it
+/// began to drain.
 pub async fn accept_loop<F>(
     listener: TcpListener,
     shutdown: &Shutdown,
@@ -38,6 +42,9 @@ pub async fn accept_loop<F>(
                 }
             }
         }
+    }
+    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+        on_conn(stream, peer);
     }
     drop(listener);
 }

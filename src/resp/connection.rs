@@ -158,8 +158,10 @@ async fn run_buffered(
     shared: &Shared,
     refused: Option<&Refused>,
 ) -> bool {
+    // One load per batch: a reload takes effect from the next batch.
+    let limits = shared.limits.load();
     loop {
-        let args = match frame::parse(rbuf.buf(), &shared.limits, &mut session.progress) {
+        let args = match frame::parse(rbuf.buf(), &limits.frame, &mut session.progress) {
             Ok(Some(args)) if args.is_empty() => continue,
             Ok(Some(args)) => args,
             Ok(None) => return false,

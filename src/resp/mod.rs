@@ -16,6 +16,7 @@ use crate::{
     net,
     shutdown::Shutdown,
 };
+use arc_swap::ArcSwap;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -29,9 +30,8 @@ use tokio::{net::TcpListener, sync::Semaphore};
 pub struct Shared {
     pub cache: Arc<TieredCache>,
     pub metrics: Arc<Metrics>,
-    pub limits: frame::Limits,
-    pub max_key_bytes: usize,
-    pub max_value_bytes: u64,
+    /// Codec, key and value bounds; replaced on reload.
+    pub limits: ArcSwap<Limits>,
     /// Who may log in and what they may touch; shared with the HTTP door, replaced on reload.
     pub auth: Arc<Auth>,
     pub debug_command: bool,
@@ -44,6 +44,30 @@ pub struct Shared {
     /// This door's admission: a batch of commands past it is answered `-BUSY`.
     pub admission: Admission,
     next_id: AtomicU64,
+}
+
+/// The bounds every command is held to.
+pub struct Limits {
+    pub frame: frame::Limits,
+    pub max_key_bytes: usize,
+    pub max_value_bytes: u64,
+}
+
+impl Limits {
+    pub fn from_config(config: &Config) -> Self {
+        let (cfg, limits) = (&config.resp, &config.limits);
+        Self {
+            frame: frame::Limits {
+                max_multibulk_len: cfg.max_multibulk_len,
+                // A bulk argument is a key or a value; both bounds apply later, per command.
+                max_bulk_len: (limits.max_value_bytes.0 as usize).max(limits.max_key_bytes),
+                max_inline_len: cfg.max_inline_bytes.0 as usize,
+                max_request_len: cfg.max_request_bytes.0 as usize,
+            },
+            max_key_bytes: limits.max_key_bytes,
+            max_value_bytes: limits.max_value_bytes.0,
+        }
+    }
 }
 
 /// Fixed facts about this server, for INFO and CONFIG GET.
@@ -65,7 +89,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         memory: u64,
     ) -> Self {
-        let (cfg, limits) = (&config.resp, &config.limits);
+        let cfg = &config.resp;
         let buffers = BufferPool::new(
             cfg.buffer_pool_buffers,
             cfg.read_buffer_bytes.0 as usize,
@@ -79,15 +103,7 @@ impl Shared {
             admission: Admission::from_config(Door::Resp, &config.admission, &metrics),
             cache,
             metrics,
-            limits: frame::Limits {
-                max_multibulk_len: cfg.max_multibulk_len,
-                // A bulk argument is a key or a value; both bounds apply later, per command.
-                max_bulk_len: (limits.max_value_bytes.0 as usize).max(limits.max_key_bytes),
-                max_inline_len: cfg.max_inline_bytes.0 as usize,
-                max_request_len: cfg.max_request_bytes.0 as usize,
-            },
-            max_key_bytes: limits.max_key_bytes,
-            max_value_bytes: limits.max_value_bytes.0,
+            limits: ArcSwap::from_pointee(Limits::from_config(config)),
             auth,
             debug_command: cfg.enable_debug_command,
             idle_timeout: (!cfg.idle_timeout.0.is_zero()).then_some(cfg.idle_timeout.0),

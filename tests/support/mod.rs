@@ -643,9 +643,14 @@ pub struct Binary {
 
 impl Binary {
     pub fn start(extra_env: &[(&str, &str)]) -> Self {
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let resp: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let free = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+        Self::start_on([free(), free(), free()], extra_env)
+    }
+
+    /// Starts on the given HTTP, RESP and admin addresses: those of a running instance, to
+    /// share its ports (SO_REUSEPORT) as a rolling restart does.
+    pub fn start_on(addrs: [SocketAddr; 3], extra_env: &[(&str, &str)]) -> Self {
+        let [http, resp, admin] = addrs;
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = Command::new(bin());
         cmd.env("TIERGATE_HTTP_LISTEN", http.to_string())
@@ -676,6 +681,24 @@ impl Binary {
             std::thread::sleep(Duration::from_millis(20));
         }
         b
+    }
+
+    /// Waits until this very process (not another one sharing the admin port) says ready.
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.admin);
+        let want = format!("ready pid={}", self.pid());
+        // A fresh client each time: a new connection may reach either instance.
+        eventually("this instance is ready", || async {
+            let Ok(r) = reqwest::Client::new().get(&url).send().await else {
+                return false;
+            };
+            r.text().await.is_ok_and(|t| t.trim() == want)
+        })
+        .await;
+    }
+
+    pub fn addrs(&self) -> [SocketAddr; 3] {
+        [self.http, self.resp, self.admin]
     }
 
     /// Its Prometheus exposition.

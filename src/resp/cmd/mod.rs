@@ -274,7 +274,7 @@ pub fn l2_error(e: crate::cache::L2Error) -> Frame {
 /// Checks a value against `limits.max_value_bytes` (the codec bounds each argument by the
 /// larger of the key and value bounds, so a value can still exceed its own).
 pub fn check_value(value: &[u8], shared: &Shared) -> Result<(), Frame> {
-    if value.len() as u64 > shared.max_value_bytes {
+    if value.len() as u64 > shared.limits.load().max_value_bytes {
         return Err(Frame::error(
             "ERR value is larger than limits.max_value_bytes",
         ));
@@ -284,12 +284,13 @@ pub fn check_value(value: &[u8], shared: &Shared) -> Result<(), Frame> {
 
 /// Checks a key against `limits.max_key_bytes`.
 pub fn check_key(key: &[u8], shared: &Shared) -> Result<(), Frame> {
-    if key.len() > shared.max_key_bytes {
+    let max = shared.limits.load().max_key_bytes;
+    if key.len() > max {
         return Err(Frame::Error(
             format!(
                 "ERR key is {} bytes; the limit is {}",
                 key.len(),
-                shared.max_key_bytes
+                max
             )
             .into(),
         ));

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Zero-downtime restart of one tiergate on one host.
+#
+#   scripts/rolling-restart.sh OLD_PID [-- COMMAND...]
+#       Starts COMMAND (default: target/release/tiergate, with this shell's environment, so
+#       the same TIERGATE_* variables and --config) beside the running instance OLD_PID. Both
+#       share the ports through SO_REUSEPORT (http.reuse_port, on by default). Once the new
+#       instance says `ready pid=<its pid>` on the admin port, OLD_PID gets SIGTERM: it stops
+#       accepting, keeps serving open connections for shutdown.drain_delay with
+#       `Connection: close` on every HTTP/1 response (clients reconnect, to the new one),
+#       then closes idle connections (h2: GOAWAY), finishes in-flight requests and exits.
+#       The new instance's stderr goes to $TIERGATE_RESTART_LOG (default ./tiergate.<pid>.log).
+#
+#   scripts/rolling-restart.sh --demo [SECONDS]
+#       Shows it: a redis-server, a tiergate, and wrk sending GET and PUT for SECONDS
+#       (default 10) over keep-alive connections while the instance is restarted twice.
+#       Prints wrk's totals: "Socket errors" and "Non-2xx" are the failed requests.
+#
+# Linux resets connections still in a closing listener's SYN or accept queue unless
+# net.ipv4.tcp_migrate_req = 1 (kernel 5.14+, in sysctl.conf), which hands them to the other
+# listener of the port. tiergate takes every queued connection before it closes, so without
+# the sysctl only a connection arriving in the microseconds of the close itself can be lost.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ADMIN=${TIERGATE_ADMIN_LISTEN:-127.0.0.1:9090}
+ADMIN=${ADMIN/0.0.0.0/127.0.0.1}
+
+# restart OLD_PID COMMAND...: prints the new pid.
+restart() {
+    local old=$1; shift
+    kill -0 "$old" 2>/dev/null || { echo "no process $old" >&2; exit 1; }
+    local log=${TIERGATE_RESTART_LOG:-}
+    "$@" 2>"${log:-/dev/null}" &
+    local new=$!
+    [ -n "$log" ] || echo "note: set TIERGATE_RESTART_LOG to keep the new instance's log" >&2
+    for _ in $(seq 1 600); do
+        kill -0 "$new" 2>/dev/null || { echo "the new instance exited; see its log" >&2; exit 1; }
+        # A new connection each time: either instance may answer; only the new one's pid counts.
+        if [ "$(curl -s --max-time 1 "http://$ADMIN/readyz" || true)" = "ready pid=$new" ]; then
+            kill -TERM "$old"
+            while kill -0 "$old" 2>/dev/null; do sleep 0.05; done
+            echo "$new"
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "the new instance $new did not become ready within 30s; $old keeps serving" >&2
+    kill -TERM "$new"
+    exit 1
+}
+
+if [ "${1:-}" != "--demo" ]; then
+    [ $# -ge 1 ] || { sed -n '2,30p' "$0"; exit 64; }
+    OLD=$1; shift
+    [ "${1:-}" = "--" ] && shift
+    [ $# -gt 0 ] || set -- target/release/tiergate
+    restart "$OLD" "$@"
+    exit 0
+fi
+
+SECS=${2:-10}
+for tool in redis-server wrk curl; do
+    command -v $tool >/dev/null || { echo "$tool missing (apt-get install -y redis-server wrk curl)"; exit 1; }
+done
+source loadtest/lib.sh
+cargo build --release --quiet --bin tiergate
+RS=$(free_port)
+redis-server --port "$RS" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
+PIDS+=($!)
+wait_port "$RS"
+HTTP=$(free_port)
+export TIERGATE_L2_URL=redis://127.0.0.1:$RS TIERGATE_HTTP_LISTEN=127.0.0.1:$HTTP
+export TIERGATE_RESP_LISTEN=127.0.0.1:$(free_port) TIERGATE_ADMIN_LISTEN=127.0.0.1:$(free_port)
+export TIERGATE_LOG_LEVEL=warn TIERGATE_RUNTIME_WORKER_THREADS=1
+ADMIN=$TIERGATE_ADMIN_LISTEN
+target/release/tiergate 2>"$WORK/first.log" &
+PID=$!
+for _ in $(seq 1 200); do
+    [ "$(curl -s "http://$ADMIN/readyz" || true)" = "ready pid=$PID" ] && break
+    sleep 0.05
+done
+cat >"$WORK/mix.lua" <<'LUA'
+-- Every fourth request a PUT, the rest GETs, over 1000 keys.
+local n = 0
+request = function()
+    n = n + 1
+    local path = "/v1/kv/demo:" .. (n % 1000)
+    if n % 4 == 0 then return wrk.format("PUT", path, nil, "value-" .. n) end
+    return wrk.format("GET", path)
+end
+LUA
+curl -s -X PUT --data x "http://127.0.0.1:$HTTP/v1/kv/demo:0" >/dev/null
+wrk -t1 -c32 -d"${SECS}s" -s "$WORK/mix.lua" "http://127.0.0.1:$HTTP" >"$WORK/wrk.txt" &
+WRK=$!
+for round in 1 2; do
+    sleep "$(echo "$SECS / 3" | bc -l)"
+    NEW=$(TIERGATE_RESTART_LOG="$WORK/restart$round.log" restart "$PID" target/release/tiergate)
+    echo "restart $round: pid $PID drained and exited; pid $NEW serves"
+    PID=$NEW
+done
+PIDS+=("$PID")
+wait "$WRK"
+cat "$WORK/wrk.txt"
+# wrk counts 404s (keys not written yet) as non-2xx; those are answers, not failures.
+echo "(Non-2xx above are 404s for keys not yet written; failed requests are the Socket errors.)"
