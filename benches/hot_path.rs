@@ -51,7 +51,7 @@ fn hot_path(c: &mut Criterion) {
     });
 
     let auth = Arc::new(Auth::new(Rules::from_config(&config)));
-    let state = http::State::new(&config, auth, cache.clone(), metrics);
+    let state = http::State::new(&config, auth.clone(), cache.clone(), metrics.clone(), None);
     c.bench_function("http_handle_get_l1_hit", |b| {
         b.to_async(&rt).iter(|| async {
             let req = ::http::Request::get("/v1/kv/bench")
@@ -60,6 +60,40 @@ fn hot_path(c: &mut Criterion) {
             black_box(http::handle(&state, req).await)
         })
     });
+
+    // The same with the access log on, written to /dev/null by its thread: what logging
+    // costs a request at the L1-hit rate (the writer's formatting runs on the same core when
+    // the bench is pinned with taskset).
+    let mut logged = config.access_log.clone();
+    logged.enabled = true;
+    logged.path = "/dev/null".into();
+    let log = tiergate::access::AccessLog::start(
+        &logged,
+        metrics.access_log_written.clone(),
+        metrics.access_log_dropped.clone(),
+    )
+    .unwrap();
+    let with_log = http::State::new(
+        &config,
+        auth,
+        cache.clone(),
+        metrics.clone(),
+        Some(log.clone()),
+    );
+    c.bench_function("http_handle_get_l1_hit_access_log", |b| {
+        b.to_async(&rt).iter(|| async {
+            let req = ::http::Request::get("/v1/kv/bench")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            black_box(http::handle(&with_log, req).await)
+        })
+    });
+    log.stop();
+    println!(
+        "access log: {} records written, {} dropped",
+        metrics.access_log_written.get(),
+        metrics.access_log_dropped.get()
+    );
 }
 
 criterion_group!(benches, hot_path);

@@ -2,6 +2,7 @@
 //! one shutdown watch, and drains them in order (data doors first, admin port last).
 
 use crate::{
+    access::AccessLog,
     auth::{Auth, Rules},
     cache::{L2Error, TieredCache},
     config::{Config, ConfigError},
@@ -24,6 +25,11 @@ pub enum StartError {
     },
     #[error("cannot set up L2: {0}")]
     L2(#[from] L2Error),
+    #[error("cannot open the access log {path}: {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -39,6 +45,7 @@ pub struct Running {
     config: std::sync::Mutex<Config>,
     auth: Arc<Auth>,
     http_state: Arc<http::State>,
+    access: Option<Arc<AccessLog>>,
     resp_shared: Arc<resp::Shared>,
     draining: Shutdown,
     admin_stop: Shutdown,
@@ -108,11 +115,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
 
     let auth = Arc::new(Auth::new(Rules::from_config(&config)));
+    let access = if config.access_log.enabled {
+        let log = AccessLog::start(
+            &config.access_log,
+            metrics.access_log_written.clone(),
+            metrics.access_log_dropped.clone(),
+        )
+        .map_err(|source| StartError::AccessLog {
+            path: config.access_log.path.clone(),
+            source,
+        })?;
+        Some(log)
+    } else {
+        None
+    };
     let state = Arc::new(http::State::new(
         &config,
         auth.clone(),
         cache.clone(),
         metrics.clone(),
+        access.clone(),
     ));
     let http_task = tokio::spawn(http::serve(
         http_listener,
@@ -124,6 +146,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let resp_shared = Arc::new(resp::Shared::new(
         &config,
         auth.clone(),
+        access.clone(),
         resp_addr.port(),
         cache.clone(),
         metrics.clone(),
@@ -152,6 +175,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config: std::sync::Mutex::new(config),
         auth,
         http_state: state,
+        access,
         resp_shared,
         draining,
         admin_stop,
@@ -162,6 +186,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 }
 
 impl Running {
+    /// Reopens the access log file: logrotate moves it away and sends SIGHUP.
+    pub fn reopen_logs(&self) {
+        if let Some(log) = &self.access {
+            log.reopen();
+        }
+    }
+
     /// Applies what can change under load from `new` (see `reload`); logs what cannot.
     /// Returns the keys that need a restart and were left as they were.
     pub fn reload(&self, new: Config) -> Vec<String> {
@@ -222,6 +253,10 @@ impl Running {
                 tracing::error!(door, error = %e, "service failed");
             }
         }
+        if let Some(log) = self.access {
+            // The writer thread flushes what is left; joining it blocks.
+            let _ = tokio::task::spawn_blocking(move || log.stop()).await;
+        }
         self.admin_stop.trigger();
         let _ = self.admin_task.await;
         tracing::info!("stopped");
@@ -251,15 +286,18 @@ pub async fn run(
                 Ok(Err(e)) => return Err(StartError::Signals(e)),
                 Err(e) => return Err(StartError::Signals(std::io::Error::other(e))),
             },
-            _ = hangup.recv() => match load() {
-                Ok(new) => {
-                    running.reload(new);
+            _ = hangup.recv() => {
+                running.reopen_logs();
+                match load() {
+                    Ok(new) => {
+                        running.reload(new);
+                    }
+                    Err(e) => {
+                        running.metrics.config_reload(false);
+                        tracing::error!(error = %e, "config reload refused; the running config is unchanged");
+                    }
                 }
-                Err(e) => {
-                    running.metrics.config_reload(false);
-                    tracing::error!(error = %e, "config reload refused; the running config is unchanged");
-                }
-            },
+            }
             _ = draining.wait() => break,
         }
     }

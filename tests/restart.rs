@@ -84,7 +84,11 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     new.wait_ready().await;
     let before_term = done.load(Ordering::Relaxed);
     old.terminate();
-    assert_eq!(old.wait_exit(), Some(0), "the old instance drained and exited");
+    assert_eq!(
+        old.wait_exit(),
+        Some(0),
+        "the old instance drained and exited"
+    );
     let at_exit = done.load(Ordering::Relaxed);
     past(at_exit + 500).await;
     stop.store(true, Ordering::Relaxed);
@@ -104,7 +108,10 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     let m = new.metrics().await;
     assert!(
-        metric(&m, "tiergate_http_requests_total{route=\"kv_get\",status=\"200\"}") > 0.0,
+        metric(
+            &m,
+            "tiergate_http_requests_total{route=\"kv_get\",status=\"200\"}"
+        ) > 0.0,
         "the new instance took over"
     );
     assert!(

@@ -122,8 +122,10 @@ pub async fn get<B: RequestBody>(
     user: Option<&Principal>,
     headers: &HeaderMap,
     b: B,
+    keys: &mut u32,
 ) -> Reply {
     let req: BatchGet = read_json(state, headers, b).await?;
+    *keys = req.keys.len() as u32;
     check_count(req.keys.len(), state.limits.load().max_batch_keys)?;
     for k in &req.keys {
         key::check(k.as_bytes(), state.limits.load().max_key_bytes)?;
@@ -164,8 +166,10 @@ pub async fn set<B: RequestBody>(
     user: Option<&Principal>,
     headers: &HeaderMap,
     b: B,
+    keys: &mut u32,
 ) -> Reply {
     let req: BatchSet = read_json(state, headers, b).await?;
+    *keys = req.items.len() as u32;
     check_count(req.items.len(), state.limits.load().max_batch_keys)?;
     for it in &req.items {
         // All or nothing: no item is written when one is out of scope.

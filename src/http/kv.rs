@@ -76,6 +76,15 @@ pub fn no_content() -> Response<Full<Bytes>> {
     resp
 }
 
+/// The tier a response says it was answered from (its X-Cache header), for the access log.
+pub fn tier_of(resp: &Response<Full<Bytes>>) -> Option<Tier> {
+    match resp.headers().get(X_CACHE)?.as_bytes() {
+        b"L1" => Some(Tier::L1),
+        b"L2" => Some(Tier::L2),
+        _ => None,
+    }
+}
+
 fn tier_header(tier: Tier) -> HeaderValue {
     HeaderValue::from_static(match tier {
         Tier::L1 => "L1",

@@ -9,9 +9,10 @@ mod key;
 mod kv;
 
 use crate::{
+    access::{self, AccessLog},
     auth::{Auth, Denied, Need, Principal},
     cache::TieredCache,
-    config::{Config, HttpConfig, ShutdownConfig, LimitsConfig, DEFAULT_HTTP_MAX_HEADERS},
+    config::{Config, HttpConfig, LimitsConfig, ShutdownConfig, DEFAULT_HTTP_MAX_HEADERS},
     exec::Admission,
     metrics::{Door, Metrics, Route},
     net,
@@ -27,7 +28,11 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
-use std::{convert::Infallible, sync::Arc, time::Duration, time::Instant};
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 use tokio::net::TcpListener;
 
 pub use body::RequestBody;
@@ -47,6 +52,8 @@ pub struct State {
     pub body_read_timeout: Duration,
     /// How long a request may take in all (503 `request_timeout` past it).
     pub request_timeout: Duration,
+    /// Per-request log lines, when `access_log.enabled`.
+    pub access: Option<Arc<AccessLog>>,
     /// Tripped once the listener is closed: HTTP/1 responses then say `Connection: close`.
     /// Not before: a client told to reconnect while the listener is still open may be
     /// queued on it and reset when it closes.
@@ -59,8 +66,10 @@ impl State {
         auth: Arc<Auth>,
         cache: Arc<TieredCache>,
         metrics: Arc<Metrics>,
+        access: Option<Arc<AccessLog>>,
     ) -> Self {
         Self {
+            access,
             listener_closed: Shutdown::new(),
             auth,
             cache,
@@ -85,6 +94,9 @@ pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<
     let start = Instant::now();
     // Classified first, so refusals (401, 503) are counted under the route they were for.
     let route = route_of(req.method(), req.uri().path());
+    let head = req.method() == Method::HEAD;
+    // Keys named: the key's length on single-key routes, the key count of a batch.
+    let mut keys = req.uri().path().strip_prefix(KV_PREFIX).map_or(0, str::len) as u32;
     let reply = match state.auth.rules().bearer(req.headers()) {
         Err(why) => {
             state.metrics.auth_denied(Door::Http, why);
@@ -93,7 +105,7 @@ pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<
         // Before admission: a request without a valid token must not take a slot.
         Ok(user) => match state.admission.admit().await {
             Ok(_admitted) => {
-                let work = dispatch(state, route, user.as_deref(), req);
+                let work = dispatch(state, route, user.as_deref(), req, &mut keys);
                 tokio::time::timeout(state.request_timeout, work)
                     .await
                     .unwrap_or_else(|_| Err(ApiError::request_timeout()))
@@ -102,9 +114,21 @@ pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<
         },
     };
     let resp = reply.unwrap_or_else(ApiError::into_response);
+    let took = start.elapsed();
     state
         .metrics
-        .record_http(route, resp.status().as_u16(), start.elapsed());
+        .record_http(route, resp.status().as_u16(), took);
+    if let Some(log) = &state.access {
+        log.push(access::Record {
+            at: SystemTime::now() - took,
+            door: Door::Http,
+            op: route.op(head),
+            key_len: keys,
+            status: access::Status::Http(resp.status().as_u16()),
+            tier: kv::tier_of(&resp),
+            duration: took,
+        });
+    }
     resp
 }
 
@@ -130,6 +154,7 @@ async fn dispatch<B: RequestBody>(
     route: Route,
     user: Option<&Principal>,
     req: Request<B>,
+    keys: &mut u32,
 ) -> Reply {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
@@ -148,8 +173,8 @@ async fn dispatch<B: RequestBody>(
             .await
         }
         Route::KvDelete => kv::delete(state, user, raw_key).await,
-        Route::BatchGet => batch::get(state, user, &parts.headers, body).await,
-        Route::BatchSet => batch::set(state, user, &parts.headers, body).await,
+        Route::BatchGet => batch::get(state, user, &parts.headers, body, keys).await,
+        Route::BatchSet => batch::set(state, user, &parts.headers, body, keys).await,
         Route::Unmatched if path.starts_with(KV_PREFIX) => {
             Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE"))
         }

@@ -31,6 +31,19 @@ impl Route {
         Route::BatchSet,
         Route::Unmatched,
     ];
+    /// The operation, as the access log names it.
+    pub fn op(self, head: bool) -> &'static str {
+        match self {
+            Route::KvGet if head => "HEAD",
+            Route::KvGet => "GET",
+            Route::KvPut => "PUT",
+            Route::KvDelete => "DELETE",
+            Route::BatchGet => "batchGet",
+            Route::BatchSet => "batchSet",
+            Route::Unmatched => "other",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Route::KvGet => "kv_get",

@@ -5,12 +5,15 @@
 //! received are answered before the connection closes.
 
 use super::{
-    cmd::{Command, Ctx},
+    cmd::{self, Command, Ctx},
     frame::{self, Frame},
     session::Session,
     Shared,
 };
-use crate::{auth::Denied, buf::pool::Lease, exec::Refused, metrics::Door, shutdown::Shutdown};
+use crate::{
+    access, auth::Denied, buf::pool::Lease, exec::Refused, metrics::Door, shutdown::Shutdown,
+};
+use std::time::{Instant as StdInstant, SystemTime};
 use std::{
     future::{poll_fn, Future},
     io,
@@ -173,32 +176,56 @@ async fn run_buffered(
         };
         shared.metrics.resp_commands.inc();
         session.follow_reload(&shared.auth);
+        // Only with the access log on: the clock read and the name lookup cost a little.
+        let logged = shared.access.as_ref().map(|_| {
+            (
+                StdInstant::now(),
+                cmd::name_of(&args[0]).unwrap_or("unknown"),
+            )
+        });
+        let (mut key_len, mut tier, mut close) = (0, None, false);
         let reply = match Command::from_args(args, session) {
             Err(reply) => reply,
             Ok(cmd) if !cmd.permitted(session) => {
+                key_len = cmd.first_key_len();
                 shared.metrics.auth_denied(Door::Resp, Denied::Forbidden);
                 Frame::error(
                     "NOPERM this user has no permissions to access one of the keys used as arguments",
                 )
             }
             Ok(cmd) if refused.is_some() && !cmd.is_connection() => {
+                key_len = cmd.first_key_len();
                 let why = refused.map_or("", |r| r.reason());
                 Frame::Error(format!("BUSY tiergate is at its limits ({why}); retry later").into())
             }
             Ok(cmd) => {
+                key_len = cmd.first_key_len();
                 let mut ctx = Ctx {
                     shared,
                     session,
                     close: false,
+                    tier: None,
                 };
                 let reply = cmd.apply(&mut ctx).await;
-                if ctx.close {
-                    reply.encode(session.proto, wbuf.buf());
-                    return true;
-                }
+                (close, tier) = (ctx.close, ctx.tier);
                 reply
             }
         };
         reply.encode(session.proto, wbuf.buf());
+        if let (Some(log), Some((start, op))) = (&shared.access, logged) {
+            let took = start.elapsed();
+            log.push(access::Record {
+                at: SystemTime::now() - took,
+                door: Door::Resp,
+                op,
+                key_len,
+                status: access::Status::Resp(reply.code()),
+                tier,
+                duration: took,
+            });
+        }
+        if close {
+            return true;
+        }
     }
 }

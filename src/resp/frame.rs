@@ -316,7 +316,32 @@ pub enum Frame {
     Map(Vec<(Frame, Frame)>),
 }
 
+/// Error codes the access log names; any other error is logged as "error".
+const ERROR_CODES: &[&str] = &[
+    "ERR",
+    "WRONGTYPE",
+    "NOPERM",
+    "NOAUTH",
+    "WRONGPASS",
+    "BUSY",
+    "TRYAGAIN",
+    "NOPROTO",
+];
+
 impl Frame {
+    /// "ok" for a reply that is not an error, else its code word ("ERR", "NOPERM", ...).
+    pub fn code(&self) -> &'static str {
+        let Frame::Error(msg) = self else {
+            return "ok";
+        };
+        let word = msg.split(' ').next().unwrap_or_default();
+        ERROR_CODES
+            .iter()
+            .find(|c| **c == word)
+            .copied()
+            .unwrap_or("error")
+    }
+
     pub const OK: Frame = Frame::Simple(Cow::Borrowed("OK"));
 
     pub fn error(msg: impl Into<Cow<'static, str>>) -> Frame {

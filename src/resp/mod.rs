@@ -7,6 +7,7 @@ pub mod frame;
 mod session;
 
 use crate::{
+    access::AccessLog,
     auth::Auth,
     buf::{pool::PoolMetrics, BufferPool},
     cache::TieredCache,
@@ -41,6 +42,8 @@ pub struct Shared {
     pub facts: Facts,
     /// Read and write buffers, borrowed only while a connection has work.
     pub buffers: BufferPool,
+    /// Per-command log lines, when `access_log.enabled`.
+    pub access: Option<Arc<AccessLog>>,
     /// This door's admission: a batch of commands past it is answered `-BUSY`.
     pub admission: Admission,
     next_id: AtomicU64,
@@ -84,6 +87,7 @@ impl Shared {
     pub fn new(
         config: &Config,
         auth: Arc<Auth>,
+        access: Option<Arc<AccessLog>>,
         port: u16,
         cache: Arc<TieredCache>,
         metrics: Arc<Metrics>,
@@ -105,6 +109,7 @@ impl Shared {
             metrics,
             limits: ArcSwap::from_pointee(Limits::from_config(config)),
             auth,
+            access,
             debug_command: cfg.enable_debug_command,
             idle_timeout: (!cfg.idle_timeout.0.is_zero()).then_some(cfg.idle_timeout.0),
             facts: Facts {

@@ -23,6 +23,8 @@ pub struct Ctx<'a> {
     pub session: &'a mut Session,
     /// Set by QUIT: close once the reply is written.
     pub close: bool,
+    /// Set by GET on a hit: the tier that answered, for the access log.
+    pub tier: Option<crate::metrics::Tier>,
 }
 
 pub enum Command {
@@ -141,6 +143,23 @@ impl Command {
         }
     }
 
+    /// The length of the first key the command names (0: none), for the access log.
+    pub fn first_key_len(&self) -> u32 {
+        let first = |keys: &[Bytes]| keys.first().map_or(0, Bytes::len);
+        (match self {
+            Command::Get(c) => c.key.len(),
+            Command::Set(c) => c.key.len(),
+            Command::MGet(c) => first(&c.keys),
+            Command::MSet(c) => c.pairs.first().map_or(0, |(k, _)| k.len()),
+            Command::Del(c) => first(&c.keys),
+            Command::Exists(c) => first(&c.keys),
+            Command::Incr(c) => c.key.len(),
+            Command::Expire(c) => c.key.len(),
+            Command::Ttl(c) => c.key.len(),
+            _ => 0,
+        }) as u32
+    }
+
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
         match self {
             Command::Ping(c) => c.apply(ctx),
@@ -168,6 +187,10 @@ impl Command {
 }
 
 /// The canonical (lowercase) name of a known command, without allocating.
+pub fn name_of(name: &[u8]) -> Option<&'static str> {
+    lookup(name)
+}
+
 fn lookup(name: &[u8]) -> Option<&'static str> {
     server::TABLE
         .iter()
@@ -287,12 +310,7 @@ pub fn check_key(key: &[u8], shared: &Shared) -> Result<(), Frame> {
     let max = shared.limits.load().max_key_bytes;
     if key.len() > max {
         return Err(Frame::Error(
-            format!(
-                "ERR key is {} bytes; the limit is {}",
-                key.len(),
-                max
-            )
-            .into(),
+            format!("ERR key is {} bytes; the limit is {}", key.len(), max).into(),
         ));
     }
     Ok(())

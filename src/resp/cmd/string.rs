@@ -24,7 +24,10 @@ impl Get {
             return e;
         }
         match ctx.shared.cache.get(&self.key).await {
-            Ok(Some(hit)) => Frame::Bulk(hit.value),
+            Ok(Some(hit)) => {
+                ctx.tier = Some(hit.tier);
+                Frame::Bulk(hit.value)
+            }
             Ok(None) => Frame::Null,
             Err(e) => l2_error(e),
         }
