@@ -6,6 +6,7 @@ use crate::{
     auth::{Auth, Rules},
     cache::{L2Error, TieredCache},
     config::{Config, ConfigError},
+    exec::Background,
     host, http,
     metrics::{admin, Metrics},
     net::{self, ListenOptions},
@@ -30,6 +31,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot start the background executor: {0}")]
+    Background(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -46,6 +49,7 @@ pub struct Running {
     auth: Arc<Auth>,
     http_state: Arc<http::State>,
     access: Option<Arc<AccessLog>>,
+    background: Background,
     resp_shared: Arc<resp::Shared>,
     draining: Shutdown,
     admin_stop: Shutdown,
@@ -62,6 +66,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let cache = Arc::new(TieredCache::new(&config, memory, metrics.clone())?);
     let draining = Shutdown::new();
     let admin_stop = Shutdown::new();
+    let background =
+        Background::start(&config.background, &metrics).map_err(StartError::Background)?;
 
     let opts = ListenOptions {
         backlog: config.http.backlog,
@@ -99,14 +105,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 format!("cluster {}", nodes.join(","))
             };
             tracing::info!(l2 = %at, l1_bytes = l1_budget, "tiered mode: L1 in front of L2");
-            tokio::spawn(l2.clone().watch_health(draining.clone()));
-            tokio::spawn(crate::cache::refresh::run(cache.clone(), draining.clone()));
-            tokio::spawn(crate::cache::warm::run(
+            // Off the request threads: see `exec::background`.
+            let bg = &background;
+            bg.spawn_service(l2.clone().watch_health(draining.clone()));
+            bg.spawn_service(crate::cache::refresh::run(
+                cache.clone(),
+                bg.clone(),
+                draining.clone(),
+            ));
+            bg.spawn_service(crate::cache::warm::run(
                 cache.clone(),
                 config.l1.clone(),
                 draining.clone(),
             ));
-            tokio::spawn(crate::cache::bus::follow(
+            bg.spawn_service(crate::cache::bus::follow(
                 cache.clone(),
                 config.l2.health_interval.0,
                 draining.clone(),
@@ -176,6 +188,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         auth,
         http_state: state,
         access,
+        background,
         resp_shared,
         draining,
         admin_stop,
@@ -257,6 +270,7 @@ impl Running {
             // The writer thread flushes what is left; joining it blocks.
             let _ = tokio::task::spawn_blocking(move || log.stop()).await;
         }
+        self.background.stop();
         self.admin_stop.trigger();
         let _ = self.admin_task.await;
         tracing::info!("stopped");

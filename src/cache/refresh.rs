@@ -2,10 +2,12 @@
 //! `l1.stale_while_revalidate`, is answered with it at once, and the key is queued here to be
 //! read from L2 again in the background. Each key is queued once until its refresh is done,
 //! the queue is bounded (a full queue skips the refresh: the next stale read queues it again),
-//! and one task drains it until shutdown.
+//! and one loop hands each key to the background executor as a job, until shutdown: at most
+//! `background.max_inflight` refreshes run at once, and a job the executor skips is
+//! forgotten (the next stale read schedules it again).
 
 use super::TieredCache;
-use crate::shutdown::Shutdown;
+use crate::{exec::Background, shutdown::Shutdown};
 use bytes::Bytes;
 use std::{
     collections::HashSet,
@@ -56,8 +58,8 @@ impl Refresher {
     }
 }
 
-/// Refreshes queued keys until shutdown, one at a time (each is one L2 read).
-pub async fn run(cache: Arc<TieredCache>, shutdown: Shutdown) {
+/// Hands queued keys to `jobs` until shutdown (each refresh is one L2 read).
+pub async fn run(cache: Arc<TieredCache>, jobs: Background, shutdown: Shutdown) {
     let Some(mut keys) = cache
         .refresher
         .receiver
@@ -75,9 +77,14 @@ pub async fn run(cache: Arc<TieredCache>, shutdown: Shutdown) {
             },
             _ = shutdown.wait() => return,
         };
-        // Errors are the next reader's to see; the stale entry stays until its grace ends.
-        let _ = cache.revalidate(&key).await;
-        cache.metrics.l1_refreshes.inc();
-        cache.refresher.done(&key);
+        let (c, k) = (cache.clone(), key.clone());
+        let refresh = async move {
+            // Errors are the next reader's to see; the stale entry stays until its grace ends.
+            let _ = c.revalidate(&k).await;
+            c.metrics.l1_refreshes.inc();
+            c.refresher.done(&k);
+        };
+        let c = cache.clone();
+        let _ = jobs.submit(refresh, move || c.refresher.done(&key));
     }
 }

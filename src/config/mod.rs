@@ -125,6 +125,17 @@ pub const DEFAULT_ADMISSION_MAX_QUEUE: usize = 4096;
 /// Longest a request waits for a slot: well inside a 200 ms p99 budget, so a refusal still
 /// leaves the client time to retry elsewhere.
 pub const DEFAULT_ADMISSION_QUEUE_TIMEOUT: Duration = Duration::from_millis(50);
+/// One thread: background work is a few loops and short L2 reads, and it must not take cores
+/// from requests; it only needs to be off the request threads.
+pub const DEFAULT_BACKGROUND_THREADS: usize = 1;
+/// Background jobs (stale refreshes) running at once: enough to keep up with a hot working
+/// set turning stale, small enough that refreshes never crowd Redis out for clients.
+pub const DEFAULT_BACKGROUND_MAX_INFLIGHT: usize = 64;
+/// Background jobs waiting; past it a job is skipped (a refresh is tried again on the next
+/// stale read).
+pub const DEFAULT_BACKGROUND_MAX_QUEUE: usize = 1024;
+/// A job that waited this long is skipped: a refresh that late is no longer worth doing.
+pub const DEFAULT_BACKGROUND_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Off: at 100k requests a second a line per request is over 10 MB/s of output; turn it on
 /// where the lines are shipped somewhere.
 pub const DEFAULT_ACCESS_LOG_ENABLED: bool = false;
@@ -156,6 +167,7 @@ pub struct Config {
     pub l2: L2Config,
     pub limits: LimitsConfig,
     pub admission: AdmissionConfig,
+    pub background: BackgroundConfig,
     pub access_log: AccessLogConfig,
     pub auth: AuthConfig,
     pub shutdown: ShutdownConfig,
@@ -172,6 +184,7 @@ pub const SECTIONS: &[&str] = &[
     "l2",
     "limits",
     "admission",
+    "background",
     "access_log",
     "auth",
     "shutdown",
@@ -218,6 +231,27 @@ pub struct UserConfig {
 
 /// Shortest bearer token accepted: 128 bits of hex, so tokens cannot be guessed online.
 pub const MIN_TOKEN_LEN: usize = 32;
+
+/// The background executor (see `exec::background`): its own threads, and limits on its jobs.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackgroundConfig {
+    pub threads: usize,
+    pub max_inflight: usize,
+    pub max_queue: usize,
+    pub queue_timeout: HumanDuration,
+}
+
+impl Default for BackgroundConfig {
+    fn default() -> Self {
+        Self {
+            threads: DEFAULT_BACKGROUND_THREADS,
+            max_inflight: DEFAULT_BACKGROUND_MAX_INFLIGHT,
+            max_queue: DEFAULT_BACKGROUND_MAX_QUEUE,
+            queue_timeout: HumanDuration(DEFAULT_BACKGROUND_QUEUE_TIMEOUT),
+        }
+    }
+}
 
 /// Per-request log lines (see `access`): written by a background thread from a bounded ring;
 /// when the ring is full records are dropped and counted, and requests never wait.
@@ -749,6 +783,14 @@ impl Config {
             bad("limits.max_batch_bytes", "must be at least 1".into());
         }
         self.validate_auth(&mut bad);
+        if !(1..=64).contains(&self.background.threads) {
+            bad("background.threads", "must be between 1 and 64".into());
+        }
+        if self.background.max_inflight == 0
+            || self.background.max_inflight > tokio::sync::Semaphore::MAX_PERMITS
+        {
+            bad("background.max_inflight", "must be at least 1".into());
+        }
         if self.shutdown.drain_delay > self.shutdown.grace {
             bad(
                 "shutdown.drain_delay",

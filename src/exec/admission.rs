@@ -80,6 +80,21 @@ impl Admission {
         queue_timeout: Duration,
         metrics: &Arc<Metrics>,
     ) -> Self {
+        Self::with_metrics(
+            max_inflight,
+            max_queue,
+            queue_timeout,
+            metrics.admission(door),
+        )
+    }
+
+    /// For what is not a door (the background executor): its own set of figures.
+    pub fn with_metrics(
+        max_inflight: usize,
+        max_queue: usize,
+        queue_timeout: Duration,
+        metrics: AdmissionMetrics,
+    ) -> Self {
         Self {
             slots: Semaphore::new(max_inflight),
             queued: AtomicUsize::new(0),
@@ -87,7 +102,7 @@ impl Admission {
             max_queue: AtomicUsize::new(max_queue),
             queue_timeout_ns: AtomicU64::new(queue_timeout.as_nanos() as u64),
             owed: AtomicUsize::new(0),
-            metrics: metrics.admission(door),
+            metrics,
         }
     }
 
@@ -155,6 +170,12 @@ impl Admission {
             slot: Some(slot),
             admission: self,
         }
+    }
+
+    /// Counts a refusal made outside `admit` (the background executor refuses before it
+    /// spawns).
+    pub fn count_refusal(&self, why: Refused) {
+        self.metrics.rejected[why as usize].inc();
     }
 
     fn refuse(&self, why: Refused) -> Refused {

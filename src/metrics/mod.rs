@@ -120,6 +120,8 @@ pub struct AdmissionMetrics {
 pub struct Metrics {
     registry: Registry,
     admission: [AdmissionMetrics; 3],
+    /// The background executor's jobs, as `door="background"`.
+    pub background: AdmissionMetrics,
     http_requests: Vec<[IntCounter; STATUS_LABELS.len()]>,
     http_duration: Vec<Histogram>,
     cache_hits: [IntCounter; 2],
@@ -363,7 +365,7 @@ impl Metrics {
         let admission_inflight = IntGaugeVec::new(
             Opts::new(
                 "admission_inflight",
-                "Requests (RESP: batches of pipelined commands) running now, by door",
+                "Requests (RESP: batches of pipelined commands) running now, by door; door=\"background\": background jobs",
             ),
             &["door"],
         )
@@ -371,7 +373,7 @@ impl Metrics {
         let admission_queued = IntGaugeVec::new(
             Opts::new(
                 "admission_queued",
-                "Requests waiting for an admission slot now, by door",
+                "Requests (or background jobs) waiting for a slot now, by door",
             ),
             &["door"],
         )
@@ -379,7 +381,7 @@ impl Metrics {
         let admission_rejected = IntCounterVec::new(
             Opts::new(
                 "admission_rejected_total",
-                "Requests refused by admission (HTTP 503, RESP -BUSY), by door and reason",
+                "Requests refused by admission (HTTP 503, RESP -BUSY), or background jobs skipped, by door and reason",
             ),
             &["door", "reason"],
         )
@@ -444,16 +446,18 @@ impl Metrics {
             reg(c);
         }
 
+        let admission_of = |door: &str| AdmissionMetrics {
+            inflight: admission_inflight.with_label_values(&[door]),
+            queued: admission_queued.with_label_values(&[door]),
+            rejected: [
+                admission_rejected.with_label_values(&[door, "queue_full"]),
+                admission_rejected.with_label_values(&[door, "queue_timeout"]),
+            ],
+            queue_wait: admission_wait.with_label_values(&[door]),
+        };
         Self {
-            admission: std::array::from_fn(|d| AdmissionMetrics {
-                inflight: admission_inflight.with_label_values(&[DOORS[d]]),
-                queued: admission_queued.with_label_values(&[DOORS[d]]),
-                rejected: [
-                    admission_rejected.with_label_values(&[DOORS[d], "queue_full"]),
-                    admission_rejected.with_label_values(&[DOORS[d], "queue_timeout"]),
-                ],
-                queue_wait: admission_wait.with_label_values(&[DOORS[d]]),
-            }),
+            admission: DOORS.map(admission_of),
+            background: admission_of("background"),
             http_requests: Route::ALL
                 .iter()
                 .map(|r| {
