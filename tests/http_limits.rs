@@ -1,5 +1,6 @@
 //! The HTTP door's timeouts and limits, each with its config key: a slowloris client is
-//! dropped (`http.header_read_timeout`, also the keep-alive idle timeout), a trickled body gets
+//! dropped (`http.header_read_timeout`, which also idles HTTP/1 out), idle connections of both
+//! protocols are closed (`http.keepalive_timeout`), a trickled body gets
 //! 408 (`http.body_read_timeout`), a wedged request 503 (`http.request_timeout`), an oversized
 //! head 431 (`http.max_header_bytes`), too many headers 431 (`http.max_headers`), and an h2
 //! connection advertises `http.http2_max_concurrent_streams`.
@@ -145,4 +146,53 @@ async fn h2_connections_are_told_the_stream_limit() {
         .collect();
     // SETTINGS_MAX_CONCURRENT_STREAMS is 0x3.
     assert!(settings.contains(&(0x3, 3)), "{settings:?}");
+}
+
+/// The frame types in a stream of h2 frames (9-byte headers), in order.
+fn h2_frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    types
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_after_the_keepalive_timeout_on_both_protocols() {
+    let mut cfg = support::config(None);
+    // Longer than the test: only the keep-alive timeout can close these.
+    cfg.http.header_read_timeout = HumanDuration(Duration::from_secs(60));
+    cfg.http.keepalive_timeout = HumanDuration(Duration::from_millis(300));
+    let gw = Gateway::start(cfg).await;
+
+    // HTTP/1.1: answered, then closed once idle.
+    let mut s = connect(&gw).await;
+    s.write_all(b"GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
+    // h2 (prior knowledge): hyper alone would keep an idle h2 connection for ever; it gets
+    // GOAWAY (frame type 0x7). (The close itself waits on the client's PING ack, which this
+    // bare client does not send.)
+    let mut s = connect(&gw).await;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(support::SETTLE, async {
+        let mut buf = [0u8; 1024];
+        while !h2_frame_types(&out).contains(&0x7) {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before GOAWAY: {out:?}");
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the server sent GOAWAY to the idle h2 connection");
+    let m = gw.metrics().await;
+    assert_eq!(support::metric(&m, "tiergate_http_idle_closed_total"), 2.0);
 }

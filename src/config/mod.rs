@@ -24,6 +24,10 @@ pub const DEFAULT_HTTP_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request is answered within this or gets 503 `request_timeout`: L2 calls are bounded far
 /// below it, so only a wedged request meets it.
 pub const DEFAULT_HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A connection with no request in flight this long is closed (h2: GOAWAY): idle clients
+/// hold no socket for ever. HTTP/1 also idles out at `header_read_timeout`, hyper's timer for
+/// the next head, so it closes at the shorter of the two.
+pub const DEFAULT_HTTP_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request headers past this many bytes get 431; real requests to a KV API are far smaller.
 pub const DEFAULT_HTTP_MAX_HEADER_BYTES: u64 = 16 << 10;
 /// Headers per request past this get 431; hyper's own default (parsed on the stack).
@@ -338,6 +342,7 @@ pub struct HttpConfig {
     pub header_read_timeout: HumanDuration,
     pub body_read_timeout: HumanDuration,
     pub request_timeout: HumanDuration,
+    pub keepalive_timeout: HumanDuration,
     pub max_header_bytes: ByteSize,
     pub max_headers: usize,
     pub http2_max_concurrent_streams: u32,
@@ -353,6 +358,7 @@ impl Default for HttpConfig {
             header_read_timeout: HumanDuration(DEFAULT_HTTP_HEADER_READ_TIMEOUT),
             body_read_timeout: HumanDuration(DEFAULT_HTTP_BODY_READ_TIMEOUT),
             request_timeout: HumanDuration(DEFAULT_HTTP_REQUEST_TIMEOUT),
+            keepalive_timeout: HumanDuration(DEFAULT_HTTP_KEEPALIVE_TIMEOUT),
             max_header_bytes: ByteSize(DEFAULT_HTTP_MAX_HEADER_BYTES),
             max_headers: DEFAULT_HTTP_MAX_HEADERS,
             http2_max_concurrent_streams: DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS,
@@ -602,6 +608,7 @@ impl Config {
             ("http.header_read_timeout", self.http.header_read_timeout),
             ("http.body_read_timeout", self.http.body_read_timeout),
             ("http.request_timeout", self.http.request_timeout),
+            ("http.keepalive_timeout", self.http.keepalive_timeout),
         ] {
             if d.0.is_zero() {
                 bad(path, "must be above 0s".into());

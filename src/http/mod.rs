@@ -4,6 +4,7 @@
 mod batch;
 pub use batch::to_json;
 mod body;
+mod conn;
 pub mod error;
 mod key;
 mod kv;
@@ -21,15 +22,13 @@ use crate::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use error::ApiError;
-use http::{header, HeaderValue, Method, Request, Response, Version};
+use http::{Method, Request, Response};
 use http_body_util::Full;
-use hyper::service::service_fn;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    rt::{TokioExecutor, TokioTimer},
+    server::conn::auto,
 };
 use std::{
-    convert::Infallible,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -58,6 +57,9 @@ pub struct State {
     /// Not before: a client told to reconnect while the listener is still open may be
     /// queued on it and reset when it closes.
     pub listener_closed: Shutdown,
+    /// Tripped at the drain's second step: every connection closes after its in-flight
+    /// requests (idle HTTP/1 ones at once, h2 with GOAWAY).
+    pub close_connections: Shutdown,
 }
 
 impl State {
@@ -71,6 +73,7 @@ impl State {
         Self {
             access,
             listener_closed: Shutdown::new(),
+            close_connections: Shutdown::new(),
             auth,
             cache,
             admission: Admission::from_config(Door::Http, &config.admission, &metrics),
@@ -230,63 +233,48 @@ pub async fn serve(
         builder = builder.http1_only();
     }
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let keepalive = cfg.keepalive_timeout.0;
+    // Each connection task holds a sender; when all are dropped, every connection is done.
+    let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
     let metrics = state.metrics.clone();
     net::accept_loop(
         listener,
         &shutdown,
         || metrics.accept_errors.inc(),
         |stream, _peer| {
-            let open = state.metrics.connection(Door::Http);
-            let watcher = graceful.watcher();
-            let builder = builder.clone();
-            let state = state.clone();
-            net::spawn_isolated(state.metrics.connection_panics.clone(), async move {
-                let _open = open;
-                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let state = state.clone();
-                    async move {
-                        let h1 = req.version() < Version::HTTP_2;
-                        let mut resp = handle(&state, req).await;
-                        if h1 && state.listener_closed.is_triggered() {
-                            resp.headers_mut()
-                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                        }
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(error = %e, "http connection ended with an error");
-                }
+            let held = (state.metrics.connection(Door::Http), alive.clone());
+            let (state, builder) = (state.clone(), builder.clone());
+            let panics = state.metrics.connection_panics.clone();
+            net::spawn_isolated(panics, async move {
+                let _held = held;
+                conn::serve(stream, state, builder, keepalive).await;
             });
         },
     )
     .await;
+    drop(alive);
     state.listener_closed.trigger();
     let (grace, delay) = (drain.grace.0, drain.drain_delay.0);
     let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(
-        open = graceful.count(),
         ?delay,
         "http: stopped accepting; serving open connections with `Connection: close`"
     );
     // Step one ends early once every client has gone.
-    let delay_over = tokio::time::Instant::now() + delay;
-    while graceful.count() > 0 && tokio::time::Instant::now() < delay_over {
-        tokio::time::sleep(DRAIN_POLL.min(delay)).await;
-    }
-    tracing::info!(
-        open = graceful.count(),
-        "http: closing idle connections; waiting for in-flight requests"
-    );
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("http: drained"),
-        _ = tokio::time::sleep_until(deadline) => {
-            tracing::warn!(grace = ?grace, "http: grace period over; closing the connections left")
+    let gone = tokio::select! {
+        _ = all_done.recv() => true,
+        _ = tokio::time::sleep(delay) => false,
+    };
+    if !gone {
+        tracing::info!("http: closing idle connections; waiting for in-flight requests");
+        state.close_connections.trigger();
+        tokio::select! {
+            _ = all_done.recv() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(grace = ?grace, "http: grace period over; closing the connections left");
+                return;
+            }
         }
     }
+    tracing::info!("http: drained");
 }
-
-/// How often the first drain step checks whether every connection has closed.
-const DRAIN_POLL: Duration = Duration::from_millis(10);

@@ -157,6 +157,7 @@ pub struct Metrics {
     auth_denied: [[IntCounter; 3]; 3],
     /// Config reloads (SIGHUP): [applied, refused].
     config_reloads: [IntCounter; 2],
+    pub http_idle_closed: IntCounter,
     pub access_log_written: IntCounter,
     pub access_log_dropped: IntCounter,
 }
@@ -342,6 +343,12 @@ impl Metrics {
         .unwrap();
         reg(Box::new(reloads.clone()));
         let config_reloads = ["applied", "refused"].map(|r| reloads.with_label_values(&[r]));
+        let http_idle_closed = IntCounter::new(
+            "http_idle_closed_total",
+            "HTTP connections closed after http.keepalive_timeout with no request in flight",
+        )
+        .unwrap();
+        reg(Box::new(http_idle_closed.clone()));
         let access_log_written = IntCounter::new(
             "access_log_records_total",
             "Access-log records written out (access_log.enabled)",
@@ -513,6 +520,7 @@ impl Metrics {
             bus_invalidations,
             bus_flushes,
             access_log_written,
+            http_idle_closed,
             auth_denied,
             config_reloads,
             access_log_dropped,
