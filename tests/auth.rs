@@ -80,52 +80,31 @@ async fn bearer_tokens_gate_the_http_door_by_prefix() {
     );
 
     // The reader may not write what it may read; nothing reaches Redis.
-    let put = gw
-        .http
-        .put(gw.kv("team:x"))
-        .header("authorization", bearer(READER))
-        .body("v")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 403);
-    let put = gw
-        .http
-        .put(gw.kv("team:x"))
-        .header("authorization", bearer(WRITER))
-        .body("v")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(put.status(), 204);
-    let del = gw
-        .http
-        .delete(gw.kv("pub:a"))
-        .header("authorization", bearer(WRITER))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(del.status(), 403);
+    let status = |req: reqwest::RequestBuilder, token: &str| {
+        let req = req.header("authorization", bearer(token));
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(
+        status(gw.http.put(gw.kv("team:x")).body("v"), READER).await,
+        403
+    );
+    assert_eq!(
+        status(gw.http.put(gw.kv("team:x")).body("v"), WRITER).await,
+        204
+    );
+    assert_eq!(status(gw.http.delete(gw.kv("pub:a")), WRITER).await, 403);
 
     // Batches are all or nothing.
-    let batch_get = gw
-        .http
-        .post(format!("{}/v1/kv:batchGet", gw.base))
-        .header("authorization", bearer(READER))
-        .body(r#"{"keys":["pub:a","secret:a"]}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(batch_get.status(), 403);
-    let batch_set = gw
-        .http
-        .post(format!("{}/v1/kv:batchSet", gw.base))
-        .header("authorization", bearer(WRITER))
-        .body(r#"{"items":[{"key":"team:y","value":"1"},{"key":"pub:y","value":"1"}]}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(batch_set.status(), 403);
+    let post = |call: &str, body: &'static str| {
+        gw.http.post(format!("{}/v1/kv:{call}", gw.base)).body(body)
+    };
+    let batch_get = post("batchGet", r#"{"keys":["pub:a","secret:a"]}"#);
+    assert_eq!(status(batch_get, READER).await, 403);
+    let batch_set = post(
+        "batchSet",
+        r#"{"items":[{"key":"team:y","value":"1"},{"key":"pub:y","value":"1"}]}"#,
+    );
+    assert_eq!(status(batch_set, WRITER).await, 403);
     let mut direct = l2.conn();
     let written: Vec<Option<String>> = redis::cmd("MGET")
         .arg("team:y")

@@ -21,6 +21,22 @@ async fn connect(gw: &Gateway) -> TcpStream {
         .unwrap()
 }
 
+/// Sends `bytes` on a new connection; everything the server answers until it closes it.
+async fn send_until_closed(gw: &Gateway, bytes: &[u8]) -> String {
+    let mut s = connect(gw).await;
+    s.write_all(bytes).await.unwrap();
+    until_closed(&mut s).await
+}
+
+/// A new h2 (prior knowledge) connection: the client preface and an empty SETTINGS frame sent.
+async fn h2_connect(gw: &Gateway) -> TcpStream {
+    let mut s = connect(gw).await;
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    s
+}
+
 /// Everything the server sends until it closes the connection.
 async fn until_closed(s: &mut TcpStream) -> String {
     let mut out = Vec::new();
@@ -54,11 +70,7 @@ async fn a_slowloris_and_an_idle_keep_alive_connection_are_dropped() {
     }
 
     // A keep-alive connection that goes quiet after one request is closed too.
-    let mut s = connect(&gw).await;
-    s.write_all(b"GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = until_closed(&mut s).await;
+    let answer = send_until_closed(&gw, b"GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 }
 
@@ -67,11 +79,11 @@ async fn a_trickled_body_gets_408() {
     let mut cfg = support::config(None);
     cfg.http.body_read_timeout = HumanDuration(Duration::from_millis(200));
     let gw = Gateway::start(cfg).await;
-    let mut s = connect(&gw).await;
-    s.write_all(b"PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
-        .await
-        .unwrap();
-    let answer = until_closed(&mut s).await;
+    let answer = send_until_closed(
+        &gw,
+        b"PUT /v1/kv/k HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body_timeout"), "{answer}");
     assert_eq!(gw.get("k").await.status(), 404, "nothing was written");
@@ -100,19 +112,19 @@ async fn oversized_heads_and_too_many_headers_get_431() {
     let gw = Gateway::start(cfg).await;
 
     let big = "x".repeat(16 << 10);
-    let mut s = connect(&gw).await;
-    s.write_all(format!("GET /v1/kv/k HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let answer = until_closed(&mut s).await;
+    let answer = send_until_closed(
+        &gw,
+        format!("GET /v1/kv/k HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
     let many: String = (0..20).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let mut s = connect(&gw).await;
-    s.write_all(format!("GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes())
-        .await
-        .unwrap();
-    let answer = until_closed(&mut s).await;
+    let answer = send_until_closed(
+        &gw,
+        format!("GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
     // Within both limits, served as usual.
@@ -124,11 +136,8 @@ async fn h2_connections_are_told_the_stream_limit() {
     let mut cfg = support::config(None);
     cfg.http.http2_max_concurrent_streams = 3;
     let gw = Gateway::start(cfg).await;
-    let mut s = connect(&gw).await;
     // The client preface and an empty SETTINGS frame; the server's SETTINGS come back first.
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .await
-        .unwrap();
+    let mut s = h2_connect(&gw).await;
     let mut frame = [0u8; 9];
     s.read_exact(&mut frame).await.unwrap();
     let len = u32::from_be_bytes([0, frame[0], frame[1], frame[2]]) as usize;
@@ -168,20 +177,13 @@ async fn idle_connections_close_after_the_keepalive_timeout_on_both_protocols() 
     let gw = Gateway::start(cfg).await;
 
     // HTTP/1.1: answered, then closed once idle.
-    let mut s = connect(&gw).await;
-    s.write_all(b"GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = until_closed(&mut s).await;
+    let answer = send_until_closed(&gw, b"GET /v1/kv/k HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
 
     // h2 (prior knowledge): hyper alone would keep an idle h2 connection for ever; it gets
     // GOAWAY (frame type 0x7). (The close itself waits on the client's PING ack, which this
     // bare client does not send.)
-    let mut s = connect(&gw).await;
-    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .await
-        .unwrap();
+    let mut s = h2_connect(&gw).await;
     let mut out = Vec::new();
     tokio::time::timeout(support::SETTLE, async {
         let mut buf = [0u8; 1024];
