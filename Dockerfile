@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# tiergate: build with `docker build -t tiergate .` (BuildKit, the default builder since
+# Docker 23), run with e.g.
+#   docker run -p 8080:8080 -p 6380:6380 -e TIERGATE_L2_URL=redis://redis:6379 tiergate
+# Without TIERGATE_L2_URL it runs the standalone memory mode. Every config key can be set as
+# TIERGATE_<SECTION>_<KEY>; the defaults are in /etc/tiergate/tiergate.toml.
+
+# --- build ---------------------------------------------------------------------------------
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+# The registry and target directory live in BuildKit cache mounts: a rebuild after a source
+# change recompiles tiergate only, not its dependencies. The binary is copied out of the
+# cache mount, which is not part of the image.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin tiergate \
+    && cp target/release/tiergate /usr/local/bin/tiergate
+
+# --- run -----------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+# curl for the HEALTHCHECK; nothing else is needed at run time (no TLS: Redis and clients
+# are reached over plain TCP inside the deployment's network). Not pinned to a Debian
+# version: bookworm's security updates replace old versions in the archive, and a pinned
+# build would break on the next one.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 tiergate \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin tiergate
+COPY --from=build /usr/local/bin/tiergate /usr/local/bin/tiergate
+COPY config/tiergate.toml /etc/tiergate/tiergate.toml
+ENV TIERGATE_CONFIG=/etc/tiergate/tiergate.toml \
+    # In a container the network namespace is the boundary: serve metrics and probes on
+    # every interface, and publish 9090 only to the monitoring network.
+    TIERGATE_ADMIN_LISTEN=0.0.0.0:9090
+# Numeric, so a host's runtime can check it is not root without reading /etc/passwd.
+USER 10001:10001
+# HTTP data port, Redis-protocol port, admin port (/metrics, /healthz, /readyz).
+EXPOSE 8080 6380 9090
+HEALTHCHECK --interval=10s --timeout=2s --start-period=5s --retries=3 \
+    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:9090/healthz"]
+# SIGTERM drains (shutdown.grace, 30s): give `docker stop` a --time above it.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/tiergate"]
