@@ -171,12 +171,15 @@ impl Rules {
         if self.tokens.is_empty() {
             return Ok(None);
         }
-        let value = headers.get(AUTHORIZATION).ok_or(Denied::Missing)?;
-        let token = value
-            .as_bytes()
-            .strip_prefix(b"Bearer ")
-            .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
-            .ok_or(Denied::Invalid)?;
+        let value = headers
+            .get(AUTHORIZATION)
+            .ok_or(Denied::Missing)?
+            .as_bytes();
+        // The scheme name is case-insensitive (RFC 9110 section 11.1).
+        let token = match value.split_at_checked(BEARER.len()) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case(BEARER) => token,
+            _ => return Err(Denied::Invalid),
+        };
         // Every token is compared, so timing does not tell which one came close.
         let mut found = None;
         for (secret, p) in &self.tokens {
@@ -271,6 +274,8 @@ impl Auth {
     }
 }
 
+const BEARER: &[u8] = b"Bearer ";
+
 /// Compares without an early exit, so response timing does not reveal how much matched.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -314,6 +319,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(p.name(), "reader");
+        let shouted = rules.bearer(&headers(&format!("BEARER {TOKEN}"))).unwrap();
+        assert_eq!(shouted.unwrap().name(), "reader");
         assert!(p.may(Need::Read, b"user:1"));
         assert!(!p.may(Need::Write, b"user:1"));
         assert!(p.may(Need::ReadWrite, b"sess:1"));

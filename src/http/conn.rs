@@ -105,6 +105,9 @@ pub async fn serve(
     let mut closing = false;
     loop {
         tokio::select! {
+            // The connection first: it is what wakes the task nearly every time, and a fixed
+            // order spares a random draw per wake.
+            biased;
             done = conn.as_mut() => {
                 if let Err(e) = done {
                     tracing::debug!(error = %e, "http connection ended with an error");
