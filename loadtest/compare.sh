@@ -5,6 +5,10 @@
 # Rows so far:
 #   http-get-l1   tiergate GET /v1/kv/{key} (L1 hit, standalone) vs nginx `return 200` with a
 #                 body of the same size, both on one core and one worker; wrk on another core.
+#   http-mix-90-10  90% GET / 10% PUT over 10k keys (all written first), standalone.
+#   http-batch-16 POST /v1/kv:batchGet of 16 keys per request.
+#   http-get-l2   GET answered from L2: a second tiergate with L1 off over its own redis-server,
+#                 both on the server core (CPU per request is the two processes' sum).
 #   bare-hyper    the stack's floor: hyper + tokio answering a fixed body (loadtest/bare_hyper.rs),
 #                 also vs nginx, so the table shows what tiergate's own layers cost.
 #   resp-{set,get}-P{1,16}
@@ -41,15 +45,20 @@ need() {
 }
 need wrk:wrk nginx:nginx-light redis-server:redis-server redis-benchmark:redis-tools
 
-# utime+stime of a process, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# utime+stime of processes (PIDs separated by commas), in clock ticks.
+cpu_ticks() {
+    local total=0 p
+    for p in ${1//,/ }; do total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$total"
+}
 
-# run_wrk NAME PID URL: prints "rps p50 p99 cpu_us_per_req"
+# run_wrk PIDS URL [LUA]: prints "rps p50 p99 cpu_us_per_req" (CPU summed over PIDS)
 run_wrk() {
-    local pid=$1 url=$2 out before after
-    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null # warm-up
+    local pid=$1 url=$2 script=() out before after
+    [ -z "${3:-}" ] || script=(-s "$3")
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s "${script[@]}" "$url" >/dev/null # warm-up
     before=$(cpu_ticks "$pid")
-    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${script[@]}" "$url")
     after=$(cpu_ticks "$pid")
     echo "$out" >"$WORK/wrk-$pid.txt"
     local rps p50 p99 reqs errors
@@ -141,6 +150,58 @@ read -r n_rps n_p50 n_p99 n_us < <(run_wrk "$NG_WORKER" "http://127.0.0.1:$NG_PO
 read -r b_rps b_p50 b_p99 b_us < <(run_wrk "$BH_PID" "http://127.0.0.1:$BH_PORT/v1/kv/bench")
 TABLE+=("$(row http-get-l1 "$t_rps" "$t_p50" "$t_p99" "$t_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
 TABLE+=("$(row bare-hyper "$b_rps" "$b_p50" "$b_p99" "$b_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
+
+# 90% GET / 10% PUT over 10k keys (written first), standalone.
+cat >"$WORK/mix.lua" <<LUA
+local n = 0
+request = function()
+    n = n + 1
+    local path = "/v1/kv/mix:" .. ((n * 7919) % 10000)
+    if n % 10 == 0 then return wrk.format("PUT", path, nil, "$BODY") end
+    return wrk.format("GET", path)
+end
+LUA
+python3 - "$TG_HTTP" "$BODY" <<'PY'
+import json, sys, urllib.request
+port, body = sys.argv[1], sys.argv[2]
+for start in range(0, 10000, 1000):
+    items = [{"key": f"mix:{i}", "value": body} for i in range(start, start + 1000)]
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/kv:batchSet",
+        data=json.dumps({"items": items}).encode(), method="POST")).read()
+PY
+read -r m_rps m_p50 m_p99 m_us < <(run_wrk "$TG_PID" "http://127.0.0.1:$TG_HTTP" "$WORK/mix.lua")
+TABLE+=("$(row http-mix-90-10 "$m_rps" "$m_p50" "$m_p99" "$m_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
+
+# batchGet of 16 of those keys per request.
+KEYS16=$(python3 -c 'import json; print(json.dumps({"keys": [f"mix:{i}" for i in range(16)]}))')
+cat >"$WORK/batch.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$KEYS16'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+read -r g_rps g_p50 g_p99 g_us < <(run_wrk "$TG_PID" "http://127.0.0.1:$TG_HTTP/v1/kv:batchGet" "$WORK/batch.lua")
+TABLE+=("$(row http-batch-16 "$g_rps" "$g_p50" "$g_p99" "$g_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
+
+# GET answered from L2: a second tiergate with L1 off, over its own redis-server, both on
+# SERVER_CPU (one proxy hop in front of Redis); CPU is the two processes' sum.
+L2_PORT=$(free_port)
+taskset -c "$SERVER_CPU" redis-server --port "$L2_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    >"$WORK/redis-l2.log" 2>&1 &
+L2_PID=$!; PIDS+=("$L2_PID")
+wait_port "$L2_PORT"
+T2_HTTP=$(free_port)
+TIERGATE_HTTP_LISTEN=127.0.0.1:$T2_HTTP TIERGATE_ADMIN_LISTEN=127.0.0.1:$(free_port) \
+TIERGATE_RESP_LISTEN=127.0.0.1:$(free_port) TIERGATE_L2_URL=redis://127.0.0.1:$L2_PORT \
+TIERGATE_L1_CAPACITY=0 TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn \
+    taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/tiergate-l2.log" 2>&1 &
+T2_PID=$!; PIDS+=("$T2_PID")
+wait_port "$T2_HTTP"
+for _ in $(seq 1 100); do
+    curl -sf -X PUT --data-binary "$BODY" "http://127.0.0.1:$T2_HTTP/v1/kv/bench" >/dev/null && break
+    sleep 0.1
+done
+read -r l_rps l_p50 l_p99 l_us < <(run_wrk "$T2_PID,$L2_PID" "http://127.0.0.1:$T2_HTTP/v1/kv/bench")
+TABLE+=("$(row http-get-l2 "$l_rps" "$l_p50" "$l_p99" "$l_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
 fi
 
 if [[ " $ROWS " == *" resp "* ]]; then
