@@ -5,7 +5,7 @@
 //!
 //! Secrets are compared in constant time and never logged: only a principal's name is.
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use arc_swap::{ArcSwap, Guard};
 use http::{header::AUTHORIZATION, HeaderMap};
 use std::sync::{
@@ -134,30 +134,20 @@ pub struct Rules {
 
 impl Rules {
     pub fn from_config(config: &Config) -> Self {
-        let scoped = |name: &str, read: &[String], write: &[String]| {
-            Principal::new(name, Prefixes::new(read), Prefixes::new(write))
+        // A secret and the principal it stands for: tokens and users are built alike.
+        let entry = |name: &str, secret: &Secret, read: &[String], write: &[String]| {
+            let p = Principal::new(name, Prefixes::new(read), Prefixes::new(write));
+            (secret.expose().as_bytes().into(), p)
         };
         let requirepass = (!config.resp.requirepass.is_empty())
             .then(|| config.resp.requirepass.expose().as_bytes().into());
         let default_exists = config.auth.users.is_empty() || requirepass.is_some();
         Self {
-            tokens: config
-                .auth
-                .tokens
-                .iter()
-                .map(|t| {
-                    let p = scoped(&t.name, &t.read, &t.write);
-                    (t.token.expose().as_bytes().into(), p)
-                })
+            tokens: (config.auth.tokens.iter())
+                .map(|t| entry(&t.name, &t.token, &t.read, &t.write))
                 .collect(),
-            users: config
-                .auth
-                .users
-                .iter()
-                .map(|u| {
-                    let p = scoped(&u.name, &u.read, &u.write);
-                    (u.password.expose().as_bytes().into(), p)
-                })
+            users: (config.auth.users.iter())
+                .map(|u| entry(&u.name, &u.password, &u.read, &u.write))
                 .collect(),
             requirepass,
             default_user: default_exists

@@ -126,9 +126,14 @@ pub async fn get<B: RequestBody>(
 ) -> Reply {
     let req: BatchGet = read_json(state, headers, b).await?;
     *keys = req.keys.len() as u32;
-    check_count(req.keys.len(), state.limits.load().max_batch_keys)?;
+    // One read of the limits per request; not held across the L2 call below.
+    let (max_keys, max_key) = {
+        let limits = state.limits.load();
+        (limits.max_batch_keys, limits.max_key_bytes)
+    };
+    check_count(req.keys.len(), max_keys)?;
     for k in &req.keys {
-        key::check(k.as_bytes(), state.limits.load().max_key_bytes)?;
+        key::check(k.as_bytes(), max_key)?;
         // One key out of scope refuses the whole batch: a partial answer would hide it.
         state.authorize(user, Need::Read, k.as_bytes())?;
     }
@@ -170,15 +175,22 @@ pub async fn set<B: RequestBody>(
 ) -> Reply {
     let req: BatchSet = read_json(state, headers, b).await?;
     *keys = req.items.len() as u32;
-    check_count(req.items.len(), state.limits.load().max_batch_keys)?;
+    let (max_keys, max_key, max_value) = {
+        let limits = state.limits.load();
+        (
+            limits.max_batch_keys,
+            limits.max_key_bytes,
+            limits.max_value_bytes.0,
+        )
+    };
+    check_count(req.items.len(), max_keys)?;
     for it in &req.items {
         // All or nothing: no item is written when one is out of scope.
         state.authorize(user, Need::Write, it.key.as_bytes())?;
     }
-    let max_value = state.limits.load().max_value_bytes.0;
     let mut items: Vec<Item> = Vec::with_capacity(req.items.len());
     for (i, it) in req.items.into_iter().enumerate() {
-        key::check(it.key.as_bytes(), state.limits.load().max_key_bytes).map_err(|e| ApiError {
+        key::check(it.key.as_bytes(), max_key).map_err(|e| ApiError {
             message: format!("items[{i}]: {}", e.message).into(),
             ..e
         })?;

@@ -44,14 +44,18 @@ pub async fn put<B: RequestBody>(
     headers: &HeaderMap,
     b: B,
 ) -> Reply {
-    let key = key::decode(raw_key, state.limits.load().max_key_bytes)?;
+    let (max_key, max_value) = {
+        let limits = state.limits.load();
+        (limits.max_key_bytes, limits.max_value_bytes.0)
+    };
+    let key = key::decode(raw_key, max_key)?;
     // Before the body is read: a forbidden write costs no upload.
     state.authorize(user, Need::Write, &key)?;
     let ttl = key::ttl_from_query(query)?;
     let value = body::read(
         headers,
         b,
-        state.limits.load().max_value_bytes.0,
+        max_value,
         "value_too_large",
         state.body_read_timeout,
     )

@@ -202,6 +202,7 @@ async fn run_buffered(
                 key_len = cmd.first_key_len();
                 let mut ctx = Ctx {
                     shared,
+                    limits: &limits,
                     session,
                     close: false,
                     tier: None,

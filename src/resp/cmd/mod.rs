@@ -20,6 +20,8 @@ pub use string::{Get, Incr, MGet, MSet, Set};
 /// What a command runs with: the engine and limits (shared) and this client's state.
 pub struct Ctx<'a> {
     pub shared: &'a Shared,
+    /// The bounds in force for this batch of commands (read once per batch).
+    pub limits: &'a super::Limits,
     pub session: &'a mut Session,
     /// Set by QUIT: close once the reply is written.
     pub close: bool,
@@ -296,8 +298,8 @@ pub fn l2_error(e: crate::cache::L2Error) -> Frame {
 
 /// Checks a value against `limits.max_value_bytes` (the codec bounds each argument by the
 /// larger of the key and value bounds, so a value can still exceed its own).
-pub fn check_value(value: &[u8], shared: &Shared) -> Result<(), Frame> {
-    if value.len() as u64 > shared.limits.load().max_value_bytes {
+pub fn check_value(value: &[u8], limits: &super::Limits) -> Result<(), Frame> {
+    if value.len() as u64 > limits.max_value_bytes {
         return Err(Frame::error(
             "ERR value is larger than limits.max_value_bytes",
         ));
@@ -306,8 +308,8 @@ pub fn check_value(value: &[u8], shared: &Shared) -> Result<(), Frame> {
 }
 
 /// Checks a key against `limits.max_key_bytes`.
-pub fn check_key(key: &[u8], shared: &Shared) -> Result<(), Frame> {
-    let max = shared.limits.load().max_key_bytes;
+pub fn check_key(key: &[u8], limits: &super::Limits) -> Result<(), Frame> {
+    let max = limits.max_key_bytes;
     if key.len() > max {
         return Err(Frame::Error(
             format!("ERR key is {} bytes; the limit is {}", key.len(), max).into(),

@@ -20,7 +20,7 @@ impl Get {
     }
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
-        if let Err(e) = check_key(&self.key, ctx.shared) {
+        if let Err(e) = check_key(&self.key, ctx.limits) {
             return e;
         }
         match ctx.shared.cache.get(&self.key).await {
@@ -100,10 +100,10 @@ impl Set {
     }
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
-        if let Err(e) = check_key(&self.key, ctx.shared) {
+        if let Err(e) = check_key(&self.key, ctx.limits) {
             return e;
         }
-        if let Err(e) = check_value(&self.value, ctx.shared) {
+        if let Err(e) = check_value(&self.value, ctx.limits) {
             return e;
         }
         if let SetTtl::At(at) = self.opts.ttl {
@@ -146,7 +146,7 @@ impl MGet {
         if let Some(e) = self
             .keys
             .iter()
-            .find_map(|k| check_key(k, ctx.shared).err())
+            .find_map(|k| check_key(k, ctx.limits).err())
         {
             return e;
         }
@@ -181,10 +181,10 @@ impl MSet {
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
         for (k, v) in &self.pairs {
-            if let Err(e) = check_key(k, ctx.shared) {
+            if let Err(e) = check_key(k, ctx.limits) {
                 return e;
             }
-            if let Err(e) = check_value(v, ctx.shared) {
+            if let Err(e) = check_value(v, ctx.limits) {
                 return e;
             }
         }
@@ -222,7 +222,7 @@ impl Incr {
     }
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
-        if let Err(e) = check_key(&self.key, ctx.shared) {
+        if let Err(e) = check_key(&self.key, ctx.limits) {
             return e;
         }
         match ctx.shared.cache.incr_by(self.key, self.delta).await {
