@@ -184,11 +184,8 @@ TABLE+=("$(row http-batch-16 "$g_rps" "$g_p50" "$g_p99" "$g_us" "nginx return 20
 
 # GET answered from L2: a second tiergate with L1 off, over its own redis-server, both on
 # SERVER_CPU (one proxy hop in front of Redis); CPU is the two processes' sum.
-L2_PORT=$(free_port)
-taskset -c "$SERVER_CPU" redis-server --port "$L2_PORT" --bind 127.0.0.1 --save "" --appendonly no \
-    >"$WORK/redis-l2.log" 2>&1 &
-L2_PID=$!; PIDS+=("$L2_PID")
-wait_port "$L2_PORT"
+start_redis "$SERVER_CPU"
+L2_PORT=$RS; L2_PID=$RS_PID
 T2_HTTP=$(free_port)
 TIERGATE_HTTP_LISTEN=127.0.0.1:$T2_HTTP TIERGATE_ADMIN_LISTEN=127.0.0.1:$(free_port) \
 TIERGATE_RESP_LISTEN=127.0.0.1:$(free_port) TIERGATE_L2_URL=redis://127.0.0.1:$L2_PORT \
@@ -206,11 +203,8 @@ fi
 
 if [[ " $ROWS " == *" resp "* ]]; then
 # --- redis-server on SERVER_CPU, no persistence
-RS_PORT=$(free_port)
-taskset -c "$SERVER_CPU" redis-server --port "$RS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
-    >"$WORK/redis.log" 2>&1 &
-RS_PID=$!; PIDS+=("$RS_PID")
-wait_port "$RS_PORT"
+start_redis "$SERVER_CPU"
+RS_PORT=$RS
 
 echo "==> measuring RESP (redis-benchmark -c50 -r100000 -d$VALUE_BYTES; servers on cpu $SERVER_CPU, client on cpu $LOAD_CPU)"
 for depth in 1 16; do

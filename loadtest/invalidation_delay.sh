@@ -14,10 +14,7 @@ command -v redis-server >/dev/null || { echo "redis-server missing (apt-get inst
 source loadtest/lib.sh
 
 cargo build --release --quiet --bin tiergate
-RS=$(free_port)
-redis-server --port "$RS" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
-wait_port "$RS"
+start_redis ""
 start() { # NAME RESP_PORT
     TIERGATE_L2_URL=redis://127.0.0.1:$RS TIERGATE_RESP_LISTEN=127.0.0.1:$2 \
     TIERGATE_HTTP_LISTEN=127.0.0.1:$(free_port) TIERGATE_ADMIN_LISTEN=127.0.0.1:$(free_port) \

@@ -1,5 +1,5 @@
 # Shared by the loadtest scripts (sourced, not run): a scratch directory and a list of
-# background processes, both cleaned up on exit, and port helpers.
+# background processes, both cleaned up on exit, port helpers, and a scratch redis-server.
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -12,6 +12,20 @@ trap cleanup EXIT
 
 # A free loopback TCP port.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Starts a scratch redis-server (no persistence) on a free loopback port, pinned to the CPUs
+# in $1 ("" for none), with any further arguments; sets RS (its port) and RS_PID.
+start_redis() {
+    local cpus=$1 pin=()
+    shift
+    [ -z "$cpus" ] || pin=(taskset -c "$cpus")
+    RS=$(free_port)
+    "${pin[@]}" redis-server --port "$RS" --bind 127.0.0.1 --save "" --appendonly no "$@" \
+        >"$WORK/redis-$RS.log" 2>&1 &
+    RS_PID=$!
+    PIDS+=("$RS_PID")
+    wait_port "$RS"
+}
 
 # Waits (up to 10s) until something listens on loopback port $1.
 wait_port() {

@@ -15,12 +15,9 @@ source loadtest/lib.sh
 
 cargo build --release --quiet --bin tiergate --example outage
 OTHER=1-$(( $(nproc) - 1 )); [ "$(nproc)" -gt 1 ] || OTHER=0
-RS=$(free_port)
-taskset -c "$OTHER" redis-server --port "$RS" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
-REDIS_PID=$!
+start_redis "$OTHER"
+REDIS_PID=$RS_PID
 disown "$REDIS_PID" # its SIGKILL is the point; no "Killed" notice from bash
-PIDS+=("$REDIS_PID")
-wait_port "$RS"
 HTTP=$(free_port)
 TIERGATE_L2_URL=redis://127.0.0.1:$RS TIERGATE_HTTP_LISTEN=127.0.0.1:$HTTP \
 TIERGATE_RESP_LISTEN=127.0.0.1:$(free_port) TIERGATE_ADMIN_LISTEN=127.0.0.1:$(free_port) \

@@ -15,11 +15,7 @@ done
 source loadtest/lib.sh
 cargo build --release --quiet --bin tiergate
 OTHER=$(( $(nproc) - 1 ))
-RS=$(free_port)
-taskset -c "$OTHER" redis-server --port "$RS" --bind 127.0.0.1 --save "" --appendonly no \
-    --enable-debug-command yes >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
-wait_port "$RS"
+start_redis "$OTHER" --enable-debug-command yes
 HTTP=$(free_port); ADMIN=$(free_port)
 TIERGATE_L2_URL=redis://127.0.0.1:$RS TIERGATE_HTTP_LISTEN=127.0.0.1:$HTTP \
 TIERGATE_RESP_LISTEN=127.0.0.1:$(free_port) TIERGATE_ADMIN_LISTEN=127.0.0.1:$ADMIN \

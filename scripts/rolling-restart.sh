@@ -68,10 +68,7 @@ for tool in redis-server wrk curl; do
 done
 source loadtest/lib.sh
 cargo build --release --quiet --bin tiergate
-RS=$(free_port)
-redis-server --port "$RS" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
-PIDS+=($!)
-wait_port "$RS"
+start_redis ""
 HTTP=$(free_port)
 export TIERGATE_L2_URL=redis://127.0.0.1:$RS TIERGATE_HTTP_LISTEN=127.0.0.1:$HTTP
 export TIERGATE_RESP_LISTEN=127.0.0.1:$(free_port) TIERGATE_ADMIN_LISTEN=127.0.0.1:$(free_port)
