@@ -146,6 +146,13 @@ impl Admission {
         if let Ok(slot) = self.slots.try_acquire() {
             return Ok(self.admitted(slot));
         }
+        // Boxed: the wait's timer and semaphore futures would otherwise sit in every
+        // request's future, copied on each request, for a path taken only under load.
+        Box::pin(self.admit_queued()).await
+    }
+
+    /// `admit` when no slot is free: a place in the queue, or a refusal.
+    async fn admit_queued(&self) -> Result<Admitted<'_>, Refused> {
         if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue.load(Ordering::Relaxed) {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(self.refuse(Refused::QueueFull));

@@ -1,11 +1,18 @@
-//! One HTTP connection: hyper drives the protocol; this owns when it ends. A connection with
-//! no request in flight for `http.keepalive_timeout` is closed gracefully (HTTP/1: closed
-//! between requests; h2: GOAWAY), and so is every connection when the drain reaches its
-//! second step. During the drain, HTTP/1 responses say `Connection: close`.
+//! One HTTP connection: hyper drives the protocol; this owns when it ends.
+//! - A connection with no request in flight for its idle limit is closed gracefully: HTTP/1
+//!   at once, h2 with GOAWAY. The limit is `http.keepalive_timeout` for h2, and for HTTP/1
+//!   (or a connection that has sent no request yet) `http.header_read_timeout` if shorter:
+//!   the next head must be in within that time of the last answer, which bounds both a
+//!   keep-alive connection left idle and a head that never finishes arriving (slowloris).
+//! - Every connection closes gracefully when the drain reaches its second step. During the
+//!   drain, HTTP/1 responses say `Connection: close`.
+//! - A connection asked to close that is still open `CLOSE_GRACE` later with nothing in
+//!   flight is dropped: a graceful HTTP/1 close waits for a head that is still arriving.
 //!
-//! hyper has no idle timeout of its own for h2, and times HTTP/1 idleness only through its
-//! header-read timer; this is one timer per connection, re-armed only when it fires: a request
-//! moves a millisecond stamp, not the timer.
+//! hyper has no idle timeout for h2, and its own HTTP/1 header timer allocates, arms and
+//! tears down a timer-wheel entry for every request (about 650 instructions, a tenth of a
+//! bare hyper request). This is one timer per connection, re-armed only when it fires: a
+//! request moves a millisecond stamp, not the timer.
 
 use super::{handle, State};
 use http::{header, HeaderValue, Request, Version};
@@ -17,16 +24,31 @@ use hyper_util::{
 use std::{
     convert::Infallible,
     sync::{
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc, OnceLock,
     },
     time::Duration,
 };
 use tokio::{net::TcpStream, time::Instant};
 
+/// How long a connection may go with no request in flight, by protocol.
+#[derive(Clone, Copy, Debug)]
+pub struct IdleLimits {
+    /// HTTP/1, or no request seen yet.
+    pub h1: Duration,
+    pub h2: Duration,
+}
+
+/// How long a connection asked to close gracefully may stay open with nothing in flight
+/// before it is dropped: enough for an h2 client to read GOAWAY and answer its PING; an
+/// HTTP/1 head still arriving at that point is a slowloris.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Requests in flight on one connection and when the last one ended.
 struct Idle {
     in_flight: AtomicU32,
+    /// A request arrived over h2 (hyper's auto builder chose the protocol).
+    h2: AtomicBool,
     /// Milliseconds since `epoch()` at the end of the last request (or the accept).
     last_ms: AtomicU64,
 }
@@ -52,6 +74,11 @@ impl Drop for Busy {
 }
 
 impl Idle {
+    /// Restarts the idle clock (at a graceful close, for the grace that follows).
+    fn touch(&self) {
+        self.last_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
     fn busy(self: &Arc<Self>) -> Busy {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
@@ -75,18 +102,22 @@ pub async fn serve(
     stream: TcpStream,
     state: Arc<State>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    keepalive: Duration,
+    limits: IdleLimits,
 ) {
     let idle = Arc::new(Idle {
         in_flight: AtomicU32::new(0),
+        h2: AtomicBool::new(false),
         last_ms: AtomicU64::new(now_ms()),
     });
     let svc = {
         let (state, idle) = (state.clone(), idle.clone());
         service_fn(move |req: Request<hyper::body::Incoming>| {
             let (state, busy) = (state.clone(), idle.busy());
+            let h1 = req.version() < Version::HTTP_2;
+            if !h1 {
+                idle.h2.store(true, Ordering::Relaxed);
+            }
             async move {
-                let h1 = req.version() < Version::HTTP_2;
                 let mut resp = handle(&state, req).await;
                 if h1 && state.listener_closed.is_triggered() {
                     resp.headers_mut()
@@ -99,7 +130,7 @@ pub async fn serve(
     };
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    let timer = tokio::time::sleep(keepalive);
+    let timer = tokio::time::sleep(limits.h1);
     tokio::pin!(timer);
     let close = state.close_connections.clone();
     let mut closing = false;
@@ -115,17 +146,33 @@ pub async fn serve(
                 return;
             }
             _ = close.wait(), if !closing => {
-                conn.as_mut().graceful_shutdown();
                 closing = true;
+                conn.as_mut().graceful_shutdown();
+                idle.touch();
+                timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
             }
-            _ = &mut timer, if !closing => match idle.next_check(keepalive) {
-                Some(at) => timer.as_mut().reset(at),
-                None => {
-                    state.metrics.http_idle_closed.inc();
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
+            _ = &mut timer => {
+                let limit = match () {
+                    _ if closing => CLOSE_GRACE,
+                    _ if idle.h2.load(Ordering::Relaxed) => limits.h2,
+                    _ => limits.h1,
+                };
+                match idle.next_check(limit) {
+                    Some(at) => timer.as_mut().reset(at),
+                    // Asked to close, nothing in flight, and still open: a head that never
+                    // finished arriving (a graceful shutdown waits for it), or a client
+                    // that ignores GOAWAY.
+                    None if closing => return,
+                    // Idle: HTTP/1 between requests closes at once; h2 gets GOAWAY.
+                    None => {
+                        state.metrics.http_idle_closed.inc();
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                        idle.touch();
+                        timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
+                    }
                 }
-            },
+            }
         }
     }
 }

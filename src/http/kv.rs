@@ -8,23 +8,28 @@ use super::{
 use crate::auth::{Need, Principal};
 use crate::metrics::Tier;
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-pub const X_CACHE: &str = "x-cache";
+/// Which tier answered. A `HeaderName` constant: a custom name given as `&str` is copied
+/// into a fresh allocation on every insert.
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 
 pub async fn get(state: &State, user: Option<&Principal>, raw_key: &str) -> Reply {
     let key = key::decode(raw_key, state.limits.load().max_key_bytes)?;
     state.authorize(user, Need::Read, &key)?;
     match state.cache.get(&key).await? {
         Some(hit) => {
-            let mut resp = Response::new(Full::new(hit.value));
-            let h = resp.headers_mut();
+            // Sized up front: grown from empty, the first insert goes through the map's
+            // growth path.
+            let mut h = HeaderMap::with_capacity(2);
             h.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             );
             h.insert(X_CACHE, tier_header(hit.tier));
+            let mut resp = Response::new(Full::new(hit.value));
+            *resp.headers_mut() = h;
             Ok(resp)
         }
         None => {
@@ -82,7 +87,7 @@ pub fn no_content() -> Response<Full<Bytes>> {
 
 /// The tier a response says it was answered from (its X-Cache header), for the access log.
 pub fn tier_of(resp: &Response<Full<Bytes>>) -> Option<Tier> {
-    match resp.headers().get(X_CACHE)?.as_bytes() {
+    match resp.headers().get(&X_CACHE)?.as_bytes() {
         b"L1" => Some(Tier::L1),
         b"L2" => Some(Tier::L2),
         _ => None,
