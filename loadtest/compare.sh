@@ -1,31 +1,45 @@
 #!/usr/bin/env bash
-# Measures tiergate against a reference server on this machine, in one run, with the server
-# and the load generator pinned to different cores, and prints one table with the ratio.
+# Measures tiergate against the servers its users would otherwise deploy, on this machine, in
+# one run, each server pinned to SERVER_CPU and each load generator to LOAD_CPU, and prints one
+# table with the ratio per row, then each of issue 6's targets, met or missed.
 #
-# Rows so far:
-#   http-get-l1   tiergate GET /v1/kv/{key} (L1 hit, standalone) vs nginx `return 200` with a
-#                 body of the same size, both on one core and one worker; wrk on another core.
-#   http-mix-90-10  90% GET / 10% PUT over 10k keys (all written first), standalone.
-#   http-batch-16 POST /v1/kv:batchGet of 16 keys per request.
-#   http-get-l2   GET answered from L2: a second tiergate with L1 off over its own redis-server,
-#                 both on the server core (CPU per request is the two processes' sum).
+# tiergate runs as deployed: over its own L2 redis-server (pinned with it); CPU per request is
+# the two processes' sum, as it is for twemproxy and the redis-server behind it.
+#
+# Rows:
+#   http-get-l1   GET /v1/kv/{key}, an L1 hit, vs nginx `return 200` with a body of the same
+#                 size, both one worker; wrk.
 #   bare-hyper    the stack's floor: hyper + tokio answering a fixed body (loadtest/bare_hyper.rs),
 #                 also vs nginx, so the table shows what tiergate's own layers cost.
-#   resp-{set,get}-P{1,16}
-#                 redis-benchmark SET and GET (random keys out of 100k, VALUE_BYTES values, 50
-#                 clients, no pipelining and 16-deep pipelines) against tiergate's RESP door
-#                 (standalone, memory tier) vs redis-server (no persistence), both on one core.
+#   http-mix-90-10  90% GET / 10% PUT over 10k keys (all written first); PUTs write through to
+#                 Redis and invalidate L1, so GETs after them are L2 reads.
+#   http-batch-16 POST /v1/kv:batchGet of 16 keys per request.
+#   http-get-l2   GET answered from L2: a second tiergate with L1 off over the same redis-server.
+#   http-rate-half  oha at a fixed rate, half of http-get-l1's req/s, against tiergate and
+#                 nginx: latency when not saturated (target p99 <= 1 ms).
+#   resp-set-P{1,16}  redis-benchmark SET (random keys out of 100k, VALUE_BYTES values, 50
+#                 clients, no pipelining and 16-deep pipelines) through tiergate to its L2 vs
+#                 through twemproxy (nutcracker) to a redis-server: one proxy hop each.
+#   resp-get-P{1,16}  GET of those keys (all written and read once first: L1 hits) vs
+#                 redis-server itself.
 #
-# Usage: loadtest/compare.sh   (ROWS="http resp" DURATION=10s CONNS=64 VALUE_BYTES=64
+# Each row with a reference runs ROUNDS times, tiergate and the reference in turn, and reports
+# each one's median run: this machine's speed drifts by ±20% over minutes.
+#
+# Usage: loadtest/compare.sh   (ROWS="http resp" DURATION=6s ROUNDS=3 CONNS=64 VALUE_BYTES=64
 #                               RESP_REQUESTS=300000 SERVER_CPU=0 LOAD_CPU=1)
-# Needs: wrk, nginx, redis-server, redis-benchmark (apt-get install -y wrk nginx-light
-# redis-server redis-tools); installs them when missing and root.
+# Needs: wrk, nginx, redis-server, redis-benchmark, nutcracker (apt-get install -y wrk
+# nginx-light redis-server redis-tools nutcracker) and oha (cargo install oha); installs them
+# when missing and root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROWS=${ROWS:-http resp}
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-6s}
+# Runs per server for the rows with a reference (the median is reported).
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
+OHA_CONNS=${OHA_CONNS:-16}
 VALUE_BYTES=${VALUE_BYTES:-64}
 # Requests per unpipelined redis-benchmark run; pipelined runs send 8 times as many.
 RESP_REQUESTS=${RESP_REQUESTS:-300000}
@@ -43,7 +57,10 @@ need() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
 }
-need wrk:wrk nginx:nginx-light redis-server:redis-server redis-benchmark:redis-tools
+need wrk:wrk nginx:nginx-light redis-server:redis-server redis-benchmark:redis-tools \
+    nutcracker:nutcracker
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v oha >/dev/null || cargo install --quiet --locked oha
 
 # utime+stime of processes (PIDs separated by commas), in clock ticks.
 cpu_ticks() {
@@ -88,24 +105,110 @@ run_rb() {
         'NR == 2 {printf "%s %s %s %.2f\n", $4, $10, $14, t / hz * 1e6 / n}' <<<"$out"
 }
 
+# run_oha PIDS URL RATE: like run_wrk, at a fixed RATE of requests per second (oha -q), over
+# OHA_CONNS connections. Without --latency-correction: on one core oha itself is two-thirds
+# busy at 30k req/s, and the correction then charges its own scheduling delays to the server
+# (p99 5 ms against bare hyper at a fifth of its capacity, 0.7 ms without).
+run_oha() {
+    local pid=$1 url=$2 rate=$3 before after
+    before=$(cpu_ticks "$pid")
+    taskset -c "$LOAD_CPU" oha -z "$DURATION" -q "$rate" -c "$OHA_CONNS" \
+        --no-tui --output-format json "$url" >"$WORK/oha.json"
+    after=$(cpu_ticks "$pid")
+    python3 - "$WORK/oha.json" $((after - before)) "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+ticks, hz = int(sys.argv[2]), int(sys.argv[3])
+codes = d["statusCodeDistribution"]
+n = sum(codes.values())
+if set(codes) != {"200"}:
+    print(f"  oha reported: {codes}", file=sys.stderr)
+p = d["latencyPercentiles"]
+print(f'{d["summary"]["requestsPerSec"]:.2f} {p["p50"] * 1e3:.2f}ms {p["p99"] * 1e3:.2f}ms '
+      f'{ticks / hz * 1e6 / n:.2f}')
+PY
+}
+
+# resp_fill PORT SET|GET: every key redis-benchmark -r 100000 may draw ("key:%012d"), SET to
+# VALUE_BYTES values or read, in pipelines of 1000.
+resp_fill() {
+    python3 - "$1" "$2" "$VALUE_BYTES" <<'PY'
+import socket, sys
+port, cmd, size = int(sys.argv[1]), sys.argv[2].encode(), int(sys.argv[3])
+value = b"x" * size
+reply = b"+OK\r\n" if cmd == b"SET" else b"$%d\r\n%s\r\n" % (size, value)
+s = socket.create_connection(("127.0.0.1", port))
+for start in range(0, 100000, 1000):
+    out = []
+    for i in range(start, start + 1000):
+        args = [cmd, b"key:%012d" % i] + ([value] if cmd == b"SET" else [])
+        out.append(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+    s.sendall(b"".join(out))
+    want, got = reply * 1000, b""
+    while len(got) < len(want):
+        chunk = s.recv(1 << 16)
+        assert chunk, "connection closed"
+        got += chunk
+    assert got == want, f"unexpected reply on port {port}: {got[:80]!r}"
+PY
+}
+
+# rounds CMD ARGS... [-- CMD ARGS...]...: runs the commands in turn, ROUNDS times over, and
+# sets MED[i] to command i's median run (by req/s). Interleaved, so a machine that slows down
+# for a while slows every server alike; the median drops a run that caught a hiccup.
+rounds() {
+    local i r
+    rm -f "$WORK"/round.*
+    for r in $(seq 1 "$ROUNDS"); do
+        i=0
+        local cmd=()
+        for arg in "$@" --; do
+            if [ "$arg" = -- ]; then
+                "${cmd[@]}" >>"$WORK/round.$i"
+                cmd=(); i=$((i + 1))
+            else
+                cmd+=("$arg")
+            fi
+        done
+    done
+    MED=()
+    for ((r = 0; r < i; r++)); do
+        MED[r]=$(sort -g -k1,1 "$WORK/round.$r" | awk '{a[NR] = $0} END {print a[int((NR + 1) / 2)]}')
+    done
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+
+# A latency as wrk or oha print it (850.00us, 1.04ms, 1.20s), in milliseconds.
+ms() { awk -v v="$1" 'BEGIN {n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /[0-9]s$/ && v !~ /ms$/) n *= 1000; print n}'; }
+
+# verdict OK?: "met" or "missed"
+verdict() { if [ "$1" = 1 ]; then echo met; else echo missed; fi; }
+
 row() { # NAME RPS P50 P99 US REF_NAME REF_RPS REF_P50 REF_P99 REF_US
     printf '%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' "$@" \
-        "$(awk -v a="$2" -v b="$7" 'BEGIN {printf "%.2f", a / b}')"
+        "$(ratio "$2" "$7")"
 }
 
 echo "==> building release binaries"
 cargo build --release --quiet --bin tiergate --example bare_hyper
 BODY=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' 'x')
 
-# --- tiergate, standalone, one worker thread on SERVER_CPU
+# --- tiergate over its own redis-server, one worker thread, both on SERVER_CPU
+start_redis "$SERVER_CPU"
+L2_PORT=$RS; L2_PID=$RS_PID
 TG_HTTP=$(free_port); TG_ADMIN=$(free_port); TG_RESP=$(free_port)
 TIERGATE_HTTP_LISTEN=127.0.0.1:$TG_HTTP TIERGATE_ADMIN_LISTEN=127.0.0.1:$TG_ADMIN TIERGATE_RESP_LISTEN=127.0.0.1:$TG_RESP \
-TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn \
+TIERGATE_L2_URL=redis://127.0.0.1:$L2_PORT TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn \
     taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/tiergate.log" 2>&1 &
 TG_PID=$!; PIDS+=("$TG_PID")
+TG_PIDS=$TG_PID,$L2_PID
 wait_port "$TG_HTTP"
 wait_port "$TG_RESP"
+# Ready once L2 and the invalidation bus answer (L1 is not trusted before).
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$TG_ADMIN/readyz" >/dev/null && break; sleep 0.1; done
 TABLE=()
+declare -A RATIO P99
 
 if [[ " $ROWS " == *" http "* ]]; then
 curl -sf -X PUT --data-binary "$BODY" "http://127.0.0.1:$TG_HTTP/v1/kv/bench" >/dev/null
@@ -145,10 +248,23 @@ BH_PID=$!; PIDS+=("$BH_PID")
 wait_port "$BH_PORT"
 
 echo "==> measuring HTTP (wrk -t1 -c$CONNS -d$DURATION; servers on cpu $SERVER_CPU, wrk on cpu $LOAD_CPU)"
-read -r t_rps t_p50 t_p99 t_us < <(run_wrk "$TG_PID" "http://127.0.0.1:$TG_HTTP/v1/kv/bench")
-read -r n_rps n_p50 n_p99 n_us < <(run_wrk "$NG_WORKER" "http://127.0.0.1:$NG_PORT/v1/kv/bench")
-read -r b_rps b_p50 b_p99 b_us < <(run_wrk "$BH_PID" "http://127.0.0.1:$BH_PORT/v1/kv/bench")
+rounds run_wrk "$TG_PIDS" "http://127.0.0.1:$TG_HTTP/v1/kv/bench" \
+    -- run_wrk "$NG_WORKER" "http://127.0.0.1:$NG_PORT/v1/kv/bench" \
+    -- run_wrk "$BH_PID" "http://127.0.0.1:$BH_PORT/v1/kv/bench"
+read -r t_rps t_p50 t_p99 t_us <<<"${MED[0]}"
+read -r n_rps n_p50 n_p99 n_us <<<"${MED[1]}"
+read -r b_rps b_p50 b_p99 b_us <<<"${MED[2]}"
 TABLE+=("$(row http-get-l1 "$t_rps" "$t_p50" "$t_p99" "$t_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
+RATIO[http]=$(ratio "$t_rps" "$n_rps"); P99[tg]=$t_p99; P99[nginx]=$n_p99
+
+# Latency at a fixed rate, half of tiergate's maximum, for both.
+RATE=$(awk -v r="$t_rps" 'BEGIN {printf "%d", r / 2}')
+rounds run_oha "$TG_PIDS" "http://127.0.0.1:$TG_HTTP/v1/kv/bench" "$RATE" \
+    -- run_oha "$NG_WORKER" "http://127.0.0.1:$NG_PORT/v1/kv/bench" "$RATE"
+read -r h_rps h_p50 h_p99 h_us <<<"${MED[0]}"
+read -r o_rps o_p50 o_p99 o_us <<<"${MED[1]}"
+TABLE+=("$(row http-rate-half "$h_rps" "$h_p50" "$h_p99" "$h_us" "nginx return 200" "$o_rps" "$o_p50" "$o_p99" "$o_us")")
+P99[half]=$h_p99
 TABLE+=("$(row bare-hyper "$b_rps" "$b_p50" "$b_p99" "$b_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
 
 # 90% GET / 10% PUT over 10k keys (written first), standalone.
@@ -169,7 +285,7 @@ for start in range(0, 10000, 1000):
     urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/kv:batchSet",
         data=json.dumps({"items": items}).encode(), method="POST")).read()
 PY
-read -r m_rps m_p50 m_p99 m_us < <(run_wrk "$TG_PID" "http://127.0.0.1:$TG_HTTP" "$WORK/mix.lua")
+read -r m_rps m_p50 m_p99 m_us < <(run_wrk "$TG_PIDS" "http://127.0.0.1:$TG_HTTP" "$WORK/mix.lua")
 TABLE+=("$(row http-mix-90-10 "$m_rps" "$m_p50" "$m_p99" "$m_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
 
 # batchGet of 16 of those keys per request.
@@ -179,13 +295,11 @@ wrk.method = "POST"
 wrk.body = '$KEYS16'
 wrk.headers["Content-Type"] = "application/json"
 LUA
-read -r g_rps g_p50 g_p99 g_us < <(run_wrk "$TG_PID" "http://127.0.0.1:$TG_HTTP/v1/kv:batchGet" "$WORK/batch.lua")
+read -r g_rps g_p50 g_p99 g_us < <(run_wrk "$TG_PIDS" "http://127.0.0.1:$TG_HTTP/v1/kv:batchGet" "$WORK/batch.lua")
 TABLE+=("$(row http-batch-16 "$g_rps" "$g_p50" "$g_p99" "$g_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
 
-# GET answered from L2: a second tiergate with L1 off, over its own redis-server, both on
+# GET answered from L2: a second tiergate with L1 off, over the same redis-server, both on
 # SERVER_CPU (one proxy hop in front of Redis); CPU is the two processes' sum.
-start_redis "$SERVER_CPU"
-L2_PORT=$RS; L2_PID=$RS_PID
 T2_HTTP=$(free_port)
 TIERGATE_HTTP_LISTEN=127.0.0.1:$T2_HTTP TIERGATE_ADMIN_LISTEN=127.0.0.1:$(free_port) \
 TIERGATE_RESP_LISTEN=127.0.0.1:$(free_port) TIERGATE_L2_URL=redis://127.0.0.1:$L2_PORT \
@@ -202,20 +316,65 @@ TABLE+=("$(row http-get-l2 "$l_rps" "$l_p50" "$l_p99" "$l_us" "nginx return 200"
 fi
 
 if [[ " $ROWS " == *" resp "* ]]; then
-# --- redis-server on SERVER_CPU, no persistence
+# --- the reference: a redis-server, and twemproxy in front of it, both on SERVER_CPU
 start_redis "$SERVER_CPU"
-RS_PORT=$RS
+RS_PORT=$RS; REF_PID=$RS_PID
+NC_PORT=$(free_port)
+cat >"$WORK/nutcracker.yml" <<YML
+bench:
+  listen: 127.0.0.1:$NC_PORT
+  redis: true
+  hash: fnv1a_64
+  distribution: ketama
+  server_connections: 1
+  servers:
+    - 127.0.0.1:$RS_PORT:1
+YML
+taskset -c "$SERVER_CPU" nutcracker -c "$WORK/nutcracker.yml" -s "$(free_port)" -a 127.0.0.1 \
+    -o "$WORK/nutcracker.log" -p "$WORK/nutcracker.pid" &
+NC_PID=$!; PIDS+=("$NC_PID")
+wait_port "$NC_PORT"
 
 echo "==> measuring RESP (redis-benchmark -c50 -r100000 -d$VALUE_BYTES; servers on cpu $SERVER_CPU, client on cpu $LOAD_CPU)"
 for depth in 1 16; do
-    for test in set get; do
-        read -r t_rps t_p50 t_p99 t_us < <(run_rb "$TG_PID" "$TG_RESP" "$test" "$depth")
-        read -r r_rps r_p50 r_p99 r_us < <(run_rb "$RS_PID" "$RS_PORT" "$test" "$depth")
-        TABLE+=("$(row "resp-$test-P$depth" "$t_rps" "${t_p50}ms" "${t_p99}ms" "$t_us" "redis-server" "$r_rps" "${r_p50}ms" "${r_p99}ms" "$r_us")")
-    done
+    rounds run_rb "$TG_PIDS" "$TG_RESP" set "$depth" -- run_rb "$NC_PID,$REF_PID" "$NC_PORT" set "$depth"
+    read -r t_rps t_p50 t_p99 t_us <<<"${MED[0]}"
+    read -r r_rps r_p50 r_p99 r_us <<<"${MED[1]}"
+    TABLE+=("$(row "resp-set-P$depth" "$t_rps" "${t_p50}ms" "${t_p99}ms" "$t_us" "twemproxy + redis" "$r_rps" "${r_p50}ms" "${r_p99}ms" "$r_us")")
+    RATIO[set$depth]=$(ratio "$t_rps" "$r_rps")
+done
+# Every key the GETs may draw, written to both and read once through tiergate: L1 hits.
+resp_fill "$TG_RESP" SET; resp_fill "$RS_PORT" SET; resp_fill "$TG_RESP" GET
+for depth in 1 16; do
+    rounds run_rb "$TG_PIDS" "$TG_RESP" get "$depth" -- run_rb "$REF_PID" "$RS_PORT" get "$depth"
+    read -r t_rps t_p50 t_p99 t_us <<<"${MED[0]}"
+    read -r r_rps r_p50 r_p99 r_us <<<"${MED[1]}"
+    TABLE+=("$(row "resp-get-P$depth" "$t_rps" "${t_p50}ms" "${t_p99}ms" "$t_us" "redis-server" "$r_rps" "${r_p50}ms" "${r_p99}ms" "$r_us")")
+    RATIO[get$depth]=$(ratio "$t_rps" "$r_rps")
 done
 fi
 
 printf '\n%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' \
     row "req/s" p50 p99 "cpu us/req" reference "req/s" p50 p99 "cpu us/req" ratio
 printf '%s\n' "${TABLE[@]}"
+
+# Issue 6's targets, from this run.
+at_least() { awk -v r="$1" 'BEGIN {print (r >= 1.0) ? 1 : 0}'; }
+echo
+echo "targets:"
+if [ -n "${RATIO[http]:-}" ]; then
+    p99_ok=$(awk -v a="$(ms "${P99[tg]}")" -v b="$(ms "${P99[nginx]}")" 'BEGIN {print (a <= b) ? 1 : 0}')
+    ok=$(( $(at_least "${RATIO[http]}") && p99_ok ))
+    echo "  HTTP GET L1 hit >= 1.0x nginx, p99 no worse: ${RATIO[http]}x, p99 ${P99[tg]} vs ${P99[nginx]}: $(verdict $ok)"
+    ok=$(awk -v a="$(ms "${P99[half]}")" 'BEGIN {print (a <= 1.0) ? 1 : 0}')
+    echo "  HTTP GET L1 hit p99 <= 1 ms at half the maximum rate ($RATE req/s): ${P99[half]}: $(verdict "$ok")"
+fi
+if [ -n "${RATIO[get1]:-}" ]; then
+    for depth in 1 16; do
+        echo "  RESP GET (L1 hit) -P $depth >= 1.0x redis-server: ${RATIO[get$depth]}x: $(verdict "$(at_least "${RATIO[get$depth]}")")"
+    done
+    for depth in 1 16; do
+        echo "  RESP SET (through to L2) -P $depth >= 1.0x twemproxy: ${RATIO[set$depth]}x: $(verdict "$(at_least "${RATIO[set$depth]}")")"
+    done
+fi
+echo "  (RSS per idle RESP connection: loadtest/idle_memory.sh)"

@@ -3,27 +3,28 @@
 //! from L1. moka does not serialise `invalidate` with an in-flight loader for the same key,
 //! so without this a load that read the old value before a write could land in L1 after it.
 
-use std::{
-    hash::{BuildHasher, BuildHasherDefault, DefaultHasher},
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Power of two; a collision only costs a needless L1 invalidation.
 const STRIPES: usize = 4096;
 
 pub struct Epochs {
     stripes: Box<[AtomicU64]>,
+    /// Randomly keyed, like L1's: clients choose keys, and must not be able to pile them
+    /// into one stripe. SipHash cost every write a few hundred instructions.
+    hasher: ahash::RandomState,
 }
 
 impl Epochs {
     pub fn new() -> Self {
         Self {
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            hasher: ahash::RandomState::new(),
         }
     }
 
     fn stripe(&self, key: &[u8]) -> &AtomicU64 {
-        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        let h = self.hasher.hash_one(key);
         &self.stripes[h as usize & (STRIPES - 1)]
     }
 

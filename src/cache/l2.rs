@@ -228,19 +228,25 @@ impl L2 {
     /// is an SPUBLISH on the key's slot's channel (sharded pub/sub): it stays on the node that
     /// applied the write instead of being broadcast to every node.
     fn announce<'k>(&self, pipe: &mut redis::Pipeline, keys: impl IntoIterator<Item = &'k [u8]>) {
-        let Some(channel) = &self.announce else {
-            return;
-        };
         for k in keys {
-            if self.clustered {
-                pipe.cmd("SPUBLISH")
-                    .arg(shard_channel(channel, slot_of(k)))
-                    .arg(k)
-                    .ignore();
-            } else {
-                pipe.cmd("PUBLISH").arg(channel).arg(k).ignore();
+            if let Some(publish) = self.announcement(k) {
+                pipe.add_command(publish).ignore();
             }
         }
+    }
+
+    /// The PUBLISH (SPUBLISH on a cluster) announcing a write of `key`, when announcing.
+    fn announcement(&self, key: &[u8]) -> Option<redis::Cmd> {
+        let channel = self.announce.as_ref()?;
+        // Sized up front: grown from empty, redis-rs reallocates its buffers per argument.
+        let mut cmd = redis::Cmd::with_capacity(3, channel.len() + key.len() + 16);
+        if self.clustered {
+            let shard = shard_channel(channel, slot_of(key));
+            cmd.arg("SPUBLISH").arg(shard).arg(key);
+        } else {
+            cmd.arg("PUBLISH").arg(channel.as_str()).arg(key);
+        }
+        Some(cmd)
     }
 
     /// Runs a one-key write: its command, then the announcement of `key`, in one round trip.
@@ -250,17 +256,23 @@ impl L2 {
         cmd: redis::Cmd,
         key: &[u8],
     ) -> Result<T, L2Error> {
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(2);
         pipe.add_command(cmd);
-        self.announce(&mut pipe, [key]);
-        let (reply,): (T,) = self
-            .run(
-                op,
-                key,
-                |mut c| async move { pipe.query_async(&mut c).await },
-            )
-            .await?;
-        Ok(reply)
+        // The announcement's reply (how many subscribers heard it) is read and dropped rather
+        // than marked ignored: redis-rs tracks ignored replies in a hash set per pipeline.
+        Ok(match self.announcement(key) {
+            Some(publish) => {
+                pipe.add_command(publish);
+                let query = |mut c: Conn| async move { pipe.query_async(&mut c).await };
+                let (reply, _heard): (T, i64) = self.run(op, key, query).await?;
+                reply
+            }
+            None => {
+                let query = |mut c: Conn| async move { pipe.query_async(&mut c).await };
+                let (reply,): (T,) = self.run(op, key, query).await?;
+                reply
+            }
+        })
     }
 
     /// The next connection, aimed at `key`'s slot on a cluster.
@@ -579,8 +591,9 @@ impl L2 {
 
 /// SET with its options, as Redis spells them.
 fn set_cmd(key: &[u8], value: &[u8], opts: &SetOptions) -> redis::Cmd {
-    let mut cmd = redis::cmd("SET");
-    cmd.arg(key).arg(value);
+    // Sized up front (SET key value, a condition, GET and a TTL at most).
+    let mut cmd = redis::Cmd::with_capacity(7, key.len() + value.len() + 48);
+    cmd.arg("SET").arg(key).arg(value);
     match opts.cond {
         SetCond::Always => {}
         SetCond::IfAbsent => {
