@@ -597,3 +597,32 @@ fn bind_failure_exits_one() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("http.listen"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_log_in_to_redis_and_select_the_database_of_the_url() {
+    // Writes go over tiergate's own connections (`cache/pipe.rs`), reads over redis-rs: both
+    // must log in with the URL's password and use its database.
+    let redis = Redis::start_with(&["--requirepass", "l2-secret"]);
+    let url = format!("redis://:l2-secret@127.0.0.1:{}/3", redis.port);
+    let gw = Gateway::start_ready(support::config(Some(&url))).await;
+    assert_eq!(gw.put("logged-in", "yes").await.status(), 204);
+    let r = gw.get("logged-in").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "yes");
+
+    let mut direct = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let stored: Option<String> = redis::cmd("GET")
+        .arg("logged-in")
+        .query(&mut direct)
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some("yes"), "written to database 3");
+    let in_db0: Option<String> = redis::cmd("SELECT")
+        .arg(0)
+        .exec(&mut direct)
+        .and_then(|()| redis::cmd("GET").arg("logged-in").query(&mut direct))
+        .unwrap();
+    assert_eq!(in_db0, None, "not to database 0");
+}

@@ -12,12 +12,18 @@
 //!
 //! Pub/sub is at-most-once: a message published while an instance is not subscribed is lost
 //! to it. So L1 is trusted only while the subscription is live. When it drops, reads go to L2
-//! first, and when it is back L1 is flushed before it is trusted again. The subscription is a
-//! RESP3 connection whose pushes land in a bounded queue; if the queue overflows (the instance
-//! fell that far behind), that counts as a drop too, rather than the queue growing.
+//! first, and when it is back L1 is flushed before it is trusted again. What the connection
+//! hears lands in a bounded queue; if the queue overflows (the instance fell that far
+//! behind), that counts as a drop too, rather than the queue growing.
+//!
+//! The connection: `pubsub` on one Redis over TCP is a subscription of our own
+//! (`pipe::Subscription`, RESP2): every write is announced there, this instance's own
+//! included, and redis-rs' parser made hearing one cost 7k instructions. Tracking mode,
+//! clusters and TLS subscribe through redis-rs (RESP3 pushes).
 
 use super::{
     conn::{shard_channel, SLOTS},
+    pipe::{Pushed, Subscription, Target},
     TieredCache,
 };
 use crate::shutdown::Shutdown;
@@ -58,15 +64,20 @@ const SUBSCRIBE_CONCURRENCY: usize = 256;
 enum Listener {
     Node(MultiplexedConnection),
     Cluster(ClusterConnection),
+    /// `pubsub` on one Redis over TCP: a subscription of our own (`cache/pipe.rs`), since
+    /// every write's announcement, this instance's own included, is parsed here.
+    Own(Subscription),
 }
 
 impl Listener {
-    async fn ping(&mut self) -> RedisResult<Value> {
+    /// Whether Redis answers a PING on this connection.
+    async fn ping(&mut self) -> bool {
         let ping = redis::cmd("PING");
         match self {
-            Listener::Node(c) => ping.query_async(c).await,
+            Listener::Node(c) => ping.query_async::<Value>(c).await.is_ok(),
             // Routed by redis-rs to every node.
-            Listener::Cluster(c) => ping.query_async(c).await,
+            Listener::Cluster(c) => ping.query_async::<Value>(c).await.is_ok(),
+            Listener::Own(s) => s.ping().await.is_ok(),
         }
     }
 }
@@ -75,6 +86,34 @@ impl Listen {
     /// Connects and starts listening, pushes going to `on_push`: on the one L2 node
     /// (single-node modes) or on the cluster that `clients` seed (sharded).
     async fn connect(
+        &self,
+        clients: &[redis::Client],
+        pass: impl Fn(Heard) + Clone + Send + Sync + 'static,
+        deadline: std::time::Duration,
+    ) -> Result<Listener, String> {
+        let own = match (self, clients) {
+            (Listen::Channel(channel), [one]) => Target::of(one, deadline).map(|t| (channel, t)),
+            _ => None,
+        };
+        if let Some((channel, target)) = own {
+            let heard = move |p| {
+                pass(match p {
+                    Pushed::Key(key) => Heard::Evict(key),
+                    Pushed::Lost => Heard::Lost,
+                })
+            };
+            return Subscription::start(&target, channel, heard)
+                .await
+                .map(Listener::Own)
+                .map_err(|e| e.to_string());
+        }
+        self.connect_redis_rs(clients, on_push(pass), deadline)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// `connect` through redis-rs: tracking mode, clusters, TLS.
+    async fn connect_redis_rs(
         &self,
         clients: &[redis::Client],
         on_push: impl redis::aio::AsyncPushSender,
@@ -206,46 +245,21 @@ async fn subscription(
 ) -> Ended {
     let (tx, mut rx) = mpsc::channel(bus.queue);
     let lost = Arc::new(AtomicBool::new(false));
-    let on_push = {
+    // Runs on the connection's reader: it must not wait. A full queue means messages are
+    // being dropped, which only a flush can make up for.
+    let pass = {
         let lost = lost.clone();
-        move |push: PushInfo| -> Result<(), ()> {
-            // Runs on the connection's reader: it must not wait. A full queue means messages
-            // are being dropped, which only a flush can make up for.
-            let pass = |heard| {
-                if tx.try_send(heard).is_err() {
-                    lost.store(true, Ordering::Release);
-                }
-            };
-            match push.kind {
-                PushKind::Message | PushKind::SMessage => {
-                    if let Some(Value::BulkString(key)) = push.data.into_iter().nth(1) {
-                        pass(Heard::Evict(key.into()));
-                    }
-                }
-                // We never unsubscribe: Redis moved a slot away, and its messages with it.
-                PushKind::SUnsubscribe => pass(Heard::Lost),
-                // ["invalidate", [key, ...]], or a nil for "everything".
-                PushKind::Invalidate => match push.data.into_iter().next() {
-                    Some(Value::Array(keys)) => {
-                        for k in keys {
-                            if let Value::BulkString(key) = k {
-                                pass(Heard::Evict(key.into()));
-                            }
-                        }
-                    }
-                    _ => pass(Heard::EvictAll),
-                },
-                PushKind::Disconnection => pass(Heard::Lost),
-                _ => {}
+        move |heard| {
+            if tx.try_send(heard).is_err() {
+                lost.store(true, Ordering::Release);
             }
-            Ok(())
         }
     };
-    let connect = bus.listen.connect(clients, on_push, deadline);
+    let connect = bus.listen.connect(clients, pass, deadline);
     let mut conn = tokio::select! {
         c = tokio::time::timeout(bus.listen.connect_budget(deadline), connect) => match c {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Ended::Lost(e.to_string()),
+            Ok(Err(e)) => return Ended::Lost(e),
             Err(_) => return Ended::Lost("subscribe timed out".into()),
         },
         _ = shutdown.wait() => return Ended::Shutdown,
@@ -274,7 +288,7 @@ async fn subscription(
             },
             _ = tokio::time::sleep_until(ping_at) => {
                 let pong = tokio::time::timeout(deadline, conn.ping()).await;
-                if !matches!(pong, Ok(Ok(_))) {
+                if pong != Ok(true) {
                     return Ended::Lost("PING unanswered".into());
                 }
                 ping_at += deadline;
@@ -284,6 +298,35 @@ async fn subscription(
         if lost.load(Ordering::Acquire) {
             return Ended::Lost("fell behind: invalidation queue full".into());
         }
+    }
+}
+
+/// redis-rs' push handler: what a push means for L1, passed on.
+fn on_push(pass: impl Fn(Heard) + Send + Sync + 'static) -> impl redis::aio::AsyncPushSender {
+    move |push: PushInfo| -> Result<(), ()> {
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                if let Some(Value::BulkString(key)) = push.data.into_iter().nth(1) {
+                    pass(Heard::Evict(key.into()));
+                }
+            }
+            // We never unsubscribe: Redis moved a slot away, and its messages with it.
+            PushKind::SUnsubscribe => pass(Heard::Lost),
+            // ["invalidate", [key, ...]], or a nil for "everything".
+            PushKind::Invalidate => match push.data.into_iter().next() {
+                Some(Value::Array(keys)) => {
+                    for k in keys {
+                        if let Value::BulkString(key) = k {
+                            pass(Heard::Evict(key.into()));
+                        }
+                    }
+                }
+                _ => pass(Heard::EvictAll),
+            },
+            PushKind::Disconnection => pass(Heard::Lost),
+            _ => {}
+        }
+        Ok(())
     }
 }
 

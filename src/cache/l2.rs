@@ -9,6 +9,7 @@ use super::{
     batch::{mget_pipeline, slots, Batcher, Slot},
     breaker::{Breaker, Change},
     conn::{groups, shard_channel, slot_of, Conn},
+    pipe::{Pipe, Reply, Target},
     ExpireCond, SetCond, SetOptions, SetOutcome, SetTtl, Ttl,
 };
 use crate::{
@@ -98,6 +99,17 @@ impl From<RedisError> for L2Error {
     }
 }
 
+/// An error reply from Redis, classed as `From<RedisError>` does: one that means Redis cannot
+/// serve now (loading its dataset, a failover) is an outage, anything else a refusal.
+fn server_error(code: String, detail: String) -> L2Error {
+    match code.as_str() {
+        "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" => {
+            L2Error::Unavailable(format!("{code} {detail}"))
+        }
+        _ => L2Error::Refused { code, detail },
+    }
+}
+
 /// Attempts per cluster call: enough to follow a MOVED or ASK after a resharding and a
 /// slot-map refresh; an unreachable node fails the call rather than retrying past the deadline.
 const CLUSTER_RETRIES: u32 = 3;
@@ -121,6 +133,9 @@ pub struct L2 {
     /// A client per node (one, or each listed cluster node), for the bus connection.
     nodes: Vec<redis::Client>,
     conns: Box<[Conn]>,
+    /// Connections of our own for single-key writes (`cache/pipe.rs`): one Redis over TCP
+    /// only; empty on a cluster, where every write goes through `conns`.
+    pipes: Box<[Pipe]>,
     /// Whether `conns` reach a cluster: multi-key work is then split by hash slot.
     clustered: bool,
     /// The invalidation channel every write announces its keys on (None: invalidation off).
@@ -182,7 +197,14 @@ impl L2 {
                 .collect::<Result<_, _>>()?
         };
         let deadline = cfg.timeout.0 + cfg.connect_timeout.0;
+        let pipes = match Target::of(&nodes[0], cfg.connect_timeout.0) {
+            Some(target) if !clustered => (0..cfg.connections)
+                .map(|_| Pipe::start(target.clone(), cfg.pipeline_buffer))
+                .collect(),
+            _ => Box::default(),
+        };
         Ok(Self {
+            pipes,
             batcher: Batcher::start(
                 &conns,
                 clustered,
@@ -256,6 +278,9 @@ impl L2 {
         cmd: redis::Cmd,
         key: &[u8],
     ) -> Result<T, L2Error> {
+        if !self.pipes.is_empty() {
+            return self.write_piped(op, &cmd, key).await;
+        }
         let mut pipe = redis::Pipeline::with_capacity(2);
         pipe.add_command(cmd);
         // The announcement's reply (how many subscribers heard it) is read and dropped rather
@@ -273,6 +298,33 @@ impl L2 {
                 reply
             }
         })
+    }
+
+    /// `write` over the next of our own connections (`cache/pipe.rs`).
+    async fn write_piped<T: redis::FromRedisValue>(
+        &self,
+        op: L2Op,
+        cmd: &redis::Cmd,
+        key: &[u8],
+    ) -> Result<T, L2Error> {
+        let pipe = &self.pipes[self.next.fetch_add(1, Ordering::Relaxed) % self.pipes.len()];
+        let publish = self.announcement(key);
+        let mut packed = Vec::with_capacity(256);
+        cmd.write_packed_command(&mut packed);
+        if let Some(p) = &publish {
+            p.write_packed_command(&mut packed);
+        }
+        let replies = 1 + usize::from(publish.is_some());
+        self.guard(op, async {
+            // The write's own reply; the announcement's (subscribers reached) is dropped.
+            match pipe.call(packed.into(), replies).await?.swap_remove(0) {
+                Reply::Value(v) => {
+                    redis::from_redis_value(v).map_err(|e| L2Error::refused(e.to_string()))
+                }
+                Reply::Error { code, detail } => Err(server_error(code, detail)),
+            }
+        })
+        .await
     }
 
     /// The next connection, aimed at `key`'s slot on a cluster.

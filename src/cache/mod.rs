@@ -11,6 +11,7 @@ mod epoch;
 pub mod hot;
 pub mod l1;
 pub mod l2;
+mod pipe;
 pub mod refresh;
 pub mod warm;
 

@@ -139,11 +139,16 @@ impl Redis {
         }
     }
 
+    /// Whether it answers, even if only to say a password is needed (`--requirepass`).
     fn ping(&self) -> bool {
-        self.client()
+        match self
+            .client()
             .get_connection()
             .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-            .is_ok()
+        {
+            Ok(_) => true,
+            Err(e) => e.code() == Some("NOAUTH"),
+        }
     }
 
     pub fn client(&self) -> redis::Client {

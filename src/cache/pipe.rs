@@ -1,0 +1,584 @@
+//! A Redis connection of our own for single-key writes to one Redis (not a cluster): a write
+//! is its commands, already encoded, and how many replies they get back. One task per
+//! connection writes whatever is queued in one syscall and hands each reply to its writer,
+//! in order.
+//!
+//! Why not redis-rs here: under callgrind a pipelined SET (with its PUBLISH) cost 21k
+//! instructions in tiergate, 13k of them in redis-rs: its combinator reply parser alone was
+//! 6.5k per round trip, its pipeline bookkeeping and per-call timer most of the rest. That
+//! is the whole gap to twemproxy, which forwards the same write. This connection parses the
+//! five RESP2 reply types by hand, keeps one FIFO of waiting writers, and leaves timeouts to
+//! `L2::guard`'s deadline. Everything else (reads, batches, clusters, the health probe) stays
+//! on redis-rs.
+//!
+//! Failure: an I/O error or a closed connection fails every write waiting on it
+//! (`L2Error::Unavailable`), and the next write connects again; the breaker above counts them.
+//! Bounded: at most `queue` writes wait in the channel and `queue` on the connection, so a
+//! Redis that stops answering backs writers up into `L2::guard`'s deadline, not into memory.
+
+use super::l2::L2Error;
+use bytes::{Buf, Bytes, BytesMut};
+use redis::{ConnectionAddr, Value};
+use std::{collections::VecDeque, time::Duration};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::{mpsc, oneshot},
+};
+
+/// One reply: a value, or Redis' error (its code and the rest of its text).
+#[derive(Debug, PartialEq)]
+pub enum Reply {
+    Value(Value),
+    Error { code: String, detail: String },
+}
+
+type Replies = Result<Vec<Reply>, L2Error>;
+
+struct Write {
+    commands: Bytes,
+    replies: usize,
+    done: oneshot::Sender<Replies>,
+}
+
+/// Where and how to connect: a `redis://` URL's host, port, login and database.
+#[derive(Clone, Debug)]
+pub struct Target {
+    addr: (String, u16),
+    username: Option<String>,
+    password: Option<String>,
+    db: i64,
+    connect_timeout: Duration,
+}
+
+impl Target {
+    /// None for what this connection does not speak (TLS, Unix sockets): redis-rs keeps those.
+    pub fn of(client: &redis::Client, connect_timeout: Duration) -> Option<Self> {
+        let info = client.get_connection_info();
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return None;
+        };
+        let redis = info.redis_settings();
+        Some(Self {
+            addr: (host.clone(), *port),
+            username: redis.username().map(str::to_owned),
+            password: redis.password().map(str::to_owned),
+            db: redis.db(),
+            connect_timeout,
+        })
+    }
+}
+
+/// The sending side of one connection's queue.
+pub struct Pipe {
+    tx: mpsc::Sender<Write>,
+}
+
+impl Pipe {
+    /// Starts the connection's task (it connects on the first write). `queue` bounds the
+    /// writes waiting to be sent and those waiting for replies.
+    pub fn start(target: Target, queue: usize) -> Self {
+        let (tx, rx) = mpsc::channel(queue);
+        tokio::spawn(drive(target, rx, queue));
+        Self { tx }
+    }
+
+    /// Sends `commands` (RESP-encoded, `replies` of them) and waits for their replies.
+    pub async fn call(&self, commands: Bytes, replies: usize) -> Replies {
+        let (done, answer) = oneshot::channel();
+        let write = Write {
+            commands,
+            replies,
+            done,
+        };
+        let gone = || L2Error::Unavailable("the write connection stopped".into());
+        self.tx.send(write).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// A write sent and waiting for its replies.
+struct Waiting {
+    want: usize,
+    got: Vec<Reply>,
+    done: oneshot::Sender<Replies>,
+}
+
+async fn drive(target: Target, mut rx: mpsc::Receiver<Write>, queue: usize) {
+    let mut batch = Vec::with_capacity(queue);
+    loop {
+        // Connect on demand, like redis-rs' manager: a Redis that is down costs nothing
+        // until someone writes, and each write after a failure tries again.
+        if batch.is_empty() && rx.recv_many(&mut batch, queue).await == 0 {
+            return;
+        }
+        let err = match connect(&target).await {
+            Ok(stream) => serve(stream, &mut rx, &mut batch, queue).await,
+            Err(e) => Some(e),
+        };
+        let Some(err) = err else { return };
+        for w in batch.drain(..) {
+            let _ = w.done.send(Err(err.clone()));
+        }
+    }
+}
+
+async fn connect(t: &Target) -> Result<TcpStream, L2Error> {
+    let down = |e: std::io::Error| L2Error::Unavailable(e.to_string());
+    let attempt = async {
+        let mut s = TcpStream::connect((t.addr.0.as_str(), t.addr.1))
+            .await
+            .map_err(down)?;
+        s.set_nodelay(true).map_err(down)?;
+        let mut hello = Vec::new();
+        let mut expected = 0;
+        if let Some(pass) = &t.password {
+            let mut args = vec![&b"AUTH"[..]];
+            args.extend(t.username.as_deref().map(str::as_bytes));
+            args.push(pass.as_bytes());
+            encode(&mut hello, &args);
+            expected += 1;
+        }
+        if t.db != 0 {
+            encode(&mut hello, &[b"SELECT", t.db.to_string().as_bytes()]);
+            expected += 1;
+        }
+        if expected > 0 {
+            s.write_all(&hello).await.map_err(down)?;
+            let mut buf = BytesMut::with_capacity(256);
+            let mut seen = 0;
+            while seen < expected {
+                if s.read_buf(&mut buf).await.map_err(down)? == 0 {
+                    return Err(L2Error::Unavailable("Redis closed the connection".into()));
+                }
+                while let Some(reply) = parse(&mut buf)? {
+                    if let Reply::Error { code, detail } = reply {
+                        return Err(L2Error::Unavailable(format!("{code} {detail}")));
+                    }
+                    seen += 1;
+                }
+            }
+        }
+        Ok(s)
+    };
+    tokio::time::timeout(t.connect_timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(L2Error::Unavailable("connect timed out".into())))
+}
+
+/// Runs one connection until it fails (Some: the error every waiting write gets) or every
+/// sender is gone (None).
+async fn serve(
+    stream: TcpStream,
+    rx: &mut mpsc::Receiver<Write>,
+    batch: &mut Vec<Write>,
+    queue: usize,
+) -> Option<L2Error> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut waiting: VecDeque<Waiting> = VecDeque::with_capacity(queue);
+    let mut out = Vec::with_capacity(16 << 10);
+    let mut inbuf = BytesMut::with_capacity(16 << 10);
+    // Every sender is gone: no more writes, but the ones sent still get their replies.
+    let mut closed = false;
+    let fail = |waiting: &mut VecDeque<Waiting>, e: &L2Error| {
+        for w in waiting.drain(..) {
+            let _ = w.done.send(Err(e.clone()));
+        }
+    };
+    loop {
+        if closed && waiting.is_empty() {
+            return None;
+        }
+        if !batch.is_empty() {
+            for w in batch.drain(..) {
+                out.extend_from_slice(&w.commands);
+                waiting.push_back(Waiting {
+                    want: w.replies,
+                    got: Vec::with_capacity(w.replies),
+                    done: w.done,
+                });
+            }
+            if let Err(e) = wr.write_all(&out).await {
+                let e = L2Error::Unavailable(e.to_string());
+                fail(&mut waiting, &e);
+                return Some(e);
+            }
+            out.clear();
+        }
+        tokio::select! {
+            n = rx.recv_many(batch, queue.saturating_sub(waiting.len())),
+                if !closed && waiting.len() < queue =>
+            {
+                closed = n == 0;
+            }
+            read = rd.read_buf(&mut inbuf) => {
+                let e = match read {
+                    Ok(0) => L2Error::Unavailable("Redis closed the connection".into()),
+                    Err(e) => L2Error::Unavailable(e.to_string()),
+                    Ok(_) => match deliver(&mut inbuf, &mut waiting) {
+                        Ok(()) => continue,
+                        Err(e) => e,
+                    },
+                };
+                fail(&mut waiting, &e);
+                return Some(e);
+            }
+        }
+    }
+}
+
+/// Hands every complete reply in `buf` to the write it answers.
+fn deliver(buf: &mut BytesMut, waiting: &mut VecDeque<Waiting>) -> Result<(), L2Error> {
+    while let Some(reply) = parse(buf)? {
+        let Some(w) = waiting.front_mut() else {
+            return Err(L2Error::Unavailable(
+                "Redis sent a reply nobody asked for".into(),
+            ));
+        };
+        w.got.push(reply);
+        if w.got.len() == w.want {
+            let w = waiting.pop_front().expect("front exists");
+            // The writer may have given up (its deadline passed): the reply is dropped.
+            let _ = w.done.send(Ok(w.got));
+        }
+    }
+    Ok(())
+}
+
+/// What a subscription hears.
+pub enum Pushed {
+    /// A message on the channel: the key it names.
+    Key(Bytes),
+    /// The connection failed or closed: messages may have been missed.
+    Lost,
+}
+
+/// A SUBSCRIBE of our own, for the invalidation bus on one Redis. Every write is announced
+/// there, this instance's own included, so this connection parses a message per write:
+/// through redis-rs that was 7k instructions of a 18k-instruction SET.
+pub struct Subscription {
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    pongs: std::sync::Arc<(std::sync::atomic::AtomicU64, tokio::sync::Notify)>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Subscription {
+    /// Connects, subscribes to `channel`, and once Redis has confirmed it, hands every message
+    /// (and a loss) to `heard`, from a task of its own.
+    pub async fn start(
+        t: &Target,
+        channel: &str,
+        mut heard: impl FnMut(Pushed) + Send + 'static,
+    ) -> Result<Self, L2Error> {
+        let down = |e: std::io::Error| L2Error::Unavailable(e.to_string());
+        let mut stream = connect(t).await?;
+        let mut cmd = Vec::new();
+        encode(&mut cmd, &[b"SUBSCRIBE", channel.as_bytes()]);
+        stream.write_all(&cmd).await.map_err(down)?;
+        let mut buf = BytesMut::with_capacity(16 << 10);
+        loop {
+            if stream.read_buf(&mut buf).await.map_err(down)? == 0 {
+                return Err(L2Error::Unavailable("Redis closed the connection".into()));
+            }
+            match parse(&mut buf)? {
+                None => continue,
+                Some(Reply::Value(Value::Array(a))) if is(&a, b"subscribe") => break,
+                Some(other) => {
+                    return Err(L2Error::Unavailable(format!(
+                        "SUBSCRIBE answered {other:?}"
+                    )))
+                }
+            }
+        }
+        let (mut rd, writer) = stream.into_split();
+        let pongs = std::sync::Arc::new((
+            std::sync::atomic::AtomicU64::new(0),
+            tokio::sync::Notify::new(),
+        ));
+        let seen = pongs.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                loop {
+                    match parse(&mut buf) {
+                        Ok(None) => break,
+                        Ok(Some(Reply::Value(Value::Array(mut a)))) => {
+                            if is(&a, b"message") && a.len() == 3 {
+                                if let Some(Value::BulkString(key)) = a.pop() {
+                                    heard(Pushed::Key(key.into()));
+                                }
+                            } else if is(&a, b"pong") {
+                                seen.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                                seen.1.notify_waiters();
+                            }
+                        }
+                        Ok(Some(_)) => {}
+                        Err(_) => return heard(Pushed::Lost),
+                    }
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return heard(Pushed::Lost),
+                }
+            }
+        });
+        Ok(Self {
+            writer,
+            pongs,
+            reader,
+        })
+    }
+
+    /// PINGs Redis and waits for its answer on the subscription.
+    pub async fn ping(&mut self) -> Result<(), L2Error> {
+        let (count, notify) = &*self.pongs;
+        let before = count.load(std::sync::atomic::Ordering::Acquire);
+        let answered = notify.notified();
+        tokio::pin!(answered);
+        answered.as_mut().enable();
+        self.writer
+            .write_all(b"*1\r\n$4\r\nPING\r\n")
+            .await
+            .map_err(|e| L2Error::Unavailable(e.to_string()))?;
+        while count.load(std::sync::atomic::Ordering::Acquire) == before {
+            answered.as_mut().await;
+            answered.set(notify.notified());
+            answered.as_mut().enable();
+        }
+        Ok(())
+    }
+}
+
+/// Whether a pushed array is of `kind` (its first element, "message", "subscribe", ...).
+fn is(a: &[Value], kind: &[u8]) -> bool {
+    matches!(a.first(), Some(Value::BulkString(k)) if k.as_slice() == kind)
+}
+
+/// RESP2 encoding of one command.
+pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    let mut n = itoa::Buffer::new();
+    out.push(b'*');
+    out.extend_from_slice(n.format(args.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for a in args {
+        out.push(b'$');
+        out.extend_from_slice(n.format(a.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Takes one complete reply off the front of `buf`; None until one has fully arrived.
+pub fn parse(buf: &mut BytesMut) -> Result<Option<Reply>, L2Error> {
+    match scan(buf, 0)? {
+        None => Ok(None),
+        Some((reply, used)) => {
+            buf.advance(used);
+            Ok(Some(reply))
+        }
+    }
+}
+
+fn bad(what: &str) -> L2Error {
+    L2Error::Unavailable(format!("Redis sent a malformed reply ({what})"))
+}
+
+/// The line starting at `at` (without its CRLF) and the offset after it.
+fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let end = at + memchr::memchr(b'\n', buf.get(at..)?)?;
+    (end > at && buf[end - 1] == b'\r').then(|| (&buf[at..end - 1], end + 1))
+}
+
+/// A decimal integer, as Redis writes them (an optional '-', then digits).
+fn int(text: &[u8]) -> Result<i64, L2Error> {
+    let (neg, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
+    };
+    if digits.is_empty() || digits.len() > 19 {
+        return Err(bad("a number"));
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(bad("a number"));
+        }
+        // Accumulated with its sign, so i64::MIN parses too.
+        let d = i64::from(d - b'0');
+        n = n
+            .checked_mul(10)
+            .and_then(|n| {
+                if neg {
+                    n.checked_sub(d)
+                } else {
+                    n.checked_add(d)
+                }
+            })
+            .ok_or_else(|| bad("a number"))?;
+    }
+    Ok(n)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The reply starting at `at`, and the offset after it.
+fn scan(buf: &[u8], at: usize) -> Result<Option<(Reply, usize)>, L2Error> {
+    let Some(&kind) = buf.get(at) else {
+        return Ok(None);
+    };
+    let Some((head, next)) = line(buf, at + 1) else {
+        return Ok(None);
+    };
+    let value = |v| Ok(Some((Reply::Value(v), next)));
+    match kind {
+        b'+' if head == b"OK" => value(Value::Okay),
+        b'+' => value(Value::SimpleString(text(head))),
+        b'-' => {
+            let msg = text(head);
+            let (code, detail) = msg.split_once(' ').unwrap_or((&msg, ""));
+            Ok(Some((
+                Reply::Error {
+                    code: code.to_owned(),
+                    detail: detail.to_owned(),
+                },
+                next,
+            )))
+        }
+        b':' => value(Value::Int(int(head)?)),
+        b'$' => {
+            let len = int(head)?;
+            if len < 0 {
+                return value(Value::Nil);
+            }
+            let end = next + len as usize;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err(bad("a bulk string's end"));
+            }
+            Ok(Some((
+                Reply::Value(Value::BulkString(buf[next..end].to_vec())),
+                end + 2,
+            )))
+        }
+        b'*' => {
+            let len = int(head)?;
+            if len < 0 {
+                return value(Value::Nil);
+            }
+            let mut items = Vec::with_capacity((len as usize).min(1024));
+            let mut pos = next;
+            for _ in 0..len {
+                match scan(buf, pos)? {
+                    None => return Ok(None),
+                    Some((Reply::Value(v), after)) => {
+                        items.push(v);
+                        pos = after;
+                    }
+                    // The writes sent here never get an error inside an array (that is
+                    // EXEC's); refuse rather than guess.
+                    Some((Reply::Error { .. }, _)) => return Err(bad("an error in an array")),
+                }
+            }
+            Ok(Some((Reply::Value(Value::Array(items)), pos)))
+        }
+        other => Err(bad(&format!("type byte {other:#04x}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(bytes: &[u8]) -> Vec<Reply> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(r) = parse(&mut buf).unwrap() {
+            out.push(r);
+        }
+        assert!(buf.is_empty(), "left over: {buf:?}");
+        out
+    }
+
+    #[test]
+    fn parses_each_reply_type() {
+        assert_eq!(
+            all(b":9223372036854775807\r\n:-9223372036854775808\r\n"),
+            [
+                Reply::Value(Value::Int(i64::MAX)),
+                Reply::Value(Value::Int(i64::MIN))
+            ]
+        );
+        let replies = all(
+            b"+OK\r\n+PONG\r\n-WRONGTYPE Operation against a key\r\n:-12\r\n$3\r\nabc\r\n$-1\r\n*2\r\n:1\r\n$0\r\n\r\n*-1\r\n",
+        );
+        assert_eq!(
+            replies,
+            [
+                Reply::Value(Value::Okay),
+                Reply::Value(Value::SimpleString("PONG".into())),
+                Reply::Error {
+                    code: "WRONGTYPE".into(),
+                    detail: "Operation against a key".into()
+                },
+                Reply::Value(Value::Int(-12)),
+                Reply::Value(Value::BulkString(b"abc".to_vec())),
+                Reply::Value(Value::Nil),
+                Reply::Value(Value::Array(vec![
+                    Value::Int(1),
+                    Value::BulkString(Vec::new())
+                ])),
+                Reply::Value(Value::Nil),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reply_split_anywhere_waits_for_the_rest() {
+        let whole = b"$5\r\nhello\r\n*2\r\n+OK\r\n:7\r\n";
+        for cut in 1..whole.len() {
+            let mut buf = BytesMut::from(&whole[..cut]);
+            let mut got = Vec::new();
+            while let Some(r) = parse(&mut buf).unwrap() {
+                got.push(r);
+            }
+            buf.extend_from_slice(&whole[cut..]);
+            while let Some(r) = parse(&mut buf).unwrap() {
+                got.push(r);
+            }
+            assert_eq!(got.len(), 2, "cut at {cut}");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn malformed_replies_are_errors_not_guesses() {
+        for bytes in [
+            &b"?x\r\n"[..],
+            b":12x\r\n",
+            b":\r\n",
+            b":-\r\n",
+            b":99999999999999999999\r\n",
+            b"$3\r\nabcd\r\n",
+        ] {
+            let mut buf = BytesMut::from(bytes);
+            assert!(parse(&mut buf).is_err(), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn encodes_commands_as_resp_arrays() {
+        let mut out = Vec::new();
+        encode(&mut out, &[b"SET", b"k", b""]);
+        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n");
+    }
+}
