@@ -754,15 +754,7 @@ fn jittered(ttl: Duration, jitter: f64, r: f64) -> Duration {
 /// A value INCR accepts: a decimal i64 as Redis writes one (no spaces, no '+', no leading
 /// zeros beyond "0", at most 20 bytes).
 fn parse_counter(v: &[u8]) -> Option<i64> {
-    if v.is_empty()
-        || v.len() > 20
-        || v[0] == b'+'
-        || (v.len() > 1 && v[0] == b'0')
-        || v.starts_with(b"-0")
-    {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    pipe::decimal(v)
 }
 
 /// The monotonic instant matching wall-clock time `at` (now, when `at` is past).

@@ -190,6 +190,17 @@ async fn serve(
             return None;
         }
         if !batch.is_empty() {
+            // Let the tasks already woken run first: on a busy runtime they are about to
+            // queue writes too, and this folds them into the same syscall. Without it this
+            // task, cheaper than redis-rs, woke for every few writes: 1.4 syscalls per
+            // pipelined SET instead of 0.8.
+            tokio::task::yield_now().await;
+            while waiting.len() + batch.len() < queue {
+                match rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(_) => break,
+                }
+            }
             for w in batch.drain(..) {
                 out.extend_from_slice(&w.commands);
                 waiting.push_back(Waiting {
@@ -395,34 +406,29 @@ fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
     (end > at && buf[end - 1] == b'\r').then(|| (&buf[at..end - 1], end + 1))
 }
 
-/// A decimal integer, as Redis writes them (an optional '-', then digits).
 fn int(text: &[u8]) -> Result<i64, L2Error> {
-    let (neg, digits) = match text {
+    decimal(text).ok_or_else(|| bad("a number"))
+}
+
+/// A decimal i64 as Redis writes one: an optional '-', then digits, no leading zeros beyond
+/// "0" ("-0" is not one), no '+'. Accumulated with its sign, so i64::MIN parses too.
+pub fn decimal(v: &[u8]) -> Option<i64> {
+    let (neg, digits) = match v {
         [b'-', rest @ ..] => (true, rest),
-        _ => (false, text),
+        _ => (false, v),
     };
-    if digits.is_empty() || digits.len() > 19 {
-        return Err(bad("a number"));
+    if digits.is_empty() || digits.len() > 19 || (digits[0] == b'0' && (neg || digits.len() > 1)) {
+        return None;
     }
-    let mut n: i64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return Err(bad("a number"));
+    digits.iter().try_fold(0i64, |n, &d| {
+        let d = i64::from(d.checked_sub(b'0').filter(|d| *d <= 9)?);
+        let n = n.checked_mul(10)?;
+        if neg {
+            n.checked_sub(d)
+        } else {
+            n.checked_add(d)
         }
-        // Accumulated with its sign, so i64::MIN parses too.
-        let d = i64::from(d - b'0');
-        n = n
-            .checked_mul(10)
-            .and_then(|n| {
-                if neg {
-                    n.checked_sub(d)
-                } else {
-                    n.checked_add(d)
-                }
-            })
-            .ok_or_else(|| bad("a number"))?;
-    }
-    Ok(n)
+    })
 }
 
 fn text(b: &[u8]) -> String {

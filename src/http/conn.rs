@@ -152,10 +152,12 @@ pub async fn serve(
                 timer.as_mut().reset(Instant::now() + CLOSE_GRACE);
             }
             _ = &mut timer => {
-                let limit = match () {
-                    _ if closing => CLOSE_GRACE,
-                    _ if idle.h2.load(Ordering::Relaxed) => limits.h2,
-                    _ => limits.h1,
+                let limit = if closing {
+                    CLOSE_GRACE
+                } else if idle.h2.load(Ordering::Relaxed) {
+                    limits.h2
+                } else {
+                    limits.h1
                 };
                 match idle.next_check(limit) {
                     Some(at) => timer.as_mut().reset(at),
