@@ -26,6 +26,9 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+/// What a connection keeps for encoding writes: room for a pipeline of ordinary SETs.
+const OUT_BYTES: usize = 16 << 10;
+
 /// One reply: a value, or Redis' error (its code and the rest of its text).
 #[derive(Debug, PartialEq)]
 pub enum Reply {
@@ -176,7 +179,7 @@ async fn serve(
 ) -> Option<L2Error> {
     let (mut rd, mut wr) = stream.into_split();
     let mut waiting: VecDeque<Waiting> = VecDeque::with_capacity(queue);
-    let mut out = Vec::with_capacity(16 << 10);
+    let mut out = Vec::with_capacity(OUT_BYTES);
     let mut inbuf = BytesMut::with_capacity(16 << 10);
     // Every sender is gone: no more writes, but the ones sent still get their replies.
     let mut closed = false;
@@ -215,6 +218,8 @@ async fn serve(
                 return Some(e);
             }
             out.clear();
+            // A large value's write leaves the buffer that large; give it back.
+            out.shrink_to(OUT_BYTES);
         }
         tokio::select! {
             n = rx.recv_many(batch, queue.saturating_sub(waiting.len())),
