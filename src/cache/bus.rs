@@ -83,7 +83,7 @@ impl Listener {
 }
 
 impl Listen {
-    /// Connects and starts listening, pushes going to `on_push`: on the one L2 node
+    /// Connects and starts listening, what is heard going to `pass`: on the one L2 node
     /// (single-node modes) or on the cluster that `clients` seed (sharded).
     async fn connect(
         &self,

@@ -78,29 +78,33 @@ impl From<RedisError> for L2Error {
         } else if e.is_io_error()
             || e.is_connection_refusal()
             || e.is_connection_dropped()
-            || unavailable_kind(e.kind())
+            // No connection to the node that owns the slot.
+            || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
         {
             L2Error::Unavailable(e.to_string())
         } else {
-            let general = L2Error::Refused {
-                code: e.code().unwrap_or("ERR").to_string(),
-                detail: e.detail().map_or_else(|| e.to_string(), str::to_string),
-            };
+            let general = (
+                e.code().unwrap_or("ERR").to_string(),
+                e.detail().map_or_else(|| e.to_string(), str::to_string),
+            );
             // A command that failed inside a pipeline: pass on Redis' own error for it
             // (WRONGTYPE ...), not redis-rs' "Pipeline failure" wrapper.
-            match e.into_server_errors().as_deref() {
-                Some([(_, first), ..]) => L2Error::Refused {
-                    code: first.code().to_string(),
-                    detail: first.details().unwrap_or_default().to_string(),
-                },
+            let (code, detail) = match e.into_server_errors().as_deref() {
+                Some([(_, first), ..]) => (
+                    first.code().to_string(),
+                    first.details().unwrap_or_default().to_string(),
+                ),
                 _ => general,
-            }
+            };
+            server_error(code, detail)
         }
     }
 }
 
-/// An error reply from Redis, classed as `From<RedisError>` does: one that means Redis cannot
-/// serve now (loading its dataset, a failover) is an outage, anything else a refusal.
+/// An error reply from Redis, by its code, whichever client read it (redis-rs or
+/// `cache/pipe.rs`). One that means Redis cannot serve now (loading its dataset, the cluster
+/// down or failing over) is an outage: it counts for the breaker and lets stale entries
+/// answer, like a refused connection. Anything else is a refusal, passed on as Redis said it.
 fn server_error(code: String, detail: String) -> L2Error {
     match code.as_str() {
         "LOADING" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" => {
@@ -113,18 +117,6 @@ fn server_error(code: String, detail: String) -> L2Error {
 /// Attempts per cluster call: enough to follow a MOVED or ASK after a resharding and a
 /// slot-map refresh; an unreachable node fails the call rather than retrying past the deadline.
 const CLUSTER_RETRIES: u32 = 3;
-
-/// Errors that mean L2 cannot serve now, not that it refused the command: no connection to
-/// the node that owns the slot, the cluster down or failing over, Redis loading its dataset.
-/// They count for the breaker and let stale entries answer, like a refused connection.
-fn unavailable_kind(kind: redis::ErrorKind) -> bool {
-    use redis::{ErrorKind as K, ServerErrorKind as S};
-    matches!(
-        kind,
-        K::ClusterConnectionNotFound
-            | K::Server(S::ClusterDown | S::TryAgain | S::MasterDown | S::BusyLoading)
-    )
-}
 
 /// A value read from L2 and its remaining TTL there (None: the key does not expire).
 pub type Fetched = (Bytes, Option<Duration>);
@@ -708,12 +700,29 @@ mod tests {
             K::ClusterConnectionNotFound,
             K::Server(S::ClusterDown),
             K::Server(S::BusyLoading),
+            K::Server(S::TryAgain),
+            K::Server(S::MasterDown),
         ] {
             let e = L2Error::from(RedisError::from((kind, "test")));
             assert!(e.is_outage(), "{kind:?}: {e:?}");
         }
         let refused = L2Error::from(RedisError::from((K::Server(S::ResponseError), "test")));
         assert!(!refused.is_outage());
+
+        // The same codes read by our own connections (`cache/pipe.rs`).
+        for code in ["LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"] {
+            let e = server_error(code.into(), "test".into());
+            assert!(e.is_outage(), "{code}: {e:?}");
+        }
+        match server_error("WRONGTYPE".into(), "Operation against a key".into()) {
+            L2Error::Refused { code, detail } => {
+                assert_eq!(
+                    (code.as_str(), detail.as_str()),
+                    ("WRONGTYPE", "Operation against a key")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

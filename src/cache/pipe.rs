@@ -149,16 +149,9 @@ async fn connect(t: &Target) -> Result<TcpStream, L2Error> {
         if expected > 0 {
             s.write_all(&hello).await.map_err(down)?;
             let mut buf = BytesMut::with_capacity(256);
-            let mut seen = 0;
-            while seen < expected {
-                if s.read_buf(&mut buf).await.map_err(down)? == 0 {
-                    return Err(L2Error::Unavailable("Redis closed the connection".into()));
-                }
-                while let Some(reply) = parse(&mut buf)? {
-                    if let Reply::Error { code, detail } = reply {
-                        return Err(L2Error::Unavailable(format!("{code} {detail}")));
-                    }
-                    seen += 1;
+            for _ in 0..expected {
+                if let Reply::Error { code, detail } = next_reply(&mut s, &mut buf).await? {
+                    return Err(L2Error::Unavailable(format!("{code} {detail}")));
                 }
             }
         }
@@ -167,6 +160,21 @@ async fn connect(t: &Target) -> Result<TcpStream, L2Error> {
     tokio::time::timeout(t.connect_timeout, attempt)
         .await
         .unwrap_or_else(|_| Err(L2Error::Unavailable("connect timed out".into())))
+}
+
+/// The next reply on `s`, reading into `buf` until one is complete (handshakes only: the
+/// connection's own loop reads and parses in `serve`).
+async fn next_reply(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Reply, L2Error> {
+    loop {
+        if let Some(reply) = parse(buf)? {
+            return Ok(reply);
+        }
+        match s.read_buf(buf).await {
+            Ok(0) => return Err(L2Error::Unavailable("Redis closed the connection".into())),
+            Ok(_) => {}
+            Err(e) => return Err(L2Error::Unavailable(e.to_string())),
+        }
+    }
 }
 
 /// Runs one connection until it fails (Some: the error every waiting write gets) or every
@@ -298,18 +306,12 @@ impl Subscription {
         encode(&mut cmd, &[b"SUBSCRIBE", channel.as_bytes()]);
         stream.write_all(&cmd).await.map_err(down)?;
         let mut buf = BytesMut::with_capacity(16 << 10);
-        loop {
-            if stream.read_buf(&mut buf).await.map_err(down)? == 0 {
-                return Err(L2Error::Unavailable("Redis closed the connection".into()));
-            }
-            match parse(&mut buf)? {
-                None => continue,
-                Some(Reply::Value(Value::Array(a))) if is(&a, b"subscribe") => break,
-                Some(other) => {
-                    return Err(L2Error::Unavailable(format!(
-                        "SUBSCRIBE answered {other:?}"
-                    )))
-                }
+        match next_reply(&mut stream, &mut buf).await? {
+            Reply::Value(Value::Array(a)) if is(&a, b"subscribe") => {}
+            other => {
+                return Err(L2Error::Unavailable(format!(
+                    "SUBSCRIBE answered {other:?}"
+                )))
             }
         }
         let (mut rd, writer) = stream.into_split();
