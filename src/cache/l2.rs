@@ -133,6 +133,8 @@ pub struct L2 {
     /// The invalidation channel every write announces its keys on (None: invalidation off).
     announce: Option<String>,
     next: AtomicUsize,
+    /// Most commands in one round trip: reads folded into an MGET, SETs in one pipeline.
+    max_batch: usize,
     batcher: Batcher,
     breaker: Breaker,
     up: AtomicBool,
@@ -212,6 +214,7 @@ impl L2 {
             announce: (cfg.invalidation == Invalidation::Pubsub)
                 .then(|| cfg.invalidation_channel.clone()),
             next: AtomicUsize::new(0),
+            max_batch: cfg.max_batch,
             up: AtomicBool::new(false),
             health_interval: cfg.health_interval.0,
             deadline,
@@ -484,14 +487,50 @@ impl L2 {
     ) -> Result<SetOutcome, L2Error> {
         let cmd = set_cmd(key, value, &opts);
         let reply: redis::Value = self.write(L2Op::Set, cmd, key).await?;
-        Ok(match (opts.get, reply) {
-            (true, redis::Value::Nil) => SetOutcome::Old(None),
-            (true, v) => SetOutcome::Old(Some(
-                redis::from_redis_value(v).map_err(|e| L2Error::refused(e.to_string()))?,
-            )),
-            (false, redis::Value::Nil) => SetOutcome::NotWritten,
-            (false, _) => SetOutcome::Written,
-        })
+        set_outcome(opts.get, reply)
+    }
+
+    /// SETs a client pipelined, each answered as Redis answered it: in one round trip, in
+    /// order, on one of our write connections, each followed by its announcement as in
+    /// `write`. Where there are none (a cluster, TLS) they are written one after another.
+    /// Err when the round trip itself failed: then none is known to be written.
+    pub async fn set_each(
+        &self,
+        items: &[(Bytes, Bytes, SetOptions)],
+    ) -> Result<Vec<Result<SetOutcome, L2Error>>, L2Error> {
+        if self.pipes.is_empty() {
+            let mut out = Vec::with_capacity(items.len());
+            for (k, v, opts) in items {
+                out.push(self.set_with(k, v, *opts).await);
+            }
+            return Ok(out);
+        }
+        // One connection for the whole run: Redis applies them in the client's order.
+        let pipe = &self.pipes[self.next.fetch_add(1, Ordering::Relaxed) % self.pipes.len()];
+        let mut out = Vec::with_capacity(items.len());
+        for run in items.chunks(self.max_batch) {
+            let size: usize = run.iter().map(|(k, v, _)| 2 * k.len() + v.len() + 96).sum();
+            let mut packed = Vec::with_capacity(size);
+            let mut announced = false;
+            for (k, v, opts) in run {
+                set_cmd(k, v, opts).write_packed_command(&mut packed);
+                if let Some(p) = self.announcement(k) {
+                    p.write_packed_command(&mut packed);
+                    announced = true;
+                }
+            }
+            let per_item = 1 + usize::from(announced);
+            let replies = self
+                .guard(L2Op::MSet, pipe.call(packed.into(), run.len() * per_item))
+                .await?;
+            out.extend(replies.into_iter().step_by(per_item).zip(run).map(
+                |(reply, (_, _, opts))| match reply {
+                    Reply::Value(v) => set_outcome(opts.get, v),
+                    Reply::Error { code, detail } => Err(server_error(code, detail)),
+                },
+            ));
+        }
+        Ok(out)
     }
 
     /// DEL, with its announcement; how many of the keys existed.
@@ -631,6 +670,18 @@ impl L2 {
             }
         }
     }
+}
+
+/// What a SET's reply says, given whether it asked for the old value (GET).
+fn set_outcome(get: bool, reply: redis::Value) -> Result<SetOutcome, L2Error> {
+    Ok(match (get, reply) {
+        (true, redis::Value::Nil) => SetOutcome::Old(None),
+        (true, v) => SetOutcome::Old(Some(
+            redis::from_redis_value(v).map_err(|e| L2Error::refused(e.to_string()))?,
+        )),
+        (false, redis::Value::Nil) => SetOutcome::NotWritten,
+        (false, _) => SetOutcome::Written,
+    })
 }
 
 /// SET with its options, as Redis spells them.

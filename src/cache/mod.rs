@@ -573,6 +573,32 @@ impl TieredCache {
         }
     }
 
+    /// SETs a client pipelined, each answered as `set_with` would answer it, in order: one L2
+    /// round trip for them all where L2 allows it (`L2::set_each`).
+    pub async fn set_each(
+        &self,
+        items: Vec<(Bytes, Bytes, SetOptions)>,
+    ) -> Vec<Result<SetOutcome, L2Error>> {
+        let Some(l2) = &self.l2 else {
+            let mut out = Vec::with_capacity(items.len());
+            for (k, v, opts) in items {
+                out.push(self.set_with(k, v, opts).await);
+            }
+            return out;
+        };
+        match l2.set_each(&items).await {
+            Ok(outcomes) => {
+                for ((k, _, _), outcome) in items.iter().zip(&outcomes) {
+                    if outcome.is_ok() {
+                        self.invalidate(k).await;
+                    }
+                }
+                outcomes
+            }
+            Err(e) => vec![Err(e); items.len()],
+        }
+    }
+
     /// Writes many keys in one L2 round trip.
     pub async fn set_many(&self, items: Vec<Item>) -> Result<(), L2Error> {
         match &self.l2 {

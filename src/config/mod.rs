@@ -480,7 +480,8 @@ pub struct L2Config {
     pub connect_timeout: HumanDuration,
     pub health_interval: HumanDuration,
     pub pipeline_buffer: usize,
-    /// Most single-key reads folded into one MGET.
+    /// Most single-key reads folded into one MGET, and most SETs a client pipelined written
+    /// in one round trip.
     pub max_batch: usize,
     pub breaker_failures: u32,
     pub breaker_cooldown: HumanDuration,

@@ -5,13 +5,18 @@
 //! received are answered before the connection closes.
 
 use super::{
-    cmd::{self, Command, Ctx},
-    frame::{self, Frame},
+    cmd::{self, Command, Ctx, Set},
+    frame::{self, Frame, Protocol},
     session::Session,
-    Shared,
+    Limits, Shared,
 };
 use crate::{
-    access, auth::Denied, buf::pool::Lease, exec::Refused, metrics::Door, shutdown::Shutdown,
+    access,
+    auth::Denied,
+    buf::pool::Lease,
+    exec::Refused,
+    metrics::{Door, Tier},
+    shutdown::Shutdown,
 };
 use std::time::{Instant as StdInstant, SystemTime};
 use std::{
@@ -163,12 +168,17 @@ async fn run_buffered(
 ) -> bool {
     // One load per batch: a reload takes effect from the next batch.
     let limits = shared.limits.load();
+    let mut held = HeldSets::default();
     loop {
         let args = match frame::parse(rbuf.buf(), &limits.frame, &mut session.progress) {
             Ok(Some(args)) if args.is_empty() => continue,
             Ok(Some(args)) => args,
-            Ok(None) => return false,
+            Ok(None) => {
+                held.write(shared, &limits, session.proto, wbuf).await;
+                return false;
+            }
             Err(e) => {
+                held.write(shared, &limits, session.proto, wbuf).await;
                 shared.metrics.resp_protocol_errors.inc();
                 Frame::Error(format!("ERR {e}").into()).encode(session.proto, wbuf.buf());
                 return true;
@@ -177,16 +187,24 @@ async fn run_buffered(
         shared.metrics.resp_commands.inc();
         session.follow_reload(&shared.auth);
         // Only with the access log on: the clock read and the name lookup cost a little.
-        let logged = shared.access.as_ref().map(|_| {
-            (
-                StdInstant::now(),
-                cmd::name_of(&args[0]).unwrap_or("unknown"),
-            )
+        let logged = shared.access.as_ref().map(|_| Logged {
+            start: StdInstant::now(),
+            op: cmd::name_of(&args[0]).unwrap_or("unknown"),
         });
         let (mut key_len, mut tier, mut close) = (0, None, false);
-        let reply = match Command::from_args(args, session) {
+        let (cmd, allowed) = match Command::from_args(args, session) {
+            Ok(cmd) if !cmd.permitted(session) => (Ok(cmd), false),
+            Ok(Command::Set(set)) if refused.is_none() => {
+                held.push(set, logged);
+                continue;
+            }
+            cmd => (cmd, true),
+        };
+        // Anything else runs after the SETs before it, as the client ordered them.
+        held.write(shared, &limits, session.proto, wbuf).await;
+        let reply = match cmd {
             Err(reply) => reply,
-            Ok(cmd) if !cmd.permitted(session) => {
+            Ok(cmd) if !allowed => {
                 key_len = cmd.first_key_len();
                 shared.metrics.auth_denied(Door::Resp, Denied::Forbidden);
                 Frame::error(
@@ -213,20 +231,93 @@ async fn run_buffered(
             }
         };
         reply.encode(session.proto, wbuf.buf());
-        if let (Some(log), Some((start, op))) = (&shared.access, logged) {
-            let took = start.elapsed();
-            log.push(access::Record {
-                at: SystemTime::now() - took,
-                door: Door::Resp,
-                op,
-                key_len,
-                status: access::Status::Resp(reply.code()),
-                tier,
-                duration: took,
-            });
-        }
+        log(shared, logged, key_len, &reply, tier);
         if close {
             return true;
+        }
+    }
+}
+
+/// When a command was read, and its name: what the access log needs beyond its reply.
+struct Logged {
+    start: StdInstant,
+    op: &'static str,
+}
+
+/// Writes a command's access log line, when the log is on (`logged` is then Some).
+fn log(shared: &Shared, logged: Option<Logged>, key_len: u32, reply: &Frame, tier: Option<Tier>) {
+    if let (Some(log), Some(Logged { start, op })) = (&shared.access, logged) {
+        let took = start.elapsed();
+        log.push(access::Record {
+            at: SystemTime::now() - took,
+            door: Door::Resp,
+            op,
+            key_len,
+            status: access::Status::Resp(reply.code()),
+            tier,
+            duration: took,
+        });
+    }
+}
+
+/// SETs read one after another, held back to be written together: a client's pipelined
+/// SETs then cost one L2 round trip (`TieredCache::set_each`) instead of one each, as they
+/// would through a proxy that forwards the pipeline. Any other command, the end of what was
+/// read and a protocol error each write them first, so writes and replies keep the client's
+/// order. Only SETs the client may make and admission let in are held.
+#[derive(Default)]
+struct HeldSets(Vec<(Set, Option<Logged>)>);
+
+impl HeldSets {
+    fn push(&mut self, set: Set, logged: Option<Logged>) {
+        self.0.push((set, logged));
+    }
+
+    /// Writes the held SETs and encodes their replies, in order.
+    async fn write(
+        &mut self,
+        shared: &Shared,
+        limits: &Limits,
+        proto: Protocol,
+        wbuf: &mut Lease<'_>,
+    ) {
+        if self.0.len() == 1 {
+            let (set, logged) = self.0.pop().expect("one held");
+            let key_len = set.key_len();
+            let reply = match set.check(limits) {
+                Err(refusal) => refusal,
+                Ok(()) => {
+                    let (key, value, opts) = set.into_write();
+                    Set::into_frame(shared.cache.set_with(key, value, opts).await)
+                }
+            };
+            reply.encode(proto, wbuf.buf());
+            log(shared, logged, key_len, &reply, None);
+            return;
+        }
+        if self.0.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.0);
+        // Each held SET's refusal, or None where it is written; in the client's order.
+        let mut refusals = Vec::with_capacity(held.len());
+        let mut writes = Vec::with_capacity(held.len());
+        for (set, logged) in held {
+            let key_len = set.key_len();
+            match set.check(limits) {
+                Err(refusal) => refusals.push((Some(refusal), key_len, logged)),
+                Ok(()) => {
+                    writes.push(set.into_write());
+                    refusals.push((None, key_len, logged));
+                }
+            }
+        }
+        let mut outcomes = shared.cache.set_each(writes).await.into_iter();
+        for (refusal, key_len, logged) in refusals {
+            let reply = refusal
+                .unwrap_or_else(|| Set::into_frame(outcomes.next().expect("an outcome per write")));
+            reply.encode(proto, wbuf.buf());
+            log(shared, logged, key_len, &reply, None);
         }
     }
 }

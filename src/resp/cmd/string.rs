@@ -2,8 +2,8 @@
 
 use super::{check_key, check_value, is, l2_error, parse_int, syntax_error, Ctx, Parse};
 use crate::{
-    cache::{SetCond, SetOptions, SetOutcome, SetTtl},
-    resp::frame::Frame,
+    cache::{L2Error, SetCond, SetOptions, SetOutcome, SetTtl},
+    resp::{frame::Frame, Limits},
 };
 use bytes::Bytes;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -100,27 +100,45 @@ impl Set {
     }
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
-        if let Err(e) = check_key(&self.key, ctx.limits) {
+        if let Err(e) = self.check(ctx.limits) {
             return e;
         }
-        if let Err(e) = check_value(&self.value, ctx.limits) {
-            return e;
-        }
+        Self::into_frame(
+            ctx.shared
+                .cache
+                .set_with(self.key, self.value, self.opts)
+                .await,
+        )
+    }
+
+    /// What `apply` refuses before writing anything, as its reply.
+    pub fn check(&self, limits: &Limits) -> Result<(), Frame> {
+        check_key(&self.key, limits)?;
+        check_value(&self.value, limits)?;
         if let SetTtl::At(at) = self.opts.ttl {
             // Far-future deadlines are Redis' business; in the memory store they must fit.
             if at
                 .duration_since(SystemTime::now())
                 .is_ok_and(|d| d > Duration::from_secs(100 * 365 * 86_400))
             {
-                return Frame::error("ERR invalid expire time in 'set' command");
+                return Err(Frame::error("ERR invalid expire time in 'set' command"));
             }
         }
-        match ctx
-            .shared
-            .cache
-            .set_with(self.key, self.value, self.opts)
-            .await
-        {
+        Ok(())
+    }
+
+    pub fn key_len(&self) -> u32 {
+        u32::try_from(self.key.len()).unwrap_or(u32::MAX)
+    }
+
+    /// The write, for running with others (`TieredCache::set_each`).
+    pub fn into_write(self) -> (Bytes, Bytes, SetOptions) {
+        (self.key, self.value, self.opts)
+    }
+
+    /// The reply to a write's outcome.
+    pub fn into_frame(outcome: Result<SetOutcome, L2Error>) -> Frame {
+        match outcome {
             Ok(SetOutcome::Written) => Frame::OK,
             Ok(SetOutcome::NotWritten) => Frame::Null,
             Ok(SetOutcome::Old(v)) => v.map_or(Frame::Null, Frame::Bulk),
