@@ -200,8 +200,11 @@ async fn run_buffered(
             }
             cmd => (cmd, true),
         };
-        // Anything else runs after the SETs before it, as the client ordered them.
-        held.write(shared, &limits, session.proto, wbuf).await;
+        // Anything else runs after the SETs before it, as the client ordered them. Checked
+        // here: an empty `write` still costs its future, per command.
+        if !held.0.is_empty() {
+            held.write(shared, &limits, session.proto, wbuf).await;
+        }
         let reply = match cmd {
             Err(reply) => reply,
             Ok(cmd) if !allowed => {
