@@ -9,7 +9,7 @@ use super::{
     batch::{mget_pipeline, slots, Batcher, Slot},
     breaker::{Breaker, Change},
     conn::{groups, shard_channel, slot_of, Conn},
-    pipe::{Pipe, Reply, Target},
+    pipe::{self, Pipe, Reply, Target},
     ExpireCond, SetCond, SetOptions, SetOutcome, SetTtl, Ttl,
 };
 use crate::{
@@ -274,7 +274,9 @@ impl L2 {
         key: &[u8],
     ) -> Result<T, L2Error> {
         if !self.pipes.is_empty() {
-            return self.write_piped(op, &cmd, key).await;
+            let mut packed = Vec::with_capacity(256);
+            cmd.write_packed_command(&mut packed);
+            return self.write_piped(op, packed, key).await;
         }
         let mut pipe = redis::Pipeline::with_capacity(2);
         pipe.add_command(cmd);
@@ -295,21 +297,16 @@ impl L2 {
         })
     }
 
-    /// `write` over the next of our own connections (`cache/pipe.rs`).
+    /// `write` over the next of our own connections (`cache/pipe.rs`): `packed` is the
+    /// command, RESP-encoded; its announcement is added here.
     async fn write_piped<T: redis::FromRedisValue>(
         &self,
         op: L2Op,
-        cmd: &redis::Cmd,
+        mut packed: Vec<u8>,
         key: &[u8],
     ) -> Result<T, L2Error> {
         let pipe = &self.pipes[self.next.fetch_add(1, Ordering::Relaxed) % self.pipes.len()];
-        let publish = self.announcement(key);
-        let mut packed = Vec::with_capacity(256);
-        cmd.write_packed_command(&mut packed);
-        if let Some(p) = &publish {
-            p.write_packed_command(&mut packed);
-        }
-        let replies = 1 + usize::from(publish.is_some());
+        let replies = 1 + usize::from(self.pack_announcement(&mut packed, key));
         self.guard(op, async {
             // The write's own reply; the announcement's (subscribers reached) is dropped.
             match pipe.call(packed.into(), replies).await?.swap_remove(0) {
@@ -320,6 +317,16 @@ impl L2 {
             }
         })
         .await
+    }
+
+    /// Appends the PUBLISH announcing a write of `key` to a pipeline for our own connections
+    /// (one Redis, so never SPUBLISH); whether it did (announcing is on).
+    fn pack_announcement(&self, out: &mut Vec<u8>, key: &[u8]) -> bool {
+        let Some(channel) = &self.announce else {
+            return false;
+        };
+        pipe::encode(out, &[b"PUBLISH", channel.as_bytes(), key]);
+        true
     }
 
     /// The next connection, aimed at `key`'s slot on a cluster.
@@ -485,8 +492,14 @@ impl L2 {
         value: &[u8],
         opts: SetOptions,
     ) -> Result<SetOutcome, L2Error> {
-        let cmd = set_cmd(key, value, &opts);
-        let reply: redis::Value = self.write(L2Op::Set, cmd, key).await?;
+        let reply: redis::Value = if self.pipes.is_empty() {
+            self.write(L2Op::Set, set_cmd(key, value, &opts), key)
+                .await?
+        } else {
+            let mut packed = Vec::with_capacity(key.len() + value.len() + 96);
+            pack_set(&mut packed, key, value, &opts);
+            self.write_piped(L2Op::Set, packed, key).await?
+        };
         set_outcome(opts.get, reply)
     }
 
@@ -513,11 +526,8 @@ impl L2 {
             let mut packed = Vec::with_capacity(size);
             let mut announced = false;
             for (k, v, opts) in run {
-                set_cmd(k, v, opts).write_packed_command(&mut packed);
-                if let Some(p) = self.announcement(k) {
-                    p.write_packed_command(&mut packed);
-                    announced = true;
-                }
+                pack_set(&mut packed, k, v, opts);
+                announced = self.pack_announcement(&mut packed, k);
             }
             let per_item = 1 + usize::from(announced);
             let replies = self
@@ -684,42 +694,67 @@ fn set_outcome(get: bool, reply: redis::Value) -> Result<SetOutcome, L2Error> {
     })
 }
 
-/// SET with its options, as Redis spells them.
+/// SET with its options, as Redis spells them: the arguments, how many of them are used,
+/// and the buffer a millisecond TTL is written in.
+struct SetArgs<'a> {
+    args: [&'a [u8]; 7],
+    len: usize,
+}
+
+impl<'a> SetArgs<'a> {
+    fn new(key: &'a [u8], value: &'a [u8], opts: &SetOptions, ms: &'a mut itoa::Buffer) -> Self {
+        let mut args: [&[u8]; 7] = [b"SET", key, value, b"", b"", b"", b""];
+        let mut len = 3;
+        let mut push = |a: &'a [u8]| {
+            args[len] = a;
+            len += 1;
+        };
+        match opts.cond {
+            SetCond::Always => {}
+            SetCond::IfAbsent => push(b"NX"),
+            SetCond::IfPresent => push(b"XX"),
+        }
+        if opts.get {
+            push(b"GET");
+        }
+        // PX/PXAT take whole milliseconds; at least 1 so a sub-millisecond TTL is not "no TTL".
+        match opts.ttl {
+            SetTtl::Clear => {}
+            SetTtl::Keep => push(b"KEEPTTL"),
+            SetTtl::In(d) => {
+                push(b"PX");
+                push(ms.format(d.as_millis().max(1) as u64).as_bytes());
+            }
+            SetTtl::At(t) => {
+                let at = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+                push(b"PXAT");
+                push(ms.format(at.as_millis().max(1) as u64).as_bytes());
+            }
+        }
+        Self { args, len }
+    }
+
+    fn args(&self) -> &[&'a [u8]] {
+        &self.args[..self.len]
+    }
+}
+
+/// SET with its options as a redis-rs command.
 fn set_cmd(key: &[u8], value: &[u8], opts: &SetOptions) -> redis::Cmd {
-    // Sized up front (SET key value, a condition, GET and a TTL at most).
-    let mut cmd = redis::Cmd::with_capacity(7, key.len() + value.len() + 48);
-    cmd.arg("SET").arg(key).arg(value);
-    match opts.cond {
-        SetCond::Always => {}
-        SetCond::IfAbsent => {
-            cmd.arg("NX");
-        }
-        SetCond::IfPresent => {
-            cmd.arg("XX");
-        }
-    }
-    if opts.get {
-        cmd.arg("GET");
-    }
-    // PX/PXAT take whole milliseconds; at least 1 so a sub-millisecond TTL is not "no TTL".
-    match opts.ttl {
-        SetTtl::Clear => {}
-        SetTtl::Keep => {
-            cmd.arg("KEEPTTL");
-        }
-        SetTtl::In(d) => {
-            cmd.arg("PX").arg(d.as_millis().max(1) as u64);
-        }
-        SetTtl::At(t) => {
-            let ms = t
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis()
-                .max(1);
-            cmd.arg("PXAT").arg(ms as u64);
-        }
+    let mut ms = itoa::Buffer::new();
+    let set = SetArgs::new(key, value, opts, &mut ms);
+    let mut cmd = redis::Cmd::with_capacity(set.len, key.len() + value.len() + 48);
+    for a in set.args() {
+        cmd.arg(*a);
     }
     cmd
+}
+
+/// SET with its options, RESP-encoded onto `out`: what our own connections send, without
+/// building a `Cmd` per write.
+fn pack_set(out: &mut Vec<u8>, key: &[u8], value: &[u8], opts: &SetOptions) {
+    let mut ms = itoa::Buffer::new();
+    pipe::encode(out, SetArgs::new(key, value, opts, &mut ms).args());
 }
 
 /// A command followed by every key in `keys` (DEL, EXISTS).
@@ -743,6 +778,46 @@ pub(super) fn ttl_from_pttl(pttl: i64) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sets_packed_by_hand_match_redis_rs_encoding() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_900_000_000_123);
+        let cases = [
+            SetOptions::default(),
+            SetOptions::expiring(Some(Duration::from_micros(10))),
+            SetOptions {
+                ttl: SetTtl::At(at),
+                cond: SetCond::IfAbsent,
+                get: true,
+            },
+            SetOptions {
+                ttl: SetTtl::Keep,
+                cond: SetCond::IfPresent,
+                get: false,
+            },
+        ];
+        for opts in cases {
+            let mut ours = Vec::new();
+            pack_set(&mut ours, b"k\r\n", b"", &opts);
+            let theirs = set_cmd(b"k\r\n", b"", &opts).get_packed_command();
+            assert_eq!(
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&theirs),
+                "{opts:?}"
+            );
+        }
+        let mut ours = Vec::new();
+        pack_set(
+            &mut ours,
+            b"k",
+            b"v",
+            &SetOptions::expiring(Some(Duration::from_micros(10))),
+        );
+        assert!(
+            ours.ends_with(b"$2\r\nPX\r\n$1\r\n1\r\n"),
+            "a sub-millisecond TTL is 1 ms"
+        );
+    }
 
     #[test]
     fn cluster_and_loading_errors_are_outages() {

@@ -320,9 +320,18 @@ impl Subscription {
             tokio::sync::Notify::new(),
         ));
         let seen = pongs.clone();
+        let message = message_prefix(channel);
         let reader = tokio::spawn(async move {
             loop {
                 loop {
+                    match message_key(&mut buf, &message) {
+                        Ok(Some(key)) => {
+                            heard(Pushed::Key(key));
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(_) => return heard(Pushed::Lost),
+                    }
                     match parse(&mut buf) {
                         Ok(None) => break,
                         Ok(Some(Reply::Value(Value::Array(mut a)))) => {
@@ -370,6 +379,37 @@ impl Subscription {
         }
         Ok(())
     }
+}
+
+/// How every message on `channel` starts, up to its key's length.
+fn message_prefix(channel: &str) -> Vec<u8> {
+    format!(
+        "*3\r\n$7\r\nmessage\r\n${}\r\n{channel}\r\n$",
+        channel.len()
+    )
+    .into_bytes()
+}
+
+/// Takes a whole message on the channel (`prefix` from `message_prefix`) off the front of
+/// `buf`: its key. None when `buf` starts with something else, or with a message not yet
+/// complete; `parse` then reads it the general way. The bus hears a message per write made
+/// anywhere, and the general way costs four allocations each (an array of three strings).
+fn message_key(buf: &mut BytesMut, prefix: &[u8]) -> Result<Option<Bytes>, L2Error> {
+    let Some(rest) = buf.strip_prefix(prefix) else {
+        return Ok(None);
+    };
+    let Some(end) = rest.iter().position(|&b| b == b'\r') else {
+        return Ok(None);
+    };
+    let len = usize::try_from(decimal(&rest[..end]).ok_or_else(|| bad("message length"))?)
+        .map_err(|_| bad("message length"))?;
+    let start = prefix.len() + end + 2;
+    if buf.len() < start + len + 2 {
+        return Ok(None);
+    }
+    let key = Bytes::copy_from_slice(&buf[start..start + len]);
+    buf.advance(start + len + 2);
+    Ok(Some(key))
 }
 
 /// Whether a pushed array is of `kind` (its first element, "message", "subscribe", ...).
@@ -511,6 +551,35 @@ fn scan(buf: &[u8], at: usize) -> Result<Option<(Reply, usize)>, L2Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_on_the_channel_are_read_without_the_general_parser() {
+        let prefix = message_prefix("inv");
+        let one = b"*3\r\n$7\r\nmessage\r\n$3\r\ninv\r\n$5\r\nk\r\nx1\r\n";
+        let mut buf = BytesMut::from(&one[..]);
+        buf.extend_from_slice(b"*3\r\n$7\r\nmessage\r\n$3\r\ninv\r\n$0\r\n\r\n");
+        buf.extend_from_slice(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
+        assert_eq!(
+            message_key(&mut buf, &prefix).unwrap().unwrap(),
+            &b"k\r\nx1"[..]
+        );
+        assert_eq!(message_key(&mut buf, &prefix).unwrap().unwrap(), &b""[..]);
+        // Not a message: left for `parse`.
+        assert_eq!(message_key(&mut buf, &prefix).unwrap(), None);
+        assert!(matches!(
+            parse(&mut buf),
+            Ok(Some(Reply::Value(Value::Array(_))))
+        ));
+        assert!(buf.is_empty());
+        // Every cut of a message waits for the rest.
+        for cut in 0..one.len() {
+            let mut part = BytesMut::from(&one[..cut]);
+            assert_eq!(message_key(&mut part, &prefix).unwrap(), None, "{cut}");
+            assert_eq!(part.len(), cut);
+        }
+        let mut bad = BytesMut::from(&b"*3\r\n$7\r\nmessage\r\n$3\r\ninv\r\n$x\r\n"[..]);
+        assert!(message_key(&mut bad, &prefix).is_err());
+    }
 
     fn all(bytes: &[u8]) -> Vec<Reply> {
         let mut buf = BytesMut::from(bytes);
