@@ -419,6 +419,9 @@ fn is(a: &[Value], kind: &[u8]) -> bool {
 
 /// RESP2 encoding of one command.
 pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    // Room for the whole command up front (a length line is at most 24 bytes), so the
+    // appends below never grow the buffer one by one.
+    out.reserve(24 + args.iter().map(|a| a.len() + 24).sum::<usize>());
     let mut n = itoa::Buffer::new();
     out.push(b'*');
     out.extend_from_slice(n.format(args.len()).as_bytes());
