@@ -155,6 +155,47 @@ async fn redis_outage_serves_l1_hits_and_refuses_writes_then_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_a_hung_redis_time_out_and_the_next_ones_reconnect() {
+    let redis = Redis::start();
+    let mut cfg = support::config(Some(&redis.url()));
+    cfg.l2.timeout = HumanDuration(Duration::from_millis(200));
+    cfg.l2.breaker_failures = 100;
+    let gw = Gateway::start_ready(cfg).await;
+    let resp_url = format!("redis://{}", gw.running.as_ref().unwrap().resp_addr);
+    let mut c = redis::Client::open(resp_url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    assert_eq!(gw.put("k", "v1").await.status(), 204);
+
+    // Redis hangs for longer than l2.timeout: writes in flight on the write connection, one
+    // alone and a pipelined run, fail with a timeout instead of waiting it out.
+    let sleeper = redis.pause(1.5);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = gw.put("k", "v2").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(error_code(r).await, "l2_timeout");
+    let mut pipe = redis::pipe();
+    pipe.set("a", 1).set("b", 2);
+    let err = pipe.query_async::<()>(&mut c).await.unwrap_err();
+    assert!(err.to_string().contains("did not answer in time"), "{err}");
+    sleeper.join().unwrap();
+
+    // The late replies went with the connection that timed out: the next writes get their
+    // own answers on a new one.
+    assert_eq!(gw.put("k", "v3").await.status(), 204);
+    let _: () = redis::AsyncCommands::set(&mut c, "a", 3).await.unwrap();
+    let got: String = redis::cmd("GET").arg("k").query(&mut redis.conn()).unwrap();
+    assert_eq!(got, "v3");
+    let a: i64 = redis::cmd("GET").arg("a").query(&mut redis.conn()).unwrap();
+    assert_eq!(a, 3);
+    let m = gw.metrics().await;
+    assert!(metric(&m, "tiergate_l2_errors_total{op=\"set\"}") >= 1.0);
+    assert!(metric(&m, "tiergate_l2_errors_total{op=\"mset\"}") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_redis_opens_the_circuit_and_its_return_closes_it() {
     let redis = Redis::start();
     let mut cfg = support::config(Some(&redis.url()));

@@ -92,7 +92,9 @@ impl Listen {
         deadline: std::time::Duration,
     ) -> Result<Listener, String> {
         let own = match (self, clients) {
-            (Listen::Channel(channel), [one]) => Target::of(one, deadline).map(|t| (channel, t)),
+            (Listen::Channel(channel), [one]) => {
+                Target::of(one, deadline, deadline).map(|t| (channel, t))
+            }
             _ => None,
         };
         if let Some((channel, target)) = own {

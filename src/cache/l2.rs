@@ -191,7 +191,7 @@ impl L2 {
                 .collect::<Result<_, _>>()?
         };
         let deadline = cfg.timeout.0 + cfg.connect_timeout.0;
-        let pipes = match Target::of(&nodes[0], cfg.connect_timeout.0) {
+        let pipes = match Target::of(&nodes[0], cfg.connect_timeout.0, cfg.timeout.0) {
             Some(target) if !clustered => (0..cfg.connections)
                 .map(|_| Pipe::start(target.clone(), cfg.pipeline_buffer))
                 .collect(),
@@ -307,7 +307,7 @@ impl L2 {
     ) -> Result<T, L2Error> {
         let pipe = &self.pipes[self.next.fetch_add(1, Ordering::Relaxed) % self.pipes.len()];
         let replies = 1 + usize::from(self.pack_announcement(&mut packed, key));
-        self.guard(op, async {
+        self.guard_untimed(op, async {
             // The write's own reply; the announcement's (subscribers reached) is dropped.
             match pipe.call(packed.into(), replies).await?.swap_remove(0) {
                 Reply::Value(v) => {
@@ -382,18 +382,31 @@ impl L2 {
         op: L2Op,
         call: impl std::future::Future<Output = Result<T, L2Error>>,
     ) -> Result<T, L2Error> {
+        // The connection's own response timeout covers a connected Redis; this one also
+        // bounds a call that first waits on a (re)connect attempt or a batch lane.
+        let timed = async {
+            match tokio::time::timeout(self.deadline, call).await {
+                Ok(r) => r,
+                Err(_) => Err(L2Error::Timeout),
+            }
+        };
+        self.guard_untimed(op, timed).await
+    }
+
+    /// `guard` without the deadline, for calls on our own write connections: those bound
+    /// their own time (`Pipe::call`) without a timer per call.
+    async fn guard_untimed<T>(
+        &self,
+        op: L2Op,
+        call: impl std::future::Future<Output = Result<T, L2Error>>,
+    ) -> Result<T, L2Error> {
         let Some(ticket) = self.breaker.admit() else {
             self.metrics.l2_circuit_rejected.inc();
             return Err(L2Error::CircuitOpen);
         };
         let _in_flight = self.metrics.l2_in_flight();
         let start = Instant::now();
-        // The connection's own response timeout covers a connected Redis; this one also
-        // bounds a call that first waits on a (re)connect attempt or a batch lane.
-        let res = match tokio::time::timeout(self.deadline, call).await {
-            Ok(r) => r,
-            Err(_) => Err(L2Error::Timeout),
-        };
+        let res = call.await;
         if let Some(change) = ticket.record(&res) {
             self.breaker_changed(change);
         }
@@ -496,7 +509,7 @@ impl L2 {
             self.write(L2Op::Set, set_cmd(key, value, &opts), key)
                 .await?
         } else {
-            let mut packed = Vec::with_capacity(key.len() + value.len() + 96);
+            let mut packed = Vec::with_capacity(packed_size(key, value));
             pack_set(&mut packed, key, value, &opts);
             self.write_piped(L2Op::Set, packed, key).await?
         };
@@ -522,7 +535,7 @@ impl L2 {
         let pipe = &self.pipes[self.next.fetch_add(1, Ordering::Relaxed) % self.pipes.len()];
         let mut out = Vec::with_capacity(items.len());
         for run in items.chunks(self.max_batch) {
-            let size: usize = run.iter().map(|(k, v, _)| 2 * k.len() + v.len() + 96).sum();
+            let size: usize = run.iter().map(|(k, v, _)| packed_size(k, v)).sum();
             let mut packed = Vec::with_capacity(size);
             let mut announced = false;
             for (k, v, opts) in run {
@@ -531,7 +544,7 @@ impl L2 {
             }
             let per_item = 1 + usize::from(announced);
             let replies = self
-                .guard(L2Op::MSet, pipe.call(packed.into(), run.len() * per_item))
+                .guard_untimed(L2Op::MSet, pipe.call(packed.into(), run.len() * per_item))
                 .await?;
             out.extend(replies.into_iter().step_by(per_item).zip(run).map(
                 |(reply, (_, _, opts))| match reply {
@@ -737,6 +750,12 @@ impl<'a> SetArgs<'a> {
     fn args(&self) -> &[&'a [u8]] {
         &self.args[..self.len]
     }
+}
+
+/// Room for a SET of `key` and `value` with every option, and its PUBLISH, RESP-encoded:
+/// sized once, so packing never grows the buffer.
+fn packed_size(key: &[u8], value: &[u8]) -> usize {
+    2 * key.len() + value.len() + 384
 }
 
 /// SET with its options as a redis-rs command.

@@ -24,6 +24,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     sync::{mpsc, oneshot},
+    time::Instant,
 };
 
 /// What a connection keeps for encoding writes: room for a pipeline of ordinary SETs.
@@ -52,11 +53,17 @@ pub struct Target {
     password: Option<String>,
     db: i64,
     connect_timeout: Duration,
+    /// How long a write may wait for its reply once sent.
+    response_timeout: Duration,
 }
 
 impl Target {
     /// None for what this connection does not speak (TLS, Unix sockets): redis-rs keeps those.
-    pub fn of(client: &redis::Client, connect_timeout: Duration) -> Option<Self> {
+    pub fn of(
+        client: &redis::Client,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Option<Self> {
         let info = client.get_connection_info();
         let ConnectionAddr::Tcp(host, port) = info.addr() else {
             return None;
@@ -68,6 +75,7 @@ impl Target {
             password: redis.password().map(str::to_owned),
             db: redis.db(),
             connect_timeout,
+            response_timeout,
         })
     }
 }
@@ -75,6 +83,8 @@ impl Target {
 /// The sending side of one connection's queue.
 pub struct Pipe {
     tx: mpsc::Sender<Write>,
+    /// Longest wait for room in a full queue.
+    queue_wait: Duration,
 }
 
 impl Pipe {
@@ -82,11 +92,15 @@ impl Pipe {
     /// writes waiting to be sent and those waiting for replies.
     pub fn start(target: Target, queue: usize) -> Self {
         let (tx, rx) = mpsc::channel(queue);
+        let queue_wait = target.connect_timeout + target.response_timeout;
         tokio::spawn(drive(target, rx, queue));
-        Self { tx }
+        Self { tx, queue_wait }
     }
 
-    /// Sends `commands` (RESP-encoded, `replies` of them) and waits for their replies.
+    /// Sends `commands` (RESP-encoded, `replies` of them) and waits for their replies. Bounded
+    /// in time without a timer per call: the connection times out the replies it waits for
+    /// (`response_timeout`, one timer per connection), connecting has `connect_timeout`, and
+    /// only a full queue is waited on with a timer of its own.
     pub async fn call(&self, commands: Bytes, replies: usize) -> Replies {
         let (done, answer) = oneshot::channel();
         let write = Write {
@@ -95,13 +109,24 @@ impl Pipe {
             done,
         };
         let gone = || L2Error::Unavailable("the write connection stopped".into());
-        self.tx.send(write).await.map_err(|_| gone())?;
+        match self.tx.try_send(write) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(gone()),
+            Err(mpsc::error::TrySendError::Full(write)) => {
+                tokio::time::timeout(self.queue_wait, self.tx.send(write))
+                    .await
+                    .map_err(|_| L2Error::Timeout)?
+                    .map_err(|_| gone())?;
+            }
+        }
         answer.await.map_err(|_| gone())?
     }
 }
 
 /// A write sent and waiting for its replies.
 struct Waiting {
+    /// When it was sent (the syscall's time, shared by the writes it carried).
+    sent: Instant,
     want: usize,
     got: Vec<Reply>,
     done: oneshot::Sender<Replies>,
@@ -116,7 +141,7 @@ async fn drive(target: Target, mut rx: mpsc::Receiver<Write>, queue: usize) {
             return;
         }
         let err = match connect(&target).await {
-            Ok(stream) => serve(stream, &mut rx, &mut batch, queue).await,
+            Ok(stream) => serve(stream, &mut rx, &mut batch, queue, target.response_timeout).await,
             Err(e) => Some(e),
         };
         let Some(err) = err else { return };
@@ -178,12 +203,15 @@ async fn next_reply(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Reply, L2Er
 }
 
 /// Runs one connection until it fails (Some: the error every waiting write gets) or every
-/// sender is gone (None).
+/// sender is gone (None). A write unanswered for `timeout` fails the connection: Redis
+/// answers in order, so everything behind it waits too, and a reply that comes later would
+/// answer the wrong write.
 async fn serve(
     stream: TcpStream,
     rx: &mut mpsc::Receiver<Write>,
     batch: &mut Vec<Write>,
     queue: usize,
+    timeout: Duration,
 ) -> Option<L2Error> {
     let (mut rd, mut wr) = stream.into_split();
     let mut waiting: VecDeque<Waiting> = VecDeque::with_capacity(queue);
@@ -191,6 +219,11 @@ async fn serve(
     let mut inbuf = BytesMut::with_capacity(16 << 10);
     // Every sender is gone: no more writes, but the ones sent still get their replies.
     let mut closed = false;
+    // One timer for the connection, on the oldest write's deadline, moved only when it fires
+    // (like an idle timer): a timer per write cost a timer-wheel insert and removal each.
+    let timer = tokio::time::sleep(timeout);
+    tokio::pin!(timer);
+    let mut armed = false;
     let fail = |waiting: &mut VecDeque<Waiting>, e: &L2Error| {
         for w in waiting.drain(..) {
             let _ = w.done.send(Err(e.clone()));
@@ -212,9 +245,15 @@ async fn serve(
                     Err(_) => break,
                 }
             }
+            let sent = Instant::now();
+            if !armed {
+                timer.as_mut().reset(sent + timeout);
+                armed = true;
+            }
             for w in batch.drain(..) {
                 out.extend_from_slice(&w.commands);
                 waiting.push_back(Waiting {
+                    sent,
                     want: w.replies,
                     got: Vec::with_capacity(w.replies),
                     done: w.done,
@@ -246,6 +285,18 @@ async fn serve(
                 };
                 fail(&mut waiting, &e);
                 return Some(e);
+            }
+            () = timer.as_mut(), if armed => {
+                match waiting.front() {
+                    None => armed = false,
+                    Some(w) if Instant::now() < w.sent + timeout => {
+                        timer.as_mut().reset(w.sent + timeout);
+                    }
+                    Some(_) => {
+                        fail(&mut waiting, &L2Error::Timeout);
+                        return Some(L2Error::Timeout);
+                    }
+                }
             }
         }
     }
