@@ -237,6 +237,9 @@ pub async fn follow(cache: Arc<TieredCache>, retry: std::time::Duration, shutdow
     }
 }
 
+/// Most messages handled per wake-up of the bus task: bounds how long it holds its thread.
+const DRAIN_PER_WAKE: usize = 128;
+
 /// One subscription, from connect to loss.
 async fn subscription(
     cache: &TieredCache,
@@ -276,26 +279,50 @@ async fn subscription(
         "invalidation bus: subscribed; L1 flushed and trusted"
     );
 
-    // A peer that vanishes without closing the socket is found by pinging it.
+    // A peer that vanishes without closing the socket is found by pinging it. The timer and
+    // the shutdown wait live across the loop: a message per write made anywhere must not
+    // cost a timer registration and a waiter each.
     let mut ping_at = tokio::time::Instant::now() + deadline;
+    let ping = tokio::time::sleep_until(ping_at);
+    tokio::pin!(ping);
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            heard = rx.recv() => match heard {
-                Some(Heard::Evict(key)) => {
-                    cache.invalidate(&key).await;
-                    cache.metrics.bus_invalidations.inc();
+            heard = rx.recv() => {
+                let mut heard = heard;
+                // What is already queued too, up to a bound, before waiting again: one
+                // wake-up per burst of writes, not per write.
+                let mut budget = DRAIN_PER_WAKE;
+                loop {
+                    match heard {
+                        Some(Heard::Evict(key)) => {
+                            cache.invalidate(&key).await;
+                            cache.metrics.bus_invalidations.inc();
+                        }
+                        Some(Heard::EvictAll) => cache.flush_l1(),
+                        Some(Heard::Lost) | None => return Ended::Lost("connection closed".into()),
+                    }
+                    budget -= 1;
+                    if budget == 0 {
+                        break;
+                    }
+                    heard = match rx.try_recv() {
+                        Ok(next) => Some(next),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    };
                 }
-                Some(Heard::EvictAll) => cache.flush_l1(),
-                Some(Heard::Lost) | None => return Ended::Lost("connection closed".into()),
-            },
-            _ = tokio::time::sleep_until(ping_at) => {
+            }
+            () = &mut ping => {
                 let pong = tokio::time::timeout(deadline, conn.ping()).await;
                 if pong != Ok(true) {
                     return Ended::Lost("PING unanswered".into());
                 }
                 ping_at += deadline;
+                ping.as_mut().reset(ping_at);
             }
-            _ = shutdown.wait() => return Ended::Shutdown,
+            () = &mut stop => return Ended::Shutdown,
         }
         if lost.load(Ordering::Acquire) {
             return Ended::Lost("fell behind: invalidation queue full".into());
