@@ -183,7 +183,7 @@ impl Hello {
             if let Err(e) = check_client_name(&name) {
                 return e;
             }
-            ctx.session.name = Some(name.to_vec().into());
+            ctx.session.set_name(&name);
         }
         ctx.session.proto = proto;
         let field = |k: &'static str| Frame::bulk_static(k);
@@ -259,19 +259,13 @@ impl Client {
             Client::SetName(name) => match check_client_name(&name) {
                 Err(e) => e,
                 Ok(()) => {
-                    // An empty name clears it, as in redis-server.
-                    ctx.session.name = if name.is_empty() {
-                        None
-                    } else {
-                        Some(name.to_vec().into())
-                    };
+                    ctx.session.set_name(&name);
                     Frame::OK
                 }
             },
             Client::GetName => ctx
                 .session
-                .name
-                .as_deref()
+                .name()
                 .map_or(Frame::Null, |n| Frame::Bulk(Bytes::copy_from_slice(n))),
             Client::Id => Frame::Integer(ctx.session.id as i64),
             Client::SetInfo => Frame::OK,
