@@ -95,7 +95,7 @@ run_rb() {
     local pid=$1 port=$2 test=$3 depth=$4 n=$RESP_REQUESTS out before after
     [ "$depth" -eq 1 ] || n=$((RESP_REQUESTS * 8))
     taskset -c "$LOAD_CPU" redis-benchmark -p "$port" -t "$test" -n $((n / 10)) -r 100000 \
-        -d "$VALUE_BYTES" -P "$depth" -q >/dev/null # warm-up
+        -d "$VALUE_BYTES" -P "$depth" -q >/dev/null 2>&1 # warm-up
     before=$(cpu_ticks "$pid")
     # twemproxy has no CONFIG: redis-benchmark's warning about it says nothing.
     out=$(taskset -c "$LOAD_CPU" redis-benchmark -p "$port" -t "$test" -n "$n" -r 100000 \
