@@ -160,6 +160,10 @@ async fn writes_to_a_hung_redis_time_out_and_the_next_ones_reconnect() {
     let mut cfg = support::config(Some(&redis.url()));
     cfg.l2.timeout = HumanDuration(Duration::from_millis(200));
     cfg.l2.breaker_failures = 100;
+    // Larger than loopback's socket buffers can hold (tcp_rmem's maximum is commonly 6 or
+    // 32 MiB): sending it waits on Redis reading.
+    cfg.limits.max_value_bytes = tiergate::config::ByteSize(96 << 20);
+    cfg.resp.max_request_bytes = tiergate::config::ByteSize(100 << 20);
     let gw = Gateway::start_ready(cfg).await;
     let resp_url = format!("redis://{}", gw.running.as_ref().unwrap().resp_addr);
     let mut c = redis::Client::open(resp_url)
@@ -170,8 +174,17 @@ async fn writes_to_a_hung_redis_time_out_and_the_next_ones_reconnect() {
     assert_eq!(gw.put("k", "v1").await.status(), 204);
 
     // Redis hangs for longer than l2.timeout: writes in flight on the write connection, one
-    // alone and a pipelined run, fail with a timeout instead of waiting it out.
-    let sleeper = redis.pause(1.5);
+    // alone and a pipelined run, fail with a timeout instead of waiting it out; so does one
+    // too large for the socket's buffers, whose sending waits on Redis reading.
+    let sleeper = redis.pause(3.0);
+    let awake = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let awake = awake.clone();
+        std::thread::spawn(move || {
+            sleeper.join().unwrap();
+            awake.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+    };
     tokio::time::sleep(Duration::from_millis(100)).await;
     let r = gw.put("k", "v2").await;
     assert_eq!(r.status(), 503);
@@ -180,7 +193,20 @@ async fn writes_to_a_hung_redis_time_out_and_the_next_ones_reconnect() {
     pipe.set("a", 1).set("b", 2);
     let err = pipe.query_async::<()>(&mut c).await.unwrap_err();
     assert!(err.to_string().contains("did not answer in time"), "{err}");
-    sleeper.join().unwrap();
+    // Over RESP, which has no deadline of its own above L2's.
+    let mut big = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n", 96 << 20).into_bytes();
+    big.resize(big.len() + (96 << 20), b'x');
+    big.extend_from_slice(b"\r\nQUIT\r\n");
+    let reply = support::raw(gw.running.as_ref().unwrap().resp_addr, &big).await;
+    assert!(
+        reply.starts_with("-TRYAGAIN L2 did not answer in time"),
+        "{reply}"
+    );
+    assert!(
+        !awake.load(std::sync::atomic::Ordering::SeqCst),
+        "refused while Redis still slept, not once it woke and read the value"
+    );
+    watch.join().unwrap();
 
     // The late replies went with the connection that timed out: the next writes get their
     // own answers on a new one.

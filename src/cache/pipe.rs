@@ -259,8 +259,16 @@ async fn serve(
                     done: w.done,
                 });
             }
-            if let Err(e) = wr.write_all(&out).await {
-                let e = L2Error::Unavailable(e.to_string());
+            // A Redis that stops reading fills the socket and holds this write: bounded by
+            // the oldest write's deadline (a timer only if the write has to wait).
+            let oldest = waiting.front().map_or(sent, |w| w.sent);
+            let written = tokio::time::timeout_at(oldest + timeout, wr.write_all(&out)).await;
+            if let Err(e) = written.unwrap_or(Err(std::io::ErrorKind::TimedOut.into())) {
+                let e = if e.kind() == std::io::ErrorKind::TimedOut {
+                    L2Error::Timeout
+                } else {
+                    L2Error::Unavailable(e.to_string())
+                };
                 fail(&mut waiting, &e);
                 return Some(e);
             }
