@@ -203,8 +203,9 @@ async fn tracking_mode_evicts_writes_that_bypass_the_gateway() {
         redis::cmd("SET").arg(k).arg(v).exec(&mut direct).unwrap();
     };
 
-    // A program writing straight to Redis: B hears it from Redis itself.
-    set_direct("user:1", "old");
+    // A program writing straight to Redis: B hears it from Redis itself. Heard before B
+    // reads: an invalidation arriving after the read would evict what it stored.
+    after_heard(&b, 1, || async { set_direct("user:1", "old") }).await;
     assert_eq!(get(&b, "user:1").await, (Some("old".into()), "L2".into()));
     assert_eq!(get(&b, "user:1").await.1, "L1");
     after_heard(&b, 1, || async { set_direct("user:1", "new") }).await;
