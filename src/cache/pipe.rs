@@ -259,11 +259,13 @@ async fn serve(
                     done: w.done,
                 });
             }
-            // A Redis that stops reading fills the socket and holds this write: bounded by
-            // the oldest write's deadline (a timer only if the write has to wait).
-            let oldest = waiting.front().map_or(sent, |w| w.sent);
-            let written = tokio::time::timeout_at(oldest + timeout, wr.write_all(&out)).await;
-            if let Err(e) = written.unwrap_or(Err(std::io::ErrorKind::TimedOut.into())) {
+            if let Err(e) = send(
+                &mut wr,
+                &out,
+                waiting.front().map_or(sent, |w| w.sent) + timeout,
+            )
+            .await
+            {
                 let e = if e.kind() == std::io::ErrorKind::TimedOut {
                     L2Error::Timeout
                 } else {
@@ -308,6 +310,27 @@ async fn serve(
             }
         }
     }
+}
+
+/// Writes all of `out`. A Redis that stops reading fills the socket and holds the rest: that
+/// wait is bounded by `deadline` (the oldest waiting write's), with a timer only when the
+/// socket could not take everything at once.
+async fn send(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    out: &[u8],
+    deadline: Instant,
+) -> std::io::Result<()> {
+    let done = match wr.try_write(out) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if done == out.len() {
+        return Ok(());
+    }
+    tokio::time::timeout_at(deadline, wr.write_all(&out[done..]))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// Hands every complete reply in `buf` to the write it answers.
