@@ -305,18 +305,19 @@ impl L2 {
         mut packed: Vec<u8>,
         key: &[u8],
     ) -> Result<T, L2Error> {
-        let pipe = &self.pipes[self.next.fetch_add(1, Ordering::Relaxed) % self.pipes.len()];
+        let pipe = self.next_pipe();
         let replies = 1 + usize::from(self.pack_announcement(&mut packed, key));
         self.guard_untimed(op, async {
             // The write's own reply; the announcement's (subscribers reached) is dropped.
-            match pipe.call(packed.into(), replies).await?.swap_remove(0) {
-                Reply::Value(v) => {
-                    redis::from_redis_value(v).map_err(|e| L2Error::refused(e.to_string()))
-                }
-                Reply::Error { code, detail } => Err(server_error(code, detail)),
-            }
+            let v = reply_value(pipe.call(packed.into(), replies).await?.swap_remove(0))?;
+            redis::from_redis_value(v).map_err(|e| L2Error::refused(e.to_string()))
         })
         .await
+    }
+
+    /// The next of our own write connections (callers check there are some).
+    fn next_pipe(&self) -> &Pipe {
+        &self.pipes[self.next.fetch_add(1, Ordering::Relaxed) % self.pipes.len()]
     }
 
     /// Appends the PUBLISH announcing a write of `key` to a pipeline for our own connections
@@ -532,7 +533,7 @@ impl L2 {
             return Ok(out);
         }
         // One connection for the whole run: Redis applies them in the client's order.
-        let pipe = &self.pipes[self.next.fetch_add(1, Ordering::Relaxed) % self.pipes.len()];
+        let pipe = self.next_pipe();
         let mut out = Vec::with_capacity(items.len());
         for run in items.chunks(self.max_batch) {
             let size: usize = run.iter().map(|(k, v, _)| packed_size(k, v)).sum();
@@ -546,12 +547,13 @@ impl L2 {
             let replies = self
                 .guard_untimed(L2Op::MSet, pipe.call(packed.into(), run.len() * per_item))
                 .await?;
-            out.extend(replies.into_iter().step_by(per_item).zip(run).map(
-                |(reply, (_, _, opts))| match reply {
-                    Reply::Value(v) => set_outcome(opts.get, v),
-                    Reply::Error { code, detail } => Err(server_error(code, detail)),
-                },
-            ));
+            out.extend(
+                replies
+                    .into_iter()
+                    .step_by(per_item)
+                    .zip(run)
+                    .map(|(reply, (_, _, opts))| set_outcome(opts.get, reply_value(reply)?)),
+            );
         }
         Ok(out)
     }
@@ -692,6 +694,14 @@ impl L2 {
                 _ = shutdown.wait() => return,
             }
         }
+    }
+}
+
+/// A reply on our own connections as a value, or Redis' error classed (`server_error`).
+fn reply_value(reply: Reply) -> Result<redis::Value, L2Error> {
+    match reply {
+        Reply::Value(v) => Ok(v),
+        Reply::Error { code, detail } => Err(server_error(code, detail)),
     }
 }
 

@@ -259,18 +259,8 @@ async fn serve(
                     done: w.done,
                 });
             }
-            if let Err(e) = send(
-                &mut wr,
-                &out,
-                waiting.front().map_or(sent, |w| w.sent) + timeout,
-            )
-            .await
-            {
-                let e = if e.kind() == std::io::ErrorKind::TimedOut {
-                    L2Error::Timeout
-                } else {
-                    L2Error::Unavailable(e.to_string())
-                };
+            let deadline = waiting.front().map_or(sent, |w| w.sent) + timeout;
+            if let Err(e) = send(&mut wr, &out, deadline).await {
                 fail(&mut waiting, &e);
                 return Some(e);
             }
@@ -319,18 +309,20 @@ async fn send(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     out: &[u8],
     deadline: Instant,
-) -> std::io::Result<()> {
+) -> Result<(), L2Error> {
+    let down = |e: std::io::Error| L2Error::Unavailable(e.to_string());
     let done = match wr.try_write(out) {
         Ok(n) => n,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-        Err(e) => return Err(e),
+        Err(e) => return Err(down(e)),
     };
     if done == out.len() {
         return Ok(());
     }
-    tokio::time::timeout_at(deadline, wr.write_all(&out[done..]))
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    match tokio::time::timeout_at(deadline, wr.write_all(&out[done..])).await {
+        Ok(written) => written.map_err(down),
+        Err(_) => Err(L2Error::Timeout),
+    }
 }
 
 /// Hands every complete reply in `buf` to the write it answers.

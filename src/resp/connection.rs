@@ -285,15 +285,10 @@ impl HeldSets {
         wbuf: &mut Lease<'_>,
     ) {
         if self.0.len() == 1 {
+            // Alone: written as `Set::apply` would, without the vectors of a run.
             let (set, logged) = self.0.pop().expect("one held");
             let key_len = set.key_len();
-            let reply = match set.check(limits) {
-                Err(refusal) => refusal,
-                Ok(()) => {
-                    let (key, value, opts) = set.into_write();
-                    Set::into_frame(shared.cache.set_with(key, value, opts).await)
-                }
-            };
+            let reply = set.write(&shared.cache, limits).await;
             reply.encode(proto, wbuf.buf());
             log(shared, logged, key_len, &reply, None);
             return;

@@ -2,7 +2,7 @@
 
 use super::{check_key, check_value, is, l2_error, parse_int, syntax_error, Ctx, Parse};
 use crate::{
-    cache::{L2Error, SetCond, SetOptions, SetOutcome, SetTtl},
+    cache::{L2Error, SetCond, SetOptions, SetOutcome, SetTtl, TieredCache},
     resp::{frame::Frame, Limits},
 };
 use bytes::Bytes;
@@ -100,15 +100,15 @@ impl Set {
     }
 
     pub async fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
-        if let Err(e) = self.check(ctx.limits) {
+        self.write(&ctx.shared.cache, ctx.limits).await
+    }
+
+    /// `apply` with only what it needs: also how a SET held alone is written.
+    pub async fn write(self, cache: &TieredCache, limits: &Limits) -> Frame {
+        if let Err(e) = self.check(limits) {
             return e;
         }
-        Self::into_frame(
-            ctx.shared
-                .cache
-                .set_with(self.key, self.value, self.opts)
-                .await,
-        )
+        Self::into_frame(cache.set_with(self.key, self.value, self.opts).await)
     }
 
     /// What `apply` refuses before writing anything, as its reply.
