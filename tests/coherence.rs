@@ -104,8 +104,12 @@ async fn a_write_through_one_instance_is_never_served_stale_by_the_other() {
         assert_eq!(get(&b, "k").await, (Some(v), "L1".into()), "refilled");
     }
 
-    // Every kind of write over RESP announces its keys too.
-    let _: () = ra.set("n", 1).await.unwrap();
+    // Every kind of write over RESP announces its keys too. Heard by B before it reads, as
+    // above: heard after, the announcement would evict what B's read stored.
+    after_heard(&b, 1, || async {
+        let _: () = ra.clone().set("n", 1).await.unwrap();
+    })
+    .await;
     assert_eq!(get(&b, "n").await.0.as_deref(), Some("1"));
     assert_eq!(get(&b, "n").await.1, "L1");
     after_heard(&b, 1, || async {
