@@ -310,7 +310,7 @@ async fn redis_killed_and_restarted_under_load() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    let (write, hot) = (n % 4 == 0, n % 4 == 1);
+                    let (write, hot) = (n.is_multiple_of(4), n % 4 == 1);
                     let sent = Instant::now();
                     let r = if write {
                         gw.put(&format!("w:{c}:{n}"), "x").await

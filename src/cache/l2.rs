@@ -309,7 +309,7 @@ impl L2 {
         let replies = 1 + usize::from(self.pack_announcement(&mut packed, key));
         self.guard_untimed(op, async {
             // The write's own reply; the announcement's (subscribers reached) is dropped.
-            let v = reply_value(pipe.call(packed.into(), replies).await?.swap_remove(0))?;
+            let v = reply_value(pipe.call(packed, replies).await?.swap_remove(0))?;
             redis::from_redis_value(v).map_err(|e| L2Error::refused(e.to_string()))
         })
         .await
@@ -545,7 +545,7 @@ impl L2 {
             }
             let per_item = 1 + usize::from(announced);
             let replies = self
-                .guard_untimed(L2Op::MSet, pipe.call(packed.into(), run.len() * per_item))
+                .guard_untimed(L2Op::MSet, pipe.call(packed, run.len() * per_item))
                 .await?;
             out.extend(
                 replies

@@ -17,6 +17,7 @@ pub mod warm;
 
 use crate::{
     config::{Config, Invalidation},
+    exec::placement,
     metrics::{Metrics, Tier},
 };
 use arc_swap::ArcSwap;
@@ -259,13 +260,13 @@ impl TieredCache {
                 if self.l1.is_fresh(&e) {
                     return Ok(self.answer(e, Tier::L1));
                 }
-                return Box::pin(self.read_stale(key, e)).await;
+                return placement::boxed(|| self.read_stale(key, e)).await;
             }
         }
         // Boxed: every caller's future embeds this one, and the L1 hit above is the only
         // path that must cost nothing; the rest waits on L2 anyway. Inline, the L2 load made
         // this future 5.8 KB, copied into every request's future.
-        Box::pin(self.get_past_l1(key, trusted)).await
+        placement::boxed(|| self.get_past_l1(key, trusted)).await
     }
 
     /// `get` once L1 had no fresh entry (or may not be trusted).

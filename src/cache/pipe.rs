@@ -40,7 +40,7 @@ pub enum Reply {
 type Replies = Result<Vec<Reply>, L2Error>;
 
 struct Write {
-    commands: Bytes,
+    commands: Vec<u8>,
     replies: usize,
     done: oneshot::Sender<Replies>,
 }
@@ -101,7 +101,7 @@ impl Pipe {
     /// in time without a timer per call: the connection times out the replies it waits for
     /// (`response_timeout`, one timer per connection), connecting has `connect_timeout`, and
     /// only a full queue is waited on with a timer of its own.
-    pub async fn call(&self, commands: Bytes, replies: usize) -> Replies {
+    pub async fn call(&self, commands: Vec<u8>, replies: usize) -> Replies {
         let (done, answer) = oneshot::channel();
         let write = Write {
             commands,

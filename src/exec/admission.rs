@@ -148,7 +148,7 @@ impl Admission {
         }
         // Boxed: the wait's timer and semaphore futures would otherwise sit in every
         // request's future, copied on each request, for a path taken only under load.
-        Box::pin(self.admit_queued()).await
+        super::placement::boxed(|| self.admit_queued()).await
     }
 
     /// `admit` when no slot is free: a place in the queue, or a refusal.

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod background;
+pub mod placement;
 
 pub use admission::{Admission, Refused};
 pub use background::Background;

@@ -14,7 +14,7 @@ use crate::{
     auth::{Auth, Denied, Need, Principal},
     cache::TieredCache,
     config::{Config, HttpConfig, LimitsConfig, ShutdownConfig, DEFAULT_HTTP_MAX_HEADERS},
-    exec::Admission,
+    exec::{placement, Admission},
     metrics::{Door, Metrics, Route},
     net,
     shutdown::Shutdown,
@@ -190,11 +190,15 @@ async fn dispatch<B: RequestBody>(
         Route::KvGet => kv::get(state, user, raw_key).await,
         Route::KvPut => {
             let query = parts.uri.query();
-            Box::pin(kv::put(state, user, raw_key, query, &parts.headers, body)).await
+            placement::boxed(|| kv::put(state, user, raw_key, query, &parts.headers, body)).await
         }
-        Route::KvDelete => Box::pin(kv::delete(state, user, raw_key)).await,
-        Route::BatchGet => Box::pin(batch::get(state, user, &parts.headers, body, keys)).await,
-        Route::BatchSet => Box::pin(batch::set(state, user, &parts.headers, body, keys)).await,
+        Route::KvDelete => placement::boxed(|| kv::delete(state, user, raw_key)).await,
+        Route::BatchGet => {
+            placement::boxed(|| batch::get(state, user, &parts.headers, body, keys)).await
+        }
+        Route::BatchSet => {
+            placement::boxed(|| batch::set(state, user, &parts.headers, body, keys)).await
+        }
         Route::Unmatched if path.starts_with(KV_PREFIX) => {
             Err(ApiError::method_not_allowed("GET, HEAD, PUT, DELETE"))
         }

@@ -14,7 +14,7 @@ use crate::{
     access,
     auth::Denied,
     buf::pool::Lease,
-    exec::Refused,
+    exec::{placement, Refused},
     metrics::{Door, Tier},
     shutdown::Shutdown,
 };
@@ -111,8 +111,8 @@ pub fn serve<H: Send>(
             // Boxed: the command futures (L2 pipelines, moka computes) are kilobytes, and inline
             // they would make every idle connection's task that large. Allocated once per batch
             // of commands read, not per command.
-            let Ok(close) = Box::pin(answer(&mut stream, &mut rbuf, &mut session, &shared)).await
-            else {
+            let batch = placement::boxed(|| answer(&mut stream, &mut rbuf, &mut session, &shared));
+            let Ok(close) = batch.await else {
                 return;
             };
             if rbuf.is_empty() {

@@ -186,7 +186,7 @@ pub struct MSet {
 impl MSet {
     pub fn parse_frames(p: &mut Parse) -> Result<Self, Frame> {
         let args = p.rest();
-        if args.is_empty() || args.len() % 2 != 0 {
+        if args.is_empty() || !args.len().is_multiple_of(2) {
             return Err(p.wrong_arity());
         }
         let mut it = args.into_iter();
