@@ -658,6 +658,13 @@ impl Binary {
         let [http, resp, admin] = addrs;
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = Command::new(bin());
+        // The binary reads every TIERGATE_* variable as config and refuses unknown ones, so
+        // the harness's own (TIERGATE_TEST_L2) must not reach it; nor may a developer's.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TIERGATE_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.env("TIERGATE_HTTP_LISTEN", http.to_string())
             .env("TIERGATE_ADMIN_LISTEN", admin.to_string())
             .env("TIERGATE_RESP_LISTEN", resp.to_string())
@@ -681,7 +688,8 @@ impl Binary {
         while std::net::TcpStream::connect(b.admin).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "tiergate binary did not start listening"
+                "tiergate binary did not start listening; its log:\n{}",
+                std::fs::read_to_string(b.log.path()).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
