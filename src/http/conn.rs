@@ -15,6 +15,7 @@
 //! request moves a millisecond stamp, not the timer.
 
 use super::{handle, State};
+use crate::shutdown::Shutdown;
 use http::{header, HeaderValue, Request, Version};
 use hyper::service::service_fn;
 use hyper_util::{
@@ -133,6 +134,9 @@ pub async fn serve(
     let timer = tokio::time::sleep(limits.h1);
     tokio::pin!(timer);
     let close = state.close_connections.clone();
+    let close_wait = close.wait();
+    tokio::pin!(close_wait);
+    Shutdown::register(close_wait.as_mut()).await;
     let mut closing = false;
     loop {
         tokio::select! {
@@ -145,7 +149,9 @@ pub async fn serve(
                 }
                 return;
             }
-            _ = close.wait(), if !closing => {
+            // The flag, not the token's wait: that takes two process-wide locks per poll,
+            // and this is polled on every wake, request after request.
+            _ = close.triggered(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
                 idle.touch();

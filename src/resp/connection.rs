@@ -44,6 +44,11 @@ pub fn serve<H: Send>(
         // Captured (so released when the connection ends) but bound to nothing: a local
         // would store it a second time.
         let _ = &held;
+        // Registered first, while little else is alive across the await: a later one would
+        // grow this future.
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        Shutdown::register(stop.as_mut()).await;
         let mut session = Session::new(shared.next_id(), shared.auth.rules().resp_anonymous());
         let mut rbuf = shared.buffers.lease();
         // One timer for the connection's life, re-armed only when it fires: activity just moves
@@ -53,8 +58,6 @@ pub fn serve<H: Send>(
         let mut last_active = shared.clock_ms();
         let idle_timer = tokio::time::sleep_until(shared.idle_deadline(last_active));
         tokio::pin!(idle_timer);
-        let stop = shutdown.wait();
-        tokio::pin!(stop);
 
         loop {
             // One hand-written poll instead of `select!`: it keeps three borrows where the
@@ -69,7 +72,7 @@ pub fn serve<H: Send>(
                         Wake::Gone
                     });
                 }
-                if stop.as_mut().poll(cx).is_ready() {
+                if shutdown.is_triggered() {
                     return Poll::Ready(Wake::Stop);
                 }
                 idle_timer.as_mut().poll(cx).map(|()| Wake::Timer)
