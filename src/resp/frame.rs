@@ -124,7 +124,7 @@ fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, 
         let Some((count, pos)) = header_line(buf, 1, limits, ProtocolError::TooBigCount)? else {
             return Ok(Check::Incomplete { need: 0 });
         };
-        let argc = parse_len(count).ok_or(ProtocolError::InvalidMultibulkLength)?;
+        let argc = count.ok_or(ProtocolError::InvalidMultibulkLength)?;
         match argc {
             n if n <= 0 => return Ok(Check::Complete(Layout::Empty { len: pos })),
             n if n as u64 > limits.max_multibulk_len as u64 => {
@@ -150,7 +150,7 @@ fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, 
         else {
             return Ok(Check::Incomplete { need: 0 });
         };
-        let len = match parse_len(len) {
+        let len = match len {
             Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => n as usize,
             _ => return Err(ProtocolError::InvalidBulkLength),
         };
@@ -169,20 +169,51 @@ fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, 
     Ok(Check::Complete(Layout::Multibulk { len: pos, argc }))
 }
 
-/// The digits of a `*N\r\n` / `$N\r\n` line starting at `from`, and the offset after it.
-fn header_line<'a>(
-    buf: &'a [u8],
+/// A `*N\r\n` / `$N\r\n` line starting at `from` (just after its tag): its value, None when
+/// it is not a decimal of at most 18 digits, and the offset after the line. Ok(None) until
+/// the line has arrived. The digits are read as they are walked: a length line is found and
+/// read in one pass, and only one that is not a length is searched on for its end.
+fn header_line(
+    buf: &[u8],
     from: usize,
     limits: &Limits,
     too_long: ProtocolError,
-) -> Result<Option<(&'a [u8], usize)>, ProtocolError> {
+) -> Result<Option<(Option<i64>, usize)>, ProtocolError> {
     let rest = &buf[from.min(buf.len())..];
-    match find_cr(rest) {
-        Some(i) if rest.len() > i + 1 => Ok(Some((&rest[..i], from + i + 2))),
+    let (n, end) = leading_decimal(rest);
+    let cr = if rest.get(end) == Some(&b'\r') {
+        Some(end)
+    } else {
+        find_cr(&rest[end..]).map(|i| end + i)
+    };
+    match cr {
+        Some(i) if rest.len() > i + 1 => Ok(Some((n.filter(|_| i == end), from + i + 2))),
         Some(_) => Ok(None),
         None if rest.len() > limits.max_inline_len => Err(too_long),
         None => Ok(None),
     }
+}
+
+/// The signed decimal `bytes` start with, of 1 to 18 digits (None: no digits), and where it
+/// ends. Past 18 digits it stops, so that a longer one is not followed by its `\r`.
+fn leading_decimal(bytes: &[u8]) -> (Option<i64>, usize) {
+    let neg = bytes.first() == Some(&b'-');
+    let start = usize::from(neg);
+    let mut n: i64 = 0;
+    let mut i = start;
+    while let Some(d) = bytes
+        .get(i)
+        .map(|b| b.wrapping_sub(b'0'))
+        .filter(|&d| d <= 9)
+    {
+        if i - start == 18 {
+            break;
+        }
+        n = n * 10 + i64::from(d);
+        i += 1;
+    }
+    let value = (i > start).then_some(if neg { -n } else { n });
+    (value, i)
 }
 
 /// The first `\r` in `bytes`. Header lines are a few digits: a plain loop over the first
@@ -196,21 +227,6 @@ fn find_cr(bytes: &[u8]) -> Option<usize> {
         None if bytes.len() > SHORT => memchr::memchr(b'\r', &bytes[SHORT..]).map(|i| i + SHORT),
         None => None,
     }
-}
-
-/// A signed decimal of at most 19 digits; anything else is not a length.
-fn parse_len(digits: &[u8]) -> Option<i64> {
-    let (neg, digits) = match digits.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, digits),
-    };
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let n = digits
-        .iter()
-        .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
-    Some(if neg { -n } else { n })
 }
 
 fn check_inline(buf: &[u8], limits: &Limits) -> Result<Check, ProtocolError> {
@@ -228,12 +244,14 @@ fn check_inline(buf: &[u8], limits: &Limits) -> Result<Check, ProtocolError> {
 fn split_multibulk(frame: Bytes, argc: usize) -> Vec<Bytes> {
     let mut args = Vec::with_capacity(argc);
     // Lengths were validated by `check`; walk the same layout again, slicing.
-    let mut pos = find_cr(&frame).expect("checked") + 2;
+    let (_, count_end) = leading_decimal(&frame[1..]);
+    let mut pos = 1 + count_end + 2;
     for _ in 0..argc {
-        let cr = pos + find_cr(&frame[pos..]).expect("checked");
-        let len = parse_len(&frame[pos + 1..cr]).expect("checked") as usize;
-        args.push(frame.slice(cr + 2..cr + 2 + len));
-        pos = cr + 2 + len + 2;
+        let (len, len_end) = leading_decimal(&frame[pos + 1..]);
+        let data = pos + 1 + len_end + 2;
+        let len = len.expect("checked") as usize;
+        args.push(frame.slice(data..data + len));
+        pos = data + len + 2;
     }
     args
 }
@@ -516,6 +534,47 @@ mod tests {
         );
         assert_eq!(parse_all(&[b'*'; 200]), Err(ProtocolError::TooBigCount));
         assert_eq!(parse_all(&[b'a'; 200]), Err(ProtocolError::TooBigInline));
+    }
+
+    #[test]
+    fn a_length_is_one_to_eighteen_digits_ending_its_line() {
+        for bad in [
+            &b"*1\r\n$\r\n"[..],
+            b"*1\r\n$-\r\n",
+            b"*1\r\n$+3\r\nabc\r\n",
+            b"*1\r\n$3x\r\nabc\r\n",
+            b"*1\r\n$ 3\r\nabc\r\n",
+            b"*1\r\n$1234567890123456789\r\n",
+        ] {
+            assert_eq!(
+                parse_all(bad),
+                Err(ProtocolError::InvalidBulkLength),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for bad in [
+            &b"*\r\n"[..],
+            b"*1x\r\n",
+            b"*-\r\n",
+            b"*9999999999999999999\r\n",
+        ] {
+            assert_eq!(parse_all(bad), Err(ProtocolError::InvalidMultibulkLength));
+        }
+        // Eighteen digits are a length, nineteen are not; leading zeros and `*-1` are read
+        // as redis-server reads them.
+        assert_eq!(
+            strs(&parse_all(b"*1\r\n$000000000000000003\r\nabc\r\n").unwrap()[0]),
+            ["abc"]
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n$0000000000000000003\r\nabc\r\n"),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        assert_eq!(
+            strs(&parse_all(b"*02\r\n$03\r\nGET\r\n$1\r\nk\r\n*-1\r\n").unwrap()[0]),
+            ["GET", "k"]
+        );
     }
 
     #[test]
