@@ -94,6 +94,9 @@ impl BufferPool {
 
 impl Lease<'_> {
     /// The buffer, borrowed from the pool if not held yet.
+    // Inline: called per command parsed and per reply encoded, and the call cost more than
+    // its body when the buffer is already held.
+    #[inline]
     pub fn buf(&mut self) -> &mut BytesMut {
         let pool = self.pool;
         self.buf.get_or_insert_with(|| pool.get())
