@@ -173,6 +173,9 @@ fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, 
 /// it is not a decimal of at most 18 digits, and the offset after the line. Ok(None) until
 /// the line has arrived. The digits are read as they are walked: a length line is found and
 /// read in one pass, and only one that is not a length is searched on for its end.
+// Inline, with `leading_decimal`: called three times per GET, the calls were a third of the
+// parse (callgrind, 3.14k -> 3.02k instructions per pipelined GET).
+#[inline]
 fn header_line(
     buf: &[u8],
     from: usize,
@@ -196,6 +199,7 @@ fn header_line(
 
 /// The signed decimal `bytes` start with, of 1 to 18 digits (None: no digits), and where it
 /// ends. Past 18 digits it stops, so that a longer one is not followed by its `\r`.
+#[inline]
 fn leading_decimal(bytes: &[u8]) -> (Option<i64>, usize) {
     let neg = bytes.first() == Some(&b'-');
     let start = usize::from(neg);
