@@ -16,6 +16,7 @@ use crate::{
     buf::pool::Lease,
     exec::{placement, Refused},
     metrics::{Door, Tier},
+    net,
     shutdown::Shutdown,
 };
 use std::time::{Instant as StdInstant, SystemTime};
@@ -99,7 +100,7 @@ pub fn serve<H: Send>(
             if buf.capacity() - buf.len() < chunk / 4 {
                 buf.reserve(chunk);
             }
-            match stream.try_read_buf(buf) {
+            match net::read::try_read(&stream, buf) {
                 Ok(0) => return,
                 Ok(_) => last_active = shared.clock_ms(),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !stopping => {
