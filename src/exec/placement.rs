@@ -1,8 +1,9 @@
 //! Futures boxed in place. `Box::pin(fut)` builds the future on the stack and then copies it
 //! into the allocation: every byte of it, though before its first poll an async fn's future
 //! holds only its arguments. Ours are as big as their largest await point, kilobytes where
-//! a command reaches L1 and L2, so on the RESP door that copy was a seventh of an unpipelined
-//! GET. Allocating first lets the compiler build the future straight into the box.
+//! a command reaches L1 and L2: on the RESP door the copy was 3.8 KB and about 400
+//! instructions per batch (callgrind: 6.5k -> 6.1k per unpipelined GET). Allocating first
+//! lets the compiler build the future straight into the box.
 
 use std::{future::Future, pin::Pin};
 
