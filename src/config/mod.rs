@@ -122,6 +122,10 @@ pub const DEFAULT_MAX_VALUE_BYTES: u64 = 4 << 20;
 pub const DEFAULT_MAX_BATCH_KEYS: usize = 1000;
 /// Body size for batch calls, refused before it is buffered past this.
 pub const DEFAULT_MAX_BATCH_BYTES: u64 = 16 << 20;
+/// Bytes of one reply (an MGET over RESP, a batchGet over HTTP) a client may make the gateway
+/// produce: 16 values of the largest size, so no client can make it hold gigabytes for a
+/// reply that costs a 2 KB request (as redis-server's `client-output-buffer-limit`).
+pub const DEFAULT_MAX_REPLY_BYTES: u64 = 64 << 20;
 /// Requests one door runs at once: far above what L1 hits need (they finish in microseconds),
 /// so only a slow L2 fills it: 4096 covers 40 ms of L2 latency at 100k requests a second.
 pub const DEFAULT_ADMISSION_MAX_INFLIGHT: usize = 4096;
@@ -534,6 +538,8 @@ pub struct LimitsConfig {
     pub max_value_bytes: ByteSize,
     pub max_batch_keys: usize,
     pub max_batch_bytes: ByteSize,
+    /// Encoded bytes of one reply; a larger one is refused (HTTP) or closes the client (RESP).
+    pub max_reply_bytes: ByteSize,
 }
 
 impl Default for LimitsConfig {
@@ -543,6 +549,7 @@ impl Default for LimitsConfig {
             max_value_bytes: ByteSize(DEFAULT_MAX_VALUE_BYTES),
             max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
             max_batch_bytes: ByteSize(DEFAULT_MAX_BATCH_BYTES),
+            max_reply_bytes: ByteSize(DEFAULT_MAX_REPLY_BYTES),
         }
     }
 }
@@ -790,6 +797,14 @@ impl Config {
         }
         if self.limits.max_batch_bytes.0 == 0 {
             bad("limits.max_batch_bytes", "must be at least 1".into());
+        }
+        // A reply must fit at least one value of the largest size, with its framing.
+        if self.limits.max_reply_bytes.0 < self.limits.max_value_bytes.0 + 64 {
+            bad(
+                "limits.max_reply_bytes",
+                "must be at least limits.max_value_bytes + 64 bytes, so a GET of the largest value fits"
+                    .into(),
+            );
         }
         self.validate_auth(&mut bad);
         if !(1..=64).contains(&self.background.threads) {
