@@ -107,6 +107,12 @@ impl Lease<'_> {
         self.buf.as_ref().is_none_or(|b| b.is_empty())
     }
 
+    /// The bytes held (0 without a buffer).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.buf.as_ref().map_or(0, BytesMut::len)
+    }
+
     /// Gives the buffer back, contents dropped.
     pub fn release(&mut self) {
         if let Some(b) = self.buf.take() {

@@ -620,6 +620,19 @@ impl L2 {
         })
     }
 
+    /// DBSIZE: the keys Redis holds (on a cluster, redis-rs asks every primary and sums).
+    pub async fn dbsize(&self) -> Result<u64, L2Error> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let mut conn = self.conns[i].clone();
+        self.guard(L2Op::Ping, async move {
+            redis::cmd("DBSIZE")
+                .query_async(&mut conn)
+                .await
+                .map_err(L2Error::from)
+        })
+        .await
+    }
+
     /// EXISTS; how many of the keys exist, counting repeats.
     pub async fn exists(&self, keys: &[Bytes]) -> Result<u64, L2Error> {
         let parts = self

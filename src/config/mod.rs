@@ -44,6 +44,14 @@ pub const DEFAULT_RESP_MAX_CONNECTIONS: usize = 300_000;
 pub const DEFAULT_RESP_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// TCP keepalive probes after this much silence find peers that vanished without a FIN.
 pub const DEFAULT_RESP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Longest a command may take to arrive once its first byte has: a 64 MiB command at 20 Mbit/s
+/// fits, a client trickling a byte at a time to hold its buffer does not (each byte would
+/// otherwise reset `idle_timeout`).
+pub const DEFAULT_RESP_COMMAND_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Replies a client may have pending before they are written and its next commands wait:
+/// a pipeline of small replies still goes out in one write, and a client that does not read
+/// stops having its commands run.
+pub const DEFAULT_RESP_REPLY_BUFFER_BYTES: u64 = 512 << 10;
 /// Arguments per command; redis-server's own bound for clients that have not authenticated.
 pub const DEFAULT_RESP_MAX_MULTIBULK_LEN: usize = 1024 * 1024;
 /// Inline command lines and length headers; redis-server's PROTO_INLINE_MAX_SIZE.
@@ -381,6 +389,10 @@ pub struct RespConfig {
     pub idle_timeout: HumanDuration,
     /// TCP keepalive idle time; "0" turns keepalive off.
     pub keepalive: HumanDuration,
+    /// Close a client whose command is not whole this long after its first byte; "0" never.
+    pub command_read_timeout: HumanDuration,
+    /// Pending reply bytes past which they are written before the next command runs.
+    pub reply_buffer_bytes: ByteSize,
     pub max_multibulk_len: usize,
     pub max_inline_bytes: ByteSize,
     /// Bytes in one whole command, refused from its headers before it is buffered.
@@ -400,6 +412,8 @@ impl Default for RespConfig {
             max_connections: DEFAULT_RESP_MAX_CONNECTIONS,
             idle_timeout: HumanDuration(DEFAULT_RESP_IDLE_TIMEOUT),
             keepalive: HumanDuration(DEFAULT_RESP_KEEPALIVE),
+            command_read_timeout: HumanDuration(DEFAULT_RESP_COMMAND_READ_TIMEOUT),
+            reply_buffer_bytes: ByteSize(DEFAULT_RESP_REPLY_BUFFER_BYTES),
             max_multibulk_len: DEFAULT_RESP_MAX_MULTIBULK_LEN,
             max_inline_bytes: ByteSize(DEFAULT_RESP_MAX_INLINE_BYTES),
             max_request_bytes: ByteSize(DEFAULT_RESP_MAX_REQUEST_BYTES),
@@ -672,6 +686,12 @@ impl Config {
             bad(
                 "resp.read_buffer_bytes",
                 "must be between 1KiB and 16MiB".into(),
+            );
+        }
+        if !(1024..=64 << 20).contains(&self.resp.reply_buffer_bytes.0) {
+            bad(
+                "resp.reply_buffer_bytes",
+                "must be between 1KiB and 64MiB".into(),
             );
         }
         if self.resp.max_inline_bytes.0 < 1024 {

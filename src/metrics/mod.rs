@@ -96,6 +96,29 @@ pub enum Door {
 }
 const DOORS: [&str; 3] = ["http", "admin", "resp"];
 
+/// Why the RESP door closed a client on its own (not the client leaving, nor idling out), as
+/// the `reason` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RespClose {
+    /// A command not whole `resp.command_read_timeout` after its first byte.
+    CommandTimeout = 0,
+    /// A reply over `limits.max_reply_bytes`.
+    ReplyLimit = 1,
+    /// An HTTP request (`POST`, `Host:`) sent to the RESP port.
+    CrossProtocol = 2,
+    /// A command that opens connection state the door does not hold (MULTI, SUBSCRIBE ...).
+    ConnectionState = 3,
+    /// Replies the client did not take for `resp.idle_timeout`.
+    WriteTimeout = 4,
+}
+const RESP_CLOSES: [&str; 5] = [
+    "command_timeout",
+    "reply_limit",
+    "cross_protocol",
+    "connection_state",
+    "write_timeout",
+];
+
 /// Reads per L2 batch: powers of two up to well past any sane `l2.max_batch`.
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
@@ -155,6 +178,7 @@ pub struct Metrics {
     pub bus_invalidations: IntCounter,
     pub bus_flushes: IntCounter,
     auth_denied: [[IntCounter; 3]; 3],
+    resp_closed: [IntCounter; 5],
     /// Config reloads (SIGHUP): [applied, refused].
     config_reloads: [IntCounter; 2],
     pub http_idle_closed: IntCounter,
@@ -333,6 +357,16 @@ impl Metrics {
         let auth_denied = DOORS.map(|door| {
             crate::auth::Denied::ALL.map(|d| auth_denied.with_label_values(&[door, d.label()]))
         });
+        let closed = IntCounterVec::new(
+            Opts::new(
+                "resp_closed_total",
+                "RESP clients the gateway closed, by reason: a command too slow to arrive, a reply over limits.max_reply_bytes, an HTTP request on the RESP port, a command needing connection state the door does not hold, replies not taken",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        reg(Box::new(closed.clone()));
+        let resp_closed = RESP_CLOSES.map(|r| closed.with_label_values(&[r]));
         let reloads = IntCounterVec::new(
             Opts::new(
                 "config_reloads_total",
@@ -522,6 +556,7 @@ impl Metrics {
             access_log_written,
             http_idle_closed,
             auth_denied,
+            resp_closed,
             config_reloads,
             access_log_dropped,
             registry,
@@ -560,6 +595,10 @@ impl Metrics {
 
     pub fn auth_denied(&self, door: Door, why: crate::auth::Denied) {
         self.auth_denied[door as usize][why as usize].inc();
+    }
+
+    pub fn resp_closed(&self, why: RespClose) {
+        self.resp_closed[why as usize].inc();
     }
 
     pub fn admission(&self, door: Door) -> AdmissionMetrics {

@@ -1,12 +1,15 @@
 //! One client connection: wait until bytes arrive, borrow a buffer and read them, run every
 //! complete command in order, write all their replies with one write, and give the buffers
 //! back unless a command is still partly read. An idle connection therefore holds no buffer.
-//! A client silent for `resp.idle_timeout` is closed; on shutdown the commands already
-//! received are answered before the connection closes.
+//! A client silent for `resp.idle_timeout`, or whose command is not whole
+//! `resp.command_read_timeout` after its first byte, is closed; on shutdown the commands
+//! already received are answered before the connection closes. What bounds the replies a
+//! client can make the gateway hold is in `reply`.
 
 use super::{
     cmd::{self, Command, Ctx, Set},
     frame::{self, Frame, Protocol},
+    reply::{self, Fit},
     session::Session,
     Limits, Shared,
 };
@@ -15,7 +18,7 @@ use crate::{
     auth::Denied,
     buf::pool::Lease,
     exec::{placement, Refused},
-    metrics::{Door, Tier},
+    metrics::{Door, RespClose, Tier},
     net,
     shutdown::Shutdown,
 };
@@ -26,7 +29,7 @@ use std::{
     sync::Arc,
     task::Poll,
 };
-use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
+use tokio::{net::TcpStream, time::Instant};
 
 /// Serves one client until it leaves, idles out or shutdown ends it. Takes its handles by
 /// value, and `held` (the permit and guards of the connection) too, so that the task is this one
@@ -36,7 +39,7 @@ use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
     reason = "an async fn moves its arguments into locals: 48 more bytes in every idle connection"
 )]
 pub fn serve<H: Send>(
-    mut stream: TcpStream,
+    stream: TcpStream,
     shared: Arc<Shared>,
     shutdown: Shutdown,
     held: H,
@@ -57,7 +60,7 @@ pub fn serve<H: Send>(
         // Settings are read from `shared` where used, not copied into locals: this future is
         // what every idle connection costs.
         let mut last_active = shared.clock_ms();
-        let idle_timer = tokio::time::sleep_until(shared.idle_deadline(last_active));
+        let idle_timer = tokio::time::sleep_until(shared.idle_deadline(last_active, false));
         tokio::pin!(idle_timer);
 
         loop {
@@ -85,9 +88,15 @@ pub fn serve<H: Send>(
                 Wake::Stop => true,
                 Wake::Gone => return,
                 Wake::Timer => {
-                    let due = shared.idle_deadline(last_active);
+                    let partial = !rbuf.is_empty();
+                    let due = shared.idle_deadline(last_active, partial);
                     if Instant::now() >= due {
-                        shared.metrics.heartbeat_timeouts.inc();
+                        if partial {
+                            shared.metrics.resp_closed(RespClose::CommandTimeout);
+                            let _ = stream.try_write(COMMAND_TIMEOUT_REPLY);
+                        } else {
+                            shared.metrics.heartbeat_timeouts.inc();
+                        }
                         return;
                     }
                     idle_timer.as_mut().reset(due);
@@ -95,14 +104,20 @@ pub fn serve<H: Send>(
                 }
             };
             let buf = rbuf.buf();
-            // Free space a read asks the kernel to fill, at least.
+            // A command under way keeps its first byte's time in `last_active`: its deadline
+            // runs from there, not from each byte that trickles in.
+            let resumed = !buf.is_empty();
+            // Free space a read asks the kernel to fill, at least. Growth doubles what is
+            // held: a large value is copied O(log n) times, and the buffer is never more than
+            // twice what the client has actually sent.
             let chunk = shared.buffers.buf_size();
             if buf.capacity() - buf.len() < chunk / 4 {
-                buf.reserve(chunk);
+                buf.reserve(chunk.max(buf.len()));
             }
             match net::read::try_read(&stream, buf) {
                 Ok(0) => return,
-                Ok(_) => last_active = shared.clock_ms(),
+                Ok(_) if !resumed => last_active = shared.clock_ms(),
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && !stopping => {
                     if rbuf.is_empty() {
                         rbuf.release();
@@ -112,23 +127,46 @@ pub fn serve<H: Send>(
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return,
             }
-            // Boxed: the command futures (L2 pipelines, moka computes) are kilobytes, and inline
-            // they would make every idle connection's task that large. Allocated once per batch
-            // of commands read, not per command.
-            let batch = placement::boxed(|| answer(&mut stream, &mut rbuf, &mut session, &shared));
-            let Ok(close) = batch.await else {
-                return;
-            };
+            loop {
+                // Boxed: the command futures (L2 pipelines, moka computes) are kilobytes, and
+                // inline they would make every idle connection's task that large. Allocated
+                // once per batch of commands read, not per command.
+                let batch = placement::boxed(|| answer(&stream, &mut rbuf, &mut session, &shared));
+                let Ok(outcome) = batch.await else {
+                    return;
+                };
+                if outcome.ran {
+                    last_active = shared.clock_ms();
+                }
+                if outcome.close {
+                    return;
+                }
+                // Stopped for its replies to be written: the commands left run now, without
+                // waiting for the client to send more.
+                if !outcome.more {
+                    break;
+                }
+            }
             if rbuf.is_empty() {
                 rbuf.release();
+            } else {
+                // A command is under way: its deadline may come before the idle one.
+                let due = shared.idle_deadline(last_active, true);
+                if due < idle_timer.deadline() {
+                    idle_timer.as_mut().reset(due);
+                }
             }
             // The stop future has completed: it must not be polled again.
-            if close || stopping || shutdown.is_triggered() {
+            if stopping || shutdown.is_triggered() {
                 return;
             }
         }
     }
 }
+
+/// Written before closing a client whose command did not arrive in time.
+const COMMAND_TIMEOUT_REPLY: &[u8] =
+    b"-ERR Protocol error: command not complete within resp.command_read_timeout\r\n";
 
 /// What ended an idle connection's wait.
 enum Wake {
@@ -139,55 +177,94 @@ enum Wake {
     Timer,
 }
 
-/// Runs every complete command in `rbuf` and writes all their replies with one write, from a
-/// write buffer borrowed for the occasion. Ok(true) when the connection must close now
-/// (QUIT, or framing lost); Err when the client is gone.
+/// How a batch of commands ended.
+#[derive(Default)]
+struct Outcome {
+    /// Close the connection once the replies are written (QUIT, framing lost, a limit).
+    close: bool,
+    /// At least one command was whole: the connection made progress.
+    ran: bool,
+    /// Stopped with `resp.reply_buffer_bytes` of replies pending, or a large reply: commands
+    /// may be left in the read buffer, to run once these are written.
+    more: bool,
+    /// A reply too large to copy, written after the buffered ones.
+    large: Option<Frame>,
+}
+
+/// Runs the complete commands in `rbuf` and writes their replies with one write, from a
+/// write buffer borrowed for the occasion; a large reply is then streamed. The admission
+/// slot is given back before writing, so a client slow to read holds none. Err when the
+/// client is gone or took none of its replies for `resp.idle_timeout`.
 async fn answer(
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     rbuf: &mut Lease<'_>,
     session: &mut Session,
     shared: &Shared,
-) -> io::Result<bool> {
+) -> io::Result<Outcome> {
     let mut wbuf = shared.buffers.lease();
     // One admission slot for the batch: its commands run one after another anyway.
     let admitted = shared.admission.admit().await;
-    let close = run_buffered(rbuf, &mut wbuf, session, shared, admitted.as_ref().err()).await;
+    let outcome = run_buffered(rbuf, &mut wbuf, session, shared, admitted.as_ref().err()).await;
     drop(admitted);
+    let timeout = shared.idle_timeout;
+    let mut sent = Ok(());
     if !wbuf.is_empty() {
-        stream.write_all(wbuf.buf()).await?;
+        sent = reply::send(stream, wbuf.buf(), timeout).await;
     }
-    Ok(close)
+    if let (Ok(()), Some(large)) = (&sent, &outcome.large) {
+        let buf = wbuf.buf();
+        buf.clear();
+        let size = shared.reply_buffer;
+        sent = reply::stream(stream, buf, large, session.proto, size, timeout).await;
+    }
+    match sent {
+        Ok(()) => Ok(outcome),
+        Err(e) => {
+            if e.kind() == io::ErrorKind::TimedOut {
+                shared.metrics.resp_closed(RespClose::WriteTimeout);
+            }
+            Err(e)
+        }
+    }
 }
 
-/// Runs every complete command in `rbuf`, encoding replies into `wbuf`; when admission
-/// `refused` the batch, each command other than connection commands is answered `-BUSY`
-/// instead. True when the connection must close after the replies are written (QUIT, or
-/// framing lost).
+/// Runs the complete commands in `rbuf`, encoding replies into `wbuf`, until none is left,
+/// the connection must close, or replies pile up (see `Outcome`); when admission `refused`
+/// the batch, each command other than connection commands is answered `-BUSY` instead.
 async fn run_buffered(
     rbuf: &mut Lease<'_>,
     wbuf: &mut Lease<'_>,
     session: &mut Session,
     shared: &Shared,
     refused: Option<&Refused>,
-) -> bool {
+) -> Outcome {
     // One load per batch: a reload takes effect from the next batch.
     let limits = shared.limits.load();
     let mut held = HeldSets::default();
+    let mut outcome = Outcome::default();
     loop {
+        if wbuf.len() >= shared.reply_buffer {
+            // Backpressure: the commands left wait until these replies are written.
+            held.write(shared, &limits, session.proto, wbuf).await;
+            outcome.more = true;
+            return outcome;
+        }
         let args = match frame::parse(rbuf.buf(), &limits.frame, &mut session.progress) {
             Ok(Some(args)) if args.is_empty() => continue,
             Ok(Some(args)) => args,
             Ok(None) => {
                 held.write(shared, &limits, session.proto, wbuf).await;
-                return false;
+                return outcome;
             }
             Err(e) => {
                 held.write(shared, &limits, session.proto, wbuf).await;
                 shared.metrics.resp_protocol_errors.inc();
                 Frame::Error(format!("ERR {e}").into()).encode(session.proto, wbuf.buf());
-                return true;
+                outcome.close = true;
+                return outcome;
             }
         };
+        outcome.ran = true;
         shared.metrics.resp_commands.inc();
         session.follow_reload(&shared.auth);
         // Only with the access log on: the clock read and the name lookup cost a little.
@@ -197,6 +274,21 @@ async fn run_buffered(
         });
         let (mut key_len, mut tier, mut close) = (0, None, false);
         let (cmd, allowed) = match Command::from_args(args, session) {
+            Ok(Command::Unservable(unservable)) => {
+                // Nothing sent after it runs: the SETs before it are written, then the close.
+                held.write(shared, &limits, session.proto, wbuf).await;
+                let reply = unservable.reply();
+                shared.metrics.resp_closed(match reply {
+                    None => RespClose::CrossProtocol,
+                    Some(_) => RespClose::ConnectionState,
+                });
+                if let Some(reply) = reply {
+                    reply.encode(session.proto, wbuf.buf());
+                    log(shared, logged, 0, &reply, None);
+                }
+                outcome.close = true;
+                return outcome;
+            }
             Ok(cmd) if !cmd.permitted(session) => (Ok(cmd), false),
             Ok(Command::Set(set)) if refused.is_none() => {
                 held.push(set, logged);
@@ -237,10 +329,28 @@ async fn run_buffered(
                 reply
             }
         };
-        reply.encode(session.proto, wbuf.buf());
         log(shared, logged, key_len, &reply, tier);
-        if close {
-            return true;
+        outcome.close = close;
+        match reply::fit(
+            &reply,
+            session.proto,
+            shared.reply_buffer,
+            limits.max_reply_bytes,
+        ) {
+            Fit::Buffered => reply.encode(session.proto, wbuf.buf()),
+            Fit::Streamed => {
+                outcome.large = Some(reply);
+                outcome.more = true;
+                return outcome;
+            }
+            Fit::TooLarge(len) => {
+                shared.metrics.resp_closed(RespClose::ReplyLimit);
+                reply::too_large(len, limits.max_reply_bytes).encode(session.proto, wbuf.buf());
+                outcome.close = true;
+            }
+        }
+        if outcome.close {
+            return outcome;
         }
     }
 }

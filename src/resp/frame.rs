@@ -64,8 +64,10 @@ enum Layout {
 }
 
 /// Takes the next complete command out of `buf`: `Ok(None)` when more bytes are needed.
-/// When the command's total size is known but not all of it has arrived, room for the rest
-/// is reserved once, so a large value is not re-copied as the buffer grows.
+/// Nothing is reserved for the part of a command still to come: memory follows the bytes a
+/// client actually sent, never a length it declared (a 40-byte header declaring a 4 MiB value
+/// once reserved 4 MiB). The reader grows the buffer by doubling as bytes arrive, so a large
+/// value is still copied only O(log n) times.
 pub fn parse(
     buf: &mut BytesMut,
     limits: &Limits,
@@ -73,16 +75,11 @@ pub fn parse(
 ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
     loop {
         let checked = check(buf, limits, progress);
-        if !matches!(checked, Ok(Check::Incomplete { .. })) {
+        if !matches!(checked, Ok(Check::Incomplete)) {
             *progress = Progress::default();
         }
         match checked? {
-            Check::Incomplete { need } => {
-                if need > buf.len() {
-                    buf.reserve(need - buf.len());
-                }
-                return Ok(None);
-            }
+            Check::Incomplete => return Ok(None),
             Check::Complete(Layout::Empty { len }) => {
                 buf.advance(len);
                 continue;
@@ -101,15 +98,12 @@ pub fn parse(
 
 enum Check {
     Complete(Layout),
-    /// At least `need` bytes are needed in all (0 when unknown yet).
-    Incomplete {
-        need: usize,
-    },
+    Incomplete,
 }
 
 fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, ProtocolError> {
     let Some(&first) = buf.first() else {
-        return Ok(Check::Incomplete { need: 0 });
+        return Ok(Check::Incomplete);
     };
     if first != b'*' {
         return check_inline(buf, limits);
@@ -122,7 +116,7 @@ fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, 
         )
     } else {
         let Some((count, pos)) = header_line(buf, 1, limits, ProtocolError::TooBigCount)? else {
-            return Ok(Check::Incomplete { need: 0 });
+            return Ok(Check::Incomplete);
         };
         let argc = count.ok_or(ProtocolError::InvalidMultibulkLength)?;
         match argc {
@@ -140,7 +134,7 @@ fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, 
             pos: pos as u32,
         };
         let Some(&tag) = buf.get(pos) else {
-            return Ok(Check::Incomplete { need: 0 });
+            return Ok(Check::Incomplete);
         };
         if tag != b'$' {
             return Err(ProtocolError::ExpectedBulk(tag));
@@ -148,7 +142,7 @@ fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, 
         let Some((len, data)) =
             header_line(buf, pos + 1, limits, ProtocolError::InvalidBulkLength)?
         else {
-            return Ok(Check::Incomplete { need: 0 });
+            return Ok(Check::Incomplete);
         };
         let len = match len {
             Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => n as usize,
@@ -159,7 +153,7 @@ fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, 
             return Err(ProtocolError::TooBigRequest);
         }
         if buf.len() < end {
-            return Ok(Check::Incomplete { need: end });
+            return Ok(Check::Incomplete);
         }
         if &buf[data + len..end] != b"\r\n" {
             return Err(ProtocolError::InvalidBulkLength);
@@ -198,7 +192,9 @@ fn header_line(
 }
 
 /// The signed decimal `bytes` start with, of 1 to 18 digits (None: no digits), and where it
-/// ends. Past 18 digits it stops, so that a longer one is not followed by its `\r`.
+/// ends. Past 18 digits it stops, so that a longer one is not followed by its `\r`. Written
+/// as redis-server's `string2ll` reads it: a leading zero (`$05`, `*00`) or a minus zero
+/// (`*-0`) is not a number, so both servers split a byte stream into the same commands.
 #[inline]
 fn leading_decimal(bytes: &[u8]) -> (Option<i64>, usize) {
     let neg = bytes.first() == Some(&b'-');
@@ -216,7 +212,8 @@ fn leading_decimal(bytes: &[u8]) -> (Option<i64>, usize) {
         n = n * 10 + i64::from(d);
         i += 1;
     }
-    let value = (i > start).then_some(if neg { -n } else { n });
+    let zero_led = bytes.get(start) == Some(&b'0') && (neg || i - start > 1);
+    let value = (i > start && !zero_led).then_some(if neg { -n } else { n });
     (value, i)
 }
 
@@ -241,7 +238,7 @@ fn check_inline(buf: &[u8], limits: &Limits) -> Result<Check, ProtocolError> {
         }
         Some(i) => Ok(Check::Complete(Layout::Inline { len: i + 1 })),
         None if buf.len() > limits.max_inline_len => Err(ProtocolError::TooBigInline),
-        None => Ok(Check::Incomplete { need: 0 }),
+        None => Ok(Check::Incomplete),
     }
 }
 
@@ -387,14 +384,58 @@ impl Frame {
         Frame::Bulk(Bytes::from_static(s.as_bytes()))
     }
 
+    /// The bytes `encode` writes for this frame, counted without writing them.
+    pub fn encoded_len(&self, proto: Protocol) -> usize {
+        let head = |n: usize| 3 + itoa::Buffer::new().format(n).len();
+        match self {
+            Frame::Simple(s) | Frame::Error(s) => s.len() + 3,
+            Frame::Integer(n) => 3 + itoa::Buffer::new().format(*n).len(),
+            Frame::Bulk(b) => head(b.len()) + b.len() + 2,
+            Frame::Null => match proto {
+                Protocol::Resp2 => 5,
+                Protocol::Resp3 => 3,
+            },
+            Frame::Array(items) => {
+                head(items.len()) + items.iter().map(|f| f.encoded_len(proto)).sum::<usize>()
+            }
+            Frame::Map(pairs) => {
+                let n = match proto {
+                    Protocol::Resp2 => pairs.len() * 2,
+                    Protocol::Resp3 => pairs.len(),
+                };
+                head(n)
+                    + pairs
+                        .iter()
+                        .map(|(k, v)| k.encoded_len(proto) + v.encoded_len(proto))
+                        .sum::<usize>()
+            }
+        }
+    }
+
+    /// The header line of an array, a map or a bulk string (`*3`, `%2`, `$5`): what comes
+    /// before its items or its bytes, for a writer that sends those separately. Other frames
+    /// have no header and write nothing.
+    pub fn encode_head(&self, proto: Protocol, out: &mut BytesMut) {
+        let mut n = itoa::Buffer::new();
+        match self {
+            Frame::Bulk(b) => line(out, b'$', n.format(b.len()).as_bytes()),
+            Frame::Array(items) => line(out, b'*', n.format(items.len()).as_bytes()),
+            Frame::Map(pairs) => match proto {
+                Protocol::Resp2 => line(out, b'*', n.format(pairs.len() * 2).as_bytes()),
+                Protocol::Resp3 => line(out, b'%', n.format(pairs.len()).as_bytes()),
+            },
+            _ => {}
+        }
+    }
+
     pub fn encode(&self, proto: Protocol, out: &mut BytesMut) {
         match self {
-            Frame::Simple(s) => line(out, b'+', s.as_bytes()),
-            Frame::Error(s) => line(out, b'-', s.as_bytes()),
+            Frame::Simple(s) => status_line(out, b'+', s.as_bytes()),
+            Frame::Error(s) => status_line(out, b'-', s.as_bytes()),
             Frame::Integer(n) => line(out, b':', itoa::Buffer::new().format(*n).as_bytes()),
             Frame::Bulk(b) => {
                 out.reserve(b.len() + 16);
-                line(out, b'$', itoa::Buffer::new().format(b.len()).as_bytes());
+                self.encode_head(proto, out);
                 out.put_slice(b);
                 out.put_slice(b"\r\n");
             }
@@ -403,28 +444,13 @@ impl Frame {
                 Protocol::Resp3 => out.put_slice(b"_\r\n"),
             },
             Frame::Array(items) => {
-                line(
-                    out,
-                    b'*',
-                    itoa::Buffer::new().format(items.len()).as_bytes(),
-                );
+                self.encode_head(proto, out);
                 for f in items {
                     f.encode(proto, out);
                 }
             }
             Frame::Map(pairs) => {
-                match proto {
-                    Protocol::Resp2 => line(
-                        out,
-                        b'*',
-                        itoa::Buffer::new().format(pairs.len() * 2).as_bytes(),
-                    ),
-                    Protocol::Resp3 => line(
-                        out,
-                        b'%',
-                        itoa::Buffer::new().format(pairs.len()).as_bytes(),
-                    ),
-                }
+                self.encode_head(proto, out);
                 for (k, v) in pairs {
                     k.encode(proto, out);
                     v.encode(proto, out);
@@ -432,6 +458,23 @@ impl Frame {
             }
         }
     }
+}
+
+/// A simple string or an error: one line, whatever it was built from. An error often echoes
+/// the client's own arguments (a command name, a key), and a CR or LF among them would end the
+/// line early and let the client forge the replies that follow, so each one becomes a space,
+/// as redis-server does for every status and error line.
+fn status_line(out: &mut BytesMut, tag: u8, body: &[u8]) {
+    if memchr::memchr2(b'\r', b'\n', body).is_none() {
+        return line(out, tag, body);
+    }
+    out.reserve(body.len() + 3);
+    out.put_u8(tag);
+    out.extend(
+        body.iter()
+            .map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+    );
+    out.put_slice(b"\r\n");
 }
 
 fn line(out: &mut BytesMut, tag: u8, body: &[u8]) {
@@ -565,20 +608,37 @@ mod tests {
         ] {
             assert_eq!(parse_all(bad), Err(ProtocolError::InvalidMultibulkLength));
         }
-        // Eighteen digits are a length, nineteen are not; leading zeros and `*-1` are read
-        // as redis-server reads them.
+        // Nineteen digits are not a length; `*-1` and `*-5` are empty
+        // commands, and leading zeros are refused, as redis-server reads them.
         assert_eq!(
-            strs(&parse_all(b"*1\r\n$000000000000000003\r\nabc\r\n").unwrap()[0]),
-            ["abc"]
-        );
-        assert_eq!(
-            parse_all(b"*1\r\n$0000000000000000003\r\nabc\r\n"),
+            parse_all(b"*1\r\n$1234567890123456789\r\nabc\r\n"),
             Err(ProtocolError::InvalidBulkLength)
         );
         assert_eq!(
-            strs(&parse_all(b"*02\r\n$03\r\nGET\r\n$1\r\nk\r\n*-1\r\n").unwrap()[0]),
+            strs(&parse_all(b"*-1\r\n*-5\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n").unwrap()[0]),
             ["GET", "k"]
         );
+        assert_eq!(strs(&parse_all(b"*1\r\n$0\r\n\r\n").unwrap()[0]), [""]);
+        for bad in [&b"*01\r\n"[..], b"*00\r\n", b"*-0\r\n", b"*-01\r\n"] {
+            assert_eq!(
+                parse_all(bad),
+                Err(ProtocolError::InvalidMultibulkLength),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for bad in [
+            &b"*1\r\n$05\r\nhello\r\n"[..],
+            b"*1\r\n$00\r\n\r\n",
+            b"*1\r\n$-0\r\n",
+        ] {
+            assert_eq!(
+                parse_all(bad),
+                Err(ProtocolError::InvalidBulkLength),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
@@ -632,10 +692,30 @@ mod tests {
     }
 
     #[test]
-    fn room_for_a_known_value_is_reserved_once() {
-        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$60\r\nab"[..]);
-        assert_eq!(parse(&mut buf, &LIMITS, &mut Progress::default()), Ok(None));
-        assert!(buf.capacity() >= b"*2\r\n$3\r\nSET\r\n$60\r\n".len() + 62);
+    fn memory_follows_the_bytes_sent_not_the_length_declared() {
+        let limits = Limits {
+            max_bulk_len: 4 << 20,
+            max_request_len: 8 << 20,
+            ..LIMITS
+        };
+        // The 40 bytes that, sent by 500 connections, once reserved 2 GB.
+        let head = b"*3\r\n$3\r\nSET\r\n$4\r\nslow\r\n$4194304\r\n";
+        let mut buf = BytesMut::with_capacity(64);
+        buf.extend_from_slice(head);
+        let mut progress = Progress::default();
+        assert_eq!(parse(&mut buf, &limits, &mut progress), Ok(None));
+        assert!(buf.capacity() < 4096, "reserved {}", buf.capacity());
+        // As the value arrives the buffer at most doubles what it holds, and the command
+        // completes whole.
+        let value = vec![b'v'; 4 << 20];
+        for chunk in value.chunks(64 << 10) {
+            buf.extend_from_slice(chunk);
+            assert!(buf.capacity() <= 2 * buf.len() + (64 << 10));
+            assert_eq!(parse(&mut buf, &limits, &mut progress), Ok(None));
+        }
+        buf.extend_from_slice(b"\r\n");
+        let args = parse(&mut buf, &limits, &mut progress).unwrap().unwrap();
+        assert_eq!(args[2].len(), 4 << 20);
     }
 
     #[test]
@@ -663,6 +743,49 @@ mod tests {
         let mut out = BytesMut::new();
         f.encode(p, &mut out);
         String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_status_or_error_line_never_carries_a_cr_or_lf() {
+        // The forged-reply attack: an unknown command named `x\r\n$5\r\nHACKD\r\n-X`
+        // echoed back would have made the client read `HACKD` as its next command's reply.
+        let forged = Frame::Error("ERR unknown command 'x\r\n$5\r\nHACKD\r\n-X'".into());
+        assert_eq!(
+            enc(&forged, Protocol::Resp2),
+            "-ERR unknown command 'x  $5  HACKD  -X'\r\n"
+        );
+        assert_eq!(
+            enc(&Frame::Simple("a\nb\rc".into()), Protocol::Resp3),
+            "+a b c\r\n"
+        );
+        // Bulk strings carry any bytes: their length says where they end.
+        assert_eq!(
+            enc(&Frame::bulk_static("a\r\nb"), Protocol::Resp2),
+            "$4\r\na\r\nb\r\n"
+        );
+    }
+
+    #[test]
+    fn encoded_len_counts_what_encode_writes() {
+        let frames = [
+            Frame::OK,
+            Frame::error("ERR x"),
+            Frame::Integer(-1234567),
+            Frame::Null,
+            Frame::bulk_static(""),
+            Frame::Bulk(Bytes::from(vec![b'v'; 1000])),
+            Frame::Array(vec![
+                Frame::Null,
+                Frame::Array(vec![Frame::Integer(1); 11]),
+                Frame::bulk_static("abc"),
+            ]),
+            Frame::Map(vec![(Frame::bulk_static("a"), Frame::Map(Vec::new()))]),
+        ];
+        for f in &frames {
+            for p in [Protocol::Resp2, Protocol::Resp3] {
+                assert_eq!(f.encoded_len(p), enc(f, p).len(), "{f:?} {p:?}");
+            }
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod cmd;
 mod connection;
 pub mod frame;
+mod reply;
 mod session;
 
 use crate::{
@@ -36,8 +37,12 @@ pub struct Shared {
     /// Who may log in and what they may touch; shared with the HTTP door, replaced on reload.
     pub auth: Arc<Auth>,
     pub debug_command: bool,
-    /// None: never close an idle client.
+    /// None: never close an idle client. Also how long a client may leave its replies untaken.
     pub idle_timeout: Option<Duration>,
+    /// None: no bound on how long a command takes to arrive once it has started.
+    pub command_read_timeout: Option<Duration>,
+    /// Pending reply bytes past which replies are written before the next command runs.
+    pub reply_buffer: usize,
     /// What INFO and CONFIG GET report.
     pub facts: Facts,
     /// Read and write buffers, borrowed only while a connection has work.
@@ -54,6 +59,8 @@ pub struct Limits {
     pub frame: frame::Limits,
     pub max_key_bytes: usize,
     pub max_value_bytes: u64,
+    /// Encoded bytes of one reply; past it the client is closed.
+    pub max_reply_bytes: u64,
 }
 
 impl Limits {
@@ -69,6 +76,7 @@ impl Limits {
             },
             max_key_bytes: limits.max_key_bytes,
             max_value_bytes: limits.max_value_bytes.0,
+            max_reply_bytes: limits.max_reply_bytes.0,
         }
     }
 }
@@ -112,6 +120,9 @@ impl Shared {
             access,
             debug_command: cfg.enable_debug_command,
             idle_timeout: (!cfg.idle_timeout.0.is_zero()).then_some(cfg.idle_timeout.0),
+            command_read_timeout: (!cfg.command_read_timeout.0.is_zero())
+                .then_some(cfg.command_read_timeout.0),
+            reply_buffer: cfg.reply_buffer_bytes.0 as usize,
             facts: Facts {
                 started: Instant::now(),
                 port,
@@ -130,14 +141,17 @@ impl Shared {
         self.facts.started.elapsed().as_millis() as u64
     }
 
-    /// When a connection last active at `clock_ms` time `last` is due to be closed.
-    fn idle_deadline(&self, last: u64) -> tokio::time::Instant {
+    /// When a connection last active at `clock_ms` time `last` is due to be closed: idle for
+    /// `resp.idle_timeout`, or, when `partial` (a command has started to arrive, at `last`),
+    /// not whole by `resp.command_read_timeout` if that comes first.
+    fn idle_deadline(&self, last: u64, partial: bool) -> tokio::time::Instant {
         let last = self.facts.started + Duration::from_millis(last);
         let far = Duration::from_secs(86_400 * 365);
-        let at = last
-            .checked_add(self.idle_timeout.unwrap_or(far))
-            .unwrap_or(last + far);
-        tokio::time::Instant::from_std(at)
+        let mut wait = self.idle_timeout.unwrap_or(far);
+        if partial {
+            wait = wait.min(self.command_read_timeout.unwrap_or(far));
+        }
+        tokio::time::Instant::from_std(last.checked_add(wait).unwrap_or(last + far))
     }
 
     fn next_id(&self) -> u64 {

@@ -44,7 +44,9 @@ impl Echo {
 pub struct Quit;
 
 impl Quit {
-    pub fn parse_frames(_: &mut Parse) -> Result<Self, Frame> {
+    /// Arguments are ignored, as redis-server ignores them: `QUIT x` still closes.
+    pub fn parse_frames(p: &mut Parse) -> Result<Self, Frame> {
+        p.rest();
         Ok(Self)
     }
 
@@ -218,7 +220,25 @@ pub enum Client {
     Id,
     /// CLIENT SETINFO LIB-NAME / LIB-VER, which client libraries send on connect.
     SetInfo,
+    Help,
 }
+
+/// CLIENT HELP: the subcommands served, in redis-server's layout.
+const CLIENT_HELP: &[&str] = &[
+    "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GETNAME",
+    "    Return the name of the current connection.",
+    "ID",
+    "    Return the ID of the current connection.",
+    "SETINFO <option> <value>",
+    "    Set client meta attr. Options are:",
+    "    * LIB-NAME: the client lib name.",
+    "    * LIB-VER: the client lib version.",
+    "SETNAME <name>",
+    "    Assign the name <name> to the current connection.",
+    "HELP",
+    "    Print this help.",
+];
 
 impl Client {
     pub fn parse_frames(p: &mut Parse) -> Result<Self, Frame> {
@@ -229,6 +249,8 @@ impl Client {
             Ok(Client::GetName)
         } else if is(&sub, "id") {
             Ok(Client::Id)
+        } else if is(&sub, "help") {
+            Ok(Client::Help)
         } else if is(&sub, "setinfo") {
             let attr = p.next_bytes()?;
             p.next_bytes()?;
@@ -269,6 +291,12 @@ impl Client {
                 .map_or(Frame::Null, |n| Frame::Bulk(Bytes::copy_from_slice(n))),
             Client::Id => Frame::Integer(ctx.session.id as i64),
             Client::SetInfo => Frame::OK,
+            Client::Help => Frame::Array(
+                CLIENT_HELP
+                    .iter()
+                    .map(|l| Frame::Simple((*l).into()))
+                    .collect(),
+            ),
         }
     }
 }

@@ -120,7 +120,8 @@ impl Expire {
     }
 }
 
-fn now_ms() -> i64 {
+/// Milliseconds since the epoch, as Redis adds to a relative expiry before checking it fits.
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)

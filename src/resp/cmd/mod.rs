@@ -6,6 +6,7 @@ mod connection;
 mod keyspace;
 mod server;
 mod string;
+mod unservable;
 
 use super::{frame::Frame, session::Session, Shared};
 use crate::auth::Need;
@@ -16,6 +17,7 @@ pub use connection::{Auth, Client, Echo, Hello, Ping, Quit, Select};
 pub use keyspace::{Del, Exists, Expire, Ttl};
 pub use server::{CommandInfo, Config, Debug, Info};
 pub use string::{Get, Incr, MGet, MSet, Set};
+pub use unservable::Unservable;
 
 /// What a command runs with: the engine and limits (shared) and this client's state.
 pub struct Ctx<'a> {
@@ -50,6 +52,8 @@ pub enum Command {
     Info(Info),
     Config(Config),
     Debug(Debug),
+    /// Refused with a close: see `unservable`.
+    Unservable(Unservable),
 }
 
 /// Commands a client may send before it has authenticated.
@@ -70,12 +74,24 @@ impl Command {
                 | Command::Hello(_)
                 | Command::Client(_)
                 | Command::CommandInfo(_)
+                | Command::Unservable(_)
         )
     }
 
     /// Parses a request. The error is the reply to send (the command is not run).
     pub fn from_args(args: Vec<Bytes>, session: &Session) -> Result<Command, Frame> {
-        let name = lookup(&args[0]).ok_or_else(|| unknown(&args))?;
+        let Some(name) = lookup(&args[0]) else {
+            // Before the auth gate: an HTTP request or a MULTI is closed on, logged in or not.
+            return match Unservable::recognise(&args) {
+                Some(u) => Ok(Command::Unservable(u)),
+                None => Err(unknown(&args)),
+            };
+        };
+        if name == "client" && args.get(1).is_some_and(|a| is(a, "tracking")) {
+            return Ok(Command::Unservable(Unservable::ConnectionState(
+                "CLIENT TRACKING",
+            )));
+        }
         if session.user.is_none() && !BEFORE_AUTH.contains(&name) {
             return Err(Frame::error("NOAUTH Authentication required."));
         }
@@ -141,7 +157,8 @@ impl Command {
             | Command::CommandInfo(_)
             | Command::Info(_)
             | Command::Config(_)
-            | Command::Debug(_) => true,
+            | Command::Debug(_)
+            | Command::Unservable(_) => true,
         }
     }
 
@@ -184,6 +201,10 @@ impl Command {
             Command::Info(c) => c.apply(ctx).await,
             Command::Config(c) => c.apply(ctx),
             Command::Debug(c) => c.apply(ctx),
+            Command::Unservable(c) => {
+                ctx.close = true;
+                c.reply().unwrap_or(Frame::Null)
+            }
         }
     }
 }

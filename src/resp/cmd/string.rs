@@ -74,7 +74,7 @@ impl Set {
                 opts.ttl = SetTtl::Keep;
                 continue;
             }
-            let unit_ms: u64 = if is(&opt, "ex") || is(&opt, "exat") {
+            let unit_ms: i64 = if is(&opt, "ex") || is(&opt, "exat") {
                 1000
             } else {
                 1
@@ -85,15 +85,18 @@ impl Set {
             }
             let n = p.next_opt().ok_or_else(syntax_error)?;
             let n = parse_int(&n).ok_or_else(super::not_an_integer)?;
-            let ms = u64::try_from(n)
-                .ok()
+            // As redis-server checks it: positive, in milliseconds within an i64, and a
+            // relative one still within it once the current time is added.
+            let ms = Some(n)
                 .filter(|&n| n > 0)
                 .and_then(|n| n.checked_mul(unit_ms))
+                .filter(|&ms| absolute || ms.checked_add(super::keyspace::now_ms()).is_some())
                 .ok_or_else(|| Frame::error("ERR invalid expire time in 'set' command"))?;
+            let ms = Duration::from_millis(ms as u64);
             opts.ttl = if absolute {
-                SetTtl::At(UNIX_EPOCH + Duration::from_millis(ms))
+                SetTtl::At(UNIX_EPOCH + ms)
             } else {
-                SetTtl::In(Duration::from_millis(ms))
+                SetTtl::In(ms)
             };
         }
         Ok(Self { key, value, opts })
