@@ -290,7 +290,9 @@ async fn run_buffered(
                 return outcome;
             }
             Ok(cmd) if !cmd.permitted(session) => (Ok(cmd), false),
-            Ok(Command::Set(set)) if refused.is_none() => {
+            // Not a SET ... GET: its reply is a value, which must pass `reply::fit` like
+            // any other (held, hundreds of 4 MiB old values would be encoded at once).
+            Ok(Command::Set(set)) if refused.is_none() && !set.returns_old() => {
                 held.push(set, logged);
                 continue;
             }
@@ -383,7 +385,7 @@ fn log(shared: &Shared, logged: Option<Logged>, key_len: u32, reply: &Frame, tie
 /// SETs then cost one L2 round trip (`TieredCache::set_each`) instead of one each, as they
 /// would through a proxy that forwards the pipeline. Any other command, the end of what was
 /// read and a protocol error each write them first, so writes and replies keep the client's
-/// order. Only SETs the client may make and admission let in are held.
+/// order. Only SETs the client may make and admission let in are held, and not SET ... GET.
 #[derive(Default)]
 struct HeldSets(Vec<(Set, Option<Logged>)>);
 

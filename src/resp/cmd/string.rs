@@ -130,6 +130,11 @@ impl Set {
         Ok(())
     }
 
+    /// SET ... GET: the reply is the old value, which may be large.
+    pub fn returns_old(&self) -> bool {
+        self.opts.get
+    }
+
     pub fn key_len(&self) -> u32 {
         u32::try_from(self.key.len()).unwrap_or(u32::MAX)
     }
