@@ -4,6 +4,13 @@
 #   docker run -p 8080:8080 -p 6380:6380 -e TIERGATE_L2_URL=redis://redis:6379 tiergate
 # Without TIERGATE_L2_URL it runs the standalone memory mode. Every config key can be set as
 # TIERGATE_<SECTION>_<KEY>; the defaults are in /etc/tiergate/tiergate.toml.
+#
+# Clients of a container never come from its loopback, and protected mode (on by default)
+# serves a door without auth to loopback clients only: configure auth first, e.g.
+#   -e TIERGATE_AUTH_TOKENS='[{name="svc", token="<32+ chars>", read=["*"], write=["*"]}]'
+#   -e TIERGATE_RESP_REQUIREPASS='<password>'
+# or, where the network alone decides who can reach the ports, say so:
+#   -e TIERGATE_AUTH_PROTECTED_MODE=false
 
 # --- build ---------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS build

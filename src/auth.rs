@@ -4,13 +4,19 @@
 //! without a lock; sessions logged in under replaced rules are moved to the new ones by name.
 //!
 //! Secrets are compared in constant time and never logged: only a principal's name is.
+//!
+//! Also here: protected mode (a door with no auth serves loopback clients only, as
+//! redis-server's).
 
 use crate::config::{Config, Secret};
 use arc_swap::{ArcSwap, Guard};
 use http::{header::AUTHORIZATION, HeaderMap};
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
 };
 
 /// What an operation does to its keys.
@@ -130,6 +136,9 @@ pub struct Rules {
     /// The RESP user with every key, when it exists: with no users configured, or with
     /// `resp.requirepass` set.
     default_user: Option<Arc<Principal>>,
+    /// Protected mode, per door: it has no auth, so only loopback clients are served.
+    http_protected: bool,
+    resp_protected: bool,
 }
 
 impl Rules {
@@ -142,7 +151,10 @@ impl Rules {
         let requirepass = (!config.resp.requirepass.is_empty())
             .then(|| config.resp.requirepass.expose().as_bytes().into());
         let default_exists = config.auth.users.is_empty() || requirepass.is_some();
+        let protected = config.protected_doors();
         Self {
+            http_protected: protected.iter().any(|d| d.0 == "http"),
+            resp_protected: protected.iter().any(|d| d.0 == "resp"),
             tokens: (config.auth.tokens.iter())
                 .map(|t| entry(&t.name, &t.token, &t.read, &t.write))
                 .collect(),
@@ -212,6 +224,16 @@ impl Rules {
         }
     }
 
+    /// Whether the HTTP door serves a client at `peer` (protected mode: loopback only).
+    pub fn http_admits(&self, peer: IpAddr) -> bool {
+        admits(self.http_protected, peer)
+    }
+
+    /// Whether the RESP door serves a client at `peer` (protected mode: loopback only).
+    pub fn resp_admits(&self, peer: IpAddr) -> bool {
+        admits(self.resp_protected, peer)
+    }
+
     fn by_name(&self, name: &str) -> Option<Arc<Principal>> {
         if name == "default" {
             return self.default_user.clone();
@@ -230,6 +252,12 @@ impl Rules {
             .map(|(_, p)| p)
             .chain(&self.default_user)
     }
+}
+
+/// Protected mode's test: a client is served if the door is not protected or the client is
+/// on loopback (127.0.0.0/8, ::1, or 127.x mapped into IPv6 by a dual-stack listener).
+pub fn admits(protected: bool, peer: IpAddr) -> bool {
+    !protected || peer.to_canonical().is_loopback()
 }
 
 /// The current rules, replaceable at run time.
@@ -351,6 +379,46 @@ mod tests {
         let open = Rules::from_config(&Config::default());
         assert_eq!(open.resp_anonymous().unwrap().name(), "default");
         assert!(!open.resp_has_passwords());
+    }
+
+    #[test]
+    fn protected_mode_admits_loopback_only_and_only_doors_without_auth() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for loopback in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:127.9.9.9",
+        ] {
+            assert!(admits(true, ip(loopback)), "{loopback}");
+        }
+        for remote in [
+            "192.0.2.2",
+            "10.0.0.1",
+            "0.0.0.0",
+            "::",
+            "fd00::2",
+            "::ffff:192.0.2.2",
+            "::2",
+        ] {
+            assert!(!admits(true, ip(remote)), "{remote}");
+            assert!(admits(false, ip(remote)), "{remote}: protected mode off");
+        }
+        let remote = ip("192.0.2.2");
+        let open = Rules::from_config(&Config::default());
+        assert!(!open.http_admits(remote) && !open.resp_admits(remote));
+        // Each door is protected while it has no auth of its own.
+        let with_users = Rules::from_config(&config());
+        assert!(with_users.http_admits(remote) && with_users.resp_admits(remote));
+        let mut c = Config::default();
+        c.resp.requirepass = "pw".into();
+        let rules = Rules::from_config(&c);
+        assert!(!rules.http_admits(remote) && rules.resp_admits(remote));
+        c.auth.protected_mode = false;
+        c.resp.requirepass = Secret::default();
+        let rules = Rules::from_config(&c);
+        assert!(rules.http_admits(remote) && rules.resp_admits(remote));
     }
 
     #[test]

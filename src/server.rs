@@ -127,6 +127,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
 
     let auth = Arc::new(Auth::new(Rules::from_config(&config)));
+    log_protected_mode(&config);
     let access = if config.access_log.enabled {
         let log = AccessLog::start(
             &config.access_log,
@@ -318,6 +319,21 @@ pub async fn run(
     running.shutdown();
     running.wait().await;
     Ok(())
+}
+
+/// Says which doors protected mode limits to loopback clients, and how to open them: a
+/// gateway that answers its own host but not the network should say why at start.
+fn log_protected_mode(config: &Config) {
+    for (door, listen, keys) in config.protected_doors() {
+        if listen.ip().to_canonical().is_loopback() {
+            continue;
+        }
+        tracing::warn!(
+            door,
+            %listen,
+            "protected mode: no auth is configured on this door, so only loopback clients are served; configure {keys}, or set auth.protected_mode = false"
+        );
+    }
 }
 
 /// The URL with any password hidden, for logs.

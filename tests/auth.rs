@@ -1,9 +1,12 @@
 //! Auth on both doors against a real redis-server: bearer tokens with read/write prefix
 //! scopes over HTTP (401, 403), RESP users with the same scopes (WRONGPASS, NOPERM), and
-//! nothing written when a request is refused.
+//! nothing written when a request is refused. Also protected mode (doors without auth serve
+//! loopback clients only), the admin token, hot keys shown only within a user's scopes, and
+//! the bounds on failed AUTHs.
 
 mod support;
 
+use std::net::{IpAddr, SocketAddr};
 use support::{error_code, metric, raw, Backend, Gateway};
 use tiergate::config::{Config, TokenConfig, UserConfig};
 
@@ -230,4 +233,139 @@ fn secrets_never_reach_debug_output() {
         assert!(!printed.contains(secret), "{secret} leaked: {printed}");
     }
     assert!(printed.contains("reader") && printed.contains("\"***\""));
+}
+
+/// An address of this machine that is not loopback, if it has one: the source address its
+/// routing picks for the outside world (a UDP connect sends nothing). A connection to it from
+/// here reaches the gateway from a non-loopback peer.
+fn outside_ip() -> Option<IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("203.0.113.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// Listening on every interface (dual-stack), as the defaults do.
+fn on_every_interface(mut c: Config) -> Config {
+    c.http.listen = "[::]:0".parse().unwrap();
+    c.resp.listen = "[::]:0".parse().unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_mode_serves_loopback_only_on_doors_without_auth() {
+    let c = on_every_interface(support::config(None));
+    let gw = Gateway::start_ready(c.clone()).await;
+    let running = gw.running.as_ref().unwrap();
+    let (http_port, resp_port) = (running.http_addr.port(), running.resp_addr.port());
+    let at = |ip: IpAddr, port| SocketAddr::new(ip, port);
+    let get = |addr: SocketAddr, token: Option<&str>| {
+        let mut r = gw.http.get(format!("http://{addr}/v1/kv/pub:absent"));
+        if let Some(t) = token {
+            r = r.header("authorization", bearer(t));
+        }
+        async move { r.send().await.unwrap() }
+    };
+    // Loopback over IPv4 (seen as ::ffff:127.0.0.1 by the dual-stack listener) and IPv6.
+    for ip in ["127.0.0.1", "::1"] {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(
+            raw(at(ip, resp_port), b"PING\r\nQUIT\r\n").await,
+            "+PONG\r\n+OK\r\n"
+        );
+        assert_eq!(get(at(ip, http_port), None).await.status(), 404, "{ip}");
+    }
+    let Some(outside) = outside_ip() else {
+        eprintln!("skipped the non-loopback half: this machine has no non-loopback address");
+        return;
+    };
+    let out = raw(at(outside, resp_port), b"PING\r\n").await;
+    assert!(
+        out.starts_with("-DENIED tiergate is running in protected mode")
+            && out.contains("resp.requirepass")
+            && out.contains("auth.protected_mode = false")
+            && out.ends_with("\r\n")
+            && out.matches("\r\n").count() == 1,
+        "one -DENIED line, then closed: {out:?}"
+    );
+    let refused = get(at(outside, http_port), None).await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(refused.headers()["connection"], "close");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "protected_mode");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("auth.tokens") && message.contains("auth.protected_mode = false"));
+    let m = gw.metrics().await;
+    for door in ["http", "resp"] {
+        let series = format!("tiergate_protected_mode_refused_total{{door=\"{door}\"}}");
+        assert_eq!(metric(&m, &series), 1.0, "{door}");
+    }
+
+    // Auth on a door opens it to the network (and its clients must then authenticate): the
+    // keys are reloadable, like the rest of [auth].
+    let mut with_auth = c.clone();
+    with_auth.resp.requirepass = "pw".into();
+    with_auth.auth.tokens = with_auth_tokens();
+    running.reload(with_auth);
+    let out = raw(
+        at(outside, resp_port),
+        b"GET k\r\nAUTH pw\r\nPING\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        out,
+        "-NOAUTH Authentication required.\r\n+OK\r\n+PONG\r\n+OK\r\n"
+    );
+    assert_eq!(get(at(outside, http_port), None).await.status(), 401);
+    assert_eq!(
+        get(at(outside, http_port), Some(READER)).await.status(),
+        404
+    );
+
+    // Protected mode off, no auth: served from anywhere, as before it existed.
+    let mut open = c.clone();
+    open.auth.protected_mode = false;
+    running.reload(open);
+    assert_eq!(
+        raw(at(outside, resp_port), b"PING\r\nQUIT\r\n").await,
+        "+PONG\r\n+OK\r\n"
+    );
+    assert_eq!(get(at(outside, http_port), None).await.status(), 404);
+}
+
+fn with_auth_tokens() -> Vec<TokenConfig> {
+    with_auth(Config::default()).auth.tokens
+}
+
+#[test]
+fn check_config_says_which_doors_protected_mode_limits() {
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(support::bin());
+        cmd.arg("check-config");
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("TIERGATE_") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd.envs(env.iter().copied()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let defaults = run(&[]);
+    assert!(
+        defaults.contains("protected mode is on for http (0.0.0.0:8080)")
+            && defaults.contains("protected mode is on for resp (0.0.0.0:6380)"),
+        "{defaults}"
+    );
+    let resp_auth = run(&[("TIERGATE_RESP_REQUIREPASS", "pw")]);
+    assert!(
+        resp_auth.contains("for http") && !resp_auth.contains("for resp"),
+        "{resp_auth}"
+    );
+    let off = run(&[("TIERGATE_AUTH_PROTECTED_MODE", "false")]);
+    assert!(!off.contains("protected mode"), "{off}");
 }

@@ -200,15 +200,47 @@ pub const SECTIONS: &[&str] = &[
 ];
 
 /// Who may read and write which keys (see `auth`). Both lists empty (the default): the HTTP
-/// door is open, and RESP asks only for `resp.requirepass` when that is set.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// door is open, and RESP asks only for `resp.requirepass` when that is set; with
+/// `protected_mode`, a door left open serves loopback clients only.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// A door with no auth configured (HTTP: no tokens; RESP: no users and no requirepass)
+    /// refuses clients that are not on loopback.
+    pub protected_mode: bool,
     /// HTTP bearer tokens; when any is set, every data request needs one.
     pub tokens: Vec<TokenConfig>,
     /// RESP users (`AUTH name password`); when any is set, clients must authenticate, and the
     /// "default" user exists only if `resp.requirepass` is set.
     pub users: Vec<UserConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            protected_mode: DEFAULT_AUTH_PROTECTED_MODE,
+            tokens: Vec::new(),
+            users: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The data doors that serve loopback clients only (protected mode, no auth on them),
+    /// with the keys that would open them: for the start-up log and `check-config`.
+    pub fn protected_doors(&self) -> Vec<(&'static str, SocketAddr, &'static str)> {
+        let mut doors = Vec::new();
+        if !self.auth.protected_mode {
+            return doors;
+        }
+        if self.auth.tokens.is_empty() {
+            doors.push(("http", self.http.listen, "auth.tokens"));
+        }
+        if self.auth.users.is_empty() && self.resp.requirepass.is_empty() {
+            doors.push(("resp", self.resp.listen, "auth.users or resp.requirepass"));
+        }
+        doors
+    }
 }
 
 /// One bearer token and the keys it grants.
@@ -237,6 +269,10 @@ pub struct UserConfig {
     #[serde(default)]
     pub write: Vec<String>,
 }
+
+/// On, as redis-server's protected mode: a door with no auth configured listens on every
+/// interface by default, and must not hand every key to whoever can reach it.
+pub const DEFAULT_AUTH_PROTECTED_MODE: bool = true;
 
 /// Shortest bearer token accepted: 128 bits of hex, so tokens cannot be guessed online.
 pub const MIN_TOKEN_LEN: usize = 32;

@@ -155,6 +155,7 @@ pub struct Metrics {
     pub bus_invalidations: IntCounter,
     pub bus_flushes: IntCounter,
     auth_denied: [[IntCounter; 3]; 3],
+    protected_refused: [IntCounter; 3],
     /// Config reloads (SIGHUP): [applied, refused].
     config_reloads: [IntCounter; 2],
     pub http_idle_closed: IntCounter,
@@ -333,6 +334,16 @@ impl Metrics {
         let auth_denied = DOORS.map(|door| {
             crate::auth::Denied::ALL.map(|d| auth_denied.with_label_values(&[door, d.label()]))
         });
+        let protected_refused = IntCounterVec::new(
+            Opts::new(
+                "protected_mode_refused_total",
+                "Connections refused by protected mode (a door without auth serves loopback clients only), by door",
+            ),
+            &["door"],
+        )
+        .unwrap();
+        reg(Box::new(protected_refused.clone()));
+        let protected_refused = DOORS.map(|door| protected_refused.with_label_values(&[door]));
         let reloads = IntCounterVec::new(
             Opts::new(
                 "config_reloads_total",
@@ -522,6 +533,7 @@ impl Metrics {
             access_log_written,
             http_idle_closed,
             auth_denied,
+            protected_refused,
             config_reloads,
             access_log_dropped,
             registry,
@@ -560,6 +572,11 @@ impl Metrics {
 
     pub fn auth_denied(&self, door: Door, why: crate::auth::Denied) {
         self.auth_denied[door as usize][why as usize].inc();
+    }
+
+    /// Counts a connection refused by protected mode.
+    pub fn protected_refused(&self, door: Door) {
+        self.protected_refused[door as usize].inc();
     }
 
     pub fn admission(&self, door: Door) -> AdmissionMetrics {
