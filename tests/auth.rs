@@ -369,3 +369,97 @@ fn check_config_says_which_doors_protected_mode_limits() {
     let off = run(&[("TIERGATE_AUTH_PROTECTED_MODE", "false")]);
     assert!(!off.contains("protected mode"), "{off}");
 }
+
+/// A standalone gateway whose RESP door asks for `pw`.
+fn with_requirepass() -> Config {
+    let mut c = support::config(None);
+    c.resp.requirepass = "pw".into();
+    c
+}
+
+const WRONGPASS: &str = "-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_keeps_failing_auth_is_closed() {
+    let mut c = with_requirepass();
+    c.auth.max_failures_per_connection = 3;
+    c.auth.failure_delay = tiergate::config::HumanDuration(std::time::Duration::from_millis(1));
+    let gw = Gateway::start_ready(c).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    // A pipeline of guesses, AUTH and HELLO ... AUTH alike: the third failure closes the
+    // connection, and nothing after it runs, the right password included.
+    let out = raw(
+        addr,
+        b"AUTH guess1\r\nHELLO 3 AUTH default guess2\r\nAUTH default guess3\r\nAUTH pw\r\nPING\r\n",
+    )
+    .await;
+    let last = "-WRONGPASS invalid username-password pair or user is disabled. Too many failed \
+                attempts on this connection (auth.max_failures_per_connection): closing it.\r\n";
+    assert_eq!(out, format!("{WRONGPASS}{WRONGPASS}{last}"));
+    // The count is per connection: a new one logs in.
+    let out = raw(addr, b"AUTH wrong\r\nAUTH pw\r\nPING\r\nQUIT\r\n").await;
+    assert_eq!(out, format!("{WRONGPASS}+OK\r\n+PONG\r\n+OK\r\n"));
+    let m = gw.metrics().await;
+    let denied = "tiergate_auth_denied_total{door=\"resp\",reason=\"invalid\"}";
+    assert_eq!(metric(&m, denied), 4.0);
+    let closes = "tiergate_auth_failure_closes_total{door=\"resp\"}";
+    assert_eq!(metric(&m, closes), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delayed_auth_failure_holds_no_admission_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = with_requirepass();
+    // One batch at a time and no queue: a slot held by the waiting connection would make the
+    // other one's SET -BUSY.
+    c.admission.max_inflight = 1;
+    c.admission.max_queue = 0;
+    c.auth.failure_delay = tiergate::config::HumanDuration(std::time::Duration::from_secs(3));
+    let gw = Gateway::start_ready(c).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let mut guesser = tokio::net::TcpStream::connect(addr).await.unwrap();
+    guesser
+        .write_all(b"AUTH a\r\nAUTH b\r\nQUIT\r\n")
+        .await
+        .unwrap();
+    // The second failure is counted before its reply waits.
+    let denied = "tiergate_auth_denied_total{door=\"resp\",reason=\"invalid\"}";
+    support::eventually("both guesses failed", || async {
+        metric(&gw.metrics().await, denied) == 2.0
+    })
+    .await;
+    let out = raw(addr, b"AUTH pw\r\nSET k v\r\nGET k\r\nQUIT\r\n").await;
+    assert_eq!(out, "+OK\r\n+OK\r\n$1\r\nv\r\n+OK\r\n");
+    // The guesser gets both answers, then what followed them, in order.
+    let mut got = Vec::new();
+    tokio::time::timeout(support::SETTLE, guesser.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(got).unwrap(),
+        format!("{WRONGPASS}{WRONGPASS}+OK\r\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_are_logged_without_what_was_typed() {
+    let bin = support::Binary::start(&[
+        ("TIERGATE_RESP_REQUIREPASS", "the-real-password"),
+        ("TIERGATE_AUTH_FAILURE_DELAY", "0s"),
+    ]);
+    let out = raw(
+        bin.resp,
+        b"AUTH guessed-password\r\nAUTH someone guessed-too\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(out, format!("{WRONGPASS}{WRONGPASS}+OK\r\n"));
+    support::eventually("a failed-AUTH line", || async {
+        bin.log().contains("failed AUTH")
+    })
+    .await;
+    let log = bin.log();
+    for secret in ["guessed", "someone", "the-real-password"] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}

@@ -208,6 +208,10 @@ pub struct AuthConfig {
     /// A door with no auth configured (HTTP: no tokens; RESP: no users and no requirepass)
     /// refuses clients that are not on loopback.
     pub protected_mode: bool,
+    /// Failed AUTH attempts after which a RESP connection is closed.
+    pub max_failures_per_connection: u32,
+    /// Step of the delay before a failed AUTH is answered (nth failure: n-1 steps).
+    pub failure_delay: HumanDuration,
     /// HTTP bearer tokens; when any is set, every data request needs one.
     pub tokens: Vec<TokenConfig>,
     /// RESP users (`AUTH name password`); when any is set, clients must authenticate, and the
@@ -219,6 +223,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             protected_mode: DEFAULT_AUTH_PROTECTED_MODE,
+            max_failures_per_connection: DEFAULT_AUTH_MAX_FAILURES_PER_CONNECTION,
+            failure_delay: HumanDuration(DEFAULT_AUTH_FAILURE_DELAY),
             tokens: Vec::new(),
             users: Vec::new(),
         }
@@ -273,6 +279,13 @@ pub struct UserConfig {
 /// On, as redis-server's protected mode: a door with no auth configured listens on every
 /// interface by default, and must not hand every key to whoever can reach it.
 pub const DEFAULT_AUTH_PROTECTED_MODE: bool = true;
+/// Failed AUTH attempts one RESP connection may make before it is closed: a client with a
+/// wrong password fails a few times, not ten; past that it is guessing, and each further ten
+/// guesses cost it a new connection.
+pub const DEFAULT_AUTH_MAX_FAILURES_PER_CONNECTION: u32 = 10;
+/// The reply to a connection's nth failed AUTH waits (n-1) times this: the first mistake
+/// costs nothing, ten guesses cost 9 seconds instead of the 80 microseconds of a pipeline.
+pub const DEFAULT_AUTH_FAILURE_DELAY: Duration = Duration::from_millis(200);
 
 /// Shortest bearer token accepted: 128 bits of hex, so tokens cannot be guessed online.
 pub const MIN_TOKEN_LEN: usize = 32;
@@ -876,6 +889,21 @@ impl Config {
     }
 
     fn validate_auth(&self, bad: &mut impl FnMut(&str, String)) {
+        // Counted in one byte of each connection's state (`resp::session`).
+        if !(1..=255).contains(&self.auth.max_failures_per_connection) {
+            bad(
+                "auth.max_failures_per_connection",
+                "must be between 1 and 255".into(),
+            );
+        }
+        // The longest wait is before the last failure that is answered without a close.
+        let steps = self.auth.max_failures_per_connection.clamp(2, 255) - 2;
+        if self.auth.failure_delay.0 * steps > Duration::from_secs(60) {
+            bad(
+                "auth.failure_delay",
+                "times (auth.max_failures_per_connection - 2) must be at most 60s: the nth failed AUTH waits n-1 times it".into(),
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.auth.tokens.iter().enumerate() {
             let at = format!("auth.tokens[{i}]");
@@ -1051,6 +1079,26 @@ mod tests {
             .validate()
             .iter()
             .any(|p| p.path == "http.max_header_bytes"));
+    }
+
+    #[test]
+    fn auth_failure_bounds_are_checked() {
+        let mut c = Config::default();
+        c.auth.max_failures_per_connection = 0;
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["auth.max_failures_per_connection"]);
+        c.auth.max_failures_per_connection = 256;
+        assert!(c
+            .validate()
+            .iter()
+            .any(|p| p.path == "auth.max_failures_per_connection"));
+        // The longest wait, before the last failure answered, is 8 × 7.5s.
+        c.auth.max_failures_per_connection = 10;
+        c.auth.failure_delay = HumanDuration(Duration::from_millis(7500));
+        assert!(c.validate().is_empty());
+        c.auth.failure_delay = HumanDuration(Duration::from_millis(7501));
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["auth.failure_delay"]);
     }
 
     #[test]

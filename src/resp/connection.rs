@@ -19,7 +19,7 @@ use crate::{
     net,
     shutdown::Shutdown,
 };
-use std::time::{Instant as StdInstant, SystemTime};
+use std::time::{Duration, Instant as StdInstant, SystemTime};
 use std::{
     future::{poll_fn, Future},
     io,
@@ -149,26 +149,39 @@ async fn answer(
     shared: &Shared,
 ) -> io::Result<bool> {
     let mut wbuf = shared.buffers.lease();
-    // One admission slot for the batch: its commands run one after another anyway.
-    let admitted = shared.admission.admit().await;
-    let close = run_buffered(rbuf, &mut wbuf, session, shared, admitted.as_ref().err()).await;
-    drop(admitted);
-    if !wbuf.is_empty() {
-        stream.write_all(wbuf.buf()).await?;
+    loop {
+        let mut pause = Duration::ZERO;
+        // One admission slot for the batch: its commands run one after another anyway.
+        let admitted = shared.admission.admit().await;
+        let refused = admitted.as_ref().err();
+        let close = run_buffered(rbuf, &mut wbuf, session, shared, refused, &mut pause).await;
+        drop(admitted);
+        // A failed AUTH stopped the batch: its reply waits, in this connection only and with
+        // no admission slot held, and the commands after it run once it is written.
+        if !pause.is_zero() && !close {
+            tokio::time::sleep(pause).await;
+        }
+        if !wbuf.is_empty() {
+            stream.write_all(wbuf.buf()).await?;
+        }
+        if pause.is_zero() || close {
+            return Ok(close);
+        }
+        wbuf.buf().clear();
     }
-    Ok(close)
 }
 
 /// Runs every complete command in `rbuf`, encoding replies into `wbuf`; when admission
 /// `refused` the batch, each command other than connection commands is answered `-BUSY`
 /// instead. True when the connection must close after the replies are written (QUIT, or
-/// framing lost).
+/// framing lost). Stops after a failed AUTH that sets `pause`, leaving the rest in `rbuf`.
 async fn run_buffered(
     rbuf: &mut Lease<'_>,
     wbuf: &mut Lease<'_>,
     session: &mut Session,
     shared: &Shared,
     refused: Option<&Refused>,
+    pause: &mut Duration,
 ) -> bool {
     // One load per batch: a reload takes effect from the next batch.
     let limits = shared.limits.load();
@@ -231,9 +244,10 @@ async fn run_buffered(
                     session,
                     close: false,
                     tier: None,
+                    pause: Duration::ZERO,
                 };
                 let reply = cmd.apply(&mut ctx).await;
-                (close, tier) = (ctx.close, ctx.tier);
+                (close, tier, *pause) = (ctx.close, ctx.tier, ctx.pause);
                 reply
             }
         };
@@ -241,6 +255,9 @@ async fn run_buffered(
         log(shared, logged, key_len, &reply, tier);
         if close {
             return true;
+        }
+        if !pause.is_zero() {
+            return false;
         }
     }
 }
