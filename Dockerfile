@@ -11,6 +11,10 @@
 #   -e TIERGATE_RESP_REQUIREPASS='<password>'
 # or, where the network alone decides who can reach the ports, say so:
 #   -e TIERGATE_AUTH_PROTECTED_MODE=false
+# The admin port listens on every interface here (below): give it a token too,
+#   -e TIERGATE_ADMIN_TOKEN='<32+ chars>'
+# and scrape /metrics with it (Authorization: Bearer). The probes /healthz and /readyz (the
+# HEALTHCHECK) need none; without a token, hot key names are shown to loopback clients only.
 
 # --- build ---------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS build
@@ -40,7 +44,8 @@ COPY --from=build /usr/local/bin/tiergate /usr/local/bin/tiergate
 COPY config/tiergate.toml /etc/tiergate/tiergate.toml
 ENV TIERGATE_CONFIG=/etc/tiergate/tiergate.toml \
     # In a container the network namespace is the boundary: serve metrics and probes on
-    # every interface, and publish 9090 only to the monitoring network.
+    # every interface, and publish 9090 only to the monitoring network (and set
+    # TIERGATE_ADMIN_TOKEN, see the top of this file).
     TIERGATE_ADMIN_LISTEN=0.0.0.0:9090
 # Numeric, so a host's runtime can check it is not root without reading /etc/passwd.
 USER 10001:10001

@@ -180,15 +180,7 @@ impl Rules {
         if self.tokens.is_empty() {
             return Ok(None);
         }
-        let value = headers
-            .get(AUTHORIZATION)
-            .ok_or(Denied::Missing)?
-            .as_bytes();
-        // The scheme name is case-insensitive (RFC 9110 section 11.1).
-        let token = match value.split_at_checked(BEARER.len()) {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case(BEARER) => token,
-            _ => return Err(Denied::Invalid),
-        };
+        let token = bearer_of(headers)?;
         // Every token is compared, so timing does not tell which one came close.
         let mut found = None;
         for (secret, p) in &self.tokens {
@@ -392,6 +384,29 @@ impl Auth {
 }
 
 const BEARER: &[u8] = b"Bearer ";
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer_of(headers: &HeaderMap) -> Result<&[u8], Denied> {
+    let value = headers
+        .get(AUTHORIZATION)
+        .ok_or(Denied::Missing)?
+        .as_bytes();
+    // The scheme name is case-insensitive (RFC 9110 section 11.1).
+    match value.split_at_checked(BEARER.len()) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case(BEARER) => Ok(token),
+        _ => Err(Denied::Invalid),
+    }
+}
+
+/// Whether `headers` carry `Authorization: Bearer <secret>` (the admin port's one token).
+pub fn bearer_is(headers: &HeaderMap, secret: &Secret) -> Result<(), Denied> {
+    let token = bearer_of(headers)?;
+    if constant_time_eq(secret.expose().as_bytes(), token) {
+        Ok(())
+    } else {
+        Err(Denied::Invalid)
+    }
+}
 
 /// Compares without an early exit, so response timing does not reveal how much matched.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

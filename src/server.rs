@@ -51,6 +51,7 @@ pub struct Running {
     access: Option<Arc<AccessLog>>,
     background: Background,
     resp_shared: Arc<resp::Shared>,
+    admin: Arc<admin::Admin>,
     draining: Shutdown,
     admin_stop: Shutdown,
     http_task: JoinHandle<()>,
@@ -176,8 +177,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         cache: cache.clone(),
         draining: draining.clone(),
+        token: arc_swap::ArcSwap::from_pointee(config.admin.token.clone()),
     });
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin.clone(),
+        admin_stop.clone(),
+    ));
     tracing::info!(%http_addr, %resp_addr, %admin_addr, "listening");
     Ok(Running {
         http_addr,
@@ -191,6 +197,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         access,
         background,
         resp_shared,
+        admin,
         draining,
         admin_stop,
         http_task,
@@ -230,6 +237,7 @@ impl Running {
             tracing::warn!(error = %e, "log.level not applied");
         }
         self.auth.replace(Rules::from_config(&next));
+        self.admin.token.store(Arc::new(next.admin.token.clone()));
         self.http_state.limits.store(Arc::new(next.limits.clone()));
         self.resp_shared
             .limits

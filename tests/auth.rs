@@ -463,3 +463,123 @@ async fn failed_logins_are_logged_without_what_was_typed() {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_hotkeys_names_only_keys_the_user_may_read() {
+    let mut c = support::config(None);
+    c.admin.hot_keys_sample = 1;
+    c.auth.users = vec![
+        UserConfig {
+            name: "app".into(),
+            password: "app-pw".into(),
+            read: vec!["app:".into()],
+            write: vec!["app:".into()],
+        },
+        UserConfig {
+            name: "ops".into(),
+            password: "ops-pw".into(),
+            read: vec!["*".into()],
+            write: vec!["*".into()],
+        },
+    ];
+    let gw = Gateway::start_ready(c).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let reads = b"AUTH ops ops-pw\r\nSET app:1 a\r\nSET secret:hidden-name-42 s\r\n\
+                  GET secret:hidden-name-42\r\nGET secret:hidden-name-42\r\nGET app:1\r\nQUIT\r\n";
+    raw(addr, reads).await;
+    let hot = |user: &'static str| async move {
+        let login = format!("AUTH {user} {user}-pw\r\nINFO hotkeys\r\nQUIT\r\n");
+        raw(addr, login.as_bytes()).await
+    };
+    let ops = hot("ops").await;
+    assert!(
+        ops.contains("hotkey_0:key=secret:hidden-name-42,reads=2")
+            && ops.contains("hotkey_1:key=app:1,reads=1"),
+        "a user with every key sees every hot key: {ops}"
+    );
+    let app = hot("app").await;
+    assert!(app.contains("hotkey_0:key=app:1,reads=1"), "{app}");
+    assert!(
+        !app.contains("secret:") && !app.contains("hotkey_1"),
+        "{app}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_guards_everything_but_the_probes() {
+    const ADMIN: &str = "a0000000000000000000000000000000";
+    let mut c = support::config(None);
+    c.admin.hot_keys_sample = 1;
+    c.admin.token = ADMIN.into();
+    let gw = Gateway::start(c).await;
+    assert_eq!(gw.put("secret:hidden-name-42", "v").await.status(), 204);
+    assert_eq!(gw.get("secret:hidden-name-42").await.status(), 200);
+    let admin = |path: &str, token: Option<&str>| {
+        let mut r = gw.http.get(format!("{}{path}", gw.admin));
+        if let Some(t) = token {
+            r = r.header("authorization", bearer(t));
+        }
+        async move { r.send().await.unwrap() }
+    };
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(admin(probe, None).await.status(), 200, "{probe}");
+    }
+    for path in ["/hotkeys", "/", "/metrics"] {
+        let refused = admin(path, None).await;
+        assert_eq!(refused.status(), 401, "{path}");
+        assert_eq!(
+            refused.headers()["www-authenticate"],
+            "Bearer realm=\"tiergate-admin\""
+        );
+        let body = refused.text().await.unwrap();
+        assert!(!body.contains("hidden-name"), "{path}: {body}");
+        assert_eq!(admin(path, Some(READER)).await.status(), 401, "{path}");
+    }
+    let hot = admin("/hotkeys", Some(ADMIN)).await.text().await.unwrap();
+    assert!(hot.contains("secret:hidden-name-42"), "{hot}");
+    let page = admin("/", Some(ADMIN)).await.text().await.unwrap();
+    assert!(page.contains("secret:hidden-name-42"), "{page}");
+    let metrics = admin("/metrics", Some(ADMIN)).await.text().await.unwrap();
+    let denied = "tiergate_auth_denied_total{door=\"admin\",reason=\"missing\"}";
+    assert_eq!(metric(&metrics, denied), 3.0);
+    assert!(!metrics.contains(ADMIN), "the token is never exported");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_admin_token_key_names_stay_on_loopback() {
+    let mut c = support::config(None);
+    c.admin.hot_keys_sample = 1;
+    c.admin.listen = "[::]:0".parse().unwrap();
+    let gw = Gateway::start(c).await;
+    assert_eq!(gw.put("secret:hidden-name-42", "v").await.status(), 204);
+    assert_eq!(gw.get("secret:hidden-name-42").await.status(), 200);
+    let port = gw.running.as_ref().unwrap().admin_addr.port();
+    let admin = |ip: IpAddr, path: &str| {
+        let r = gw
+            .http
+            .get(format!("http://{}{path}", SocketAddr::new(ip, port)));
+        async move { r.send().await.unwrap() }
+    };
+    let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+    let hot = admin(loopback, "/hotkeys").await.text().await.unwrap();
+    assert!(hot.contains("secret:hidden-name-42"), "{hot}");
+    let Some(outside) = outside_ip() else {
+        eprintln!("skipped the non-loopback half: this machine has no non-loopback address");
+        return;
+    };
+    let hidden = admin(outside, "/hotkeys").await;
+    assert_eq!(hidden.status(), 403);
+    let body = hidden.text().await.unwrap();
+    assert!(
+        body.contains("admin.token") && !body.contains("hidden-name"),
+        "{body}"
+    );
+    let page = admin(outside, "/").await.text().await.unwrap();
+    assert!(
+        page.contains("admin.token") && !page.contains("hidden-name"),
+        "{page}"
+    );
+    // What names no key is still served: metrics, probes.
+    assert_eq!(admin(outside, "/metrics").await.status(), 200);
+    assert_eq!(admin(outside, "/readyz").await.status(), 200);
+}

@@ -59,6 +59,9 @@ pub const DEFAULT_RESP_READ_BUFFER_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_RESP_BUFFER_POOL_BUFFERS: usize = 4096;
 /// Operators' port; loopback only, so metrics and readiness are not exposed by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Off: the probes and metrics of a loopback-only port need no secret. Set it (32+ characters)
+/// when `admin.listen` is reachable from other hosts, as in the Docker image.
+pub const DEFAULT_ADMIN_TOKEN: &str = "";
 /// Hot keys reported on /hotkeys and in INFO: a screenful.
 pub const DEFAULT_ADMIN_HOT_KEYS: usize = 10;
 /// One read in this many is counted for hot keys: a key read a thousand times a second is
@@ -464,6 +467,9 @@ impl Default for RespConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// When set, every path but the probes (/healthz, /readyz) needs
+    /// `Authorization: Bearer <token>`.
+    pub token: Secret,
     /// How many of the hottest keys are tracked and reported (0: off).
     pub hot_keys: usize,
     pub hot_keys_sample: u32,
@@ -473,6 +479,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
+            token: DEFAULT_ADMIN_TOKEN.into(),
             hot_keys: DEFAULT_ADMIN_HOT_KEYS,
             hot_keys_sample: DEFAULT_ADMIN_HOT_KEYS_SAMPLE,
         }
@@ -801,6 +808,14 @@ impl Config {
         if self.admin.hot_keys > 1000 {
             bad("admin.hot_keys", "must be at most 1000".into());
         }
+        if !self.admin.token.is_empty() && self.admin.token.expose().len() < MIN_TOKEN_LEN {
+            bad(
+                "admin.token",
+                format!(
+                    "must be at least {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 16`)"
+                ),
+            );
+        }
         if self.admin.hot_keys_sample == 0 {
             bad("admin.hot_keys_sample", "must be at least 1".into());
         }
@@ -1079,6 +1094,16 @@ mod tests {
             .validate()
             .iter()
             .any(|p| p.path == "http.max_header_bytes"));
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused() {
+        let mut c = Config::default();
+        c.admin.token = "short".into();
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["admin.token"]);
+        c.admin.token = "x".repeat(MIN_TOKEN_LEN).as_str().into();
+        assert!(c.validate().is_empty());
     }
 
     #[test]
