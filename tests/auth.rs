@@ -338,7 +338,7 @@ fn with_auth_tokens() -> Vec<TokenConfig> {
 }
 
 #[test]
-fn check_config_says_which_doors_protected_mode_limits() {
+fn check_config_and_the_start_up_log_say_which_doors_protected_mode_limits() {
     let run = |env: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(support::bin());
         cmd.arg("check-config");
@@ -368,6 +368,27 @@ fn check_config_says_which_doors_protected_mode_limits() {
     );
     let off = run(&[("TIERGATE_AUTH_PROTECTED_MODE", "false")]);
     assert!(!off.contains("protected mode"), "{off}");
+
+    // HTTP on every interface, RESP on loopback (where protected mode changes nothing).
+    let free =
+        |ip: &str| -> SocketAddr { format!("{ip}:{}", support::free_port()).parse().unwrap() };
+    let bin =
+        support::Binary::start_on([free("0.0.0.0"), free("127.0.0.1"), free("127.0.0.1")], &[]);
+    let deadline = std::time::Instant::now() + support::SETTLE;
+    while !bin.log().contains("listening") {
+        assert!(std::time::Instant::now() < deadline, "{}", bin.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = bin.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("protected mode"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(
+        warned[0].contains("door=\"http\"") && warned[0].contains("auth.tokens"),
+        "{log}"
+    );
 }
 
 /// A standalone gateway whose RESP door asks for `pw`.
