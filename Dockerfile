@@ -4,6 +4,17 @@
 #   docker run -p 8080:8080 -p 6380:6380 -e TIERGATE_L2_URL=redis://redis:6379 tiergate
 # Without TIERGATE_L2_URL it runs the standalone memory mode. Every config key can be set as
 # TIERGATE_<SECTION>_<KEY>; the defaults are in /etc/tiergate/tiergate.toml.
+#
+# Clients of a container never come from its loopback, and protected mode (on by default)
+# serves a door without auth to loopback clients only: configure auth first, e.g.
+#   -e TIERGATE_AUTH_TOKENS='[{name="svc", token="<32+ chars>", read=["*"], write=["*"]}]'
+#   -e TIERGATE_RESP_REQUIREPASS='<password>'
+# or, where the network alone decides who can reach the ports, say so:
+#   -e TIERGATE_AUTH_PROTECTED_MODE=false
+# The admin port listens on every interface here (below): give it a token too,
+#   -e TIERGATE_ADMIN_TOKEN='<32+ chars>'
+# and scrape /metrics with it (Authorization: Bearer). The probes /healthz and /readyz (the
+# HEALTHCHECK) need none; without a token, hot key names are shown to loopback clients only.
 
 # --- build ---------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS build
@@ -33,7 +44,8 @@ COPY --from=build /usr/local/bin/tiergate /usr/local/bin/tiergate
 COPY config/tiergate.toml /etc/tiergate/tiergate.toml
 ENV TIERGATE_CONFIG=/etc/tiergate/tiergate.toml \
     # In a container the network namespace is the boundary: serve metrics and probes on
-    # every interface, and publish 9090 only to the monitoring network.
+    # every interface, and publish 9090 only to the monitoring network (and set
+    # TIERGATE_ADMIN_TOKEN, see the top of this file).
     TIERGATE_ADMIN_LISTEN=0.0.0.0:9090
 # Numeric, so a host's runtime can check it is not root without reading /etc/passwd.
 USER 10001:10001

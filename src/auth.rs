@@ -4,13 +4,21 @@
 //! without a lock; sessions logged in under replaced rules are moved to the new ones by name.
 //!
 //! Secrets are compared in constant time and never logged: only a principal's name is.
+//!
+//! Also here: protected mode (a door with no auth serves loopback clients only, as
+//! redis-server's), and the bounds on guessing RESP passwords (failed AUTHs per connection,
+//! the delay before each failure is answered, one rate-limited log line for them).
 
 use crate::config::{Config, Secret};
 use arc_swap::{ArcSwap, Guard};
 use http::{header::AUTHORIZATION, HeaderMap};
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
 };
 
 /// What an operation does to its keys.
@@ -130,6 +138,12 @@ pub struct Rules {
     /// The RESP user with every key, when it exists: with no users configured, or with
     /// `resp.requirepass` set.
     default_user: Option<Arc<Principal>>,
+    /// Protected mode, per door: it has no auth, so only loopback clients are served.
+    http_protected: bool,
+    resp_protected: bool,
+    /// `auth.max_failures_per_connection`, validated to fit.
+    max_failures: u8,
+    failure_delay: Duration,
 }
 
 impl Rules {
@@ -142,7 +156,12 @@ impl Rules {
         let requirepass = (!config.resp.requirepass.is_empty())
             .then(|| config.resp.requirepass.expose().as_bytes().into());
         let default_exists = config.auth.users.is_empty() || requirepass.is_some();
+        let protected = config.protected_doors();
         Self {
+            http_protected: protected.iter().any(|d| d.0 == "http"),
+            resp_protected: protected.iter().any(|d| d.0 == "resp"),
+            max_failures: config.auth.max_failures_per_connection.clamp(1, 255) as u8,
+            failure_delay: config.auth.failure_delay.0,
             tokens: (config.auth.tokens.iter())
                 .map(|t| entry(&t.name, &t.token, &t.read, &t.write))
                 .collect(),
@@ -161,15 +180,7 @@ impl Rules {
         if self.tokens.is_empty() {
             return Ok(None);
         }
-        let value = headers
-            .get(AUTHORIZATION)
-            .ok_or(Denied::Missing)?
-            .as_bytes();
-        // The scheme name is case-insensitive (RFC 9110 section 11.1).
-        let token = match value.split_at_checked(BEARER.len()) {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case(BEARER) => token,
-            _ => return Err(Denied::Invalid),
-        };
+        let token = bearer_of(headers)?;
         // Every token is compared, so timing does not tell which one came close.
         let mut found = None;
         for (secret, p) in &self.tokens {
@@ -212,6 +223,36 @@ impl Rules {
         }
     }
 
+    /// Whether the HTTP door serves a client at `peer` (protected mode: loopback only).
+    pub fn http_admits(&self, peer: IpAddr) -> bool {
+        admits(self.http_protected, peer)
+    }
+
+    /// Whether the RESP door serves a client at `peer` (protected mode: loopback only).
+    pub fn resp_admits(&self, peer: IpAddr) -> bool {
+        admits(self.resp_protected, peer)
+    }
+
+    /// What a connection's `failures`th failed AUTH costs it.
+    pub fn after_failure(&self, failures: u8) -> AfterFailure {
+        if failures >= self.max_failures {
+            return AfterFailure::Close;
+        }
+        AfterFailure::Wait(self.failure_delay * u32::from(failures.saturating_sub(1)))
+    }
+
+    /// The name a login attempt gave, when it names a user that exists: what a log line may
+    /// show (an unknown name may be a password typed in the wrong field).
+    pub fn known_user<'a>(&self, name: Option<&'a [u8]>) -> &'a str {
+        let name = name.unwrap_or(b"default");
+        let known = (name == b"default" && self.default_user.is_some())
+            || self.users.iter().any(|(_, p)| p.name.as_bytes() == name);
+        match std::str::from_utf8(name) {
+            Ok(name) if known => name,
+            _ => "(unknown)",
+        }
+    }
+
     fn by_name(&self, name: &str) -> Option<Arc<Principal>> {
         if name == "default" {
             return self.default_user.clone();
@@ -232,15 +273,93 @@ impl Rules {
     }
 }
 
+/// Protected mode's test: a client is served if the door is not protected or the client is
+/// on loopback (127.0.0.0/8, ::1, or 127.x mapped into IPv6 by a dual-stack listener).
+pub fn admits(protected: bool, peer: IpAddr) -> bool {
+    !protected || peer.to_canonical().is_loopback()
+}
+
+/// What a failed AUTH costs the connection that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Answer after this long (zero: at once), with the connection's other work waiting.
+    Wait(Duration),
+    /// `auth.max_failures_per_connection` reached: answer and close.
+    Close,
+}
+
+/// One warning line a second at most, process-wide, about failed logins: a guesser must not
+/// be able to fill the disk through the log. Lines left out are counted into the next one.
+pub struct FailureLog {
+    start: Instant,
+    /// Milliseconds since `start` before which no line is written.
+    next_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+/// How often a failed-login line may be written.
+const FAILURE_LOG_EVERY_MS: u64 = 1000;
+
+impl FailureLog {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            next_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a failure at `now_ms`; Some(lines left out since the last one) when this one
+    /// is to be written.
+    fn due(&self, now_ms: u64) -> Option<u64> {
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now_ms < next
+            || (self.next_ms)
+                .compare_exchange(
+                    next,
+                    now_ms + FAILURE_LOG_EVERY_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+
+    /// Logs a failed login by `client` (a RESP client id) as `user` (a configured name or
+    /// "(unknown)", never what was typed), its `failures`th on that connection. Never the
+    /// password.
+    pub fn failed(&self, door: &'static str, client: u64, user: &str, failures: u8, closed: bool) {
+        let now = self.start.elapsed().as_millis() as u64;
+        if let Some(suppressed) = self.due(now) {
+            tracing::warn!(
+                door,
+                client,
+                user,
+                failures_on_connection = failures,
+                closed,
+                suppressed,
+                "failed AUTH (wrong password or unknown user); at most one such line a second, `suppressed` counts those left out since the last"
+            );
+        }
+    }
+}
+
 /// The current rules, replaceable at run time.
 pub struct Auth {
     rules: ArcSwap<Rules>,
+    /// Failed logins, for every rules generation.
+    pub failures: FailureLog,
 }
 
 impl Auth {
     pub fn new(rules: Rules) -> Self {
         Self {
             rules: ArcSwap::from_pointee(rules),
+            failures: FailureLog::new(),
         }
     }
 
@@ -265,6 +384,29 @@ impl Auth {
 }
 
 const BEARER: &[u8] = b"Bearer ";
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer_of(headers: &HeaderMap) -> Result<&[u8], Denied> {
+    let value = headers
+        .get(AUTHORIZATION)
+        .ok_or(Denied::Missing)?
+        .as_bytes();
+    // The scheme name is case-insensitive (RFC 9110 section 11.1).
+    match value.split_at_checked(BEARER.len()) {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case(BEARER) => Ok(token),
+        _ => Err(Denied::Invalid),
+    }
+}
+
+/// Whether `headers` carry `Authorization: Bearer <secret>` (the admin port's one token).
+pub fn bearer_is(headers: &HeaderMap, secret: &Secret) -> Result<(), Denied> {
+    let token = bearer_of(headers)?;
+    if constant_time_eq(secret.expose().as_bytes(), token) {
+        Ok(())
+    } else {
+        Err(Denied::Invalid)
+    }
+}
 
 /// Compares without an early exit, so response timing does not reveal how much matched.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -351,6 +493,73 @@ mod tests {
         let open = Rules::from_config(&Config::default());
         assert_eq!(open.resp_anonymous().unwrap().name(), "default");
         assert!(!open.resp_has_passwords());
+    }
+
+    #[test]
+    fn protected_mode_admits_loopback_only_and_only_doors_without_auth() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for loopback in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:127.9.9.9",
+        ] {
+            assert!(admits(true, ip(loopback)), "{loopback}");
+        }
+        for remote in [
+            "192.0.2.2",
+            "10.0.0.1",
+            "0.0.0.0",
+            "::",
+            "fd00::2",
+            "::ffff:192.0.2.2",
+            "::2",
+        ] {
+            assert!(!admits(true, ip(remote)), "{remote}");
+            assert!(admits(false, ip(remote)), "{remote}: protected mode off");
+        }
+        let remote = ip("192.0.2.2");
+        let open = Rules::from_config(&Config::default());
+        assert!(!open.http_admits(remote) && !open.resp_admits(remote));
+        // Each door is protected while it has no auth of its own.
+        let with_users = Rules::from_config(&config());
+        assert!(with_users.http_admits(remote) && with_users.resp_admits(remote));
+        let mut c = Config::default();
+        c.resp.requirepass = "pw".into();
+        let rules = Rules::from_config(&c);
+        assert!(!rules.http_admits(remote) && rules.resp_admits(remote));
+        c.auth.protected_mode = false;
+        c.resp.requirepass = Secret::default();
+        let rules = Rules::from_config(&c);
+        assert!(rules.http_admits(remote) && rules.resp_admits(remote));
+    }
+
+    #[test]
+    fn failed_logins_wait_longer_each_time_then_close() {
+        let mut c = Config::default();
+        c.auth.max_failures_per_connection = 4;
+        c.auth.failure_delay = crate::config::HumanDuration(Duration::from_millis(100));
+        let rules = Rules::from_config(&c);
+        let waits: Vec<_> = (1..=4).map(|n| rules.after_failure(n)).collect();
+        let ms = |m| AfterFailure::Wait(Duration::from_millis(m));
+        assert_eq!(waits, [ms(0), ms(100), ms(200), AfterFailure::Close]);
+        assert_eq!(rules.after_failure(255), AfterFailure::Close);
+        let rules = Rules::from_config(&config());
+        assert_eq!(rules.known_user(Some(b"app")), "app");
+        assert_eq!(rules.known_user(Some(b"hunter2")), "(unknown)");
+        assert_eq!(rules.known_user(None), "(unknown)", "no default user here");
+    }
+
+    #[test]
+    fn the_failure_log_writes_one_line_a_second_and_counts_the_rest() {
+        let log = FailureLog::new();
+        assert_eq!(log.due(0), Some(0));
+        assert_eq!(log.due(10), None);
+        assert_eq!(log.due(999), None);
+        assert_eq!(log.due(1000), Some(2));
+        assert_eq!(log.due(1500), None);
+        assert_eq!(log.due(5000), Some(1));
     }
 
     #[test]

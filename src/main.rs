@@ -65,6 +65,16 @@ fn main() -> ExitCode {
     };
     if let Some(Command::CheckConfig) = cli.command {
         println!("config ok");
+        for (door, listen, keys) in config.protected_doors() {
+            if listen.ip().to_canonical().is_loopback() {
+                continue;
+            }
+            println!(
+                "note: protected mode is on for {door} ({listen}): no auth is configured there, \
+                 so only loopback clients will be served; configure {keys}, or set \
+                 auth.protected_mode = false"
+            );
+        }
         return ExitCode::SUCCESS;
     }
 

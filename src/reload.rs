@@ -1,6 +1,6 @@
 //! Config reload (SIGHUP): which keys a running server can take on, and what the server then
 //! runs with. A reload re-reads the file and the environment; keys it can apply under load are
-//! applied (log level, auth, limits, admission, L1 TTL policy), and every other changed key is
+//! applied (log level, auth, the admin token, limits, admission, L1 TTL policy), and every other changed key is
 //! named in one log line as needing a restart and left as it was. A config that does not load
 //! or validate changes nothing.
 
@@ -9,6 +9,7 @@ use crate::config::Config;
 /// Keys (or `section.` prefixes) a reload applies.
 pub const RELOADABLE: &[&str] = &[
     "log.level",
+    "admin.token",
     "auth.",
     "resp.requirepass",
     "resp.max_multibulk_len",
@@ -62,6 +63,7 @@ fn flatten(c: &Config) -> std::collections::BTreeMap<String, serde_json::Value> 
 pub fn merge(current: &Config, new: &Config) -> Config {
     let mut next = current.clone();
     next.log.level = new.log.level.clone();
+    next.admin.token = new.admin.token.clone();
     next.auth = new.auth.clone();
     next.resp.requirepass = new.resp.requirepass.clone();
     next.resp.max_multibulk_len = new.resp.max_multibulk_len;
@@ -85,6 +87,8 @@ mod tests {
     fn edited() -> Config {
         let mut c = Config::default();
         c.log.level = "debug".into();
+        c.admin.token = "a".repeat(32).as_str().into();
+        c.auth.protected_mode = false;
         c.auth.tokens.push(TokenConfig {
             name: "t".into(),
             token: "x".repeat(32).as_str().into(),

@@ -51,6 +51,7 @@ pub struct Running {
     access: Option<Arc<AccessLog>>,
     background: Background,
     resp_shared: Arc<resp::Shared>,
+    admin: Arc<admin::Admin>,
     draining: Shutdown,
     admin_stop: Shutdown,
     http_task: JoinHandle<()>,
@@ -127,6 +128,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
 
     let auth = Arc::new(Auth::new(Rules::from_config(&config)));
+    log_protected_mode(&config);
     let access = if config.access_log.enabled {
         let log = AccessLog::start(
             &config.access_log,
@@ -175,8 +177,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         cache: cache.clone(),
         draining: draining.clone(),
+        token: arc_swap::ArcSwap::from_pointee(config.admin.token.clone()),
     });
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin, admin_stop.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin.clone(),
+        admin_stop.clone(),
+    ));
     tracing::info!(%http_addr, %resp_addr, %admin_addr, "listening");
     Ok(Running {
         http_addr,
@@ -190,6 +197,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         access,
         background,
         resp_shared,
+        admin,
         draining,
         admin_stop,
         http_task,
@@ -229,6 +237,7 @@ impl Running {
             tracing::warn!(error = %e, "log.level not applied");
         }
         self.auth.replace(Rules::from_config(&next));
+        self.admin.token.store(Arc::new(next.admin.token.clone()));
         self.http_state.limits.store(Arc::new(next.limits.clone()));
         self.resp_shared
             .limits
@@ -318,6 +327,21 @@ pub async fn run(
     running.shutdown();
     running.wait().await;
     Ok(())
+}
+
+/// Says which doors protected mode limits to loopback clients, and how to open them: a
+/// gateway that answers its own host but not the network should say why at start.
+fn log_protected_mode(config: &Config) {
+    for (door, listen, keys) in config.protected_doors() {
+        if listen.ip().to_canonical().is_loopback() {
+            continue;
+        }
+        tracing::warn!(
+            door,
+            %listen,
+            "protected mode: no auth is configured on this door, so only loopback clients are served; configure {keys}, or set auth.protected_mode = false"
+        );
+    }
 }
 
 /// The URL with any password hidden, for logs.

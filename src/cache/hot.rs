@@ -123,12 +123,19 @@ impl HotKeys {
 
     /// The `top` hottest keys, hottest first, with estimated recent reads.
     pub fn report(&self) -> Vec<HotKey> {
+        self.report_where(|_| true)
+    }
+
+    /// The `top` hottest keys among those `shown` lets through (a user's read prefixes):
+    /// the others are left out before the top is taken, so a list never hints at them.
+    pub fn report_where(&self, shown: impl Fn(&[u8]) -> bool) -> Vec<HotKey> {
         let mut slots = self
             .summary
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .slots
             .clone();
+        slots.retain(|slot| shown(&slot.key));
         slots.sort_by(|a, b| b.reads.cmp(&a.reads).then_with(|| a.key.cmp(&b.key)));
         slots
             .into_iter()
@@ -162,6 +169,22 @@ mod tests {
         let keys: Vec<_> = hot.report().into_iter().map(|h| h.key).collect();
         assert_eq!(keys, [&b"a"[..], b"b", b"c"]);
         assert!(hot.summary.lock().unwrap().slots.len() <= 3 * SLOTS_PER_TOP);
+    }
+
+    #[test]
+    fn a_filtered_report_is_the_top_of_what_it_shows() {
+        let hot = HotKeys::with_half_life(2, 1, Duration::from_secs(3600));
+        for (key, reads) in [("secret:1", 9), ("secret:2", 8), ("app:1", 3), ("app:2", 2)] {
+            for _ in 0..reads {
+                hot.read(key.as_bytes());
+            }
+        }
+        let keys: Vec<_> = hot
+            .report_where(|k| k.starts_with(b"app:"))
+            .into_iter()
+            .map(|h| h.key)
+            .collect();
+        assert_eq!(keys, [&b"app:1"[..], b"app:2"]);
     }
 
     #[test]

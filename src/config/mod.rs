@@ -67,6 +67,9 @@ pub const DEFAULT_RESP_READ_BUFFER_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_RESP_BUFFER_POOL_BUFFERS: usize = 4096;
 /// Operators' port; loopback only, so metrics and readiness are not exposed by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Off: the probes and metrics of a loopback-only port need no secret. Set it (32+ characters)
+/// when `admin.listen` is reachable from other hosts, as in the Docker image.
+pub const DEFAULT_ADMIN_TOKEN: &str = "";
 /// Hot keys reported on /hotkeys and in INFO: a screenful.
 pub const DEFAULT_ADMIN_HOT_KEYS: usize = 10;
 /// One read in this many is counted for hot keys: a key read a thousand times a second is
@@ -208,15 +211,53 @@ pub const SECTIONS: &[&str] = &[
 ];
 
 /// Who may read and write which keys (see `auth`). Both lists empty (the default): the HTTP
-/// door is open, and RESP asks only for `resp.requirepass` when that is set.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// door is open, and RESP asks only for `resp.requirepass` when that is set; with
+/// `protected_mode`, a door left open serves loopback clients only.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
+    /// A door with no auth configured (HTTP: no tokens; RESP: no users and no requirepass)
+    /// refuses clients that are not on loopback.
+    pub protected_mode: bool,
+    /// Failed AUTH attempts after which a RESP connection is closed.
+    pub max_failures_per_connection: u32,
+    /// Step of the delay before a failed AUTH is answered (nth failure: n-1 steps).
+    pub failure_delay: HumanDuration,
     /// HTTP bearer tokens; when any is set, every data request needs one.
     pub tokens: Vec<TokenConfig>,
     /// RESP users (`AUTH name password`); when any is set, clients must authenticate, and the
     /// "default" user exists only if `resp.requirepass` is set.
     pub users: Vec<UserConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            protected_mode: DEFAULT_AUTH_PROTECTED_MODE,
+            max_failures_per_connection: DEFAULT_AUTH_MAX_FAILURES_PER_CONNECTION,
+            failure_delay: HumanDuration(DEFAULT_AUTH_FAILURE_DELAY),
+            tokens: Vec::new(),
+            users: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The data doors that serve loopback clients only (protected mode, no auth on them),
+    /// with the keys that would open them: for the start-up log and `check-config`.
+    pub fn protected_doors(&self) -> Vec<(&'static str, SocketAddr, &'static str)> {
+        let mut doors = Vec::new();
+        if !self.auth.protected_mode {
+            return doors;
+        }
+        if self.auth.tokens.is_empty() {
+            doors.push(("http", self.http.listen, "auth.tokens"));
+        }
+        if self.auth.users.is_empty() && self.resp.requirepass.is_empty() {
+            doors.push(("resp", self.resp.listen, "auth.users or resp.requirepass"));
+        }
+        doors
+    }
 }
 
 /// One bearer token and the keys it grants.
@@ -245,6 +286,17 @@ pub struct UserConfig {
     #[serde(default)]
     pub write: Vec<String>,
 }
+
+/// On, as redis-server's protected mode: a door with no auth configured listens on every
+/// interface by default, and must not hand every key to whoever can reach it.
+pub const DEFAULT_AUTH_PROTECTED_MODE: bool = true;
+/// Failed AUTH attempts one RESP connection may make before it is closed: a client with a
+/// wrong password fails a few times, not ten; past that it is guessing, and each further ten
+/// guesses cost it a new connection.
+pub const DEFAULT_AUTH_MAX_FAILURES_PER_CONNECTION: u32 = 10;
+/// The reply to a connection's nth failed AUTH waits (n-1) times this: the first mistake
+/// costs nothing, ten guesses cost 9 seconds instead of the 80 microseconds of a pipeline.
+pub const DEFAULT_AUTH_FAILURE_DELAY: Duration = Duration::from_millis(200);
 
 /// Shortest bearer token accepted: 128 bits of hex, so tokens cannot be guessed online.
 pub const MIN_TOKEN_LEN: usize = 32;
@@ -429,6 +481,9 @@ impl Default for RespConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// When set, every path but the probes (/healthz, /readyz) needs
+    /// `Authorization: Bearer <token>`.
+    pub token: Secret,
     /// How many of the hottest keys are tracked and reported (0: off).
     pub hot_keys: usize,
     pub hot_keys_sample: u32,
@@ -438,6 +493,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
+            token: DEFAULT_ADMIN_TOKEN.into(),
             hot_keys: DEFAULT_ADMIN_HOT_KEYS,
             hot_keys_sample: DEFAULT_ADMIN_HOT_KEYS_SAMPLE,
         }
@@ -772,6 +828,14 @@ impl Config {
         if self.admin.hot_keys > 1000 {
             bad("admin.hot_keys", "must be at most 1000".into());
         }
+        if !self.admin.token.is_empty() && self.admin.token.expose().len() < MIN_TOKEN_LEN {
+            bad(
+                "admin.token",
+                format!(
+                    "must be at least {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 16`)"
+                ),
+            );
+        }
         if self.admin.hot_keys_sample == 0 {
             bad("admin.hot_keys_sample", "must be at least 1".into());
         }
@@ -860,6 +924,21 @@ impl Config {
     }
 
     fn validate_auth(&self, bad: &mut impl FnMut(&str, String)) {
+        // Counted in one byte of each connection's state (`resp::session`).
+        if !(1..=255).contains(&self.auth.max_failures_per_connection) {
+            bad(
+                "auth.max_failures_per_connection",
+                "must be between 1 and 255".into(),
+            );
+        }
+        // The longest wait is before the last failure that is answered without a close.
+        let steps = self.auth.max_failures_per_connection.clamp(2, 255) - 2;
+        if self.auth.failure_delay.0 * steps > Duration::from_secs(60) {
+            bad(
+                "auth.failure_delay",
+                "times (auth.max_failures_per_connection - 2) must be at most 60s: the nth failed AUTH waits n-1 times it".into(),
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, t) in self.auth.tokens.iter().enumerate() {
             let at = format!("auth.tokens[{i}]");
@@ -1035,6 +1114,36 @@ mod tests {
             .validate()
             .iter()
             .any(|p| p.path == "http.max_header_bytes"));
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused() {
+        let mut c = Config::default();
+        c.admin.token = "short".into();
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["admin.token"]);
+        c.admin.token = "x".repeat(MIN_TOKEN_LEN).as_str().into();
+        assert!(c.validate().is_empty());
+    }
+
+    #[test]
+    fn auth_failure_bounds_are_checked() {
+        let mut c = Config::default();
+        c.auth.max_failures_per_connection = 0;
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["auth.max_failures_per_connection"]);
+        c.auth.max_failures_per_connection = 256;
+        assert!(c
+            .validate()
+            .iter()
+            .any(|p| p.path == "auth.max_failures_per_connection"));
+        // The longest wait, before the last failure answered, is 8 × 7.5s.
+        c.auth.max_failures_per_connection = 10;
+        c.auth.failure_delay = HumanDuration(Duration::from_millis(7500));
+        assert!(c.validate().is_empty());
+        c.auth.failure_delay = HumanDuration(Duration::from_millis(7501));
+        let paths: Vec<_> = c.validate().into_iter().map(|p| p.path).collect();
+        assert_eq!(paths, ["auth.failure_delay"]);
     }
 
     #[test]

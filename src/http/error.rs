@@ -134,6 +134,20 @@ impl ApiError {
         )
     }
 
+    /// Protected mode: no `auth.tokens`, and the client is not on loopback.
+    pub fn protected_mode() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "protected_mode",
+            "tiergate is running in protected mode: no HTTP bearer tokens are configured \
+             (auth.tokens), so only clients on the loopback interface are served. To serve this \
+             client, add [[auth.tokens]] (then send Authorization: Bearer <token>), or, if every \
+             host that can reach this port may read and write every key, set \
+             auth.protected_mode = false (TIERGATE_AUTH_PROTECTED_MODE=false). A SIGHUP applies \
+             either.",
+        )
+    }
+
     /// The body did not arrive within `http.body_read_timeout`.
     pub fn body_timeout() -> Self {
         Self::new(

@@ -8,6 +8,7 @@ mod conn;
 pub mod error;
 mod key;
 mod kv;
+mod protected;
 
 use crate::{
     access::{self, AccessLog},
@@ -271,7 +272,13 @@ pub async fn serve(
         listener,
         &shutdown,
         || metrics.accept_errors.inc(),
-        |stream, _peer| {
+        |stream, peer| {
+            if !state.auth.rules().http_admits(peer.ip()) {
+                state.metrics.protected_refused(Door::Http);
+                let panics = state.metrics.connection_panics.clone();
+                net::spawn_isolated(panics, protected::refuse(stream, builder.clone(), idle.h1));
+                return;
+            }
             let held = (state.metrics.connection(Door::Http), alive.clone());
             let (state, builder) = (state.clone(), builder.clone());
             let panics = state.metrics.connection_panics.clone();

@@ -2,15 +2,27 @@
 //! `/readyz` (it should get traffic: not draining, and L2 reachable when configured),
 //! `/hotkeys` (the keys read most lately, JSON), and a plain-text status page at `/`. Served
 //! by its own listener so that scrapes and probes never queue behind data traffic.
+//!
+//! With `admin.token` set, every path but the probes needs `Authorization: Bearer <token>`
+//! (probes come from orchestrators that carry none). Without it, the paths that name keys
+//! (`/hotkeys`, the status page) name them to loopback clients only: a key's name can be a
+//! secret of its own.
 
 use super::{Door, Metrics};
-use crate::{cache::TieredCache, net, shutdown::Shutdown};
+use crate::{
+    auth::{self, Denied},
+    cache::TieredCache,
+    config::Secret,
+    net,
+    shutdown::Shutdown,
+};
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
 
 /// What the admin handlers read.
@@ -19,7 +31,12 @@ pub struct Admin {
     pub cache: Arc<TieredCache>,
     /// Tripped at the start of shutdown: readiness turns 503 so balancers stop sending.
     pub draining: Shutdown,
+    /// `admin.token` (empty: none); replaced on reload.
+    pub token: ArcSwap<Secret>,
 }
+
+/// Paths served without the admin token: liveness and readiness probes carry none.
+const PROBES: [&str; 2] = ["/healthz", "/readyz"];
 
 impl Admin {
     pub fn ready(&self) -> Result<(), &'static str> {
@@ -32,11 +49,42 @@ impl Admin {
         }
     }
 
-    async fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+    /// The 401 for a `req` that may not see what `path` shows; None for the probes, and for
+    /// every path with the admin token (when one is set).
+    fn refusal<B>(&self, path: &str, req: &Request<B>) -> Option<Response<Full<Bytes>>> {
+        let token = self.token.load();
+        if token.is_empty() || PROBES.contains(&path) {
+            return None;
+        }
+        let why = auth::bearer_is(req.headers(), &token).err()?;
+        self.metrics.auth_denied(Door::Admin, why);
+        let msg = match why {
+            Denied::Missing => "this path needs Authorization: Bearer <admin.token>\n",
+            _ => "the bearer token is not admin.token\n",
+        };
+        let mut resp = text(StatusCode::UNAUTHORIZED, msg.into());
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tiergate-admin\""),
+        );
+        Some(resp)
+    }
+
+    /// Whether key names may be shown to `peer`: to anyone who passed the admin token, and
+    /// without one only on loopback, as protected mode keeps the data doors.
+    fn names_keys(&self, peer: SocketAddr) -> bool {
+        !self.token.load().is_empty() || auth::admits(true, peer.ip())
+    }
+
+    async fn handle<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
-        match req.uri().path() {
+        let path = req.uri().path();
+        if let Some(refused) = self.refusal(path, req) {
+            return refused;
+        }
+        match path {
             "/metrics" => {
                 self.cache.publish_usage().await;
                 typed(
@@ -57,6 +105,7 @@ impl Admin {
                     format!("not ready: {why}\n"),
                 ),
             },
+            "/hotkeys" if !self.names_keys(peer) => text(StatusCode::FORBIDDEN, KEYS_HIDDEN.into()),
             "/hotkeys" => {
                 let hot = self.cache.hot_keys();
                 let keys: Vec<_> = hot
@@ -72,7 +121,10 @@ impl Admin {
                 });
                 typed(format!("{body}\n"), "application/json")
             }
-            "/" => text(StatusCode::OK, self.status_page().await),
+            "/" => text(
+                StatusCode::OK,
+                self.status_page(self.names_keys(peer)).await,
+            ),
             _ => text(
                 StatusCode::NOT_FOUND,
                 "try /metrics, /healthz, /readyz, /hotkeys or /\n".into(),
@@ -80,7 +132,8 @@ impl Admin {
         }
     }
 
-    async fn status_page(&self) -> String {
+    /// The status page; hot keys by name only if `names_keys`.
+    async fn status_page(&self, names_keys: bool) -> String {
         let mode = match self.cache.l2() {
             None => "standalone (memory tier only)".to_string(),
             Some(l2) => format!("tiered (L2 {})", if l2.is_up() { "up" } else { "DOWN" }),
@@ -96,6 +149,11 @@ impl Admin {
             self.metrics.l1_entries.get(),
             self.metrics.l1_bytes.get(),
         );
+        if !names_keys {
+            page.push_str("hot keys: ");
+            page.push_str(KEYS_HIDDEN);
+            return page;
+        }
         let hot = self.cache.hot_keys().report();
         if !hot.is_empty() {
             page.push_str("hot keys (estimated recent reads):\n");
@@ -106,6 +164,9 @@ impl Admin {
         page
     }
 }
+
+/// Why key names are not shown: no admin token, and the client is not on loopback.
+const KEYS_HIDDEN: &str = "key names are shown only to loopback clients while admin.token is unset; set admin.token and send Authorization: Bearer <admin.token>\n";
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut resp = typed(body, "text/plain; charset=utf-8");
@@ -132,7 +193,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: Shutdown) {
         listener,
         &stop,
         || metrics.accept_errors.inc(),
-        |stream, _| {
+        |stream, peer| {
             let admin = admin.clone();
             let http1 = http1.clone();
             let stop = stop.clone();
@@ -142,7 +203,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, stop: Shutdown) {
                     let admin = admin.clone();
                     move |req| {
                         let admin = admin.clone();
-                        async move { Ok::<_, Infallible>(admin.handle(&req).await) }
+                        async move { Ok::<_, Infallible>(admin.handle(&req, peer).await) }
                     }
                 });
                 let conn = http1.serve_connection(TokioIo::new(stream), svc);

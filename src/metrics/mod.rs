@@ -179,6 +179,8 @@ pub struct Metrics {
     pub bus_flushes: IntCounter,
     auth_denied: [[IntCounter; 3]; 3],
     resp_closed: [IntCounter; 5],
+    protected_refused: [IntCounter; 3],
+    auth_failure_closes: [IntCounter; 3],
     /// Config reloads (SIGHUP): [applied, refused].
     config_reloads: [IntCounter; 2],
     pub http_idle_closed: IntCounter,
@@ -367,6 +369,26 @@ impl Metrics {
         .unwrap();
         reg(Box::new(closed.clone()));
         let resp_closed = RESP_CLOSES.map(|r| closed.with_label_values(&[r]));
+        let protected_refused = IntCounterVec::new(
+            Opts::new(
+                "protected_mode_refused_total",
+                "Connections refused by protected mode (a door without auth serves loopback clients only), by door",
+            ),
+            &["door"],
+        )
+        .unwrap();
+        reg(Box::new(protected_refused.clone()));
+        let protected_refused = DOORS.map(|door| protected_refused.with_label_values(&[door]));
+        let failure_closes = IntCounterVec::new(
+            Opts::new(
+                "auth_failure_closes_total",
+                "Connections closed after auth.max_failures_per_connection failed logins, by door (each failure is in auth_denied_total{reason=\"invalid\"})",
+            ),
+            &["door"],
+        )
+        .unwrap();
+        reg(Box::new(failure_closes.clone()));
+        let auth_failure_closes = DOORS.map(|door| failure_closes.with_label_values(&[door]));
         let reloads = IntCounterVec::new(
             Opts::new(
                 "config_reloads_total",
@@ -557,6 +579,8 @@ impl Metrics {
             http_idle_closed,
             auth_denied,
             resp_closed,
+            protected_refused,
+            auth_failure_closes,
             config_reloads,
             access_log_dropped,
             registry,
@@ -599,6 +623,16 @@ impl Metrics {
 
     pub fn resp_closed(&self, why: RespClose) {
         self.resp_closed[why as usize].inc();
+    }
+
+    /// Counts a connection refused by protected mode.
+    pub fn protected_refused(&self, door: Door) {
+        self.protected_refused[door as usize].inc();
+    }
+
+    /// Counts a connection closed for too many failed logins.
+    pub fn auth_failure_close(&self, door: Door) {
+        self.auth_failure_closes[door as usize].inc();
     }
 
     pub fn admission(&self, door: Door) -> AdmissionMetrics {

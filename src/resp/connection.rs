@@ -22,7 +22,7 @@ use crate::{
     net,
     shutdown::Shutdown,
 };
-use std::time::{Instant as StdInstant, SystemTime};
+use std::time::{Duration, Instant as StdInstant, SystemTime};
 use std::{
     future::{poll_fn, Future},
     io,
@@ -189,6 +189,8 @@ struct Outcome {
     more: bool,
     /// A reply too large to copy, written after the buffered ones.
     large: Option<Frame>,
+    /// Set by a failed AUTH (`auth.failure_delay`): how long to wait before writing.
+    pause: Duration,
 }
 
 /// Runs the complete commands in `rbuf` and writes their replies with one write, from a
@@ -206,6 +208,11 @@ async fn answer(
     let admitted = shared.admission.admit().await;
     let outcome = run_buffered(rbuf, &mut wbuf, session, shared, admitted.as_ref().err()).await;
     drop(admitted);
+    // A failed AUTH stopped the batch: its reply waits, in this connection only and with no
+    // admission slot held, and the commands after it run once it is written.
+    if !outcome.pause.is_zero() && !outcome.close {
+        tokio::time::sleep(outcome.pause).await;
+    }
     let timeout = shared.idle_timeout;
     let mut sent = Ok(());
     if !wbuf.is_empty() {
@@ -325,9 +332,10 @@ async fn run_buffered(
                     session,
                     close: false,
                     tier: None,
+                    pause: Duration::ZERO,
                 };
                 let reply = cmd.apply(&mut ctx).await;
-                (close, tier) = (ctx.close, ctx.tier);
+                (close, tier, outcome.pause) = (ctx.close, ctx.tier, ctx.pause);
                 reply
             }
         };
@@ -352,6 +360,10 @@ async fn run_buffered(
             }
         }
         if outcome.close {
+            return outcome;
+        }
+        if !outcome.pause.is_zero() {
+            outcome.more = true;
             return outcome;
         }
     }

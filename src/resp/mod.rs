@@ -162,6 +162,15 @@ impl Shared {
 /// redis-server's words for a refused client, written before the socket is closed.
 const MAX_CLIENTS_REPLY: &[u8] = b"-ERR max number of clients reached\r\n";
 
+/// redis-server's kind of reply (`-DENIED`) to a client protected mode refuses: what to
+/// configure to be let in. Static, so a refusal costs one non-blocking write and a close.
+const PROTECTED_MODE_REPLY: &[u8] = b"-DENIED tiergate is running in protected mode: no \
+Redis-protocol authentication is configured (neither auth.users nor resp.requirepass), so \
+only clients on the loopback interface are served. To serve this client, either set \
+resp.requirepass or add [[auth.users]] (then AUTH first), or, if every host that can reach \
+this port may read and write every key, set auth.protected_mode = false \
+(TIERGATE_AUTH_PROTECTED_MODE=false). A SIGHUP applies either.\r\n";
+
 /// Serves the RESP port until shutdown; then lets every connection finish the commands it
 /// has received, bounded by `grace`.
 pub async fn serve(
@@ -179,7 +188,12 @@ pub async fn serve(
         listener,
         &shutdown,
         || metrics.accept_errors.inc(),
-        |stream, _peer| {
+        |stream, peer| {
+            if !shared.auth.rules().resp_admits(peer.ip()) {
+                shared.metrics.protected_refused(Door::Resp);
+                let _ = stream.try_write(PROTECTED_MODE_REPLY);
+                return;
+            }
             // The permit is taken before any per-connection work: a client past the budget
             // costs one non-blocking write and a close.
             let Ok(permit) = budget.clone().try_acquire_owned() else {

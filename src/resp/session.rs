@@ -1,5 +1,5 @@
-//! One client's state: protocol version, name, id, who it is logged in as, and how far the
-//! codec got through a partly received command.
+//! One client's state: protocol version, name, id, who it is logged in as, its failed logins,
+//! and how far the codec got through a partly received command.
 
 use super::frame::{Progress, Protocol};
 use crate::auth::{Auth, Principal};
@@ -15,6 +15,9 @@ pub struct Session {
     pub user: Option<Arc<Principal>>,
     /// Where the codec stopped in a command that has not fully arrived.
     pub progress: Progress,
+    /// Failed AUTH attempts on this connection (see `auth.max_failures_per_connection`): a
+    /// byte in what was padding, so the session stays within `SESSION_BYTES`.
+    auth_failures: u8,
 }
 
 /// The most a session may take. Each idle connection is a tokio task whose cell is
@@ -33,7 +36,14 @@ impl Session {
             name: None,
             user,
             progress: Progress::default(),
+            auth_failures: 0,
         }
+    }
+
+    /// Counts a failed AUTH; returns how many this connection has made.
+    pub fn auth_failed(&mut self) -> u8 {
+        self.auth_failures = self.auth_failures.saturating_add(1);
+        self.auth_failures
     }
 
     /// CLIENT SETNAME / HELLO SETNAME: an empty name clears it, as in redis-server.

@@ -2,7 +2,10 @@
 
 use super::{is, parse_int, Ctx, Parse};
 use crate::resp::frame::{Frame, Protocol};
-use crate::{auth::Denied, metrics::Door};
+use crate::{
+    auth::{AfterFailure, Denied},
+    metrics::Door,
+};
 use bytes::Bytes;
 
 /// The Redis version tiergate's command semantics follow; clients read it from HELLO.
@@ -109,17 +112,41 @@ impl Auth {
     }
 }
 
-/// Checks credentials (`user` None: "default") and logs the session in as that user.
+/// Checks credentials (`user` None: "default") and logs the session in as that user. A
+/// failure is counted against the connection: its reply waits longer each time after the
+/// first, and the last one allowed closes the connection (`auth.*`), so one connection cannot
+/// try passwords at the speed of a pipeline.
 fn check_password(ctx: &mut Ctx<'_>, user: Option<&[u8]>, password: &[u8]) -> Result<(), Frame> {
-    match ctx.shared.auth.rules().login(user, password) {
-        Some(p) => {
-            ctx.session.user = Some(p);
-            Ok(())
-        }
-        None => {
-            ctx.shared.metrics.auth_denied(Door::Resp, Denied::Invalid);
+    let rules = ctx.shared.auth.rules();
+    if let Some(p) = rules.login(user, password) {
+        ctx.session.user = Some(p);
+        return Ok(());
+    }
+    let metrics = &ctx.shared.metrics;
+    metrics.auth_denied(Door::Resp, Denied::Invalid);
+    let failures = ctx.session.auth_failed();
+    let after = rules.after_failure(failures);
+    let closed = after == AfterFailure::Close;
+    (ctx.shared.auth.failures).failed(
+        "resp",
+        ctx.session.id,
+        rules.known_user(user),
+        failures,
+        closed,
+    );
+    match after {
+        AfterFailure::Wait(pause) => {
+            ctx.pause = pause;
             Err(Frame::error(
                 "WRONGPASS invalid username-password pair or user is disabled.",
+            ))
+        }
+        AfterFailure::Close => {
+            metrics.auth_failure_close(Door::Resp);
+            ctx.close = true;
+            Err(Frame::error(
+                "WRONGPASS invalid username-password pair or user is disabled. Too many failed \
+                 attempts on this connection (auth.max_failures_per_connection): closing it.",
             ))
         }
     }

@@ -25,8 +25,11 @@ pub struct Ctx<'a> {
     /// The bounds in force for this batch of commands (read once per batch).
     pub limits: &'a super::Limits,
     pub session: &'a mut Session,
-    /// Set by QUIT: close once the reply is written.
+    /// Set by QUIT (and a last failed AUTH): close once the reply is written.
     pub close: bool,
+    /// Set by a failed AUTH: how long its reply, and the rest of the connection's commands,
+    /// wait (`auth.failure_delay`). Waited for outside admission.
+    pub pause: std::time::Duration,
     /// Set by GET on a hit: the tier that answered, for the access log.
     pub tier: Option<crate::metrics::Tier>,
 }

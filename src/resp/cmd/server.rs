@@ -2,6 +2,7 @@
 
 use super::{connection::REDIS_COMPAT_VERSION, is, Ctx, Parse};
 use crate::{
+    auth::Need,
     metrics::{Door, Tier},
     resp::frame::Frame,
 };
@@ -102,7 +103,8 @@ fn entry(&(name, arity, first, last, step): &(&'static str, i64, i64, i64, i64))
 /// INFO [section ...]: redis-server's layout (`# Section` headers, `field:value` lines) with
 /// tiergate's own figures. Sections: server, clients, memory, stats, cpu, keyspace (in tiered
 /// mode Redis' own key count, from DBSIZE: L1 holds a copy of some of them), and tiergate's
-/// hotkeys (`hotkey_<rank>:key=<escaped key>,reads=<estimated recent reads>`);
+/// hotkeys (`hotkey_<rank>:key=<escaped key>,reads=<estimated recent reads>`, of the keys
+/// the user may read);
 /// "all", "everything" and "default" mean all of them.
 pub struct Info {
     sections: Vec<Bytes>,
@@ -206,7 +208,11 @@ impl Info {
                     field("tiergate_l2_hits", &l2_hits);
                 }
                 "hotkeys" => {
-                    for (rank, h) in shared.cache.hot_keys().report().iter().enumerate() {
+                    // Only keys the user may read: a key's name can be a secret of its own.
+                    let user = ctx.session.user.as_deref();
+                    let readable = |k: &[u8]| user.is_some_and(|u| u.may(Need::Read, k));
+                    let hot = shared.cache.hot_keys().report_where(readable);
+                    for (rank, h) in hot.iter().enumerate() {
                         field(
                             &format!("hotkey_{rank}"),
                             &format_args!("key={},reads={}", h.key.escape_ascii(), h.reads),
