@@ -455,8 +455,32 @@ impl L2 {
     }
 
     /// MGET and a PTTL per key, in one round trip (one per slot on a cluster). A key of
-    /// another type reads as absent, as MGET has it.
+    /// another type reads as absent, as MGET has it. A key named more than once is fetched
+    /// once: an MGET of one 4 MiB key 128 times would otherwise make Redis send 512 MiB, all
+    /// of it held here until parsed.
     pub async fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Fetched>>, L2Error> {
+        if keys.len() > 1 {
+            let mut first: ahash::HashMap<&[u8], usize> = ahash::HashMap::default();
+            let mut unique = Vec::new();
+            let at: Vec<usize> = keys
+                .iter()
+                .map(|&k| {
+                    *first.entry(k).or_insert_with(|| {
+                        unique.push(k);
+                        unique.len() - 1
+                    })
+                })
+                .collect();
+            if unique.len() < keys.len() {
+                let fetched = self.get_distinct(&unique).await?;
+                return Ok(at.into_iter().map(|i| fetched[i].clone()).collect());
+            }
+        }
+        self.get_distinct(keys).await
+    }
+
+    /// `get_many` of keys each named once.
+    async fn get_distinct(&self, keys: &[&[u8]]) -> Result<Vec<Option<Fetched>>, L2Error> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
