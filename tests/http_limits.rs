@@ -198,3 +198,70 @@ async fn idle_connections_close_after_the_keepalive_timeout_on_both_protocols() 
     let m = gw.metrics().await;
     assert_eq!(support::metric(&m, "tiergate_http_idle_closed_total"), 2.0);
 }
+
+/// Sends `head` on `s` and reads one answer: its status line and headers, and the body's
+/// bytes as `Content-Length` says (hyper's 431 has none).
+async fn one_answer(s: &mut TcpStream, head: &[u8]) -> String {
+    s.write_all(head).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(support::SETTLE, async {
+        loop {
+            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                let text = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                let body = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                if out.len() >= end + 4 + body {
+                    return;
+                }
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed mid-answer: {}",
+                String::from_utf8_lossy(&out)
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("an answer");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A GET whose head is exactly `len` bytes.
+fn head_of(len: usize) -> String {
+    let bare = "GET /v1/kv/k HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n".len();
+    let pad = "x".repeat(len - bare);
+    format!("GET /v1/kv/k HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_on_a_keep_alive_connection_gets_the_head_limit() {
+    // The default limit (16 KiB), as the issue found it: a 20,000-byte head was refused on a
+    // new connection and served on a reused one, after hyper's read buffer had grown.
+    let gw = Gateway::start(support::config(None)).await;
+    let limit = tiergate::config::DEFAULT_HTTP_MAX_HEADER_BYTES as usize;
+    for over in [limit + 1, 20_000] {
+        for small_first in [0usize, 1, 3] {
+            let mut s = connect(&gw).await;
+            for _ in 0..small_first {
+                let answer = one_answer(&mut s, head_of(100).as_bytes()).await;
+                assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+            }
+            // A head of exactly the limit is served, on any request of a connection ...
+            let answer = one_answer(&mut s, head_of(limit).as_bytes()).await;
+            assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+            // ... and one longer is refused.
+            s.write_all(head_of(over).as_bytes()).await.unwrap();
+            let answer = until_closed(&mut s).await;
+            assert!(
+                answer.starts_with("HTTP/1.1 431"),
+                "{over} bytes after {} requests: {answer}",
+                small_first + 1
+            );
+        }
+    }
+}

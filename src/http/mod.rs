@@ -8,6 +8,7 @@ mod conn;
 pub mod error;
 mod key;
 mod kv;
+mod proto;
 
 use crate::{
     access::{self, AccessLog},
@@ -24,10 +25,7 @@ use bytes::Bytes;
 use error::ApiError;
 use http::{Method, Request, Response};
 use http_body_util::Full;
-use hyper_util::{
-    rt::{TokioExecutor, TokioTimer},
-    server::conn::auto,
-};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::{
     future::{poll_fn, Future},
     pin::Pin,
@@ -233,13 +231,17 @@ pub async fn serve(
     drain: ShutdownConfig,
     shutdown: Shutdown,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let max_head = cfg.max_header_bytes.0 as usize;
+    let mut h1 = hyper::server::conn::http1::Builder::new();
     // No timer for HTTP/1: without one hyper arms no header-read timeout, which `conn` keeps
     // instead, at a fraction of the cost (see there).
-    builder
-        .http1()
-        // A head that does not fit the read buffer gets 431 (the body streams past it).
-        .max_buf_size(cfg.max_header_bytes.0 as usize)
+    h1
+        // A head over this gets 431, on every request of a connection: hyper checks it
+        // against the parsed head. `max_buf_size` alone is checked only between reads, and
+        // one read can take more than it (see `proto`).
+        .max_header_size(max_head)
+        // The read buffer's bound: the head must fit (the body streams past it).
+        .max_buf_size(max_head)
         // Without this, hyper reads the socket while each request is in flight, to notice a
         // client gone mid-request. That read reserves buffer space while the request still
         // holds the head's bytes, so every request reallocated the 8 KB read buffer (a
@@ -249,17 +251,17 @@ pub async fn serve(
         .half_close(true);
     if cfg.max_headers != DEFAULT_HTTP_MAX_HEADERS {
         // Only when changed: hyper then parses headers on the heap, about 5% slower.
-        builder.http1().max_headers(cfg.max_headers);
+        h1.max_headers(cfg.max_headers);
     }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(cfg.http2_max_concurrent_streams)
-        .max_header_list_size(cfg.max_header_bytes.0 as u32);
-    if !cfg.http2 {
-        builder = builder.http1_only();
-    }
-    let builder = Arc::new(builder);
+    let h2 = cfg.http2.then(|| {
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(cfg.http2_max_concurrent_streams)
+            // Checked by h2 on each header block as it is decoded: 431 on that stream.
+            .max_header_list_size(max_head as u32);
+        h2
+    });
+    let protocols = Arc::new(proto::Protocols { h1, h2 });
     let idle = conn::IdleLimits {
         h1: cfg.header_read_timeout.0.min(cfg.keepalive_timeout.0),
         h2: cfg.keepalive_timeout.0,
@@ -273,11 +275,11 @@ pub async fn serve(
         || metrics.accept_errors.inc(),
         |stream, _peer| {
             let held = (state.metrics.connection(Door::Http), alive.clone());
-            let (state, builder) = (state.clone(), builder.clone());
+            let (state, protocols) = (state.clone(), protocols.clone());
             let panics = state.metrics.connection_panics.clone();
             net::spawn_isolated(panics, async move {
                 let _held = held;
-                conn::serve(stream, state, builder, idle).await;
+                conn::serve(stream, state, protocols, idle).await;
             });
         },
     )
