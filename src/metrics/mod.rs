@@ -210,7 +210,7 @@ impl Metrics {
         .unwrap();
         let l1_refreshes = IntCounter::new(
             "l1_refreshes_total",
-            "Background refreshes of L1 entries answered stale (l1.stale_while_revalidate)",
+            "Background refreshes of L1 entries answered stale (l1.stale_while_revalidate) that asked L2",
         )
         .unwrap();
         let l1_warming = IntGauge::new(
