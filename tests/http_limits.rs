@@ -265,3 +265,108 @@ async fn every_request_on_a_keep_alive_connection_gets_the_head_limit() {
         }
     }
 }
+
+/// POST /v1/kv:batchGet of `body` (JSON) on `client`.
+async fn batch_get(gw: &Gateway, client: &reqwest::Client, body: String) -> reqwest::Response {
+    client
+        .post(format!("{}/v1/kv:batchGet", gw.base))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_get_reply_over_max_reply_bytes_gets_413() {
+    let mut cfg = support::config(None);
+    cfg.limits.max_value_bytes = ByteSize(1024);
+    // Exactly the answer for r0..r3 below: 4 × (`"rN":` + a quoted 1000-byte value), three
+    // commas, and `{"values":{` `}}`.
+    let exact = 4 * (5 + 1002) + 3 + 13;
+    cfg.limits.max_reply_bytes = ByteSize(exact);
+    let gw = Gateway::start(cfg).await;
+    for i in 0..5 {
+        assert_eq!(
+            gw.put(&format!("r{i}"), "x".repeat(1000)).await.status(),
+            204
+        );
+    }
+    let c = &gw.http;
+
+    // At the limit: served, as long as measured.
+    let r = batch_get(&gw, c, r#"{"keys":["r3","r2","r1","r0","r1"]}"#.into()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.content_length(), Some(exact));
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len() as u64, exact);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["values"]["r2"], "x".repeat(1000));
+
+    // One key more, or the same keys in base64 (longer): refused, named by its key.
+    for body in [
+        r#"{"keys":["r0","r1","r2","r3","r4"]}"#,
+        r#"{"keys":["r0","r1","r2","r3"],"encoding":"base64"}"#,
+    ] {
+        let r = batch_get(&gw, c, body.into()).await;
+        assert_eq!(r.status(), 413, "{body}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "reply_too_large");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains("limits.max_reply_bytes"), "{message}");
+    }
+
+    // The gateway is fine, and counted both.
+    let r = batch_get(&gw, c, r#"{"keys":["r4","absent"]}"#.into()).await;
+    assert_eq!(r.status(), 200);
+    let m = gw.metrics().await;
+    assert_eq!(
+        support::metric(&m, "tiergate_reply_limit_total{door=\"http\"}"),
+        2.0
+    );
+    assert_eq!(
+        support::metric(
+            &m,
+            "tiergate_http_requests_total{route=\"batch_get\",status=\"413\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_batch_get_replies_arrive_whole_over_both_protocols() {
+    let gw = Gateway::start(support::config(None)).await;
+    // Streamed as they are, escaped, and in base64, each past the encoder's pieces.
+    let raw = "r".repeat(3 << 20);
+    let escaped: String = (0..(1 << 20))
+        .map(|i| ['a', '"', '\n', 'é', '\u{1}'][i % 5])
+        .collect();
+    let binary: Vec<u8> = (0..(2 << 20)).map(|i| (i % 251) as u8).collect();
+    assert_eq!(gw.put("raw", raw.clone()).await.status(), 204);
+    assert_eq!(gw.put("escaped", escaped.clone()).await.status(), 204);
+    assert_eq!(gw.put("binary", binary.clone()).await.status(), 204);
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for client in [&gw.http, &h2] {
+        let r = batch_get(
+            &gw,
+            client,
+            r#"{"keys":["raw","escaped","binary","none"]}"#.into(),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+        let length = r.content_length();
+        let body = r.bytes().await.unwrap();
+        if let Some(length) = length {
+            assert_eq!(length, body.len() as u64);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["values"]["raw"].as_str().unwrap(), raw);
+        assert_eq!(v["values"]["escaped"].as_str().unwrap(), escaped);
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&binary);
+        assert_eq!(v["values"]["binary"]["base64"].as_str().unwrap(), b64);
+        assert!(v["values"]["none"].is_null());
+    }
+}

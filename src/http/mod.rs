@@ -9,6 +9,7 @@ pub mod error;
 mod key;
 mod kv;
 mod proto;
+mod values;
 
 use crate::{
     access::{self, AccessLog},
@@ -86,7 +87,56 @@ impl State {
     }
 }
 
-type Reply = Result<Response<Full<Bytes>>, ApiError>;
+type Reply = Result<Response<ReplyBody>, ApiError>;
+
+/// A response body: whole (every answer but one), or a batchGet's values, encoded as the
+/// connection takes them (`values`). Boxed there: this is in every response, and the whole
+/// kind is all an L1 hit needs.
+#[derive(Debug)]
+pub enum ReplyBody {
+    Whole(Full<Bytes>),
+    Values(Box<values::Values>),
+}
+
+impl From<Full<Bytes>> for ReplyBody {
+    fn from(b: Full<Bytes>) -> Self {
+        ReplyBody::Whole(b)
+    }
+}
+
+impl hyper::body::Body for ReplyBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ReplyBody::Whole(b) => Pin::new(b).poll_frame(cx),
+            // Never waits: the values are all in memory; hyper asks for the next piece
+            // when the connection has taken the last.
+            ReplyBody::Values(v) => {
+                Poll::Ready(v.next_frame().map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReplyBody::Whole(b) => b.is_end_stream(),
+            ReplyBody::Values(v) => v.is_end(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ReplyBody::Whole(b) => b.size_hint(),
+            // Exact: hyper sends it as Content-Length.
+            ReplyBody::Values(v) => hyper::body::SizeHint::with_exact(v.remaining()),
+        }
+    }
+}
 
 const KV_PREFIX: &str = "/v1/kv/";
 const BATCH_GET: &str = "/v1/kv:batchGet";
@@ -94,7 +144,7 @@ const BATCH_SET: &str = "/v1/kv:batchSet";
 
 /// Handles one request: checks its token, admits it, routes it, answers it, records it.
 /// Generic over the body so benches and unit tests can call it without sockets.
-pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
+pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<ReplyBody> {
     let start = Instant::now();
     // Classified first, so refusals (401, 503) are counted under the route they were for.
     let route = route_of(req.method(), req.uri().path());

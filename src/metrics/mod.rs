@@ -158,6 +158,8 @@ pub struct Metrics {
     /// Config reloads (SIGHUP): [applied, refused].
     config_reloads: [IntCounter; 2],
     pub http_idle_closed: IntCounter,
+    /// Replies refused for their size (`limits.max_reply_bytes`): [http, resp].
+    reply_limit: [IntCounter; 2],
     pub access_log_written: IntCounter,
     pub access_log_dropped: IntCounter,
 }
@@ -349,6 +351,17 @@ impl Metrics {
         )
         .unwrap();
         reg(Box::new(http_idle_closed.clone()));
+        let reply_limit = IntCounterVec::new(
+            Opts::new(
+                "reply_limit_total",
+                "Replies over limits.max_reply_bytes, by door: refused with 413 reply_too_large (http) or the client closed (resp)",
+            ),
+            &["door"],
+        )
+        .unwrap();
+        reg(Box::new(reply_limit.clone()));
+        let reply_limit =
+            [Door::Http, Door::Resp].map(|d| reply_limit.with_label_values(&[DOORS[d as usize]]));
         let access_log_written = IntCounter::new(
             "access_log_records_total",
             "Access-log records written out (access_log.enabled)",
@@ -521,6 +534,7 @@ impl Metrics {
             bus_flushes,
             access_log_written,
             http_idle_closed,
+            reply_limit,
             auth_denied,
             config_reloads,
             access_log_dropped,
@@ -560,6 +574,16 @@ impl Metrics {
 
     pub fn auth_denied(&self, door: Door, why: crate::auth::Denied) {
         self.auth_denied[door as usize][why as usize].inc();
+    }
+
+    /// A reply over `limits.max_reply_bytes` was refused (HTTP) or its client closed (RESP).
+    pub fn reply_too_large(&self, door: Door) {
+        match door {
+            Door::Http => self.reply_limit[0].inc(),
+            Door::Resp => self.reply_limit[1].inc(),
+            // The admin port's replies are its own, and small.
+            Door::Admin => {}
+        }
     }
 
     pub fn admission(&self, door: Door) -> AdmissionMetrics {
