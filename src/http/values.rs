@@ -201,7 +201,9 @@ impl Values {
         self.hand_out(b)
     }
 
-    /// The next piece of the answer; None once it has all been handed out.
+    /// The next piece of the answer; None once it has all been handed out. Not inlined:
+    /// it would be into hyper's write path, which every response takes.
+    #[inline(never)]
     pub fn next_frame(&mut self) -> Option<Bytes> {
         loop {
             if let Some((mut rest, form)) = self.current.take() {
