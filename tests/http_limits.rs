@@ -2,7 +2,8 @@
 //! dropped (`http.header_read_timeout`, which also idles HTTP/1 out), idle connections of both
 //! protocols are closed (`http.keepalive_timeout`), a trickled body gets
 //! 408 (`http.body_read_timeout`), a wedged request 503 (`http.request_timeout`), an oversized
-//! head 431 (`http.max_header_bytes`), too many headers 431 (`http.max_headers`), and an h2
+//! head 431 (`http.max_header_bytes`, on every request of a connection), too many headers 431
+//! (`http.max_headers`), a batchGet answer over `limits.max_reply_bytes` 413, and an h2
 //! connection advertises `http.http2_max_concurrent_streams`.
 
 mod support;
