@@ -371,3 +371,27 @@ async fn long_batch_get_replies_arrive_whole_over_both_protocols() {
         assert!(v["values"]["none"].is_null());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_h2_stream_gets_the_head_limit() {
+    // h2 bounds each stream's decoded header list (`max_header_list_size`): later streams of
+    // a connection get the same 431 as the first.
+    let gw = Gateway::start(support::config(None)).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let big = "x".repeat(20_000);
+    for _ in 0..3 {
+        let r = h2.get(gw.kv("k")).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 404);
+        let r = h2
+            .get(gw.kv("k"))
+            .header("x-big", &big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 431);
+    }
+}
