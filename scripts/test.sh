@@ -35,9 +35,10 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
 echo "==> cargo test (warnings denied)"
-RUSTFLAGS="${RUSTFLAGS:-} -D warnings" cargo test --all-targets --locked
+# --no-fail-fast: a failing suite must not hide the ones cargo would skip after it.
+RUSTFLAGS="${RUSTFLAGS:-} -D warnings" cargo test --all-targets --locked --no-fail-fast
 
 # The KV and RESP suites again, with a three-master Redis Cluster as L2 (tests/support).
 echo "==> cargo test --test kv_http --test resp, over a Redis Cluster"
 TIERGATE_TEST_L2=cluster RUSTFLAGS="${RUSTFLAGS:-} -D warnings" \
-    cargo test --locked --test kv_http --test resp
+    cargo test --locked --no-fail-fast --test kv_http --test resp

@@ -171,6 +171,7 @@ async fn a_reply_over_max_reply_bytes_closes_the_client() {
         metric(&m, "tiergate_resp_closed_total{reason=\"reply_limit\"}"),
         1.0
     );
+    assert_eq!(metric(&m, "tiergate_reply_limit_total{door=\"resp\"}"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -334,7 +334,7 @@ impl TieredCache {
             self.refresher.schedule(key);
             return Ok(self.answer(stale, Tier::L1));
         }
-        let (e, tier) = self.revalidate(key).await?;
+        let (e, tier, _) = self.revalidate(key).await?;
         if tier == Tier::L1 && !self.l1.is_fresh(&e) {
             self.metrics.l1_stale_served.inc();
         }
@@ -344,8 +344,8 @@ impl TieredCache {
     /// Reads `key` from L2 and stores what it says in L1; if L2 cannot be reached, the stale
     /// entry (if still held) is the answer. Concurrent callers for the key run one at a time
     /// (moka's compute), and those after the first find the entry fresh again and ask L2
-    /// nothing.
-    async fn revalidate(&self, key: &[u8]) -> Result<(Entry, Tier), L2Error> {
+    /// nothing: the third value says whether this call asked L2 (an error always did).
+    async fn revalidate(&self, key: &[u8]) -> Result<(Entry, Tier, bool), L2Error> {
         let l2 = self
             .l2
             .as_ref()
@@ -356,21 +356,21 @@ impl TieredCache {
             .l1
             .compute_with(owned.clone(), |cur| async move {
                 match cur {
-                    Some(e) if self.l1.is_fresh(&e) => (Op::Nop, Ok((e, Tier::L1))),
+                    Some(e) if self.l1.is_fresh(&e) => (Op::Nop, Ok((e, Tier::L1, false))),
                     cur => match l2.get(owned).await {
                         Ok(Some((value, ttl))) => {
                             let e = Entry::new(value, Some(self.l1_ttl(ttl)));
-                            (Op::Put(e.clone()), Ok((e, Tier::L2)))
+                            (Op::Put(e.clone()), Ok((e, Tier::L2, true)))
                         }
                         Ok(None) => {
                             let absent = Entry::absent(Duration::ZERO);
                             match self.negative_entry() {
-                                Some(neg) => (Op::Put(neg), Ok((absent, Tier::L2))),
-                                None => (Op::Remove, Ok((absent, Tier::L2))),
+                                Some(neg) => (Op::Put(neg), Ok((absent, Tier::L2, true))),
+                                None => (Op::Remove, Ok((absent, Tier::L2, true))),
                             }
                         }
                         Err(e) => match cur {
-                            Some(stale) if e.is_outage() => (Op::Nop, Ok((stale, Tier::L1))),
+                            Some(stale) if e.is_outage() => (Op::Nop, Ok((stale, Tier::L1, true))),
                             _ => (Op::Nop, Err(e)),
                         },
                     },

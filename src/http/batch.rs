@@ -10,14 +10,15 @@ use super::{
     error::ApiError,
     key,
     kv::no_content,
-    Reply, State,
+    values::Values,
+    Reply, ReplyBody, State,
 };
 use crate::auth::{Need, Principal};
 use crate::cache::Item;
+use crate::metrics::Door;
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response};
-use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 
 #[derive(Deserialize)]
@@ -127,38 +128,40 @@ pub async fn get<B: RequestBody>(
     let req: BatchGet = read_json(state, headers, b).await?;
     *keys = req.keys.len() as u32;
     // One read of the limits per request; not held across the L2 call below.
-    let (max_keys, max_key) = {
+    let (max_keys, max_key, max_reply) = {
         let limits = state.limits.load();
-        (limits.max_batch_keys, limits.max_key_bytes)
+        (
+            limits.max_batch_keys,
+            limits.max_key_bytes,
+            limits.max_reply_bytes.0,
+        )
     };
     check_count(req.keys.len(), max_keys)?;
-    for k in &req.keys {
+    // The answer is a map in key order, each key once: a key asked for twice is read once.
+    let mut wanted = req.keys;
+    wanted.sort_unstable();
+    wanted.dedup();
+    for k in &wanted {
         key::check(k.as_bytes(), max_key)?;
         // One key out of scope refuses the whole batch: a partial answer would hide it.
         state.authorize(user, Need::Read, k.as_bytes())?;
     }
-    let keys: Vec<Bytes> = req
-        .keys
-        .iter()
-        .map(|k| Bytes::copy_from_slice(k.as_bytes()))
-        .collect();
-    let hits = state.cache.get_many(&keys).await?;
-    let values: serde_json::Map<String, serde_json::Value> = req
-        .keys
-        .into_iter()
-        .zip(hits)
-        .map(|(k, hit)| {
-            let v = match hit {
-                Some(hit) => serde_json::to_value(WireValue::encode(&hit.value, req.encoding))
-                    .expect("a string or an object of strings"),
-                None => serde_json::Value::Null,
-            };
-            (k, v)
-        })
-        .collect();
-    let body = serde_json::to_vec(&serde_json::json!({ "values": values }))
-        .expect("JSON values serialise");
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    let wanted: Vec<Bytes> = wanted.into_iter().map(Bytes::from).collect();
+    let hits = state.cache.get_many(&wanted).await?;
+    let found = hits.into_iter().map(|h| h.map(|h| h.value)).collect();
+    let answer = Values::new(wanted, found, req.encoding == Encoding::Base64);
+    if answer.remaining() > max_reply {
+        state.metrics.reply_too_large(Door::Http);
+        return Err(ApiError::too_large(
+            "reply_too_large",
+            format!(
+                "the answer would be {} bytes; the limit is {max_reply} \
+                 (limits.max_reply_bytes): ask for fewer keys at a time",
+                answer.remaining()
+            ),
+        ));
+    }
+    let mut resp = Response::new(ReplyBody::Values(Box::new(answer)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

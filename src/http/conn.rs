@@ -14,14 +14,10 @@
 //! bare hyper request). This is one timer per connection, re-armed only when it fires: a
 //! request moves a millisecond stamp, not the timer.
 
-use super::{handle, State};
+use super::{handle, proto::Protocols, State};
 use crate::shutdown::Shutdown;
 use http::{header, HeaderValue, Request, Version};
 use hyper::service::service_fn;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
 use std::{
     convert::Infallible,
     sync::{
@@ -48,7 +44,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Requests in flight on one connection and when the last one ended.
 struct Idle {
     in_flight: AtomicU32,
-    /// A request arrived over h2 (hyper's auto builder chose the protocol).
+    /// A request arrived over h2 (`proto` chose it by the first bytes).
     h2: AtomicBool,
     /// Milliseconds since `epoch()` at the end of the last request (or the accept).
     last_ms: AtomicU64,
@@ -102,7 +98,7 @@ impl Idle {
 pub async fn serve(
     stream: TcpStream,
     state: Arc<State>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    protocols: Arc<Protocols>,
     limits: IdleLimits,
 ) {
     let idle = Arc::new(Idle {
@@ -129,7 +125,7 @@ pub async fn serve(
             }
         })
     };
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = protocols.serve(stream, svc);
     tokio::pin!(conn);
     let timer = tokio::time::sleep(limits.h1);
     tokio::pin!(timer);

@@ -68,7 +68,7 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> Response<super::ReplyBody> {
         #[derive(serde::Serialize)]
         struct Body<'a> {
             error: Inner<'a>,
@@ -85,7 +85,7 @@ impl ApiError {
             },
         })
         .expect("serialising two strings cannot fail");
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        let mut resp = Response::new(Full::new(Bytes::from(body)).into());
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();
         h.insert(

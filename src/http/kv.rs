@@ -3,7 +3,7 @@
 use super::{
     body::{self, RequestBody},
     error::ApiError,
-    key, Reply, State,
+    key, Reply, ReplyBody, State,
 };
 use crate::auth::{Need, Principal};
 use crate::metrics::Tier;
@@ -28,7 +28,7 @@ pub async fn get(state: &State, user: Option<&Principal>, raw_key: &str) -> Repl
                 HeaderValue::from_static("application/octet-stream"),
             );
             h.insert(X_CACHE, tier_header(hit.tier));
-            let mut resp = Response::new(Full::new(hit.value));
+            let mut resp = Response::new(Full::new(hit.value).into());
             *resp.headers_mut() = h;
             Ok(resp)
         }
@@ -79,14 +79,14 @@ pub async fn delete(state: &State, user: Option<&Principal>, raw_key: &str) -> R
     }
 }
 
-pub fn no_content() -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+pub fn no_content() -> Response<ReplyBody> {
+    let mut resp = Response::new(Full::new(Bytes::new()).into());
     *resp.status_mut() = StatusCode::NO_CONTENT;
     resp
 }
 
 /// The tier a response says it was answered from (its X-Cache header), for the access log.
-pub fn tier_of(resp: &Response<Full<Bytes>>) -> Option<Tier> {
+pub fn tier_of(resp: &Response<ReplyBody>) -> Option<Tier> {
     match resp.headers().get(&X_CACHE)?.as_bytes() {
         b"L1" => Some(Tier::L1),
         b"L2" => Some(Tier::L2),

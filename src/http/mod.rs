@@ -9,6 +9,8 @@ pub mod error;
 mod key;
 mod kv;
 mod protected;
+mod proto;
+mod values;
 
 use crate::{
     access::{self, AccessLog},
@@ -25,10 +27,7 @@ use bytes::Bytes;
 use error::ApiError;
 use http::{Method, Request, Response};
 use http_body_util::Full;
-use hyper_util::{
-    rt::{TokioExecutor, TokioTimer},
-    server::conn::auto,
-};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::{
     future::{poll_fn, Future},
     pin::Pin,
@@ -89,7 +88,56 @@ impl State {
     }
 }
 
-type Reply = Result<Response<Full<Bytes>>, ApiError>;
+type Reply = Result<Response<ReplyBody>, ApiError>;
+
+/// A response body: whole (every answer but one), or a batchGet's values, encoded as the
+/// connection takes them (`values`). Boxed there: this is in every response, and the whole
+/// kind is all an L1 hit needs.
+#[derive(Debug)]
+pub enum ReplyBody {
+    Whole(Full<Bytes>),
+    Values(Box<values::Values>),
+}
+
+impl From<Full<Bytes>> for ReplyBody {
+    fn from(b: Full<Bytes>) -> Self {
+        ReplyBody::Whole(b)
+    }
+}
+
+impl hyper::body::Body for ReplyBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ReplyBody::Whole(b) => Pin::new(b).poll_frame(cx),
+            // Never waits: the values are all in memory; hyper asks for the next piece
+            // when the connection has taken the last.
+            ReplyBody::Values(v) => {
+                Poll::Ready(v.next_frame().map(|b| Ok(hyper::body::Frame::data(b))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReplyBody::Whole(b) => b.is_end_stream(),
+            ReplyBody::Values(v) => v.is_end(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ReplyBody::Whole(b) => b.size_hint(),
+            // Exact: hyper sends it as Content-Length.
+            ReplyBody::Values(v) => hyper::body::SizeHint::with_exact(v.remaining()),
+        }
+    }
+}
 
 const KV_PREFIX: &str = "/v1/kv/";
 const BATCH_GET: &str = "/v1/kv:batchGet";
@@ -97,7 +145,7 @@ const BATCH_SET: &str = "/v1/kv:batchSet";
 
 /// Handles one request: checks its token, admits it, routes it, answers it, records it.
 /// Generic over the body so benches and unit tests can call it without sockets.
-pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
+pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<ReplyBody> {
     let start = Instant::now();
     // Classified first, so refusals (401, 503) are counted under the route they were for.
     let route = route_of(req.method(), req.uri().path());
@@ -234,13 +282,17 @@ pub async fn serve(
     drain: ShutdownConfig,
     shutdown: Shutdown,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let max_head = cfg.max_header_bytes.0 as usize;
+    let mut h1 = hyper::server::conn::http1::Builder::new();
     // No timer for HTTP/1: without one hyper arms no header-read timeout, which `conn` keeps
     // instead, at a fraction of the cost (see there).
-    builder
-        .http1()
-        // A head that does not fit the read buffer gets 431 (the body streams past it).
-        .max_buf_size(cfg.max_header_bytes.0 as usize)
+    h1
+        // A head over this gets 431, on every request of a connection: hyper checks it
+        // against the parsed head. `max_buf_size` alone is checked only between reads, and
+        // one read can take more than it (see `proto`).
+        .max_header_size(max_head)
+        // The read buffer's bound: the head must fit (the body streams past it).
+        .max_buf_size(max_head)
         // Without this, hyper reads the socket while each request is in flight, to notice a
         // client gone mid-request. That read reserves buffer space while the request still
         // holds the head's bytes, so every request reallocated the 8 KB read buffer (a
@@ -250,17 +302,17 @@ pub async fn serve(
         .half_close(true);
     if cfg.max_headers != DEFAULT_HTTP_MAX_HEADERS {
         // Only when changed: hyper then parses headers on the heap, about 5% slower.
-        builder.http1().max_headers(cfg.max_headers);
+        h1.max_headers(cfg.max_headers);
     }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(cfg.http2_max_concurrent_streams)
-        .max_header_list_size(cfg.max_header_bytes.0 as u32);
-    if !cfg.http2 {
-        builder = builder.http1_only();
-    }
-    let builder = Arc::new(builder);
+    let h2 = cfg.http2.then(|| {
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(cfg.http2_max_concurrent_streams)
+            // Checked by h2 on each header block as it is decoded: 431 on that stream.
+            .max_header_list_size(max_head as u32);
+        h2
+    });
+    let protocols = Arc::new(proto::Protocols { h1, h2 });
     let idle = conn::IdleLimits {
         h1: cfg.header_read_timeout.0.min(cfg.keepalive_timeout.0),
         h2: cfg.keepalive_timeout.0,
@@ -276,15 +328,18 @@ pub async fn serve(
             if !state.auth.rules().http_admits(peer.ip()) {
                 state.metrics.protected_refused(Door::Http);
                 let panics = state.metrics.connection_panics.clone();
-                net::spawn_isolated(panics, protected::refuse(stream, builder.clone(), idle.h1));
+                net::spawn_isolated(
+                    panics,
+                    protected::refuse(stream, protocols.clone(), idle.h1),
+                );
                 return;
             }
             let held = (state.metrics.connection(Door::Http), alive.clone());
-            let (state, builder) = (state.clone(), builder.clone());
+            let (state, protocols) = (state.clone(), protocols.clone());
             let panics = state.metrics.connection_panics.clone();
             net::spawn_isolated(panics, async move {
                 let _held = held;
-                conn::serve(stream, state, builder, idle).await;
+                conn::serve(stream, state, protocols, idle).await;
             });
         },
     )

@@ -3,23 +3,15 @@
 //! the connection is closed. It never reaches the router, admission or the connection limits
 //! of a served client; `http.header_read_timeout` bounds how long it is held.
 
-use super::error::ApiError;
+use super::{error::ApiError, proto::Protocols};
 use http::{header, HeaderValue, Request, Response};
 use hyper::service::service_fn;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
 use std::{convert::Infallible, sync::Arc, time::Duration};
 use tokio::{net::TcpStream, sync::Notify};
 
 /// Answers every request on `stream` with 403 `protected_mode` and closes it after the first
 /// (HTTP/1: `Connection: close`; h2: GOAWAY), or after `within` in any case.
-pub async fn refuse(
-    stream: TcpStream,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    within: Duration,
-) {
+pub async fn refuse(stream: TcpStream, protocols: Arc<Protocols>, within: Duration) {
     let answered = Arc::new(Notify::new());
     let svc = service_fn({
         let answered = answered.clone();
@@ -33,7 +25,7 @@ pub async fn refuse(
             async move { Ok::<Response<_>, Infallible>(resp) }
         }
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = protocols.serve(stream, svc);
     tokio::pin!(conn);
     let _ = tokio::time::timeout(within, async {
         tokio::select! {

@@ -184,6 +184,8 @@ pub struct Metrics {
     /// Config reloads (SIGHUP): [applied, refused].
     config_reloads: [IntCounter; 2],
     pub http_idle_closed: IntCounter,
+    /// Replies refused for their size (`limits.max_reply_bytes`): [http, resp].
+    reply_limit: [IntCounter; 2],
     pub access_log_written: IntCounter,
     pub access_log_dropped: IntCounter,
 }
@@ -236,7 +238,7 @@ impl Metrics {
         .unwrap();
         let l1_refreshes = IntCounter::new(
             "l1_refreshes_total",
-            "Background refreshes of L1 entries answered stale (l1.stale_while_revalidate)",
+            "Background refreshes of L1 entries answered stale (l1.stale_while_revalidate) that asked L2",
         )
         .unwrap();
         let l1_warming = IntGauge::new(
@@ -405,6 +407,17 @@ impl Metrics {
         )
         .unwrap();
         reg(Box::new(http_idle_closed.clone()));
+        let reply_limit = IntCounterVec::new(
+            Opts::new(
+                "reply_limit_total",
+                "Replies over limits.max_reply_bytes, by door: refused with 413 reply_too_large (http) or the client closed (resp)",
+            ),
+            &["door"],
+        )
+        .unwrap();
+        reg(Box::new(reply_limit.clone()));
+        let reply_limit =
+            [Door::Http, Door::Resp].map(|d| reply_limit.with_label_values(&[DOORS[d as usize]]));
         let access_log_written = IntCounter::new(
             "access_log_records_total",
             "Access-log records written out (access_log.enabled)",
@@ -577,6 +590,7 @@ impl Metrics {
             bus_flushes,
             access_log_written,
             http_idle_closed,
+            reply_limit,
             auth_denied,
             resp_closed,
             protected_refused,
@@ -623,6 +637,9 @@ impl Metrics {
 
     pub fn resp_closed(&self, why: RespClose) {
         self.resp_closed[why as usize].inc();
+        if why == RespClose::ReplyLimit {
+            self.reply_too_large(Door::Resp);
+        }
     }
 
     /// Counts a connection refused by protected mode.
@@ -633,6 +650,16 @@ impl Metrics {
     /// Counts a connection closed for too many failed logins.
     pub fn auth_failure_close(&self, door: Door) {
         self.auth_failure_closes[door as usize].inc();
+    }
+
+    /// A reply over `limits.max_reply_bytes` was refused (HTTP) or its client closed (RESP).
+    pub fn reply_too_large(&self, door: Door) {
+        match door {
+            Door::Http => self.reply_limit[0].inc(),
+            Door::Resp => self.reply_limit[1].inc(),
+            // The admin port's replies are its own, and small.
+            Door::Admin => {}
+        }
     }
 
     pub fn admission(&self, door: Door) -> AdmissionMetrics {

@@ -174,6 +174,15 @@ impl Redis {
         })
     }
 
+    /// Stops the process (SIGSTOP) until the guard is dropped (SIGCONT): every command sent
+    /// meanwhile waits. Unlike `pause`, it is known to be in effect when this returns (the
+    /// kernel reports the process stopped) and lasts until the test ends it, not for a time.
+    /// Keep it short on a cluster: a node stopped past `--cluster-node-timeout` (2 s) may be
+    /// marked failed by the others once they all run again.
+    pub fn hold(&self) -> Held {
+        Held::new(self.pid().into_iter().collect())
+    }
+
     /// How many times redis-server has run `command` (lowercase), from INFO commandstats.
     pub fn calls(&self, command: &str) -> u64 {
         let info: String = redis::cmd("INFO")
@@ -255,6 +264,14 @@ impl Backend {
         std::thread::spawn(move || nodes.into_iter().for_each(|n| n.join().unwrap()))
     }
 
+    /// Stops every node until the guard is dropped (see `Redis::hold`).
+    pub fn hold(&self) -> Held {
+        match self {
+            Backend::Single(r) => r.hold(),
+            Backend::Cluster(c) => Held::new(c.nodes.iter().filter_map(Redis::pid).collect()),
+        }
+    }
+
     /// Kills every node.
     pub fn stop(&mut self) {
         match self {
@@ -281,6 +298,46 @@ impl Backend {
         slots.sort_unstable();
         slots.dedup();
         slots.len() as u64
+    }
+}
+
+/// Redis processes stopped by `hold`; continued on drop.
+pub struct Held(Vec<u32>);
+
+impl Held {
+    fn new(pids: Vec<u32>) -> Self {
+        let held = Held(pids);
+        held.signal("STOP");
+        for pid in &held.0 {
+            // Field 3 of /proc/PID/stat is the state; T: stopped.
+            let stopped = || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+                let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+                after_name.split_whitespace().next() == Some("T")
+            };
+            let deadline = Instant::now() + SETTLE;
+            while !stopped() {
+                assert!(Instant::now() < deadline, "redis-server {pid} did not stop");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        held
+    }
+
+    fn signal(&self, name: &str) {
+        for pid in &self.0 {
+            let status = Command::new("kill")
+                .args([&format!("-{name}"), &pid.to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill -{name} {pid}");
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.signal("CONT");
     }
 }
 
