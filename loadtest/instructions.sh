@@ -8,7 +8,8 @@
 #   resp-get-P16  GET of 100k keys, all L1 hits (redis-benchmark -P 16)
 #   resp-set-P16  SET of random keys through to Redis, 16-deep pipelines
 #   resp-set-P1   the same, unpipelined
-# Usage: loadtest/instructions.sh   (PATHS="..." DURATION=5s REQUESTS=100000)
+# Usage: loadtest/instructions.sh   (PATHS="..." DURATION=5s REQUESTS=100000 KEEP=dir)
+# KEEP=dir keeps each path's callgrind profile there (dir/NAME.cg), for callgrind_annotate.
 # Needs valgrind, wrk, redis-server and redis-benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,7 @@ count() {
     total=$(callgrind_annotate "$(ls -t "$WORK"/cg.* | head -1)" 2>/dev/null |
         awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
     printf '%-14s %10d requests %8d instructions each\n' "$name" "$n" $((total / n))
+    [ -z "${KEEP:-}" ] || cp "$(ls -t "$WORK"/cg.* | head -1)" "$KEEP/$name.cg"
 }
 
 for path in $PATHS; do
