@@ -42,3 +42,19 @@ RUSTFLAGS="${RUSTFLAGS:-} -D warnings" cargo test --all-targets --locked --no-fa
 echo "==> cargo test --test kv_http --test resp, over a Redis Cluster"
 TIERGATE_TEST_L2=cluster RUSTFLAGS="${RUSTFLAGS:-} -D warnings" \
     cargo test --locked --no-fail-fast --test kv_http --test resp
+
+# The fuzz targets (fuzz/, a crate outside the workspace; scripts/fuzz.sh fuzzes with them):
+# they must build, and pass over their seeds. A plain build, without cargo-fuzz or sanitizer:
+# a libFuzzer binary given files runs each once.
+echo "==> fuzz targets: build, and run each over fuzz/seeds/<target>"
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
+RUSTFLAGS="${RUSTFLAGS:-} -D warnings" \
+    cargo build --manifest-path fuzz/Cargo.toml --locked --bins
+for seeds in fuzz/seeds/*/; do
+    target=$(basename "$seeds")
+    if ! out=$(fuzz/target/debug/"$target" "$seeds"* 2>&1); then
+        echo "$out" >&2
+        echo "fuzz target $target failed on a seed" >&2
+        exit 1
+    fi
+done

@@ -21,17 +21,18 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response};
 use serde::{Deserialize, Serialize};
 
+/// The body of a batchGet.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchGet {
-    keys: Vec<String>,
+pub struct BatchGet {
+    pub keys: Vec<String>,
     #[serde(default)]
-    encoding: Encoding,
+    pub encoding: Encoding,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-enum Encoding {
+pub enum Encoding {
     /// UTF-8 values as strings, others as `{"base64": ...}`.
     #[default]
     Utf8,
@@ -39,25 +40,27 @@ enum Encoding {
     Base64,
 }
 
+/// The body of a batchSet.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BatchSet {
-    items: Vec<SetItem>,
+pub struct BatchSet {
+    pub items: Vec<SetItem>,
 }
 
+/// One write of a batchSet.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SetItem {
-    key: String,
-    value: WireValue,
+pub struct SetItem {
+    pub key: String,
+    pub value: WireValue,
     #[serde(default)]
-    ttl: Option<String>,
+    pub ttl: Option<String>,
 }
 
 /// A value on the wire: a UTF-8 string, or base64 for anything else.
 #[derive(Deserialize, Serialize)]
 #[serde(untagged)]
-enum WireValue {
+pub enum WireValue {
     Text(String),
     Encoded { base64: String },
 }
@@ -69,7 +72,7 @@ pub fn to_json(value: &Bytes) -> serde_json::Value {
 }
 
 impl WireValue {
-    fn encode(value: &Bytes, encoding: Encoding) -> Self {
+    pub fn encode(value: &Bytes, encoding: Encoding) -> Self {
         match (encoding, std::str::from_utf8(value)) {
             (Encoding::Utf8, Ok(s)) => WireValue::Text(s.to_owned()),
             _ => WireValue::Encoded {
@@ -78,7 +81,7 @@ impl WireValue {
         }
     }
 
-    fn decode(self) -> Result<Bytes, String> {
+    pub fn decode(self) -> Result<Bytes, String> {
         match self {
             WireValue::Text(s) => Ok(Bytes::from(s)),
             WireValue::Encoded { base64 } => B64

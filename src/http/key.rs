@@ -3,7 +3,10 @@
 
 use super::error::ApiError;
 use bytes::Bytes;
-use std::{borrow::Cow, time::Duration};
+use std::{
+    borrow::Cow,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 /// Decodes a raw path key. A key without '%' escapes is borrowed from the path, so the
 /// L1-hit read path does not allocate for it.
@@ -38,7 +41,11 @@ pub fn check(key: &[u8], max_key_bytes: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses a TTL such as "30s" or "1500ms"; zero is refused (use DELETE).
+/// Parses a TTL such as "30s" or "1500ms"; zero is refused (use DELETE), and so is one whose
+/// deadline in Unix milliseconds does not fit an i64, as Redis refuses it ("invalid expire
+/// time"; the RESP door's EXPIRE has the same bound). Unbounded, a TTL of 2^64 seconds made
+/// the memory store's deadline overflow `Instant` (a panic), and one past 2^64 ms reached
+/// Redis as a `PX` cut to its low 64 bits.
 pub fn parse_ttl(raw: &str) -> Result<Duration, ApiError> {
     let ttl = humantime::parse_duration(raw).map_err(|_| {
         ApiError::bad_request(
@@ -48,6 +55,15 @@ pub fn parse_ttl(raw: &str) -> Result<Duration, ApiError> {
     })?;
     if ttl < Duration::from_millis(1) {
         return Err(ApiError::bad_request("bad_ttl", "ttl must be at least 1ms"));
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    if ttl.as_millis() + now_ms > i64::MAX as u128 {
+        return Err(ApiError::bad_request(
+            "bad_ttl",
+            format!("ttl {raw:?} is past what Redis can keep"),
+        ));
     }
     Ok(ttl)
 }
@@ -111,5 +127,26 @@ mod tests {
             ttl_from_query(Some("ttl=soon")).unwrap_err().code,
             "bad_ttl"
         );
+    }
+
+    /// Found by fuzz/fuzz_targets/http_ttl.rs (fuzz/seeds/http_ttl/past_i64_ms): a TTL must be
+    /// one the memory store can add to `Instant::now()` and Redis can take as `PX`.
+    #[test]
+    fn ttl_past_what_redis_keeps_is_refused() {
+        for raw in [
+            "1m3 30 24444444550 30 m",
+            "18446744073709551615s",
+            "9223372036854775807ms",
+        ] {
+            assert_eq!(parse_ttl(raw).unwrap_err().code, "bad_ttl", "{raw}");
+        }
+        assert_eq!(
+            ttl_from_query(Some("ttl=18446744073709551615s"))
+                .unwrap_err()
+                .code,
+            "bad_ttl"
+        );
+        // A million years is far, but Redis keeps it.
+        assert!(parse_ttl("1000000years").is_ok());
     }
 }

@@ -1,12 +1,12 @@
 //! The HTTP front door: hyper serving HTTP/1.1 keep-alive and h2c on one port, the KV
 //! router, and a graceful drain on shutdown.
 
-mod batch;
+pub mod batch;
 pub use batch::to_json;
 mod body;
 mod conn;
 pub mod error;
-mod key;
+pub mod key;
 mod kv;
 mod protected;
 mod proto;

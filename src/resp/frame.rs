@@ -239,7 +239,7 @@ fn find_cr(bytes: &[u8]) -> Option<usize> {
 fn check_inline(buf: &[u8], limits: &Limits) -> Result<Check, ProtocolError> {
     match memchr::memchr(b'\n', buf) {
         Some(i) if i > limits.max_inline_len => Err(ProtocolError::TooBigInline),
-        Some(i) if buf[..i].iter().all(u8::is_ascii_whitespace) => {
+        Some(i) if buf[..i].iter().all(|&b| is_space(b)) => {
             Ok(Check::Complete(Layout::Empty { len: i + 1 }))
         }
         Some(i) => Ok(Check::Complete(Layout::Inline { len: i + 1 })),
@@ -263,15 +263,30 @@ fn split_multibulk(frame: Bytes, argc: usize) -> Vec<Bytes> {
     args
 }
 
+/// What redis-server's inline splitter (`sdssplitargs`) skips between arguments and accepts
+/// after a closing quote: C's `isspace`, which, unlike `is_ascii_whitespace`, takes the
+/// vertical tab.
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+/// What ends an unquoted argument in `sdssplitargs`: fewer bytes than it skips, so `a\x0bb`
+/// is one argument there, and here.
+fn ends_arg(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
 /// Splits an inline command like redis-server: on whitespace, with "double" and 'single'
-/// quoted arguments (double quotes take \n, \t, \\, \" and \xHH escapes).
+/// quoted arguments (double quotes take \n, \t, \\, \" and \xHH escapes). A NUL is kept
+/// in its argument (redis-server, reading the line as a C string, waits for a newline past
+/// it that it never sees).
 fn split_inline(line: Bytes) -> Result<Vec<Bytes>, ProtocolError> {
     let text: &[u8] = line.strip_suffix(b"\n").unwrap_or(&line);
     let text = text.strip_suffix(b"\r").unwrap_or(text);
     let mut args = Vec::new();
     let mut i = 0;
     while i < text.len() {
-        if text[i].is_ascii_whitespace() {
+        if is_space(text[i]) {
             i += 1;
             continue;
         }
@@ -286,7 +301,7 @@ fn split_inline(line: Bytes) -> Result<Vec<Bytes>, ProtocolError> {
                     i += 1;
                     if c == q {
                         // A closing quote must end the argument.
-                        if text.get(i).is_some_and(|c| !c.is_ascii_whitespace()) {
+                        if text.get(i).is_some_and(|&c| !is_space(c)) {
                             return Err(ProtocolError::UnbalancedQuotes);
                         }
                         break;
@@ -320,7 +335,7 @@ fn split_inline(line: Bytes) -> Result<Vec<Bytes>, ProtocolError> {
             }
             _ => {
                 let start = i;
-                while i < text.len() && !text[i].is_ascii_whitespace() {
+                while i < text.len() && !ends_arg(text[i]) {
                     i += 1;
                 }
                 let offset = start + (text.as_ptr() as usize - line.as_ptr() as usize);
@@ -739,6 +754,11 @@ mod tests {
         );
         assert_eq!(strs(&cmds[1]), ["GET", "it's"]);
         assert_eq!(strs(&cmds[2]), ["PING"]);
+        // As redis-server splits them (checked against 7.0): a vertical tab or form feed is
+        // skipped between arguments but does not end one.
+        let cmds = parse_all(b"\x0b\r\n\x0bECHO\x0ba\x0c \x0c b\r\n").unwrap();
+        assert_eq!(cmds.len(), 1);
+        assert_eq!(strs(&cmds[0]), ["ECHO\x0ba\x0c", "b"]);
         assert_eq!(
             parse_all(b"GET \"open\r\n"),
             Err(ProtocolError::UnbalancedQuotes)
