@@ -21,6 +21,34 @@ const LIMITS: Limits = Limits {
     max_request_len: 1 << 24,
 };
 
+/// Skipped between arguments, as by redis-server's `sdssplitargs` (C `isspace`).
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+/// What ends an unquoted argument there: fewer bytes than are skipped.
+fn ends_arg(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// The unquoted words of `line`, as `sdssplitargs` finds them.
+fn words(line: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < line.len() {
+        if is_space(line[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < line.len() && !ends_arg(line[i]) {
+            i += 1;
+        }
+        out.push(&line[start..i]);
+    }
+    out
+}
+
 fn split(line: &[u8]) -> Result<Option<Vec<Bytes>>, ProtocolError> {
     let mut buf = BytesMut::from(line);
     buf.extend_from_slice(b"\r\n");
@@ -38,7 +66,8 @@ fn quote(arg: &[u8], first: bool, style: u8, out: &mut Vec<u8>) {
     let bare = match arg.first() {
         None | Some(b'"' | b'\'') => false,
         Some(b'*') if first => false,
-        Some(_) => !arg.iter().any(u8::is_ascii_whitespace),
+        Some(&b) if is_space(b) => false,
+        Some(_) => !arg.iter().any(|&b| ends_arg(b)),
     };
     // In single quotes only \' is an escape: a trailing backslash would escape the closing
     // quote, and a newline would end the line.
@@ -84,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(Some(args)) => args,
         Ok(None) => {
             assert!(
-                line.iter().all(u8::is_ascii_whitespace),
+                line.iter().all(|&b| is_space(b)),
                 "only a blank line is skipped"
             );
             return;
@@ -94,11 +123,7 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(!args.is_empty());
     if !line.iter().any(|b| matches!(b, b'"' | b'\'' | b'\\')) {
-        let words: Vec<&[u8]> = line
-            .split(u8::is_ascii_whitespace)
-            .filter(|w| !w.is_empty())
-            .collect();
-        assert_eq!(args, words);
+        assert_eq!(args, words(line));
     }
 
     let mut again = Vec::new();
