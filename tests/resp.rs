@@ -816,3 +816,33 @@ async fn hot_keys_are_reported_by_info_and_the_admin_port() {
         serde_json::json!([{"key": "hot", "reads": 51}, {"key": "warm\r\n", "reads": 20}])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_make_no_sense_through_a_gateway_are_refused_with_why() {
+    let l2 = Backend::start();
+    let gw = Gateway::start_ready(l2.config()).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let got = raw(
+        addr,
+        b"SHUTDOWN NOSAVE\r\nREPLICAOF 127.0.0.1 1\r\nSYNC\r\nMONITOR\r\nCLIENT KILL ID 1\r\nPING\r\nQUIT\r\n",
+    )
+    .await;
+    let lines: Vec<&str> = got.trim_end().split("\r\n").collect();
+    for (line, name) in lines
+        .iter()
+        .zip(["SHUTDOWN", "REPLICAOF", "SYNC", "MONITOR", "CLIENT KILL"])
+    {
+        assert!(
+            line.starts_with(&format!("-ERR {name} is refused by tiergate: ")),
+            "{got}"
+        );
+    }
+    assert_eq!(&lines[5..], ["+PONG", "+OK"], "the connection stays open");
+    // The Redis behind it is still up and no replica.
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut l2.conn()).unwrap();
+    assert_eq!(
+        role.first(),
+        Some(&Value::BulkString(b"master".to_vec())),
+        "{role:?}"
+    );
+}

@@ -4,6 +4,7 @@
 
 mod connection;
 mod keyspace;
+mod refused;
 mod server;
 mod string;
 mod unservable;
@@ -87,13 +88,18 @@ impl Command {
             // Before the auth gate: an HTTP request or a MULTI is closed on, logged in or not.
             return match Unservable::recognise(&args) {
                 Some(u) => Ok(Command::Unservable(u)),
-                None => Err(unknown(&args)),
+                None => Err(refused::refusal(&args).unwrap_or_else(|| unknown(&args))),
             };
         };
-        if name == "client" && args.get(1).is_some_and(|a| is(a, "tracking")) {
-            return Ok(Command::Unservable(Unservable::ConnectionState(
-                "CLIENT TRACKING",
-            )));
+        if name == "client" {
+            if args.get(1).is_some_and(|a| is(a, "tracking")) {
+                return Ok(Command::Unservable(Unservable::ConnectionState(
+                    "CLIENT TRACKING",
+                )));
+            }
+            if let Some(refusal) = refused::refusal(&args) {
+                return Err(refusal);
+            }
         }
         if session.user.is_none() && !BEFORE_AUTH.contains(&name) {
             return Err(Frame::error("NOAUTH Authentication required."));
