@@ -828,9 +828,10 @@ async fn commands_that_make_no_sense_through_a_gateway_are_refused_with_why() {
     )
     .await;
     let lines: Vec<&str> = got.trim_end().split("\r\n").collect();
-    for (line, name) in lines
-        .iter()
-        .zip(["SHUTDOWN", "REPLICAOF", "SYNC", "MONITOR", "CLIENT KILL"])
+    for (line, name) in
+        lines
+            .iter()
+            .zip(["SHUTDOWN", "REPLICAOF", "SYNC", "MONITOR", "CLIENT KILL"])
     {
         assert!(
             line.starts_with(&format!("-ERR {name} is refused by tiergate: ")),
