@@ -357,7 +357,8 @@ mod tests {
         crate::auth::Rules::from_config(&crate::config::Config::default()).resp_anonymous()
     }
 
-    fn args(v: &[&str]) -> Vec<Bytes> {
+    /// A request's arguments from strings; the command tests of every module use it.
+    pub(super) fn args(v: &[&str]) -> Vec<Bytes> {
         v.iter()
             .map(|s| Bytes::copy_from_slice(s.as_bytes()))
             .collect()

@@ -58,13 +58,8 @@ fn because(name: &str, why: &str) -> Frame {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::args;
     use super::*;
-
-    fn args(v: &[&str]) -> Vec<Bytes> {
-        v.iter()
-            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-            .collect()
-    }
 
     #[test]
     fn gateway_nonsense_is_refused_with_its_reason() {

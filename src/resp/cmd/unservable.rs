@@ -112,13 +112,8 @@ fn warn_cross_protocol() {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::args;
     use super::*;
-
-    fn args(v: &[&str]) -> Vec<Bytes> {
-        v.iter()
-            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
-            .collect()
-    }
 
     #[test]
     fn http_requests_and_stateful_commands_are_recognised() {
