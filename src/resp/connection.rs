@@ -214,16 +214,15 @@ async fn answer(
         tokio::time::sleep(outcome.pause).await;
     }
     let timeout = shared.idle_timeout;
-    let mut sent = Ok(());
-    if !wbuf.is_empty() {
-        sent = reply::send(stream, wbuf.buf(), timeout).await;
-    }
-    if let (Ok(()), Some(large)) = (&sent, &outcome.large) {
-        let buf = wbuf.buf();
-        buf.clear();
-        let size = shared.reply_buffer;
-        sent = reply::stream(stream, buf, large, session.proto, size, timeout).await;
-    }
+    let sent = match &outcome.large {
+        // The buffered replies go out ahead of it, in its first write.
+        Some(large) => {
+            let size = shared.reply_buffer;
+            reply::stream(stream, wbuf.buf(), large, session.proto, size, timeout).await
+        }
+        None if wbuf.is_empty() => Ok(()),
+        None => reply::send(stream, wbuf.buf(), timeout).await,
+    };
     match sent {
         Ok(()) => Ok(outcome),
         Err(e) => {

@@ -82,9 +82,10 @@ pub async fn send(
     Ok(())
 }
 
-/// Writes `reply` through `wbuf` (empty on entry and on return) without copying it whole:
-/// headers and small items are encoded into `wbuf`, written whenever it passes `buffer`
-/// bytes, and every value of at least `buffer` bytes is written from its own buffer. So a
+/// Writes what `wbuf` holds, then `reply`, without copying the reply whole: headers and
+/// small items are encoded into `wbuf` after what it held, written whenever it passes
+/// `buffer` bytes, and every value of at least `buffer` bytes is written from its own buffer.
+/// `wbuf` is empty on return. So a
 /// 512 MiB MGET of one 4 MiB value costs the socket's pace and `buffer` bytes, not 512 MiB.
 pub async fn stream(
     stream: &TcpStream,
@@ -190,14 +191,17 @@ mod tests {
                 got
             });
             let (server, _) = listener.accept().await.unwrap();
-            let mut wbuf = BytesMut::new();
+            // Replies buffered before it go first.
+            let mut wbuf = BytesMut::from(&b"+OK\r\n"[..]);
             // A buffer of 1 KiB: the 3000-byte values go out from their own buffers.
             stream(&server, &mut wbuf, &reply, proto, 1024, None)
                 .await
                 .unwrap();
             assert!(wbuf.is_empty());
             drop(server);
-            assert_eq!(client.await.unwrap(), want.to_vec(), "{proto:?}");
+            let mut expected = b"+OK\r\n".to_vec();
+            expected.extend_from_slice(&want);
+            assert_eq!(client.await.unwrap(), expected, "{proto:?}");
         }
     }
 
