@@ -1,6 +1,9 @@
 //! Test support: real redis-server processes on free ports, tiergate servers in-process or as
-//! the real binary, and small HTTP helpers. Every process started here is killed on drop.
+//! the real binary, small HTTP helpers, and a raw RESP client (`wire`). Every process started
+//! here is killed on drop.
 #![allow(dead_code)] // each test binary uses a different subset
+
+pub mod wire;
 
 use std::{
     net::{SocketAddr, TcpListener},
