@@ -13,6 +13,7 @@ pub mod l1;
 pub mod l2;
 mod pipe;
 pub mod refresh;
+pub mod table;
 pub mod warm;
 
 use crate::{
