@@ -115,6 +115,11 @@ impl Principal {
     }
 
     /// Whether this principal may do `need` to `key`.
+    /// Whether it may read and write every key: no prefix scopes.
+    pub fn unscoped(&self) -> bool {
+        self.read.all && self.write.all
+    }
+
     pub fn may(&self, need: Need, key: &[u8]) -> bool {
         match need {
             Need::Read => self.read.allow(key),

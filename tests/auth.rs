@@ -224,6 +224,48 @@ async fn resp_users_log_in_and_are_held_to_their_prefixes() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_commands_are_held_to_the_users_prefixes() {
+    let l2 = Backend::start();
+    let gw = Gateway::start_ready(with_auth(l2.config())).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    // app reads every key and writes app: keys only.
+    let out = raw(
+        addr,
+        b"HSET app:h f v\r\nAUTH app app-pw\r\nHSET app:h f v\r\nHSET other:h f v\r\n\
+          HGET other:h f\r\nRENAME app:h other:h\r\nSORT app:l STORE other:x\r\n\
+          KEYS *\r\nSCAN 0\r\nRANDOMKEY\r\nFLUSHALL\r\nEVAL \"return 1\" 0\r\n\
+          SCRIPT FLUSH\r\nLPUSH app:l a\r\nPUBLISH ch m\r\nQUIT\r\n",
+    )
+    .await;
+    let firsts: Vec<&str> = out
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        firsts,
+        [
+            "-NOAUTH", // forwarded commands too wait for a login
+            "+OK", ":1", "-NOPERM", // HSET outside app:
+            "$-1",     // app may read other: keys
+            "-NOPERM", // RENAME writes other:h
+            "-NOPERM", // SORT ... STORE: Redis cannot list its keys for sure
+            "-NOPERM", // keyless, of the keyspace: KEYS, SCAN, RANDOMKEY, FLUSHALL
+            "-NOPERM", "-NOPERM", "-NOPERM",
+            "-NOPERM", // scripts reach keys they do not declare: EVAL, SCRIPT
+            "-NOPERM", ":1", ":0", // keyless, not of the keyspace
+            "+OK"
+        ],
+        "{out}"
+    );
+    let mut direct = l2.conn();
+    let left: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut direct).unwrap();
+    let mut left = left;
+    left.sort();
+    assert_eq!(left, ["app:h", "app:l"], "refused commands changed nothing");
+}
+
 #[test]
 fn secrets_never_reach_debug_output() {
     let mut c = with_auth(Config::default());

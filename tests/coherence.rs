@@ -243,3 +243,152 @@ async fn tracking_mode_evicts_writes_that_bypass_the_gateway() {
     .await;
     assert_eq!(get(&b, "other:1").await.0, None);
 }
+
+/// B's reply to GET `key` over RESP, or Redis' own, as comparable text (errors by their code).
+async fn resp_get(url: &str, key: &str) -> String {
+    let mut c = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    match redis::cmd("GET")
+        .arg(key)
+        .query_async::<redis::Value>(&mut c)
+        .await
+    {
+        Ok(v) => format!("{v:?}"),
+        Err(e) => format!("error {}", e.code().unwrap_or("?")),
+    }
+}
+
+/// Evictions B has made on what it heard: one per key, one per whole-L1 flush.
+async fn evictions(b: &Binary) -> f64 {
+    let m = b.metrics().await;
+    metric(&m, "tiergate_bus_invalidations_total") + metric(&m, "tiergate_bus_flushes_total")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_writes_of_every_kind_reach_the_other_instances_l1() {
+    let redis = Redis::start();
+    let (a, b) = pair(&redis);
+    subscribed(&a).await;
+    subscribed(&b).await;
+    let direct = redis.url();
+    let mut rd = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut ra = redis::Client::open(format!("redis://{}", a.resp))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let b_url = format!("redis://{}", b.resp);
+    let run = |c: &mut redis::aio::MultiplexedConnection, args: &[&str]| {
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        let mut c = c.clone();
+        async move { cmd.query_async::<redis::Value>(&mut c).await }
+    };
+    let _ = run(&mut rd, &["FUNCTION", "LOAD", "#!lua name=t\nredis.register_function('put', function(k, a) return redis.call('set', k[1], a[1]) end)"]).await.unwrap();
+    let dump = {
+        let _ = run(&mut rd, &["SET", "dumped", "restored"]).await.unwrap();
+        match run(&mut rd, &["DUMP", "dumped"]).await.unwrap() {
+            redis::Value::BulkString(b) => b,
+            v => panic!("DUMP: {v:?}"),
+        }
+    };
+
+    // (the key B has cached, a write through A, what B must then hear: keys or flushes)
+    let cases: Vec<(&str, Vec<&str>, usize)> = vec![
+        ("c:append", vec!["APPEND", "c:append", "+"], 1),
+        ("c:setrange", vec!["SETRANGE", "c:setrange", "0", "Z"], 1),
+        ("c:float", vec!["INCRBYFLOAT", "c:float", "1.5"], 1),
+        ("c:getdel", vec!["GETDEL", "c:getdel"], 1),
+        ("c:getex", vec!["GETEX", "c:getex", "EX", "100"], 1),
+        ("c:getset", vec!["GETSET", "c:getset", "new"], 1),
+        ("c:setex", vec!["SETEX", "c:setex", "100", "new"], 1),
+        ("c:psetex", vec!["PSETEX", "c:psetex", "100000", "new"], 1),
+        ("c:setbit", vec!["SETBIT", "c:setbit", "0", "0"], 1),
+        (
+            "c:bitfield",
+            vec!["BITFIELD", "c:bitfield", "SET", "u8", "0", "65"],
+            1,
+        ),
+        ("c:bitop", vec!["BITOP", "OR", "c:bitop", "c:other"], 1),
+        ("c:renamed", vec!["RENAME", "c:other", "c:renamed"], 2),
+        ("c:copy", vec!["COPY", "c:src", "c:copy", "REPLACE"], 1),
+        ("c:move", vec!["MOVE", "c:move", "1"], 1),
+        (
+            "c:restore",
+            vec!["RESTORE", "c:restore", "0", "DUMP", "REPLACE"],
+            1,
+        ),
+        ("c:sorted", vec!["SORT", "c:list", "STORE", "c:sorted"], 1),
+        ("c:union", vec!["SUNIONSTORE", "c:union", "c:set"], 1),
+        (
+            "c:zunion",
+            vec!["ZUNIONSTORE", "c:zunion", "1", "c:zset"],
+            1,
+        ),
+        ("c:persist", vec!["PEXPIREAT", "c:persist", "1"], 1),
+        (
+            "c:eval",
+            vec![
+                "EVAL",
+                "return redis.call('set', KEYS[1], 'e')",
+                "1",
+                "c:eval",
+            ],
+            1,
+        ),
+        // A script that declares no keys: every L1 is flushed.
+        (
+            "c:undeclared",
+            vec!["EVAL", "return redis.call('set', 'c:undeclared', 'e')", "0"],
+            1,
+        ),
+        ("c:fcall", vec!["FCALL", "put", "1", "c:fcall", "f"], 1),
+        ("c:flushdb", vec!["FLUSHDB"], 1),
+        ("c:swapdb", vec!["SWAPDB", "0", "1"], 1),
+        ("c:flushall", vec!["FLUSHALL"], 1),
+    ];
+    for (key, write, heard) in cases {
+        for (k, v) in [(key, "1"), ("c:other", "x"), ("c:src", "copied")] {
+            let _ = run(&mut rd, &["SET", k, v]).await.unwrap();
+        }
+        let _ = run(&mut rd, &["RPUSH", "c:list", "3", "1", "2"])
+            .await
+            .unwrap();
+        let _ = run(&mut rd, &["SADD", "c:set", "m"]).await.unwrap();
+        let _ = run(&mut rd, &["ZADD", "c:zset", "1", "m"]).await.unwrap();
+        // B reads the key twice: the second read is its L1's.
+        let _ = get(&b, key).await;
+        assert_eq!(get(&b, key).await.1, "L1", "{key} cached in B's L1");
+        let write: Vec<&str> = write
+            .iter()
+            .map(|a| if *a == "DUMP" { "" } else { *a })
+            .collect();
+        let before = evictions(&b).await;
+        let reply = if write[0] == "RESTORE" {
+            let mut cmd = redis::cmd("RESTORE");
+            cmd.arg(key).arg(0).arg(&dump[..]).arg("REPLACE");
+            cmd.query_async::<redis::Value>(&mut ra).await
+        } else {
+            run(&mut ra, &write).await
+        };
+        assert!(reply.is_ok(), "{write:?} through A: {reply:?}");
+        support::eventually("B heard the write", || async {
+            evictions(&b).await >= before + heard as f64
+        })
+        .await;
+        assert_eq!(
+            resp_get(&b_url, key).await,
+            resp_get(&direct, key).await,
+            "B serves {key} as Redis has it after {write:?} through A"
+        );
+    }
+}

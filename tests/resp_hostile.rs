@@ -27,21 +27,21 @@ async fn conn(gw: &Gateway) -> redis::aio::MultiplexedConnection {
 async fn arguments_echoed_in_errors_cannot_forge_replies() {
     let gw = Gateway::start(support::config(None)).await;
     let addr = resp_addr(&gw);
-    // Inline: the quoted argument carries CR LF escapes, which the splitter turns into bytes.
+    // Inline: the quoted name carries CR LF escapes, which the splitter turns into bytes.
     let got = raw(
         addr,
-        b"NOSUCHCMD \"\\r\\n$5\\r\\nHACKD\\r\\n-X\"\r\nPING\r\nQUIT\r\n",
+        b"\"NO\\r\\n$5\\r\\nHACKD\\r\\n-X\" a\r\nPING\r\nQUIT\r\n",
     )
     .await;
     assert_eq!(
         got,
-        "-ERR unknown command 'NOSUCHCMD', with args beginning with: '  $5  HACKD  -X' \r\n+PONG\r\n+OK\r\n"
+        "-ERR unknown command 'NO  $5  HACKD  -X': standalone mode serves strings; set l2.url to forward every Redis command\r\n+PONG\r\n+OK\r\n"
     );
     // Multibulk: a command name made of CR LF.
     let got = raw(addr, b"*1\r\n$12\r\nX\r\n+HACKD\r\n-\r\nQUIT\r\n").await;
     assert_eq!(
         got,
-        "-ERR unknown command 'X  +HACKD  -', with args beginning with: \r\n+OK\r\n"
+        "-ERR unknown command 'X  +HACKD  -': standalone mode serves strings; set l2.url to forward every Redis command\r\n+OK\r\n"
     );
 }
 

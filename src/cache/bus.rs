@@ -1,7 +1,8 @@
 //! The invalidation bus: how every instance's L1 stays coherent with writes made through the
 //! others. Two ways to hear of writes, one connection each:
 //! - `pubsub`: a write's pipeline ends with `PUBLISH <channel> <key>` (see `L2::announce`);
-//!   every instance subscribes to that channel and evicts each key it hears.
+//!   every instance subscribes to that channel and evicts each key it hears; an empty key
+//!   empties L1 (FLUSHALL and other writes of unknown keys, forwarded by the RESP door).
 //! - `tracking`: Redis' client-side caching in broadcast mode (`CLIENT TRACKING ON BCAST
 //!   PREFIX ...`): Redis itself pushes the name of every key written under the prefixes, by
 //!   any client, including programs that bypass tiergate and keys Redis expires or evicts.
@@ -100,7 +101,7 @@ impl Listen {
         if let Some((channel, target)) = own {
             let heard = move |p| {
                 pass(match p {
-                    Pushed::Key(key) => Heard::Evict(key),
+                    Pushed::Key(key) => heard_key(key),
                     Pushed::Lost => Heard::Lost,
                 })
             };
@@ -330,13 +331,24 @@ async fn subscription(
     }
 }
 
+/// What a key heard on the channel means: an empty one stands for every key (FLUSHALL, or a
+/// write whose keys cannot be known, forwarded by some instance). A real empty key written
+/// costs a flush too, which is never wrong, only wasteful.
+fn heard_key(key: Bytes) -> Heard {
+    if key.is_empty() {
+        Heard::EvictAll
+    } else {
+        Heard::Evict(key)
+    }
+}
+
 /// redis-rs' push handler: what a push means for L1, passed on.
 fn on_push(pass: impl Fn(Heard) + Send + Sync + 'static) -> impl redis::aio::AsyncPushSender {
     move |push: PushInfo| -> Result<(), ()> {
         match push.kind {
             PushKind::Message | PushKind::SMessage => {
                 if let Some(Value::BulkString(key)) = push.data.into_iter().nth(1) {
-                    pass(Heard::Evict(key.into()));
+                    pass(heard_key(key.into()));
                 }
             }
             // We never unsubscribe: Redis moved a slot away, and its messages with it.

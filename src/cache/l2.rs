@@ -10,6 +10,7 @@ use super::{
     breaker::{Breaker, Change},
     conn::{groups, shard_channel, slot_of, Conn},
     pipe::{self, Pipe, Reply, Target},
+    table::Table,
     ExpireCond, SetCond, SetOptions, SetOutcome, SetTtl, Ttl,
 };
 use crate::{
@@ -17,6 +18,7 @@ use crate::{
     metrics::{L2Op, Metrics},
     shutdown::Shutdown,
 };
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use redis::{
@@ -128,6 +130,10 @@ pub struct L2 {
     /// Connections of our own for single-key writes (`cache/pipe.rs`): one Redis over TCP
     /// only; empty on a cluster, where every write goes through `conns`.
     pipes: Box<[Pipe]>,
+    /// The same, speaking RESP3: for forwarding RESP3 clients' commands.
+    pipes3: Box<[Pipe]>,
+    /// Redis' command table, read once L2 first answers (`table`); None until then.
+    table: ArcSwapOption<Table>,
     /// Whether `conns` reach a cluster: multi-key work is then split by hash slot.
     clustered: bool,
     /// The invalidation channel every write announces its keys on (None: invalidation off).
@@ -191,14 +197,18 @@ impl L2 {
                 .collect::<Result<_, _>>()?
         };
         let deadline = cfg.timeout.0 + cfg.connect_timeout.0;
-        let pipes = match Target::of(&nodes[0], cfg.connect_timeout.0, cfg.timeout.0) {
-            Some(target) if !clustered => (0..cfg.connections)
+        let target =
+            Target::of(&nodes[0], cfg.connect_timeout.0, cfg.timeout.0).filter(|_| !clustered);
+        let start = |target: Option<Target>| match target {
+            Some(target) => (0..cfg.connections)
                 .map(|_| Pipe::start(target.clone(), cfg.pipeline_buffer))
                 .collect(),
-            _ => Box::default(),
+            None => Box::default(),
         };
         Ok(Self {
-            pipes,
+            pipes: start(target.clone()),
+            pipes3: start(target.map(Target::resp3)),
+            table: ArcSwapOption::empty(),
             batcher: Batcher::start(
                 &conns,
                 clustered,
@@ -318,6 +328,59 @@ impl L2 {
     /// The next of our own write connections (callers check there are some).
     fn next_pipe(&self) -> &Pipe {
         &self.pipes[self.next.fetch_add(1, Ordering::Relaxed) % self.pipes.len()]
+    }
+
+    /// Whether commands can be forwarded: over our own connections, to one Redis over TCP.
+    /// Not yet to a cluster (routing by slot) nor over TLS.
+    pub fn forwards(&self) -> bool {
+        !self.pipes.is_empty()
+    }
+
+    /// Redis' command table, once L2 has answered; None before.
+    pub fn table(&self) -> Option<Arc<Table>> {
+        self.table.load_full()
+    }
+
+    /// Sends `commands` (encoded, `replies` replies to come) on one of our connections
+    /// speaking RESP3 when `resp3`, each reply coming back as bytes (`Reply::Raw`), or
+    /// `Reply::TooLarge` past `limit`. Callers check `forwards` first.
+    pub async fn forward(
+        &self,
+        resp3: bool,
+        commands: Vec<u8>,
+        replies: usize,
+        limit: usize,
+    ) -> Result<Vec<Reply>, L2Error> {
+        let pipes = if resp3 { &self.pipes3 } else { &self.pipes };
+        let pipe = &pipes[self.next.fetch_add(1, Ordering::Relaxed) % pipes.len()];
+        self.guard_untimed(L2Op::Forward, pipe.call_raw(commands, replies, limit))
+            .await
+    }
+
+    /// The channel writes are announced on, when announcing (`pubsub` invalidation).
+    pub fn announce_channel(&self) -> Option<&str> {
+        self.announce.as_deref()
+    }
+
+    /// Reads Redis' command table if it has not been read yet: at the first probe that
+    /// finds Redis up, so a Redis down at start-up is read once it is back.
+    async fn read_table(&self) {
+        if self.table.load().is_some() {
+            return;
+        }
+        let mut conn = self.conns[0].clone();
+        match tokio::time::timeout(self.deadline, Table::load(&mut conn)).await {
+            Ok(Ok(table)) => {
+                tracing::info!(commands = table.len(), "read Redis' command table");
+                self.table.store(Some(Arc::new(table)));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read Redis' command table; commands the RESP door does not serve are refused until it is read")
+            }
+            Err(_) => {
+                tracing::warn!("reading Redis' command table timed out; retrying at the next probe")
+            }
+        }
     }
 
     /// Appends the PUBLISH announcing a write of `key` to a pipeline for our own connections
@@ -711,6 +774,9 @@ impl L2 {
         let mut next = tokio::time::Instant::now();
         loop {
             let up = self.probe().await;
+            if up {
+                self.read_table().await;
+            }
             if up != self.up.swap(up, Ordering::Relaxed) {
                 if up {
                     tracing::info!("L2 is reachable");
@@ -739,6 +805,10 @@ fn reply_value(reply: Reply) -> Result<redis::Value, L2Error> {
     match reply {
         Reply::Value(v) => Ok(v),
         Reply::Error { code, detail } => Err(server_error(code, detail)),
+        // Our own calls never ask for raw replies.
+        Reply::Raw(_) | Reply::TooLarge(_) => {
+            Err(L2Error::refused("a raw reply to a decoded call"))
+        }
     }
 }
 

@@ -8,11 +8,13 @@ mod breaker;
 pub mod bus;
 mod conn;
 mod epoch;
+pub mod forward;
 pub mod hot;
 pub mod l1;
 pub mod l2;
 mod pipe;
 pub mod refresh;
+pub mod reply;
 pub mod table;
 pub mod warm;
 
@@ -27,6 +29,7 @@ use epoch::Epochs;
 use l1::{Entry, LoadMiss, L1};
 pub use l2::{L2Error, L2};
 use moka::ops::compute::Op;
+pub use pipe::Reply;
 use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -733,6 +736,38 @@ impl TieredCache {
             .compute(key, f)
             .await
             .expect("standalone mode always has L1")
+    }
+
+    /// Forwards a run of commands to L2 in one round trip (see `forward`), each reply as
+    /// Redis sent it, in the client's protocol (`resp3`). What the run writes leaves L1 once
+    /// the round trip is over, failed or not: a write may have been applied either way.
+    pub async fn forward(
+        &self,
+        run: &mut forward::Run,
+        resp3: bool,
+        limit: usize,
+    ) -> Result<forward::Replies, L2Error> {
+        let Some(l2) = self.l2.as_ref().filter(|l2| l2.forwards()) else {
+            return Err(L2Error::store(
+                "ERR",
+                "forwarding is not available over a Redis Cluster or TLS yet",
+            ));
+        };
+        let clients = run.len();
+        let (commands, replies) = run.finish(l2.announce_channel());
+        let result = l2.forward(resp3, commands, replies, limit).await;
+        match run.written() {
+            Err(()) => self.flush_l1(),
+            Ok(keys) => {
+                for key in keys {
+                    self.invalidate(key).await;
+                }
+            }
+        }
+        let mut replies = result?;
+        // The announcements' replies (how many instances heard) are not the client's.
+        replies.truncate(clients);
+        Ok(replies)
     }
 
     /// L1 entries and weighted bytes, exact (runs moka's pending housekeeping first).

@@ -16,7 +16,7 @@
 //! Bounded: at most `queue` writes wait in the channel and `queue` on the connection, so a
 //! Redis that stops answering backs writers up into `L2::guard`'s deadline, not into memory.
 
-use super::l2::L2Error;
+use super::{l2::L2Error, reply::Framer};
 use bytes::{Buf, Bytes, BytesMut};
 use redis::{ConnectionAddr, Value};
 use std::{collections::VecDeque, time::Duration};
@@ -34,7 +34,24 @@ const OUT_BYTES: usize = 16 << 10;
 #[derive(Debug, PartialEq)]
 pub enum Reply {
     Value(Value),
-    Error { code: String, detail: String },
+    Error {
+        code: String,
+        detail: String,
+    },
+    /// A reply to a raw write: the bytes Redis sent, unparsed (see `reply`).
+    Raw(Bytes),
+    /// A reply to a raw write that passed its bound: dropped as it arrived; how long it was.
+    TooLarge(usize),
+}
+
+/// How a write's replies come back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Decoded,
+    /// As bytes, each at most `limit` long.
+    Raw {
+        limit: usize,
+    },
 }
 
 type Replies = Result<Vec<Reply>, L2Error>;
@@ -42,6 +59,7 @@ type Replies = Result<Vec<Reply>, L2Error>;
 struct Write {
     commands: Vec<u8>,
     replies: usize,
+    mode: Mode,
     done: oneshot::Sender<Replies>,
 }
 
@@ -55,6 +73,9 @@ pub struct Target {
     connect_timeout: Duration,
     /// How long a write may wait for its reply once sent.
     response_timeout: Duration,
+    /// Speak RESP3 (HELLO 3 on connect): for forwarding a RESP3 client's commands, whose
+    /// replies must come back as maps, sets, doubles and pushes.
+    resp3: bool,
 }
 
 impl Target {
@@ -76,7 +97,14 @@ impl Target {
             db: redis.db(),
             connect_timeout,
             response_timeout,
+            resp3: false,
         })
+    }
+
+    /// The same Redis, spoken to in RESP3.
+    pub fn resp3(mut self) -> Self {
+        self.resp3 = true;
+        self
     }
 }
 
@@ -102,10 +130,23 @@ impl Pipe {
     /// (`response_timeout`, one timer per connection), connecting has `connect_timeout`, and
     /// only a full queue is waited on with a timer of its own.
     pub async fn call(&self, commands: Vec<u8>, replies: usize) -> Replies {
+        self.send(commands, replies, Mode::Decoded).await
+    }
+
+    /// `call`, with each reply handed back as the bytes Redis sent (`Reply::Raw`). `limit`
+    /// bounds the replies' bytes together, since they are all held until the last arrives:
+    /// the reply that passes it, and every one after it, is dropped as it arrives and comes
+    /// back as `Reply::TooLarge`.
+    pub async fn call_raw(&self, commands: Vec<u8>, replies: usize, limit: usize) -> Replies {
+        self.send(commands, replies, Mode::Raw { limit }).await
+    }
+
+    async fn send(&self, commands: Vec<u8>, replies: usize, mode: Mode) -> Replies {
         let (done, answer) = oneshot::channel();
         let write = Write {
             commands,
             replies,
+            mode,
             done,
         };
         let gone = || L2Error::Unavailable("the write connection stopped".into());
@@ -127,6 +168,9 @@ impl Pipe {
 struct Waiting {
     /// When it was sent (the syscall's time, shared by the writes it carried).
     sent: Instant,
+    mode: Mode,
+    /// Bytes of raw replies held so far.
+    held: usize,
     want: usize,
     got: Vec<Reply>,
     done: oneshot::Sender<Replies>,
@@ -160,7 +204,18 @@ async fn connect(t: &Target) -> Result<TcpStream, L2Error> {
         s.set_nodelay(true).map_err(down)?;
         let mut hello = Vec::new();
         let mut expected = 0;
-        if let Some(pass) = &t.password {
+        if t.resp3 {
+            let mut args = vec![&b"HELLO"[..], b"3"];
+            if let Some(pass) = &t.password {
+                args.extend([
+                    &b"AUTH"[..],
+                    t.username.as_deref().unwrap_or("default").as_bytes(),
+                ]);
+                args.push(pass.as_bytes());
+            }
+            encode(&mut hello, &args);
+            expected += 1;
+        } else if let Some(pass) = &t.password {
             let mut args = vec![&b"AUTH"[..]];
             args.extend(t.username.as_deref().map(str::as_bytes));
             args.push(pass.as_bytes());
@@ -175,8 +230,10 @@ async fn connect(t: &Target) -> Result<TcpStream, L2Error> {
             s.write_all(&hello).await.map_err(down)?;
             let mut buf = BytesMut::with_capacity(256);
             for _ in 0..expected {
-                if let Reply::Error { code, detail } = next_reply(&mut s, &mut buf).await? {
-                    return Err(L2Error::Unavailable(format!("{code} {detail}")));
+                // Framed, not parsed: HELLO 3 answers with a RESP3 map.
+                let reply = next_raw(&mut s, &mut buf).await?;
+                if reply.first().is_some_and(|&b| b == b'-' || b == b'!') {
+                    return Err(L2Error::Unavailable(text(reply.trim_ascii_end())));
                 }
             }
         }
@@ -202,6 +259,23 @@ async fn next_reply(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Reply, L2Er
     }
 }
 
+/// The next reply on `s` as bytes (handshakes only).
+async fn next_raw(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Bytes, L2Error> {
+    let mut framer = Framer::default();
+    loop {
+        match framer.scan(buf) {
+            Ok(Some(len)) => return Ok(buf.split_to(len).freeze()),
+            Ok(None) => {}
+            Err(e) => return Err(L2Error::Unavailable(e.to_string())),
+        }
+        match s.read_buf(buf).await {
+            Ok(0) => return Err(L2Error::Unavailable("Redis closed the connection".into())),
+            Ok(_) => {}
+            Err(e) => return Err(L2Error::Unavailable(e.to_string())),
+        }
+    }
+}
+
 /// Runs one connection until it fails (Some: the error every waiting write gets) or every
 /// sender is gone (None). A write unanswered for `timeout` fails the connection: Redis
 /// answers in order, so everything behind it waits too, and a reply that comes later would
@@ -217,6 +291,7 @@ async fn serve(
     let mut waiting: VecDeque<Waiting> = VecDeque::with_capacity(queue);
     let mut out = Vec::with_capacity(OUT_BYTES);
     let mut inbuf = BytesMut::with_capacity(16 << 10);
+    let mut framing = Framing::default();
     // Every sender is gone: no more writes, but the ones sent still get their replies.
     let mut closed = false;
     // One timer for the connection, on the oldest write's deadline, moved only when it fires
@@ -254,6 +329,8 @@ async fn serve(
                 out.extend_from_slice(&w.commands);
                 waiting.push_back(Waiting {
                     sent,
+                    mode: w.mode,
+                    held: 0,
                     want: w.replies,
                     got: Vec::with_capacity(w.replies),
                     done: w.done,
@@ -278,7 +355,7 @@ async fn serve(
                 let e = match read {
                     Ok(0) => L2Error::Unavailable("Redis closed the connection".into()),
                     Err(e) => L2Error::Unavailable(e.to_string()),
-                    Ok(_) => match deliver(&mut inbuf, &mut waiting) {
+                    Ok(_) => match deliver(&mut inbuf, &mut waiting, &mut framing) {
                         Ok(()) => continue,
                         Err(e) => e,
                     },
@@ -325,13 +402,46 @@ async fn send(
     }
 }
 
+/// Where a connection is in the raw reply under way.
+#[derive(Default)]
+struct Framing {
+    framer: Framer,
+    /// Bytes of it already dropped (it passed its bound).
+    dropped: usize,
+}
+
 /// Hands every complete reply in `buf` to the write it answers.
-fn deliver(buf: &mut BytesMut, waiting: &mut VecDeque<Waiting>) -> Result<(), L2Error> {
-    while let Some(reply) = parse(buf)? {
+fn deliver(
+    buf: &mut BytesMut,
+    waiting: &mut VecDeque<Waiting>,
+    framing: &mut Framing,
+) -> Result<(), L2Error> {
+    loop {
+        if buf.is_empty() {
+            return Ok(());
+        }
         let Some(w) = waiting.front_mut() else {
             return Err(L2Error::Unavailable(
                 "Redis sent a reply nobody asked for".into(),
             ));
+        };
+        let reply = match w.mode {
+            Mode::Decoded => match parse(buf)? {
+                Some(reply) => reply,
+                None => return Ok(()),
+            },
+            Mode::Raw { limit } => match raw(buf, framing, limit.saturating_sub(w.held))? {
+                Some(reply) => {
+                    w.held = match &reply {
+                        Reply::Raw(r) => w.held + r.len(),
+                        // What follows a reply over the bound is dropped too: the client is
+                        // closed after the error it gets for it.
+                        _ => limit,
+                    };
+                    reply
+                }
+                None => return Ok(()),
+            },
         };
         w.got.push(reply);
         if w.got.len() == w.want {
@@ -340,7 +450,35 @@ fn deliver(buf: &mut BytesMut, waiting: &mut VecDeque<Waiting>) -> Result<(), L2
             let _ = w.done.send(Ok(w.got));
         }
     }
-    Ok(())
+}
+
+/// Takes one raw reply off the front of `buf` (None: not whole yet). Past `limit` what has
+/// arrived is dropped, and the rest as it comes, so a reply of any size holds at most about
+/// `limit` here; the framer still finds its end, and the connection stays in step.
+fn raw(buf: &mut BytesMut, framing: &mut Framing, limit: usize) -> Result<Option<Reply>, L2Error> {
+    let scanned = framing
+        .framer
+        .scan(buf)
+        .map_err(|e| L2Error::Unavailable(e.to_string()))?;
+    match scanned {
+        Some(len) if framing.dropped == 0 && len <= limit => {
+            Ok(Some(Reply::Raw(buf.split_to(len).freeze())))
+        }
+        Some(len) => {
+            buf.advance(len);
+            let total = std::mem::take(&mut framing.dropped) + len;
+            Ok(Some(Reply::TooLarge(total)))
+        }
+        None => {
+            let held = framing.framer.scanned();
+            if framing.dropped > 0 || held > limit {
+                buf.advance(held);
+                framing.dropped += held;
+                framing.framer.dropped_scanned();
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// What a subscription hears.
@@ -493,14 +631,20 @@ fn is(a: &[Value], kind: &[u8]) -> bool {
 
 /// RESP2 encoding of one command.
 pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    encode_args(out, args)
+}
+
+/// `encode`, for arguments of any kind of byte string (a forwarded command's `Bytes`).
+pub fn encode_args<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
     // Room for the whole command up front (a length line is at most 24 bytes), so the
     // appends below never grow the buffer one by one.
-    out.reserve(24 + args.iter().map(|a| a.len() + 24).sum::<usize>());
+    out.reserve(24 + args.iter().map(|a| a.as_ref().len() + 24).sum::<usize>());
     let mut n = itoa::Buffer::new();
     out.push(b'*');
     out.extend_from_slice(n.format(args.len()).as_bytes());
     out.extend_from_slice(b"\r\n");
     for a in args {
+        let a = a.as_ref();
         out.push(b'$');
         out.extend_from_slice(n.format(a.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -616,7 +760,7 @@ fn scan(buf: &[u8], at: usize) -> Result<Option<(Reply, usize)>, L2Error> {
                     }
                     // The writes sent here never get an error inside an array (that is
                     // EXEC's); refuse rather than guess.
-                    Some((Reply::Error { .. }, _)) => return Err(bad("an error in an array")),
+                    Some((_, _)) => return Err(bad("an error in an array")),
                 }
             }
             Ok(Some((Reply::Value(Value::Array(items)), pos)))

@@ -819,21 +819,30 @@ fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
     }
 }
 
+/// `COMMAND` as redis-server 7.0.15 answers it over RESP2, byte for byte.
+#[cfg(test)]
+const FIXTURE: &[u8] = include_bytes!("testdata/command-redis-7.0.resp");
+
+/// Redis 7.0.15's table, from the fixture: for the unit tests of what uses it.
+#[cfg(test)]
+pub fn redis_7_0() -> &'static Table {
+    static TABLE: std::sync::OnceLock<Table> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let reply = redis::parse_redis_value(FIXTURE).expect("the fixture is one RESP value");
+        Table::parse(&reply).expect("Redis 7.0's table parses")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::OnceLock;
-
-    /// `COMMAND` as redis-server 7.0.15 answers it over RESP2, byte for byte.
-    const FIXTURE: &[u8] = include_bytes!("testdata/command-redis-7.0.resp");
 
     fn reply() -> Value {
         redis::parse_redis_value(FIXTURE).expect("the fixture is one RESP value")
     }
 
     fn table() -> &'static Table {
-        static TABLE: OnceLock<Table> = OnceLock::new();
-        TABLE.get_or_init(|| Table::parse(&reply()).expect("Redis 7.0's table parses"))
+        redis_7_0()
     }
 
     fn args(line: &str) -> Vec<Bytes> {

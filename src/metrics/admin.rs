@@ -45,6 +45,10 @@ impl Admin {
         }
         match self.cache.l2() {
             Some(l2) if !l2.is_up() => Err("l2 unreachable"),
+            // Until it is read, commands the RESP door forwards are refused.
+            Some(l2) if l2.forwards() && l2.table().is_none() => {
+                Err("redis command table not read yet")
+            }
             _ => Ok(()),
         }
     }

@@ -82,9 +82,11 @@ pub enum L2Op {
     Incr = 7,
     Expire = 8,
     Ttl = 9,
+    /// A run of commands forwarded as they came (the RESP door's commands it does not serve).
+    Forward = 10,
 }
-const L2_OPS: [&str; 10] = [
-    "get", "set", "del", "mget", "mset", "ping", "exists", "incr", "expire", "ttl",
+const L2_OPS: [&str; 11] = [
+    "get", "set", "del", "mget", "mset", "ping", "exists", "incr", "expire", "ttl", "forward",
 ];
 
 /// Front doors, as the `door` label.

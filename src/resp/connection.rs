@@ -7,7 +7,7 @@
 //! client can make the gateway hold is in `reply`.
 
 use super::{
-    cmd::{self, Command, Ctx, Set},
+    cmd::{self, forward::Answer, Command, Ctx, Forward, Set, Unserved},
     frame::{self, Frame, Protocol},
     reply::{self, Fit},
     session::Session,
@@ -17,6 +17,7 @@ use crate::{
     access,
     auth::Denied,
     buf::pool::Lease,
+    cache::forward::Run,
     exec::{placement, Refused},
     metrics::{Door, RespClose, Tier},
     net,
@@ -246,24 +247,39 @@ async fn run_buffered(
 ) -> Outcome {
     // One load per batch: a reload takes effect from the next batch.
     let limits = shared.limits.load();
-    let mut held = HeldSets::default();
+    // What becomes of commands not served here, read once per batch.
+    let table = shared.cache.l2().and_then(|l2| l2.table());
+    let unserved = match (shared.cache.l2(), &table) {
+        (None, _) => Unserved::Standalone,
+        (Some(l2), _) if !l2.forwards() => Unserved::Unavailable(
+            "ERR tiergate does not forward commands over a Redis Cluster or TLS yet",
+        ),
+        (Some(_), Some(table)) => Unserved::Forward(table),
+        (Some(_), None) => {
+            Unserved::Unavailable("TRYAGAIN Redis' command table is not read yet; retry later")
+        }
+    };
+    let mut held = Held::default();
     let mut outcome = Outcome::default();
     loop {
         if wbuf.len() >= shared.reply_buffer {
             // Backpressure: the commands left wait until these replies are written.
-            held.write(shared, &limits, session.proto, wbuf).await;
-            outcome.more = true;
+            outcome.close = held.write(shared, &limits, session.proto, wbuf).await;
+            outcome.more = !outcome.close;
             return outcome;
         }
         let args = match frame::parse(rbuf.buf(), &limits.frame, &mut session.progress) {
             Ok(Some(args)) if args.is_empty() => continue,
             Ok(Some(args)) => args,
             Ok(None) => {
-                held.write(shared, &limits, session.proto, wbuf).await;
+                outcome.close = held.write(shared, &limits, session.proto, wbuf).await;
                 return outcome;
             }
             Err(e) => {
-                held.write(shared, &limits, session.proto, wbuf).await;
+                if held.write(shared, &limits, session.proto, wbuf).await {
+                    outcome.close = true;
+                    return outcome;
+                }
                 shared.metrics.resp_protocol_errors.inc();
                 Frame::Error(format!("ERR {e}").into()).encode(session.proto, wbuf.buf());
                 outcome.close = true;
@@ -279,10 +295,13 @@ async fn run_buffered(
             op: cmd::name_of(&args[0]).unwrap_or("unknown"),
         });
         let (mut key_len, mut tier, mut close) = (0, None, false);
-        let (cmd, allowed) = match Command::from_args(args, session) {
+        let (cmd, allowed) = match Command::from_args(args, session, unserved) {
             Ok(Command::Unservable(unservable)) => {
-                // Nothing sent after it runs: the SETs before it are written, then the close.
-                held.write(shared, &limits, session.proto, wbuf).await;
+                // Nothing sent after it runs: the commands before it are run, then the close.
+                if held.write(shared, &limits, session.proto, wbuf).await {
+                    outcome.close = true;
+                    return outcome;
+                }
                 let reply = unservable.reply();
                 shared.metrics.resp_closed(match reply {
                     None => RespClose::CrossProtocol,
@@ -299,15 +318,36 @@ async fn run_buffered(
             // Not a SET ... GET: its reply is a value, which must pass `reply::fit` like
             // any other (held, hundreds of 4 MiB old values would be encoded at once).
             Ok(Command::Set(set)) if refused.is_none() && !set.returns_old() => {
-                held.push(set, logged);
+                if !held.forwards.is_empty()
+                    && held.write(shared, &limits, session.proto, wbuf).await
+                {
+                    outcome.close = true;
+                    return outcome;
+                }
+                held.sets.push((set, logged));
+                continue;
+            }
+            Ok(Command::Forward(forward)) if refused.is_none() => {
+                if !held.sets.is_empty() {
+                    held.write(shared, &limits, session.proto, wbuf).await;
+                }
+                held.push_forward(forward, logged);
+                if held.forwards.len() < MAX_RUN && held.forwards.bytes() < shared.reply_buffer {
+                    continue;
+                }
+                if held.write(shared, &limits, session.proto, wbuf).await {
+                    outcome.close = true;
+                    return outcome;
+                }
                 continue;
             }
             cmd => (cmd, true),
         };
-        // Anything else runs after the SETs before it, as the client ordered them. Checked
-        // here: an empty `write` still costs its future, per command.
-        if !held.0.is_empty() {
-            held.write(shared, &limits, session.proto, wbuf).await;
+        // Anything else runs after the commands held before it, as the client ordered them.
+        // Checked here: an empty `write` still costs its future, per command.
+        if !held.is_empty() && held.write(shared, &limits, session.proto, wbuf).await {
+            outcome.close = true;
+            return outcome;
         }
         let reply = match cmd {
             Err(reply) => reply,
@@ -392,40 +432,107 @@ fn log(shared: &Shared, logged: Option<Logged>, key_len: u32, reply: &Frame, tie
     }
 }
 
-/// SETs read one after another, held back to be written together: a client's pipelined
-/// SETs then cost one L2 round trip (`TieredCache::set_each`) instead of one each, as they
-/// would through a proxy that forwards the pipeline. Any other command, the end of what was
-/// read and a protocol error each write them first, so writes and replies keep the client's
-/// order. Only SETs the client may make and admission let in are held, and not SET ... GET.
-#[derive(Default)]
-struct HeldSets(Vec<(Set, Option<Logged>)>);
+/// Most forwarded commands held for one round trip.
+const MAX_RUN: usize = 256;
 
-impl HeldSets {
-    fn push(&mut self, set: Set, logged: Option<Logged>) {
-        self.0.push((set, logged));
+/// SETs, or forwarded commands, read one after another and held back to be sent together: a
+/// client's pipeline then costs one L2 round trip (`TieredCache::set_each`,
+/// `TieredCache::forward`) instead of one per command, as through a proxy that forwards the
+/// pipeline. Any other command, the end of what was read and a protocol error each send them
+/// first, so writes and replies keep the client's order; so does a SET after forwarded
+/// commands and the other way round. Only commands the client may make and admission let in
+/// are held, and not SET ... GET.
+#[derive(Default)]
+struct Held {
+    sets: Vec<(Set, Option<Logged>)>,
+    forwards: Run,
+    forwarded: Vec<Option<Logged>>,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.sets.is_empty() && self.forwards.is_empty()
     }
 
-    /// Writes the held SETs and encodes their replies, in order.
+    fn push_forward(&mut self, forward: Forward, logged: Option<Logged>) {
+        self.forwards.push(&forward.args, &forward.writes);
+        self.forwarded.push(logged);
+    }
+
+    /// Sends what is held and encodes the replies, in order; whether the client must be
+    /// closed (forwarded replies passed `limits.max_reply_bytes`).
     async fn write(
         &mut self,
         shared: &Shared,
         limits: &Limits,
         proto: Protocol,
         wbuf: &mut Lease<'_>,
+    ) -> bool {
+        if !self.forwards.is_empty() {
+            return self.write_forwards(shared, limits, proto, wbuf).await;
+        }
+        self.write_sets(shared, limits, proto, wbuf).await;
+        false
+    }
+
+    /// Sends the held forwarded commands; see `write`.
+    async fn write_forwards(
+        &mut self,
+        shared: &Shared,
+        limits: &Limits,
+        proto: Protocol,
+        wbuf: &mut Lease<'_>,
+    ) -> bool {
+        let mut run = std::mem::take(&mut self.forwards);
+        let logged = std::mem::take(&mut self.forwarded);
+        let answers = cmd::forward::send(shared, &mut run, proto, limits).await;
+        let mut answers = match answers {
+            Ok(answers) => answers.into_iter(),
+            Err(every) => vec![Answer::Reply(every); logged.len()].into_iter(),
+        };
+        for logged in logged {
+            match answers.next() {
+                Some(Answer::Reply(reply)) => {
+                    log(shared, logged, 0, &reply, None);
+                    reply.encode(proto, wbuf.buf());
+                }
+                Some(Answer::TooLarge(len)) => {
+                    shared.metrics.resp_closed(RespClose::ReplyLimit);
+                    let reply = reply::too_large(len, limits.max_reply_bytes);
+                    log(shared, logged, 0, &reply, None);
+                    reply.encode(proto, wbuf.buf());
+                    return true;
+                }
+                None => {
+                    Frame::error("ERR Redis sent no reply").encode(proto, wbuf.buf());
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Writes the held SETs and encodes their replies, in order.
+    async fn write_sets(
+        &mut self,
+        shared: &Shared,
+        limits: &Limits,
+        proto: Protocol,
+        wbuf: &mut Lease<'_>,
     ) {
-        if self.0.len() == 1 {
+        if self.sets.len() == 1 {
             // Alone: written as `Set::apply` would, without the vectors of a run.
-            let (set, logged) = self.0.pop().expect("one held");
+            let (set, logged) = self.sets.pop().expect("one held");
             let key_len = set.key_len();
             let reply = set.write(&shared.cache, limits).await;
             reply.encode(proto, wbuf.buf());
             log(shared, logged, key_len, &reply, None);
             return;
         }
-        if self.0.is_empty() {
+        if self.sets.is_empty() {
             return;
         }
-        let held = std::mem::take(&mut self.0);
+        let held = std::mem::take(&mut self.sets);
         // Each held SET's refusal, or None where it is written; in the client's order.
         let mut refusals = Vec::with_capacity(held.len());
         let mut writes = Vec::with_capacity(held.len());

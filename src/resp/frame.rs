@@ -367,6 +367,9 @@ pub enum Frame {
     Array(Vec<Frame>),
     /// A map: `%` in RESP3, a flat array of key, value, ... in RESP2.
     Map(Vec<(Frame, Frame)>),
+    /// A whole reply as Redis sent it to a forwarded command, written unchanged: it came over
+    /// a connection speaking the client's protocol, so it is already in its dialect.
+    Raw(Bytes),
 }
 
 /// Error codes the access log names; any other error is logged as "error".
@@ -384,10 +387,14 @@ const ERROR_CODES: &[&str] = &[
 impl Frame {
     /// "ok" for a reply that is not an error, else its code word ("ERR", "NOPERM", ...).
     pub fn code(&self) -> &'static str {
-        let Frame::Error(msg) = self else {
-            return "ok";
+        let word = match self {
+            Frame::Error(msg) => msg.split(' ').next().unwrap_or_default(),
+            Frame::Raw(r) if r.first() == Some(&b'-') => {
+                let word = r[1..].split(|&b| b == b' ' || b == b'\r').next();
+                std::str::from_utf8(word.unwrap_or_default()).unwrap_or_default()
+            }
+            _ => return "ok",
         };
-        let word = msg.split(' ').next().unwrap_or_default();
         ERROR_CODES
             .iter()
             .find(|c| **c == word)
@@ -412,6 +419,7 @@ impl Frame {
             Frame::Simple(s) | Frame::Error(s) => s.len() + 3,
             Frame::Integer(n) => 3 + itoa::Buffer::new().format(*n).len(),
             Frame::Bulk(b) => head(b.len()) + b.len() + 2,
+            Frame::Raw(r) => r.len(),
             Frame::Null => match proto {
                 Protocol::Resp2 => 5,
                 Protocol::Resp3 => 3,
@@ -464,6 +472,7 @@ impl Frame {
                 Protocol::Resp2 => out.put_slice(b"$-1\r\n"),
                 Protocol::Resp3 => out.put_slice(b"_\r\n"),
             },
+            Frame::Raw(r) => out.extend_from_slice(r),
             Frame::Array(items) => {
                 self.encode_head(proto, out);
                 for f in items {

@@ -30,8 +30,10 @@ pub enum Fit {
 #[inline]
 pub fn fit(reply: &Frame, proto: Protocol, buffer: usize, max: u64) -> Fit {
     let len = match reply {
-        Frame::Bulk(b) if b.len() < buffer => return Fit::Buffered,
-        Frame::Bulk(_) | Frame::Array(_) | Frame::Map(_) => reply.encoded_len(proto),
+        Frame::Bulk(b) | Frame::Raw(b) if b.len() < buffer => return Fit::Buffered,
+        Frame::Bulk(_) | Frame::Raw(_) | Frame::Array(_) | Frame::Map(_) => {
+            reply.encoded_len(proto)
+        }
         _ => return Fit::Buffered,
     };
     if len as u64 > max {
@@ -118,6 +120,11 @@ pub async fn stream(
                 wbuf.clear();
                 send(stream, value, timeout).await?;
                 wbuf.put_slice(b"\r\n");
+            }
+            Frame::Raw(bytes) if bytes.len() >= buffer => {
+                send(stream, wbuf, timeout).await?;
+                wbuf.clear();
+                send(stream, bytes, timeout).await?;
             }
             small => small.encode(proto, wbuf),
         }

@@ -3,6 +3,7 @@
 //! also owns the checks every command shares (authentication, arity, unknown names).
 
 mod connection;
+pub mod forward;
 mod keyspace;
 mod refused;
 mod server;
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use std::borrow::Cow;
 
 pub use connection::{Auth, Client, Echo, Hello, Ping, Quit, Select};
+pub use forward::Forward;
 pub use keyspace::{Del, Exists, Expire, Ttl};
 pub use server::{CommandInfo, Config, Debug, Info};
 pub use string::{Get, Incr, MGet, MSet, Set};
@@ -58,6 +60,19 @@ pub enum Command {
     Debug(Debug),
     /// Refused with a close: see `unservable`.
     Unservable(Unservable),
+    /// Not served here: sent on to Redis (tiered mode).
+    Forward(Forward),
+}
+
+/// What the door does with a command it does not serve.
+#[derive(Clone, Copy)]
+pub enum Unserved<'a> {
+    /// Standalone mode: the memory store serves strings only.
+    Standalone,
+    /// Tiered, but not forwarding: why (a cluster or TLS; Redis' table not read yet).
+    Unavailable(&'static str),
+    /// Forwarded, as Redis' command table says.
+    Forward(&'a crate::cache::table::Table),
 }
 
 /// Commands a client may send before it has authenticated.
@@ -82,13 +97,28 @@ impl Command {
         )
     }
 
-    /// Parses a request. The error is the reply to send (the command is not run).
-    pub fn from_args(args: Vec<Bytes>, session: &Session) -> Result<Command, Frame> {
+    /// Parses a request; `unserved` says what becomes of a command the door does not serve.
+    /// The error is the reply to send (the command is not run).
+    pub fn from_args(
+        args: Vec<Bytes>,
+        session: &Session,
+        unserved: Unserved<'_>,
+    ) -> Result<Command, Frame> {
         let Some(name) = lookup(&args[0]) else {
             // Before the auth gate: an HTTP request or a MULTI is closed on, logged in or not.
-            return match Unservable::recognise(&args) {
-                Some(u) => Ok(Command::Unservable(u)),
-                None => Err(refused::refusal(&args).unwrap_or_else(|| unknown(&args))),
+            if let Some(u) = Unservable::recognise(&args) {
+                return Ok(Command::Unservable(u));
+            }
+            if let Some(refusal) = refused::refusal(&args) {
+                return Err(refusal);
+            }
+            return match unserved {
+                Unserved::Standalone => Err(standalone(&args)),
+                Unserved::Unavailable(why) => Err(unavailable(&args, why)),
+                _ if session.user.is_none() => Err(Frame::error("NOAUTH Authentication required.")),
+                Unserved::Forward(table) => {
+                    Forward::parse(args, table, session.user.as_deref()).map(Command::Forward)
+                }
             };
         };
         if name == "client" {
@@ -167,7 +197,9 @@ impl Command {
             | Command::Info(_)
             | Command::Config(_)
             | Command::Debug(_)
-            | Command::Unservable(_) => true,
+            | Command::Unservable(_)
+            // Checked as it was parsed, against Redis' table.
+            | Command::Forward(_) => true,
         }
     }
 
@@ -214,6 +246,7 @@ impl Command {
                 ctx.close = true;
                 c.reply().unwrap_or(Frame::Null)
             }
+            Command::Forward(c) => c.apply(ctx).await,
         }
     }
 }
@@ -230,19 +263,25 @@ fn lookup(name: &[u8]) -> Option<&'static str> {
         .find(|n| n.as_bytes().eq_ignore_ascii_case(name))
 }
 
-/// redis-server's reply to an unknown command, arguments quoted as it quotes them.
-fn unknown(args: &[Bytes]) -> Frame {
-    let mut msg = format!(
-        "ERR unknown command '{}', with args beginning with: ",
-        String::from_utf8_lossy(&args[0])
-    );
-    for a in args.iter().skip(1).take(20) {
-        msg.push_str(&format!(
-            "'{}' ",
-            String::from_utf8_lossy(&a[..a.len().min(128)])
-        ));
-    }
-    Frame::Error(msg.into())
+/// A command name as an error quotes it: lossy UTF-8, at most 128 bytes.
+fn quoted(name: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(&name[..name.len().min(128)])
+}
+
+/// The reply, in standalone mode, to a command the memory store does not serve.
+fn standalone(args: &[Bytes]) -> Frame {
+    Frame::Error(
+        format!(
+            "ERR unknown command '{}': standalone mode serves strings; set l2.url to forward every Redis command",
+            quoted(&args[0])
+        )
+        .into(),
+    )
+}
+
+/// The reply to a command that would be forwarded, while forwarding is unavailable.
+fn unavailable(args: &[Bytes], why: &str) -> Frame {
+    Frame::Error(format!("{why} ('{}' not forwarded)", quoted(&args[0])).into())
 }
 
 /// The arguments of one request, consumed front to back by a command's `parse_frames`.
@@ -365,7 +404,7 @@ mod tests {
     }
 
     fn err(v: &[&str]) -> String {
-        match Command::from_args(args(v), &Session::new(1, anyone())) {
+        match Command::from_args(args(v), &Session::new(1, anyone()), Unserved::Standalone) {
             Err(Frame::Error(e)) => e.into_owned(),
             Err(other) => panic!("{other:?}"),
             Ok(_) => panic!("{v:?} parsed"),
@@ -374,7 +413,8 @@ mod tests {
 
     #[test]
     fn names_are_case_insensitive_and_extra_args_rejected() {
-        assert!(Command::from_args(args(&["gEt", "k"]), &Session::new(1, anyone())).is_ok());
+        let s = Session::new(1, anyone());
+        assert!(Command::from_args(args(&["gEt", "k"]), &s, Unserved::Standalone).is_ok());
         assert_eq!(
             err(&["GET", "k", "extra"]),
             "ERR wrong number of arguments for 'get' command"
@@ -393,15 +433,19 @@ mod tests {
     fn every_listed_command_is_dispatched() {
         for &(name, ..) in server::TABLE {
             // Parse errors are fine (no arguments given); reaching `unreachable!` is not.
-            let _ = Command::from_args(args(&[name]), &Session::new(1, anyone()));
+            let _ = Command::from_args(
+                args(&[name]),
+                &Session::new(1, anyone()),
+                Unserved::Standalone,
+            );
         }
     }
 
     #[test]
-    fn unknown_commands_are_named() {
+    fn standalone_mode_names_what_it_does_not_serve_and_how_to_get_it() {
         assert_eq!(
-            err(&["NOPE", "a"]),
-            "ERR unknown command 'NOPE', with args beginning with: 'a' "
+            err(&["HSET", "h", "f", "v"]),
+            "ERR unknown command 'HSET': standalone mode serves strings; set l2.url to forward every Redis command"
         );
     }
 
@@ -409,9 +453,9 @@ mod tests {
     fn unauthenticated_clients_get_noauth() {
         let s = Session::new(1, None);
         assert!(
-            matches!(Command::from_args(args(&["GET", "k"]), &s), Err(Frame::Error(e)) if e.starts_with("NOAUTH"))
+            matches!(Command::from_args(args(&["GET", "k"]), &s, Unserved::Standalone), Err(Frame::Error(e)) if e.starts_with("NOAUTH"))
         );
-        assert!(Command::from_args(args(&["PING"]), &s).is_ok());
-        assert!(Command::from_args(args(&["AUTH", "pw"]), &s).is_ok());
+        assert!(Command::from_args(args(&["PING"]), &s, Unserved::Standalone).is_ok());
+        assert!(Command::from_args(args(&["AUTH", "pw"]), &s, Unserved::Standalone).is_ok());
     }
 }
