@@ -392,3 +392,62 @@ async fn forwarded_writes_of_every_kind_reach_the_other_instances_l1() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_invalidates_its_keys_once_exec_applies_them_and_watch_sees_every_instance() {
+    let redis = Redis::start();
+    let (a, b) = pair(&redis);
+    subscribed(&a).await;
+    subscribed(&b).await;
+    let mut rd = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = rd.set("t:k", "v").await.unwrap();
+    let _ = get(&b, "t:k").await;
+    assert_eq!(get(&b, "t:k").await.1, "L1", "cached in B's L1");
+
+    // A transaction through A: B hears of its write once EXEC has applied it.
+    let before = evictions(&b).await;
+    let got = support::raw(
+        a.resp,
+        b"MULTI\r\nAPPEND t:k +\r\nEXPIRE t:other 5\r\nEXEC\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        got,
+        "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:2\r\n:0\r\n+OK\r\n"
+    );
+    support::eventually("B heard the transaction's write", || async {
+        evictions(&b).await > before
+    })
+    .await;
+    assert_eq!(get(&b, "t:k").await.0.as_deref(), Some("v+"), "fresh on B");
+
+    // WATCH through A sees a write made through B.
+    let mut watcher = tokio::net::TcpStream::connect(a.resp).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    watcher.write_all(b"WATCH t:k\r\n").await.unwrap();
+    let mut buf = vec![0; 64];
+    let n = watcher.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"+OK\r\n");
+    assert_eq!(
+        support::raw(b.resp, b"SET t:k w\r\nQUIT\r\n").await,
+        "+OK\r\n+OK\r\n"
+    );
+    watcher
+        .write_all(b"MULTI\r\nSET t:k mine\r\nEXEC\r\nGET t:k\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"$1\r\nw\r\n") {
+        let n = watcher.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        got, b"+OK\r\n+QUEUED\r\n*-1\r\n$1\r\nw\r\n",
+        "EXEC aborted by the watched write"
+    );
+}

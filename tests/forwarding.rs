@@ -1395,22 +1395,14 @@ async fn the_corpus_is_deterministic_against_redis_server_resp3() {
     deterministic(Proto::Resp3, 5).await;
 }
 
-/// The families a tiergate forwards today: all but those that need a pinned connection.
-fn stateless() -> Vec<Family> {
-    corpus()
-        .into_iter()
-        .filter(|f| !STATEFUL.contains(&f.name))
-        .collect()
-}
-
-/// Runs the stateless families through a tiergate in front of a redis-server of its own,
-/// and against a redis-server alone, and asserts every reply byte-equal.
+/// Runs every family through a tiergate in front of a redis-server of its own, and against a
+/// redis-server alone, and asserts every reply byte-equal.
 async fn through_tiergate(proto: Proto) {
     let reference = Redis::start();
     let l2 = Redis::start();
     let gw = support::Gateway::start_ready(support::config(Some(&l2.url()))).await;
     let resp = gw.running.as_ref().unwrap().resp_addr;
-    let families = stateless();
+    let families = corpus();
     let want = run(addr(&reference), proto, &families).await;
     let got = run(resp, proto, &families).await;
     assert_same(&want, &got, &format!("{proto:?}, redis-server vs tiergate"));

@@ -31,7 +31,7 @@ fn script() -> Vec<Vec<&'static [u8]>> {
         c(&["PING", "hello"]),
         c(&["ECHO", "echo"]),
         c(&["SELECT", "0"]),
-        c(&["SELECT", "1"]),
+        c(&["SELECT", "16"]),
         c(&["SELECT", "x"]),
         c(&["GET", "k"]),
         c(&["SET", "k", "v1"]),

@@ -261,8 +261,9 @@ async fn http_requests_sent_to_the_resp_port_are_closed_without_running_anything
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_needing_connection_state_close_before_anything_behind_them_runs() {
-    let l2 = Backend::start();
-    let gw = Gateway::start_ready(l2.config()).await;
+    // In tiered mode they hold a dedicated L2 connection (tests/forwarding.rs); the memory
+    // store of standalone mode holds no such state.
+    let gw = Gateway::start(support::config(None)).await;
     let addr = resp_addr(&gw);
     // What redis-py's default pipeline() sends in one write.
     let tx = b"*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n*2\r\n$4\r\nINCR\r\n$1\r\nc\r\n*1\r\n$4\r\nEXEC\r\n";

@@ -35,6 +35,12 @@ impl Run {
     pub fn push(&mut self, args: &[Bytes], writes: &Writes) {
         pipe::encode_args(&mut self.commands, args);
         self.count += 1;
+        self.wrote(args, writes);
+    }
+
+    /// Records what a command sent elsewhere wrote (on a dedicated connection): a run of
+    /// only these announces them and empties them from L1.
+    pub fn wrote(&mut self, args: &[Bytes], writes: &Writes) {
         match writes {
             Writes::Nothing => {}
             Writes::Everything => self.everything = true,
@@ -52,6 +58,11 @@ impl Run {
 
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// Whether it holds neither commands nor writes.
+    pub fn is_void(&self) -> bool {
+        self.count == 0 && !self.everything && self.written.is_empty()
     }
 
     /// Bytes the run's commands take, encoded.

@@ -9,6 +9,7 @@ use super::{
     batch::{mget_pipeline, slots, Batcher, Slot},
     breaker::{Breaker, Change},
     conn::{groups, shard_channel, slot_of, Conn},
+    dedicated::Dedicated,
     pipe::{self, Pipe, Reply, Target},
     table::Table,
     ExpireCond, SetCond, SetOptions, SetOutcome, SetTtl, Ttl,
@@ -132,6 +133,8 @@ pub struct L2 {
     pipes: Box<[Pipe]>,
     /// The same, speaking RESP3: for forwarding RESP3 clients' commands.
     pipes3: Box<[Pipe]>,
+    /// Connections lent to one client at a time (`dedicated`): one Redis over TCP only.
+    dedicated: Option<Dedicated>,
     /// Redis' command table, read once L2 first answers (`table`); None until then.
     table: ArcSwapOption<Table>,
     /// Whether `conns` reach a cluster: multi-key work is then split by hash slot.
@@ -207,7 +210,8 @@ impl L2 {
         };
         Ok(Self {
             pipes: start(target.clone()),
-            pipes3: start(target.map(Target::resp3)),
+            pipes3: start(target.clone().map(Target::resp3)),
+            dedicated: target.map(|t| Dedicated::new(t, cfg.dedicated_connections)),
             table: ArcSwapOption::empty(),
             batcher: Batcher::start(
                 &conns,
@@ -334,6 +338,12 @@ impl L2 {
     /// Not yet to a cluster (routing by slot) nor over TLS.
     pub fn forwards(&self) -> bool {
         !self.pipes.is_empty()
+    }
+
+    /// The pool of connections lent to one client at a time; None where forwarding is not
+    /// available (see `forwards`).
+    pub fn dedicated(&self) -> Option<&Dedicated> {
+        self.dedicated.as_ref()
     }
 
     /// Redis' command table, once L2 has answered; None before.

@@ -7,6 +7,7 @@ mod batch;
 mod breaker;
 pub mod bus;
 mod conn;
+pub mod dedicated;
 mod epoch;
 pub mod forward;
 pub mod hot;
@@ -29,7 +30,7 @@ use epoch::Epochs;
 use l1::{Entry, LoadMiss, L1};
 pub use l2::{L2Error, L2};
 use moka::ops::compute::Op;
-pub use pipe::Reply;
+pub use pipe::{encode_args, Reply};
 use std::{
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -755,7 +756,11 @@ impl TieredCache {
         };
         let clients = run.len();
         let (commands, replies) = run.finish(l2.announce_channel());
-        let result = l2.forward(resp3, commands, replies, limit).await;
+        let result = if replies == 0 {
+            Ok(Vec::new())
+        } else {
+            l2.forward(resp3, commands, replies, limit).await
+        };
         match run.written() {
             Err(()) => self.flush_l1(),
             Ok(keys) => {

@@ -106,6 +106,11 @@ impl Target {
         self.resp3 = true;
         self
     }
+
+    /// How long connecting and logging in may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
 }
 
 /// The sending side of one connection's queue.
@@ -195,15 +200,35 @@ async fn drive(target: Target, mut rx: mpsc::Receiver<Write>, queue: usize) {
     }
 }
 
-async fn connect(t: &Target) -> Result<TcpStream, L2Error> {
+pub(super) async fn connect(t: &Target) -> Result<TcpStream, L2Error> {
     let down = |e: std::io::Error| L2Error::Unavailable(e.to_string());
     let attempt = async {
         let mut s = TcpStream::connect((t.addr.0.as_str(), t.addr.1))
             .await
             .map_err(down)?;
         s.set_nodelay(true).map_err(down)?;
+        handshake(&mut s, t, &[]).await?;
+        Ok(s)
+    };
+    tokio::time::timeout(t.connect_timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(L2Error::Unavailable("connect timed out".into())))
+}
+
+/// Logs in, picks the protocol and the database, as `t` says, after `first` (commands whose
+/// replies must each be a success too: RESET, for a connection given back).
+pub(super) async fn handshake(
+    s: &mut TcpStream,
+    t: &Target,
+    first: &[&[u8]],
+) -> Result<(), L2Error> {
+    let down = |e: std::io::Error| L2Error::Unavailable(e.to_string());
+    {
         let mut hello = Vec::new();
         let mut expected = 0;
+        for command in first {
+            encode(&mut hello, &[command]);
+        }
         if t.resp3 {
             let mut args = vec![&b"HELLO"[..], b"3"];
             if let Some(pass) = &t.password {
@@ -226,22 +251,30 @@ async fn connect(t: &Target) -> Result<TcpStream, L2Error> {
             encode(&mut hello, &[b"SELECT", t.db.to_string().as_bytes()]);
             expected += 1;
         }
-        if expected > 0 {
+        if !hello.is_empty() {
             s.write_all(&hello).await.map_err(down)?;
             let mut buf = BytesMut::with_capacity(256);
+            // Each of `first` answers with a status: anything else (a push still on its way
+            // to a connection given back) means the connection is not what it seems.
+            for _ in first {
+                let reply = next_raw(s, &mut buf).await?;
+                if reply.first() != Some(&b'+') {
+                    return Err(L2Error::Unavailable(format!(
+                        "a handshake answered {}",
+                        text(reply.trim_ascii_end())
+                    )));
+                }
+            }
             for _ in 0..expected {
                 // Framed, not parsed: HELLO 3 answers with a RESP3 map.
-                let reply = next_raw(&mut s, &mut buf).await?;
+                let reply = next_raw(s, &mut buf).await?;
                 if reply.first().is_some_and(|&b| b == b'-' || b == b'!') {
                     return Err(L2Error::Unavailable(text(reply.trim_ascii_end())));
                 }
             }
         }
-        Ok(s)
-    };
-    tokio::time::timeout(t.connect_timeout, attempt)
-        .await
-        .unwrap_or_else(|_| Err(L2Error::Unavailable("connect timed out".into())))
+        Ok(())
+    }
 }
 
 /// The next reply on `s`, reading into `buf` until one is complete (handshakes only: the
@@ -403,8 +436,8 @@ async fn send(
 }
 
 /// Where a connection is in the raw reply under way.
-#[derive(Default)]
-struct Framing {
+#[derive(Default, PartialEq)]
+pub(super) struct Framing {
     framer: Framer,
     /// Bytes of it already dropped (it passed its bound).
     dropped: usize,
@@ -455,7 +488,11 @@ fn deliver(
 /// Takes one raw reply off the front of `buf` (None: not whole yet). Past `limit` what has
 /// arrived is dropped, and the rest as it comes, so a reply of any size holds at most about
 /// `limit` here; the framer still finds its end, and the connection stays in step.
-fn raw(buf: &mut BytesMut, framing: &mut Framing, limit: usize) -> Result<Option<Reply>, L2Error> {
+pub(super) fn raw(
+    buf: &mut BytesMut,
+    framing: &mut Framing,
+    limit: usize,
+) -> Result<Option<Reply>, L2Error> {
     let scanned = framing
         .framer
         .scan(buf)

@@ -110,6 +110,9 @@ pub const DEFAULT_L2_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_L2_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Commands queued per L2 connection before callers wait; bounds memory under bursts.
 pub const DEFAULT_L2_PIPELINE_BUFFER: usize = 1024;
+/// Clients holding a Redis connection of their own at once (MULTI, WATCH, blocking commands,
+/// subscriptions, SELECT n): each is a Redis client, and Redis serves 10,000 by default.
+pub const DEFAULT_L2_DEDICATED_CONNECTIONS: usize = 512;
 /// Most reads one L2 batch folds into an MGET: enough to amortise a round trip under load,
 /// small enough that one batch's time in Redis stays in tens of microseconds.
 pub const DEFAULT_L2_MAX_BATCH: usize = 64;
@@ -554,6 +557,10 @@ pub struct L2Config {
     pub connect_timeout: HumanDuration,
     pub health_interval: HumanDuration,
     pub pipeline_buffer: usize,
+    /// Most Redis connections lent to RESP clients at once, each for as long as connection
+    /// state lasts (MULTI/WATCH, a blocking command, subscriptions, SELECT n). Past it, such
+    /// a client gets `-BUSY` at once.
+    pub dedicated_connections: usize,
     /// Most single-key reads folded into one MGET, and most SETs a client pipelined written
     /// in one round trip.
     pub max_batch: usize,
@@ -590,6 +597,7 @@ impl Default for L2Config {
             connect_timeout: HumanDuration(DEFAULT_L2_CONNECT_TIMEOUT),
             health_interval: HumanDuration(DEFAULT_L2_HEALTH_INTERVAL),
             pipeline_buffer: DEFAULT_L2_PIPELINE_BUFFER,
+            dedicated_connections: DEFAULT_L2_DEDICATED_CONNECTIONS,
             max_batch: DEFAULT_L2_MAX_BATCH,
             breaker_failures: DEFAULT_L2_BREAKER_FAILURES,
             breaker_cooldown: HumanDuration(DEFAULT_L2_BREAKER_COOLDOWN),
@@ -821,6 +829,12 @@ impl Config {
         }
         if self.l2.pipeline_buffer == 0 {
             bad("l2.pipeline_buffer", "must be at least 1".into());
+        }
+        if !(1..=100_000).contains(&self.l2.dedicated_connections) {
+            bad(
+                "l2.dedicated_connections",
+                "must be between 1 and 100000".into(),
+            );
         }
         if !(1..=4096).contains(&self.l2.max_batch) {
             bad("l2.max_batch", "must be between 1 and 4096".into());

@@ -9,6 +9,7 @@
 use super::{
     cmd::{self, forward::Answer, Command, Ctx, Forward, Set, Unserved},
     frame::{self, Frame, Protocol},
+    pinned::{self, Pinned, Step},
     reply::{self, Fit},
     session::Session,
     Limits, Shared,
@@ -56,6 +57,8 @@ pub fn serve<H: Send>(
         Shutdown::register(stop.as_mut()).await;
         let mut session = Session::new(shared.next_id(), shared.auth.rules().resp_anonymous());
         let mut rbuf = shared.buffers.lease();
+        // A dedicated L2 connection, while the client holds state there (`pinned`).
+        let mut pinned: Option<Box<Pinned>> = None;
         // One timer for the connection's life, re-armed only when it fires: activity just moves
         // `last_active`, so a busy connection does not touch the timer wheel per command.
         // Settings are read from `shared` where used, not copied into locals: this future is
@@ -132,8 +135,10 @@ pub fn serve<H: Send>(
                 // Boxed: the command futures (L2 pipelines, moka computes) are kilobytes, and
                 // inline they would make every idle connection's task that large. Allocated
                 // once per batch of commands read, not per command.
-                let batch = placement::boxed(|| answer(&stream, &mut rbuf, &mut session, &shared));
-                let Ok(outcome) = batch.await else {
+                let batch = placement::boxed(|| {
+                    answer(&stream, &mut rbuf, &mut session, &shared, &mut pinned)
+                });
+                let Ok(mut outcome) = batch.await else {
                     return;
                 };
                 if outcome.ran {
@@ -141,6 +146,26 @@ pub fn serve<H: Send>(
                 }
                 if outcome.close {
                     return;
+                }
+                // A blocking command or a subscription: waited for outside admission, after
+                // the replies before it; the commands after it then run as usual.
+                if let Some(f) = outcome.hold.take() {
+                    let held = placement::boxed(|| {
+                        pinned::hold(
+                            f,
+                            &mut pinned,
+                            &stream,
+                            &mut rbuf,
+                            &mut session,
+                            &shared,
+                            &shutdown,
+                        )
+                    });
+                    if !matches!(held.await, Ok(false)) {
+                        return;
+                    }
+                    last_active = shared.clock_ms();
+                    continue;
                 }
                 // Stopped for its replies to be written: the commands left run now, without
                 // waiting for the client to send more.
@@ -192,6 +217,8 @@ struct Outcome {
     large: Option<Frame>,
     /// Set by a failed AUTH (`auth.failure_delay`): how long to wait before writing.
     pause: Duration,
+    /// A blocking command or a SUBSCRIBE, to run once the replies are written (`pinned`).
+    hold: Option<Forward>,
 }
 
 /// Runs the complete commands in `rbuf` and writes their replies with one write, from a
@@ -203,11 +230,13 @@ async fn answer(
     rbuf: &mut Lease<'_>,
     session: &mut Session,
     shared: &Shared,
+    pinned: &mut Option<Box<Pinned>>,
 ) -> io::Result<Outcome> {
     let mut wbuf = shared.buffers.lease();
     // One admission slot for the batch: its commands run one after another anyway.
     let admitted = shared.admission.admit().await;
-    let outcome = run_buffered(rbuf, &mut wbuf, session, shared, admitted.as_ref().err()).await;
+    let refused = admitted.as_ref().err();
+    let outcome = run_buffered(rbuf, &mut wbuf, session, shared, refused, pinned).await;
     drop(admitted);
     // A failed AUTH stopped the batch: its reply waits, in this connection only and with no
     // admission slot held, and the commands after it run once it is written.
@@ -244,6 +273,7 @@ async fn run_buffered(
     session: &mut Session,
     shared: &Shared,
     refused: Option<&Refused>,
+    pinned: &mut Option<Box<Pinned>>,
 ) -> Outcome {
     // One load per batch: a reload takes effect from the next batch.
     let limits = shared.limits.load();
@@ -294,6 +324,64 @@ async fn run_buffered(
             start: StdInstant::now(),
             op: cmd::name_of(&args[0]).unwrap_or("unknown"),
         });
+        if cmd::is(&args[0], "reset") && args.len() == 1 {
+            if held.write(shared, &limits, session.proto, wbuf).await {
+                outcome.close = true;
+                return outcome;
+            }
+            pinned::reset(pinned, session, shared).await;
+            let reply = Frame::Simple("RESET".into());
+            log(shared, logged, 0, &reply, None);
+            reply.encode(session.proto, wbuf.buf());
+            continue;
+        }
+        if let Unserved::Forward(table) = unserved {
+            if session.user.is_some() && pinned::wants(&args, pinned.is_some()) {
+                if held.write(shared, &limits, session.proto, wbuf).await {
+                    outcome.close = true;
+                    return outcome;
+                }
+                let step = match (
+                    refused,
+                    Forward::parse(args, table, session.user.as_deref()),
+                ) {
+                    (_, Err(refusal)) => Step::Reply(refusal),
+                    (Some(r), Ok(_)) => Step::Reply(Frame::Error(
+                        format!(
+                            "BUSY tiergate is at its limits ({}); retry later",
+                            r.reason()
+                        )
+                        .into(),
+                    )),
+                    (None, Ok(f)) => pinned::run(f, pinned, session.proto, shared, &limits).await,
+                };
+                let reply = match step {
+                    Step::Hold(f) => {
+                        outcome.hold = Some(f);
+                        return outcome;
+                    }
+                    Step::Close(reply) => {
+                        outcome.close = true;
+                        reply
+                    }
+                    Step::Reply(reply) => {
+                        // Refused here inside MULTI: EXEC must discard the transaction.
+                        if matches!(&reply, Frame::Error(_)) {
+                            if let Some(p) = pinned.as_mut() {
+                                p.doom();
+                            }
+                        }
+                        reply
+                    }
+                };
+                log(shared, logged, 0, &reply, None);
+                reply.encode(session.proto, wbuf.buf());
+                if outcome.close {
+                    return outcome;
+                }
+                continue;
+            }
+        }
         let (mut key_len, mut tier, mut close) = (0, None, false);
         let (cmd, allowed) = match Command::from_args(args, session, unserved) {
             Ok(Command::Unservable(unservable)) => {

@@ -4,6 +4,7 @@
 mod cmd;
 mod connection;
 pub mod frame;
+mod pinned;
 mod reply;
 mod session;
 

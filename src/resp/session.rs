@@ -40,6 +40,13 @@ impl Session {
         }
     }
 
+    /// RESET: the protocol, name and login of a new connection (its id stays).
+    pub fn reset(&mut self, user: Option<Arc<Principal>>) {
+        self.proto = Protocol::Resp2;
+        self.name = None;
+        self.user = user;
+    }
+
     /// Counts a failed AUTH; returns how many this connection has made.
     pub fn auth_failed(&mut self) -> u8 {
         self.auth_failures = self.auth_failures.saturating_add(1);

@@ -3,12 +3,14 @@
 //! - an HTTP request sent to the RESP port (`POST`, `Host:`): a web page can make a browser
 //!   send one, with Redis commands in its body (cross-protocol scripting). redis-server logs
 //!   "possible security attack" and closes without a reply; so does tiergate.
-//! - a command that opens connection state this door does not hold yet: MULTI and WATCH
+//! - a command that opens connection state where this door cannot hold it: MULTI and WATCH
 //!   (a transaction), SUBSCRIBE / PSUBSCRIBE / SSUBSCRIBE (pushes), blocking pops and
-//!   `XREAD ... BLOCK`, CLIENT TRACKING. Answered "unknown", the commands queued behind a MULTI
-//!   would run one by one and a retry would apply them twice (redis-py's `pipeline()` sends
-//!   MULTI, ..., EXEC in one write). The client gets an error naming the command, and the
-//!   connection closes before any command behind it runs, as twemproxy does.
+//!   `XREAD ... BLOCK` in standalone mode and over a Redis Cluster or TLS (one Redis over TCP
+//!   lends each such client a connection of its own: `resp::pinned`), and CLIENT TRACKING
+//!   everywhere. Answered "unknown", the commands queued behind a MULTI would run one by one
+//!   and a retry would apply them twice (redis-py's `pipeline()` sends MULTI, ..., EXEC in one
+//!   write). The client gets an error naming the command, and the connection closes before
+//!   any command behind it runs, as twemproxy does.
 
 use super::is;
 use crate::resp::frame::Frame;

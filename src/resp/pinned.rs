@@ -1,0 +1,683 @@
+//! A client's dedicated L2 connection (`cache::dedicated`) and the state it holds there:
+//! transactions (MULTI/EXEC/DISCARD, WATCH/UNWATCH), a database other than 0 (SELECT n),
+//! blocking commands and subscriptions. From the command that opens such state to the one
+//! that ends it, every command of the client goes over that connection, in order, and the
+//! connection is given back (RESET) once no state is left.
+//!
+//! - A transaction's writes leave L1, here and on every instance, once EXEC has applied them;
+//!   a command refused here inside MULTI (NOPERM, BUSY) makes EXEC discard the transaction,
+//!   as Redis does for a command its ACL refuses.
+//! - Only database 0 is cached: what a client does in another database goes to Redis alone
+//!   (its writes are still announced: MOVE and COPY ... DB reach database 0).
+//! - A blocking command waits outside admission, watching its client: one that leaves frees
+//!   the connection at once.
+//! - Subscribed, the client is relayed to Redis both ways (`relay`) until its last
+//!   subscription ends: pushes arrive whenever Redis sends them.
+
+use super::{
+    cmd::{is, l2_error, Forward},
+    frame::{self, Frame, Protocol},
+    reply, Limits, Shared,
+};
+use crate::{
+    buf::pool::Lease,
+    cache::{
+        dedicated::{LendError, Lent},
+        forward::{Run, Writes},
+        Reply,
+    },
+    net,
+    shutdown::Shutdown,
+};
+use bytes::Bytes;
+use std::{collections::VecDeque, io};
+use tokio::net::TcpStream;
+
+/// A client's lent connection and what is open on it.
+pub struct Pinned {
+    lent: Lent,
+    multi: bool,
+    watching: bool,
+    db: i64,
+    /// A command was refused here inside MULTI: EXEC discards the transaction.
+    doomed: bool,
+    /// What the queued commands write, applied once EXEC succeeds.
+    queued: Run,
+}
+
+impl Pinned {
+    fn new(lent: Lent) -> Box<Self> {
+        Box::new(Self {
+            lent,
+            multi: false,
+            watching: false,
+            db: 0,
+            doomed: false,
+            queued: Run::default(),
+        })
+    }
+
+    /// Whether state is left that keeps the connection lent.
+    fn holds_state(&self) -> bool {
+        self.multi || self.watching || self.db != 0
+    }
+
+    /// Marks the open transaction discarded (a command in it was refused here).
+    pub fn doom(&mut self) {
+        if self.multi {
+            self.doomed = true;
+        }
+    }
+}
+
+/// Commands that open connection state.
+const OPENING: &[&str] = &["multi", "watch"];
+
+/// Blocking commands (XREAD and XREADGROUP only with BLOCK, see `blocks`).
+const BLOCKING: &[&str] = &[
+    "blpop",
+    "brpop",
+    "brpoplpush",
+    "blmove",
+    "blmpop",
+    "bzpopmin",
+    "bzpopmax",
+    "bzmpop",
+    "wait",
+    "waitaof",
+];
+
+const SUBSCRIBING: &[&str] = &["subscribe", "psubscribe", "ssubscribe"];
+
+/// Handled by the door even while a connection is lent: they concern the client's
+/// connection to tiergate, not Redis'.
+const LOCAL: &[&str] = &["quit", "auth", "hello", "client", "reset"];
+
+/// Whether a command goes over a dedicated connection: it opens state, or state is open.
+pub fn wants(args: &[Bytes], pinned: bool) -> bool {
+    let name = &args[0];
+    if pinned {
+        return !LOCAL.iter().any(|n| is(name, n));
+    }
+    OPENING.iter().any(|n| is(name, n))
+        || blocks(args)
+        || SUBSCRIBING.iter().any(|n| is(name, n))
+        || (is(name, "select") && args.get(1).is_some_and(|db| &db[..] != b"0"))
+}
+
+/// Whether a command blocks its connection until something happens.
+fn blocks(args: &[Bytes]) -> bool {
+    let name = &args[0];
+    if BLOCKING.iter().any(|n| is(name, n)) {
+        return true;
+    }
+    // XREAD and XREADGROUP block only with a BLOCK option before STREAMS (after it come
+    // keys, which may be named anything).
+    (is(name, "xread") || is(name, "xreadgroup"))
+        && args
+            .iter()
+            .skip(1)
+            .take_while(|a| !is(a, "streams"))
+            .any(|a| is(a, "block"))
+}
+
+/// What became of a command for a dedicated connection.
+pub enum Step {
+    Reply(Frame),
+    /// Reply, then close the client.
+    Close(Frame),
+    /// To wait for outside admission: a blocking command, or a SUBSCRIBE.
+    Hold(Forward),
+}
+
+/// The error for a client that needs a dedicated connection when none is free.
+fn busy(size: usize) -> Frame {
+    Frame::Error(
+        format!(
+            "BUSY tiergate has lent all l2.dedicated_connections ({size}) for MULTI, WATCH, \
+             blocking commands, subscriptions and SELECT; retry later"
+        )
+        .into(),
+    )
+}
+
+/// Lends `pinned` a connection if it has none; the error is the client's reply.
+async fn lend(
+    pinned: &mut Option<Box<Pinned>>,
+    shared: &Shared,
+    proto: Protocol,
+) -> Result<(), Frame> {
+    if pinned.is_some() {
+        return Ok(());
+    }
+    let Some(pool) = shared.cache.l2().and_then(|l2| l2.dedicated()) else {
+        return Err(Frame::error("ERR no dedicated L2 connections here"));
+    };
+    match pool.lend(proto == Protocol::Resp3).await {
+        Ok(lent) => {
+            *pinned = Some(Pinned::new(lent));
+            Ok(())
+        }
+        Err(LendError::Busy(size)) => Err(busy(size)),
+        Err(LendError::L2(e)) => Err(l2_error(e)),
+    }
+}
+
+/// Runs a command that needs a dedicated connection (see `wants`), in the door's batch.
+pub async fn run(
+    f: Forward,
+    pinned: &mut Option<Box<Pinned>>,
+    proto: Protocol,
+    shared: &Shared,
+    limits: &Limits,
+) -> Step {
+    let in_multi = pinned.as_ref().is_some_and(|p| p.multi);
+    if !in_multi && (blocks(&f.args) || SUBSCRIBING.iter().any(|n| is(&f.args[0], n))) {
+        return Step::Hold(f);
+    }
+    if let Err(refusal) = lend(pinned, shared, proto).await {
+        return Step::Reply(refusal);
+    }
+    let p = pinned.as_mut().expect("lent above");
+    let name = &f.args[0];
+    if in_multi && is(name, "exec") && p.doomed {
+        let discard = p
+            .lent
+            .call(b"*1\r\n$7\r\nDISCARD\r\n", 64, timeout(shared))
+            .await;
+        return match discard {
+            Ok(Reply::Raw(_)) => {
+                end_transaction(p);
+                release(pinned).await;
+                Step::Reply(Frame::error(
+                    "EXECABORT Transaction discarded because of previous errors.",
+                ))
+            }
+            _ => {
+                *pinned = None;
+                Step::Reply(Frame::error("TRYAGAIN L2 dropped the transaction"))
+            }
+        };
+    }
+    let mut command = Vec::with_capacity(64);
+    crate::cache::encode_args(&mut command, &f.args);
+    let limit = usize::try_from(limits.max_reply_bytes).unwrap_or(usize::MAX);
+    let bytes = match p.lent.call(&command, limit, timeout(shared)).await {
+        Ok(Reply::Raw(bytes)) => bytes,
+        Ok(Reply::TooLarge(len)) => {
+            *pinned = None;
+            shared
+                .metrics
+                .resp_closed(crate::metrics::RespClose::ReplyLimit);
+            return Step::Close(reply::too_large(len, limits.max_reply_bytes));
+        }
+        Ok(_) => return Step::Reply(Frame::error("ERR a dedicated reply was decoded")),
+        Err(e) => {
+            // Its state is lost with it: the connection is closed, not given back.
+            *pinned = None;
+            return Step::Reply(l2_error(e));
+        }
+    };
+    let ok = bytes.first() == Some(&b'+');
+    if in_multi {
+        if is(name, "exec") {
+            let applied = bytes.starts_with(b"*") && !bytes.starts_with(b"*-1");
+            let mut queued = std::mem::take(&mut p.queued);
+            end_transaction(p);
+            if applied {
+                apply(shared, &mut queued).await;
+            }
+        } else if is(name, "discard") {
+            end_transaction(p);
+        } else if &bytes[..] == b"+QUEUED\r\n" {
+            p.queued.wrote(&f.args, &f.writes);
+        }
+    } else {
+        if is(name, "multi") && ok {
+            p.multi = true;
+        } else if is(name, "watch") && ok {
+            p.watching = true;
+        } else if is(name, "unwatch") {
+            p.watching = false;
+        } else if is(name, "select") && ok {
+            p.db = f
+                .args
+                .get(1)
+                .and_then(|db| super::cmd::parse_int(db))
+                .unwrap_or(0);
+        }
+        if f.writes != Writes::Nothing {
+            let mut run = Run::default();
+            run.wrote(&f.args, &f.writes);
+            apply(shared, &mut run).await;
+        }
+    }
+    if !p.holds_state() {
+        release(pinned).await;
+    }
+    Step::Reply(Frame::Raw(bytes))
+}
+
+fn end_transaction(p: &mut Pinned) {
+    p.multi = false;
+    p.watching = false;
+    p.doomed = false;
+    p.queued = Run::default();
+}
+
+/// How long a command on a dedicated connection may take (not a blocking one).
+fn timeout(shared: &Shared) -> std::time::Duration {
+    shared
+        .cache
+        .l2()
+        .map_or(std::time::Duration::from_secs(1), |l2| l2.deadline())
+}
+
+/// Empties what `run` wrote from L1 and announces it.
+async fn apply(shared: &Shared, run: &mut Run) {
+    if run.is_void() {
+        return;
+    }
+    // Only announcements and invalidations: nothing the client waits on fails here.
+    let _ = shared.cache.forward(run, false, usize::MAX).await;
+}
+
+/// RESET: gives back a lent connection (what the client held there ends with it) and
+/// returns the session to a new connection's state.
+pub async fn reset(
+    pinned: &mut Option<Box<Pinned>>,
+    session: &mut super::session::Session,
+    shared: &Shared,
+) {
+    release(pinned).await;
+    session.reset(shared.auth.rules().resp_anonymous());
+}
+
+/// Gives the connection back, clean.
+async fn release(pinned: &mut Option<Box<Pinned>>) {
+    if let Some(p) = pinned.take() {
+        p.lent.give_back().await;
+    }
+}
+
+/// Runs a held command (see `Step::Hold`) outside admission, once the replies before it are
+/// written: waits for a blocking command's reply, or relays a subscribed client until its
+/// last subscription ends. Ok(true) when the client must be closed.
+#[allow(clippy::too_many_arguments)]
+pub async fn hold(
+    f: Forward,
+    pinned: &mut Option<Box<Pinned>>,
+    stream: &TcpStream,
+    rbuf: &mut Lease<'_>,
+    session: &mut super::session::Session,
+    shared: &Shared,
+    shutdown: &Shutdown,
+) -> io::Result<bool> {
+    let proto = session.proto;
+    if let Err(refusal) = lend(pinned, shared, proto).await {
+        send(stream, &refusal, proto, shared).await?;
+        return Ok(false);
+    }
+    let limits = shared.limits.load();
+    let limit = usize::try_from(limits.max_reply_bytes).unwrap_or(usize::MAX);
+    let p = pinned.as_mut().expect("lent above");
+    let mut command = Vec::with_capacity(64);
+    crate::cache::encode_args(&mut command, &f.args);
+    if let Err(e) = p.lent.send(&command).await {
+        *pinned = None;
+        send(stream, &l2_error(e), proto, shared).await?;
+        return Ok(false);
+    }
+    if blocks(&f.args) {
+        return block(f, pinned, stream, shared, shutdown, limit).await;
+    }
+    relay(pinned, stream, rbuf, session, shared, shutdown, limit).await
+}
+
+/// Writes one reply to the client.
+async fn send(
+    stream: &TcpStream,
+    reply: &Frame,
+    proto: Protocol,
+    shared: &Shared,
+) -> io::Result<()> {
+    let mut out = bytes::BytesMut::new();
+    reply.encode(proto, &mut out);
+    reply::send(stream, &out, shared.idle_timeout).await
+}
+
+/// Waits for a blocking command's reply (already sent) and writes it; a client that leaves
+/// meanwhile ends the wait and the connection is closed, not given back.
+async fn block(
+    f: Forward,
+    pinned: &mut Option<Box<Pinned>>,
+    stream: &TcpStream,
+    shared: &Shared,
+    shutdown: &Shutdown,
+    limit: usize,
+) -> io::Result<bool> {
+    let p = pinned.as_mut().expect("lent by hold");
+    let mut watching = true;
+    let mut one = [0u8; 1];
+    let got = loop {
+        tokio::select! {
+            r = p.lent.next(limit) => break r,
+            peeked = stream.peek(&mut one), if watching => match peeked {
+                Ok(0) | Err(_) => {
+                    *pinned = None;
+                    return Ok(true);
+                }
+                // It sent more: that waits in the socket until this reply is written.
+                Ok(_) => watching = false,
+            },
+            _ = shutdown.wait() => {
+                *pinned = None;
+                return Ok(true);
+            }
+        }
+    };
+    let reply = match got {
+        Ok(Reply::Raw(bytes)) => bytes,
+        Ok(Reply::TooLarge(len)) => {
+            *pinned = None;
+            shared
+                .metrics
+                .resp_closed(crate::metrics::RespClose::ReplyLimit);
+            let limits = shared.limits.load();
+            let err = reply::too_large(len, limits.max_reply_bytes);
+            send(stream, &err, Protocol::Resp2, shared).await?;
+            return Ok(true);
+        }
+        Ok(_) => Bytes::from_static(b"-ERR a dedicated reply was decoded\r\n"),
+        Err(e) => {
+            *pinned = None;
+            let mut out = bytes::BytesMut::new();
+            l2_error(e).encode(Protocol::Resp2, &mut out);
+            out.freeze()
+        }
+    };
+    if f.writes != Writes::Nothing {
+        let mut run = Run::default();
+        run.wrote(&f.args, &f.writes);
+        apply(shared, &mut run).await;
+    }
+    if pinned.as_ref().is_some_and(|p| !p.holds_state()) {
+        release(pinned).await;
+    }
+    reply::send(stream, &reply, shared.idle_timeout).await?;
+    Ok(false)
+}
+
+/// Sent after each unsubscription, its reply swallowed: once it is back, every confirmation
+/// of the unsubscription has arrived, so the relay knows whether any subscription is left
+/// before it runs the client's next command (whose reply, after the last one, is no push).
+const MARKER: &[u8] = b"*2\r\n$4\r\nPING\r\n$25\r\ntiergate-relay-checkpoint\r\n";
+
+/// The marker's reply while subscribed (RESP2) and otherwise.
+fn is_marker_reply(frame: &[u8]) -> bool {
+    const ARG: &[u8] = b"$25\r\ntiergate-relay-checkpoint\r\n";
+    frame == ARG || frame.strip_prefix(b"*2\r\n$4\r\npong\r\n") == Some(ARG)
+}
+
+/// Relays a subscribed client: its commands to Redis, Redis' replies and pushes to it, until
+/// no subscription is left (the connection is then given back, and the commands the client
+/// sent after its last unsubscription run as usual) or either side leaves.
+async fn relay(
+    pinned: &mut Option<Box<Pinned>>,
+    stream: &TcpStream,
+    rbuf: &mut Lease<'_>,
+    session: &mut super::session::Session,
+    shared: &Shared,
+    shutdown: &Shutdown,
+    limit: usize,
+) -> io::Result<bool> {
+    let mut subs = Subscriptions::default();
+    // RESP3 clients may run any command while subscribed: what each writes, applied when
+    // its reply (not a push) arrives.
+    let mut writes: VecDeque<(Vec<Bytes>, Writes)> = VecDeque::new();
+    let mut checkpoint = false;
+    loop {
+        if !checkpoint {
+            match relay_commands(pinned, stream, rbuf, session, shared, &mut writes).await? {
+                Relayed::Close => return Ok(true),
+                Relayed::Checkpoint => checkpoint = true,
+                Relayed::Drained => {}
+            }
+        }
+        let p = pinned.as_mut().expect("held while relaying");
+        tokio::select! {
+            from_redis = p.lent.next(limit) => {
+                let bytes = match from_redis {
+                    Ok(Reply::Raw(bytes)) => bytes,
+                    Ok(_) | Err(_) => {
+                        *pinned = None;
+                        let err = Frame::error("TRYAGAIN L2 dropped the subscription");
+                        send(stream, &err, session.proto, shared).await?;
+                        return Ok(true);
+                    }
+                };
+                if checkpoint && is_marker_reply(&bytes) {
+                    checkpoint = false;
+                    if subs.none() {
+                        if !p.holds_state() {
+                            release(pinned).await;
+                        }
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                let push = bytes.first() == Some(&b'>');
+                if session.proto == Protocol::Resp3 && !push {
+                    if let Some((args, w)) = writes.pop_front() {
+                        let mut run = Run::default();
+                        run.wrote(&args, &w);
+                        apply(shared, &mut run).await;
+                    }
+                }
+                reply::send(stream, &bytes, shared.idle_timeout).await?;
+                subs.heard(&bytes);
+                // The SUBSCRIBE itself failed (arity): there is nothing to relay.
+                if !subs.any_heard() && bytes.first() == Some(&b'-') {
+                    release(pinned).await;
+                    return Ok(false);
+                }
+            }
+            ready = stream.readable(), if !checkpoint => {
+                ready?;
+                let buf = rbuf.buf();
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(shared.buffers.buf_size());
+                }
+                match net::read::try_read(stream, buf) {
+                    Ok(0) => return Ok(true),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Ok(true),
+                }
+            }
+            _ = shutdown.wait() => return Ok(true),
+        }
+    }
+}
+
+/// How relaying the client's buffered commands ended.
+enum Relayed {
+    /// All sent.
+    Drained,
+    /// An unsubscription and the marker were sent: the rest waits for the marker's reply.
+    Checkpoint,
+    Close,
+}
+
+/// Sends the whole commands the client has sent to Redis, checked as any forwarded command.
+async fn relay_commands(
+    pinned: &mut Option<Box<Pinned>>,
+    stream: &TcpStream,
+    rbuf: &mut Lease<'_>,
+    session: &mut super::session::Session,
+    shared: &Shared,
+    writes: &mut VecDeque<(Vec<Bytes>, Writes)>,
+) -> io::Result<Relayed> {
+    let limits = shared.limits.load();
+    loop {
+        let args = match frame::parse(rbuf.buf(), &limits.frame, &mut session.progress) {
+            Ok(Some(args)) if args.is_empty() => continue,
+            Ok(Some(args)) => args,
+            Ok(None) => return Ok(Relayed::Drained),
+            Err(e) => {
+                let err = Frame::Error(format!("ERR {e}").into());
+                send(stream, &err, session.proto, shared).await?;
+                return Ok(Relayed::Close);
+            }
+        };
+        if is(&args[0], "quit") {
+            send(stream, &Frame::OK, session.proto, shared).await?;
+            return Ok(Relayed::Close);
+        }
+        let Some(table) = shared.cache.l2().and_then(|l2| l2.table()) else {
+            return Ok(Relayed::Close);
+        };
+        let f = match Forward::parse(args, &table, session.user.as_deref()) {
+            Ok(f) => f,
+            Err(refusal) => {
+                send(stream, &refusal, session.proto, shared).await?;
+                continue;
+            }
+        };
+        let unsubscribing = UNSUBSCRIBING.iter().any(|n| is(&f.args[0], n));
+        if session.proto == Protocol::Resp3
+            && !unsubscribing
+            && !SUBSCRIBING.iter().any(|n| is(&f.args[0], n))
+        {
+            writes.push_back((f.args.clone(), f.writes.clone()));
+        }
+        let mut command = Vec::with_capacity(64);
+        crate::cache::encode_args(&mut command, &f.args);
+        if unsubscribing {
+            command.extend_from_slice(MARKER);
+        }
+        let p = pinned.as_mut().expect("held while relaying");
+        if p.lent.send(&command).await.is_err() {
+            *pinned = None;
+            return Ok(Relayed::Close);
+        }
+        if unsubscribing {
+            return Ok(Relayed::Checkpoint);
+        }
+    }
+}
+
+const UNSUBSCRIBING: &[&str] = &["unsubscribe", "punsubscribe", "sunsubscribe"];
+
+/// How many subscriptions the client holds, as Redis' confirmations count them: channels and
+/// patterns together, shard channels apart.
+#[derive(Default)]
+struct Subscriptions {
+    plain: i64,
+    shard: i64,
+    /// A confirmation was heard: before the first, "none" means "not yet".
+    heard: bool,
+}
+
+impl Subscriptions {
+    /// Reads a confirmation (`[kind, channel, count]`, as an array or a push), if `frame`
+    /// is one.
+    fn heard(&mut self, frame: &[u8]) {
+        let Some((kind, count)) = confirmation(frame) else {
+            return;
+        };
+        self.heard = true;
+        if kind.first() == Some(&b's') {
+            self.shard = count;
+        } else {
+            self.plain = count;
+        }
+    }
+
+    fn any_heard(&self) -> bool {
+        self.heard
+    }
+
+    /// No subscription is left (after at least one confirmation).
+    fn none(&self) -> bool {
+        self.heard && self.plain == 0 && self.shard == 0
+    }
+}
+
+/// A subscription confirmation's kind and count: `*3` or `>3`, a bulk kind naming
+/// (un)subscribe, a channel (or null), and an integer.
+fn confirmation(frame: &[u8]) -> Option<(&[u8], i64)> {
+    let rest = frame
+        .strip_prefix(b"*3\r\n$")
+        .or_else(|| frame.strip_prefix(b">3\r\n$"))?;
+    let nl = rest.iter().position(|&b| b == b'\r')?;
+    let len: usize = std::str::from_utf8(&rest[..nl]).ok()?.parse().ok()?;
+    let kind = rest.get(nl + 2..nl + 2 + len)?;
+    if !SUBSCRIBING
+        .iter()
+        .chain(UNSUBSCRIBING)
+        .any(|n| n.as_bytes() == kind)
+    {
+        return None;
+    }
+    // The count is the last line: ":<n>\r\n".
+    let body = frame.strip_suffix(b"\r\n")?;
+    let colon = body.iter().rposition(|&b| b == b':')?;
+    let count = std::str::from_utf8(&body[colon + 1..]).ok()?.parse().ok()?;
+    Some((kind, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<Bytes> {
+        v.iter()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn commands_that_open_state_are_known() {
+        for line in [
+            &["MULTI"][..],
+            &["watch", "k"],
+            &["BLPOP", "l", "0"],
+            &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
+            &["SUBSCRIBE", "c"],
+            &["SELECT", "1"],
+            &["WAIT", "1", "0"],
+        ] {
+            assert!(wants(&args(line), false), "{line:?}");
+        }
+        for line in [
+            &["SELECT", "0"][..],
+            &["XREAD", "STREAMS", "block", "0"],
+            &["HSET", "h", "f", "v"],
+            &["EXEC"],
+        ] {
+            assert!(!wants(&args(line), false), "{line:?}");
+        }
+        assert!(wants(&args(&["GET", "k"]), true));
+        assert!(!wants(&args(&["QUIT"]), true));
+    }
+
+    #[test]
+    fn subscription_confirmations_are_counted() {
+        let mut s = Subscriptions::default();
+        assert!(!s.none(), "nothing heard yet");
+        s.heard(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
+        assert!(!s.none());
+        s.heard(b">3\r\n$7\r\nmessage\r\n$1\r\na\r\n:0\r\n");
+        assert!(!s.none(), "a message is no confirmation");
+        s.heard(b">3\r\n$10\r\nssubscribe\r\n$1\r\nb\r\n:1\r\n");
+        s.heard(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n");
+        assert!(!s.none(), "a shard channel is left");
+        s.heard(b">3\r\n$12\r\nsunsubscribe\r\n$1\r\nb\r\n:0\r\n");
+        assert!(s.none());
+        assert!(is_marker_reply(b"$25\r\ntiergate-relay-checkpoint\r\n"));
+        assert!(is_marker_reply(
+            b"*2\r\n$4\r\npong\r\n$25\r\ntiergate-relay-checkpoint\r\n"
+        ));
+    }
+}

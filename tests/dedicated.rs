@@ -1,0 +1,86 @@
+//! Dedicated L2 connections (`cache::dedicated`, `resp::pinned`) against a real redis-server:
+//! a blocked client stalls nobody, an exhausted pool answers -BUSY at once, a client that
+//! leaves while blocked frees its connection, and connections come back clean.
+
+mod support;
+
+use support::{raw, Gateway, Redis};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A tiergate over its own redis-server lending at most `size` dedicated connections.
+async fn gateway(redis: &Redis, size: usize) -> Gateway {
+    let mut c = support::config(Some(&redis.url()));
+    c.l2.dedicated_connections = size;
+    Gateway::start_ready(c).await
+}
+
+/// Whether WATCH could lend a connection: +OK (then given back by UNWATCH) or -BUSY.
+async fn lendable(addr: std::net::SocketAddr) -> bool {
+    let got = raw(addr, b"WATCH probe\r\nUNWATCH\r\nQUIT\r\n").await;
+    if got.starts_with("-BUSY") {
+        assert!(got.contains("l2.dedicated_connections (1)"), "{got}");
+        return false;
+    }
+    assert_eq!(got, "+OK\r\n+OK\r\n+OK\r\n");
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_client_stalls_nobody_and_an_exhausted_pool_answers_busy_at_once() {
+    let redis = Redis::start();
+    let gw = gateway(&redis, 1).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let mut blocked = tokio::net::TcpStream::connect(addr).await.unwrap();
+    blocked.write_all(b"BLPOP q 0\r\n").await.unwrap();
+    support::eventually("the blocked client holds the only connection", || async {
+        !lendable(addr).await
+    })
+    .await;
+    // Everything else goes on meanwhile, over the shared connections.
+    let got = raw(addr, b"HSET h f v\r\nSET k v\r\nGET k\r\nMULTI\r\nQUIT\r\n").await;
+    assert!(got.starts_with(":1\r\n+OK\r\n$1\r\nv\r\n-BUSY "), "{got}");
+    // Released by another client, the blocked one gets its reply.
+    assert_eq!(raw(addr, b"RPUSH q x\r\nQUIT\r\n").await, ":1\r\n+OK\r\n");
+    let mut got = vec![0; 64];
+    let n = blocked.read(&mut got).await.unwrap();
+    assert_eq!(&got[..n], b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n");
+    support::eventually("the connection is back in the pool", || async {
+        lendable(addr).await
+    })
+    .await;
+    // Back clean: no transaction, no database, no subscription left from its last client.
+    let got = raw(
+        addr,
+        b"SELECT 1\r\nSET in1 v\r\nMULTI\r\nSET q y\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(got, "+OK\r\n+OK\r\n+OK\r\n+QUEUED\r\n+OK\r\n");
+    let got = raw(addr, b"WATCH w\r\nGET in1\r\nGET q\r\nQUIT\r\n").await;
+    assert_eq!(
+        got, "+OK\r\n$-1\r\n$-1\r\n+OK\r\n",
+        "db 0, and the MULTI discarded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_while_blocked_frees_its_connection() {
+    let redis = Redis::start();
+    let gw = gateway(&redis, 1).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let mut blocked = tokio::net::TcpStream::connect(addr).await.unwrap();
+    blocked.write_all(b"BLPOP q 0\r\n").await.unwrap();
+    support::eventually("the blocked client holds the only connection", || async {
+        !lendable(addr).await
+    })
+    .await;
+    drop(blocked);
+    support::eventually("the connection of a client gone is free again", || async {
+        lendable(addr).await
+    })
+    .await;
+    // Its BLPOP does not take what is pushed next.
+    assert_eq!(
+        raw(addr, b"RPUSH q x\r\nLLEN q\r\nQUIT\r\n").await,
+        ":1\r\n:1\r\n+OK\r\n"
+    );
+}
