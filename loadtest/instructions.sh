@@ -8,6 +8,9 @@
 #   resp-get-P16  GET of 100k keys, all L1 hits (redis-benchmark -P 16)
 #   resp-set-P16  SET of random keys through to Redis, 16-deep pipelines
 #   resp-set-P1   the same, unpipelined
+#   resp-hset-P16, resp-hset-P1  HSET of random keys, forwarded to Redis as it came (a
+#                 command the door does not serve), each write announced on the bus
+#   resp-lrange-P16  LRANGE of 100 elements (lrange_100), forwarded, its reply copied back
 # Usage: loadtest/instructions.sh   (PATHS="..." DURATION=5s REQUESTS=100000 KEEP=dir)
 # KEEP=dir keeps each path's callgrind profile there (dir/NAME.cg), for callgrind_annotate.
 # Needs valgrind, wrk, redis-server and redis-benchmark.
@@ -85,6 +88,15 @@ for path in $PATHS; do
     resp-set-P16 | resp-set-P1)
         count "$path" "$REQUESTS" redis-benchmark -p "$RESP" -t set -n "$REQUESTS" \
             -r 100000 -d 64 -P "${path##*-P}" -q
+        ;;
+    resp-hset-P16 | resp-hset-P1)
+        count "$path" "$REQUESTS" redis-benchmark -p "$RESP" -t hset -n "$REQUESTS" \
+            -r 100000 -d 64 -P "${path##*-P}" -q
+        ;;
+    resp-lrange-P16)
+        redis-benchmark -p "$RESP" -t lpush -n 1000 -q >/dev/null
+        count "$path" "$REQUESTS" redis-benchmark -p "$RESP" -t lrange_100 -n "$REQUESTS" \
+            -P 16 -q
         ;;
     *) echo "unknown path $path"; exit 1 ;;
     esac
