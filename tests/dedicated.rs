@@ -84,3 +84,32 @@ async fn a_client_that_leaves_while_blocked_frees_its_connection() {
         ":1\r\n:1\r\n+OK\r\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_side_caching_pushes_invalidations_to_a_resp3_client() {
+    use support::wire::Wire;
+    let redis = Redis::start();
+    let gw = gateway(&redis, 1).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let mut c = Wire::connect(addr).await;
+    // RESP2 would need REDIRECT to another client, whose id is tiergate's, not Redis'.
+    let refused = c.call(&[b"CLIENT", b"TRACKING", b"on"]).await;
+    assert!(refused.starts_with(b"-ERR CLIENT TRACKING is served to RESP3"));
+    c.hello3().await;
+    assert_eq!(c.call(&[b"SET", b"tk", b"v"]).await, b"+OK\r\n");
+    assert_eq!(c.call(&[b"CLIENT", b"TRACKING", b"on"]).await, b"+OK\r\n");
+    assert_eq!(c.call(&[b"GET", b"tk"]).await, b"$1\r\nv\r\n");
+    assert!(!lendable(addr).await, "tracking holds the connection");
+    // A write through tiergate by anyone: Redis pushes the invalidation to this client.
+    assert_eq!(raw(addr, b"SET tk w\r\nQUIT\r\n").await, "+OK\r\n+OK\r\n");
+    assert_eq!(
+        c.recv().await,
+        b">2\r\n$10\r\ninvalidate\r\n*1\r\n$2\r\ntk\r\n"
+    );
+    assert_eq!(c.call(&[b"CLIENT", b"TRACKING", b"off"]).await, b"+OK\r\n");
+    assert_eq!(c.call(&[b"GET", b"tk"]).await, b"$1\r\nw\r\n");
+    support::eventually("tracking off gives the connection back", || async {
+        lendable(addr).await
+    })
+    .await;
+}

@@ -11,8 +11,10 @@
 //!   (its writes are still announced: MOVE and COPY ... DB reach database 0).
 //! - A blocking command waits outside admission, watching its client: one that leaves frees
 //!   the connection at once.
-//! - Subscribed, the client is relayed to Redis both ways (`relay`) until its last
-//!   subscription ends: pushes arrive whenever Redis sends them.
+//! - Subscribed, or tracking keys for client-side caching (CLIENT TRACKING, RESP3), the client
+//!   is relayed to Redis both ways (`relay`) until its last subscription ends and tracking is
+//!   off: pushes arrive whenever Redis sends them. While tracking, every command of the client
+//!   goes to Redis, its reads included, so that Redis tracks them.
 
 use super::{
     cmd::{is, l2_error, Forward},
@@ -96,6 +98,9 @@ const LOCAL: &[&str] = &["quit", "auth", "hello", "client", "reset"];
 /// Whether a command goes over a dedicated connection: it opens state, or state is open.
 pub fn wants(args: &[Bytes], pinned: bool) -> bool {
     let name = &args[0];
+    if tracking(args) {
+        return true;
+    }
     if pinned {
         return !LOCAL.iter().any(|n| is(name, n));
     }
@@ -103,6 +108,23 @@ pub fn wants(args: &[Bytes], pinned: bool) -> bool {
         || blocks(args)
         || SUBSCRIBING.iter().any(|n| is(name, n))
         || (is(name, "select") && args.get(1).is_some_and(|db| &db[..] != b"0"))
+}
+
+/// CLIENT TRACKING (on or off).
+fn tracking(args: &[Bytes]) -> bool {
+    is(&args[0], "client") && args.get(1).is_some_and(|sub| is(sub, "tracking"))
+}
+
+/// Why CLIENT TRACKING is refused, if it is: in RESP2 invalidations go to another client
+/// (REDIRECT), whose id is tiergate's, not Redis'.
+fn tracking_refusal(args: &[Bytes], proto: Protocol) -> Option<Frame> {
+    let redirect = args.iter().skip(2).any(|a| is(a, "redirect"));
+    (proto == Protocol::Resp2 || redirect).then(|| {
+        Frame::error(
+            "ERR CLIENT TRACKING is served to RESP3 clients (HELLO 3), without REDIRECT: \
+             invalidations then arrive on the client's own connection",
+        )
+    })
 }
 
 /// Whether a command blocks its connection until something happens.
@@ -172,6 +194,14 @@ pub async fn run(
     limits: &Limits,
 ) -> Step {
     let in_multi = pinned.as_ref().is_some_and(|p| p.multi);
+    if tracking(&f.args) {
+        if let Some(refusal) = tracking_refusal(&f.args, proto) {
+            return Step::Reply(refusal);
+        }
+        if !in_multi {
+            return Step::Hold(f);
+        }
+    }
     if !in_multi && (blocks(&f.args) || SUBSCRIBING.iter().any(|n| is(&f.args[0], n))) {
         return Step::Hold(f);
     }
@@ -331,7 +361,11 @@ pub async fn hold(
     if blocks(&f.args) {
         return block(f, pinned, stream, shared, shutdown, limit).await;
     }
-    relay(pinned, stream, rbuf, session, shared, shutdown, limit).await
+    let tracking = tracking(&f.args);
+    relay(
+        pinned, stream, rbuf, session, shared, shutdown, limit, tracking,
+    )
+    .await
 }
 
 /// Writes one reply to the client.
@@ -419,9 +453,11 @@ fn is_marker_reply(frame: &[u8]) -> bool {
     frame == ARG || frame.strip_prefix(b"*2\r\n$4\r\npong\r\n") == Some(ARG)
 }
 
-/// Relays a subscribed client: its commands to Redis, Redis' replies and pushes to it, until
-/// no subscription is left (the connection is then given back, and the commands the client
-/// sent after its last unsubscription run as usual) or either side leaves.
+/// Relays a subscribed or tracking client: its commands to Redis, Redis' replies and pushes
+/// to it, until no subscription is left and tracking is off (the connection is then given
+/// back, and the commands the client sent after that run as usual) or either side leaves.
+/// `tracking`: started by CLIENT TRACKING, not by a SUBSCRIBE.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     pinned: &mut Option<Box<Pinned>>,
     stream: &TcpStream,
@@ -430,17 +466,31 @@ async fn relay(
     shared: &Shared,
     shutdown: &Shutdown,
     limit: usize,
+    mut tracking: bool,
 ) -> io::Result<bool> {
     let mut subs = Subscriptions::default();
+    // Started by CLIENT TRACKING: its own reply comes first, and an error ends the relay.
+    let mut first_reply = tracking;
     // RESP3 clients may run any command while subscribed: what each writes, applied when
     // its reply (not a push) arrives.
     let mut writes: VecDeque<(Vec<Bytes>, Writes)> = VecDeque::new();
     let mut checkpoint = false;
     loop {
         if !checkpoint {
-            match relay_commands(pinned, stream, rbuf, session, shared, &mut writes).await? {
+            let relayed =
+                relay_commands(pinned, stream, rbuf, session, shared, &mut writes).await?;
+            match relayed {
                 Relayed::Close => return Ok(true),
-                Relayed::Checkpoint => checkpoint = true,
+                Relayed::Reset => {
+                    reset(pinned, session, shared).await;
+                    let reply = Frame::Simple("RESET".into());
+                    send(stream, &reply, session.proto, shared).await?;
+                    return Ok(false);
+                }
+                Relayed::Checkpoint { tracking_off } => {
+                    checkpoint = true;
+                    tracking &= !tracking_off;
+                }
                 Relayed::Drained => {}
             }
         }
@@ -458,7 +508,7 @@ async fn relay(
                 };
                 if checkpoint && is_marker_reply(&bytes) {
                     checkpoint = false;
-                    if subs.none() {
+                    if subs.empty() && !tracking {
                         if !p.holds_state() {
                             release(pinned).await;
                         }
@@ -467,6 +517,12 @@ async fn relay(
                     continue;
                 }
                 let push = bytes.first() == Some(&b'>');
+                if std::mem::take(&mut first_reply) && !push && bytes.first() == Some(&b'-') {
+                    // CLIENT TRACKING was refused by Redis: nothing to relay.
+                    reply::send(stream, &bytes, shared.idle_timeout).await?;
+                    release(pinned).await;
+                    return Ok(false);
+                }
                 if session.proto == Protocol::Resp3 && !push {
                     if let Some((args, w)) = writes.pop_front() {
                         let mut run = Run::default();
@@ -477,7 +533,7 @@ async fn relay(
                 reply::send(stream, &bytes, shared.idle_timeout).await?;
                 subs.heard(&bytes);
                 // The SUBSCRIBE itself failed (arity): there is nothing to relay.
-                if !subs.any_heard() && bytes.first() == Some(&b'-') {
+                if !tracking && !subs.any_heard() && bytes.first() == Some(&b'-') {
                     release(pinned).await;
                     return Ok(false);
                 }
@@ -504,8 +560,13 @@ async fn relay(
 enum Relayed {
     /// All sent.
     Drained,
-    /// An unsubscription and the marker were sent: the rest waits for the marker's reply.
-    Checkpoint,
+    /// An unsubscription (or CLIENT TRACKING OFF) and the marker were sent: the rest waits
+    /// for the marker's reply.
+    Checkpoint {
+        tracking_off: bool,
+    },
+    /// RESET: the connection goes back, the session starts over.
+    Reset,
     Close,
 }
 
@@ -534,6 +595,18 @@ async fn relay_commands(
             send(stream, &Frame::OK, session.proto, shared).await?;
             return Ok(Relayed::Close);
         }
+        if is(&args[0], "reset") && args.len() == 1 {
+            return Ok(Relayed::Reset);
+        }
+        if let Some(refusal) = super::cmd::refusal(&args).or_else(|| {
+            tracking(&args)
+                .then(|| tracking_refusal(&args, session.proto))
+                .flatten()
+        }) {
+            send(stream, &refusal, session.proto, shared).await?;
+            continue;
+        }
+        let tracking_off = tracking(&args) && args.get(2).is_some_and(|a| is(a, "off"));
         let Some(table) = shared.cache.l2().and_then(|l2| l2.table()) else {
             return Ok(Relayed::Close);
         };
@@ -544,7 +617,7 @@ async fn relay_commands(
                 continue;
             }
         };
-        let unsubscribing = UNSUBSCRIBING.iter().any(|n| is(&f.args[0], n));
+        let unsubscribing = UNSUBSCRIBING.iter().any(|n| is(&f.args[0], n)) || tracking_off;
         if session.proto == Protocol::Resp3
             && !unsubscribing
             && !SUBSCRIBING.iter().any(|n| is(&f.args[0], n))
@@ -562,7 +635,7 @@ async fn relay_commands(
             return Ok(Relayed::Close);
         }
         if unsubscribing {
-            return Ok(Relayed::Checkpoint);
+            return Ok(Relayed::Checkpoint { tracking_off });
         }
     }
 }
@@ -598,9 +671,9 @@ impl Subscriptions {
         self.heard
     }
 
-    /// No subscription is left (after at least one confirmation).
-    fn none(&self) -> bool {
-        self.heard && self.plain == 0 && self.shard == 0
+    /// No subscription is held, whether or not any was.
+    fn empty(&self) -> bool {
+        self.plain == 0 && self.shard == 0
     }
 }
 
@@ -665,16 +738,16 @@ mod tests {
     #[test]
     fn subscription_confirmations_are_counted() {
         let mut s = Subscriptions::default();
-        assert!(!s.none(), "nothing heard yet");
+        assert!(!s.any_heard() && s.empty(), "nothing heard yet");
         s.heard(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
-        assert!(!s.none());
+        assert!(!s.empty());
         s.heard(b">3\r\n$7\r\nmessage\r\n$1\r\na\r\n:0\r\n");
-        assert!(!s.none(), "a message is no confirmation");
+        assert!(!s.empty(), "a message is no confirmation");
         s.heard(b">3\r\n$10\r\nssubscribe\r\n$1\r\nb\r\n:1\r\n");
         s.heard(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n");
-        assert!(!s.none(), "a shard channel is left");
+        assert!(!s.empty(), "a shard channel is left");
         s.heard(b">3\r\n$12\r\nsunsubscribe\r\n$1\r\nb\r\n:0\r\n");
-        assert!(s.none());
+        assert!(s.empty());
         assert!(is_marker_reply(b"$25\r\ntiergate-relay-checkpoint\r\n"));
         assert!(is_marker_reply(
             b"*2\r\n$4\r\npong\r\n$25\r\ntiergate-relay-checkpoint\r\n"

@@ -122,6 +122,7 @@ impl Command {
             };
         };
         if name == "client" {
+            // Tiered, it holds a dedicated connection (`resp::pinned`) and never reaches here.
             if args.get(1).is_some_and(|a| is(a, "tracking")) {
                 return Ok(Command::Unservable(Unservable::ConnectionState(
                     "CLIENT TRACKING",
@@ -261,6 +262,11 @@ fn lookup(name: &[u8]) -> Option<&'static str> {
         .iter()
         .map(|&(n, ..)| n)
         .find(|n| n.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The refusal of a command that makes no sense through a gateway (`refused`), if it is one.
+pub fn refusal(args: &[Bytes]) -> Option<Frame> {
+    refused::refusal(args)
 }
 
 /// A command name as an error quotes it: lossy UTF-8, at most 128 bytes.
