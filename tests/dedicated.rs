@@ -48,6 +48,9 @@ async fn a_blocked_client_stalls_nobody_and_an_exhausted_pool_answers_busy_at_on
         lendable(addr).await
     })
     .await;
+    let m = gw.metrics().await;
+    assert!(support::metric(&m, "tiergate_l2_dedicated_busy_total") >= 2.0);
+    assert_eq!(support::metric(&m, "tiergate_l2_dedicated_lent"), 0.0);
     // Back clean: no transaction, no database, no subscription left from its last client.
     let got = raw(
         addr,

@@ -191,8 +191,9 @@ impl Lent {
             .unwrap_or(Err(L2Error::Timeout))
     }
 
-    /// Gives the connection back clean (RESET, then the handshake), or closes it.
-    pub async fn give_back(mut self) {
+    /// Makes the connection clean (RESET, then the handshake), so that dropping it gives it
+    /// back to the pool; if that fails, dropping it closes it.
+    pub async fn give_back(&mut self) {
         let target = self.target.clone();
         let conn = self.conn();
         // Replies still on their way (a push after an UNSUBSCRIBE) would be read as RESET's.

@@ -165,6 +165,10 @@ pub struct Metrics {
     l2_in_flight: IntGauge,
     pub l2_circuit_open: IntGauge,
     pub l2_circuit_rejected: IntCounter,
+    /// Dedicated L2 connections lent to RESP clients now (MULTI, blocking, subscriptions).
+    pub l2_dedicated_lent: IntGauge,
+    /// Clients refused a dedicated connection: all `l2.dedicated_connections` were lent.
+    pub l2_dedicated_busy: IntCounter,
     open_connections: [IntGauge; 3],
     connections: [IntCounter; 3],
     rejected_connections: [IntCounter; 3],
@@ -287,6 +291,16 @@ impl Metrics {
         let l2_circuit_open = IntGauge::new(
             "l2_circuit_open",
             "1 while the L2 circuit breaker refuses calls (open or half-open)",
+        )
+        .unwrap();
+        let l2_dedicated_lent = IntGauge::new(
+            "l2_dedicated_lent",
+            "Dedicated L2 connections lent to RESP clients now (MULTI/WATCH, blocking commands, subscriptions, CLIENT TRACKING, SELECT n)",
+        )
+        .unwrap();
+        let l2_dedicated_busy = IntCounter::new(
+            "l2_dedicated_busy_total",
+            "RESP clients refused a dedicated L2 connection (-BUSY): all l2.dedicated_connections were lent",
         )
         .unwrap();
         let l2_circuit_rejected = IntCounter::new(
@@ -499,6 +513,8 @@ impl Metrics {
             Box::new(l2_in_flight.clone()),
             Box::new(l2_circuit_open.clone()),
             Box::new(l2_circuit_rejected.clone()),
+            Box::new(l2_dedicated_lent.clone()),
+            Box::new(l2_dedicated_busy.clone()),
             Box::new(open.clone()),
             Box::new(conns.clone()),
             Box::new(accept_errors.clone()),
@@ -576,6 +592,8 @@ impl Metrics {
             l2_in_flight,
             l2_circuit_open,
             l2_circuit_rejected,
+            l2_dedicated_lent,
+            l2_dedicated_busy,
             open_connections: std::array::from_fn(|i| open.with_label_values(&[DOORS[i]])),
             connections: std::array::from_fn(|i| conns.with_label_values(&[DOORS[i]])),
             rejected_connections: std::array::from_fn(|i| rejected.with_label_values(&[DOORS[i]])),

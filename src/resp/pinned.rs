@@ -38,6 +38,9 @@ use tokio::net::TcpStream;
 /// A client's lent connection and what is open on it.
 pub struct Pinned {
     lent: Lent,
+    /// The protocol the connection speaks: the client's when it was lent (HELLO may change
+    /// the client's since).
+    proto: Protocol,
     multi: bool,
     watching: bool,
     db: i64,
@@ -45,12 +48,23 @@ pub struct Pinned {
     doomed: bool,
     /// What the queued commands write, applied once EXEC succeeds.
     queued: Run,
+    /// `tiergate_l2_dedicated_lent`, taken back when this is dropped.
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 impl Pinned {
-    fn new(lent: Lent) -> Box<Self> {
+    fn new(lent: Lent, proto: Protocol, gauge: prometheus::IntGauge) -> Box<Self> {
+        gauge.inc();
         Box::new(Self {
+            gauge,
             lent,
+            proto,
             multi: false,
             watching: false,
             db: 0,
@@ -169,18 +183,42 @@ async fn lend(
     shared: &Shared,
     proto: Protocol,
 ) -> Result<(), Frame> {
-    if pinned.is_some() {
-        return Ok(());
+    if let Some(p) = pinned.as_mut() {
+        if p.proto == proto {
+            return Ok(());
+        }
+        // The client said HELLO since: its replies must come in its new dialect.
+        let hello: &[u8] = match proto {
+            Protocol::Resp2 => b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n",
+            Protocol::Resp3 => b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n",
+        };
+        return match p.lent.call(hello, 1 << 16, timeout(shared)).await {
+            Ok(Reply::Raw(r)) if r.first() != Some(&b'-') => {
+                p.proto = proto;
+                Ok(())
+            }
+            _ => {
+                *pinned = None;
+                Err(Frame::error("TRYAGAIN L2 did not change protocol; retry"))
+            }
+        };
     }
     let Some(pool) = shared.cache.l2().and_then(|l2| l2.dedicated()) else {
         return Err(Frame::error("ERR no dedicated L2 connections here"));
     };
     match pool.lend(proto == Protocol::Resp3).await {
         Ok(lent) => {
-            *pinned = Some(Pinned::new(lent));
+            *pinned = Some(Pinned::new(
+                lent,
+                proto,
+                shared.metrics.l2_dedicated_lent.clone(),
+            ));
             Ok(())
         }
-        Err(LendError::Busy(size)) => Err(busy(size)),
+        Err(LendError::Busy(size)) => {
+            shared.metrics.l2_dedicated_busy.inc();
+            Err(busy(size))
+        }
         Err(LendError::L2(e)) => Err(l2_error(e)),
     }
 }
@@ -325,7 +363,7 @@ pub async fn reset(
 
 /// Gives the connection back, clean.
 async fn release(pinned: &mut Option<Box<Pinned>>) {
-    if let Some(p) = pinned.take() {
+    if let Some(mut p) = pinned.take() {
         p.lent.give_back().await;
     }
 }
