@@ -17,7 +17,11 @@
 //!   goes to Redis, its reads included, so that Redis tracks them.
 
 use super::{
-    cmd::{is, l2_error, Forward},
+    cmd::{
+        is, l2_error,
+        unservable::{blocking, SUBSCRIBING, TRANSACTIONAL},
+        Forward,
+    },
     frame::{self, Frame, Protocol},
     reply, Limits, Shared,
 };
@@ -86,25 +90,6 @@ impl Pinned {
     }
 }
 
-/// Commands that open connection state.
-const OPENING: &[&str] = &["multi", "watch"];
-
-/// Blocking commands (XREAD and XREADGROUP only with BLOCK, see `blocks`).
-const BLOCKING: &[&str] = &[
-    "blpop",
-    "brpop",
-    "brpoplpush",
-    "blmove",
-    "blmpop",
-    "bzpopmin",
-    "bzpopmax",
-    "bzmpop",
-    "wait",
-    "waitaof",
-];
-
-const SUBSCRIBING: &[&str] = &["subscribe", "psubscribe", "ssubscribe"];
-
 /// Handled by the door even while a connection is lent: they concern the client's
 /// connection to tiergate, not Redis'.
 const LOCAL: &[&str] = &["quit", "auth", "hello", "client", "reset"];
@@ -112,13 +97,19 @@ const LOCAL: &[&str] = &["quit", "auth", "hello", "client", "reset"];
 /// Whether a command goes over a dedicated connection: it opens state, or state is open.
 pub fn wants(args: &[Bytes], pinned: bool) -> bool {
     let name = &args[0];
+    // Every name below starts with one of these: GET, INCR, DEL and most others are told
+    // apart by one byte.
+    let first = name.first().map_or(0, u8::to_ascii_lowercase);
+    if !pinned && !b"mwbxspc".contains(&first) {
+        return false;
+    }
     if tracking(args) {
         return true;
     }
     if pinned {
         return !LOCAL.iter().any(|n| is(name, n));
     }
-    OPENING.iter().any(|n| is(name, n))
+    TRANSACTIONAL.iter().any(|n| is(name, n))
         || blocks(args)
         || SUBSCRIBING.iter().any(|n| is(name, n))
         || (is(name, "select") && args.get(1).is_some_and(|db| &db[..] != b"0"))
@@ -143,18 +134,7 @@ fn tracking_refusal(args: &[Bytes], proto: Protocol) -> Option<Frame> {
 
 /// Whether a command blocks its connection until something happens.
 fn blocks(args: &[Bytes]) -> bool {
-    let name = &args[0];
-    if BLOCKING.iter().any(|n| is(name, n)) {
-        return true;
-    }
-    // XREAD and XREADGROUP block only with a BLOCK option before STREAMS (after it come
-    // keys, which may be named anything).
-    (is(name, "xread") || is(name, "xreadgroup"))
-        && args
-            .iter()
-            .skip(1)
-            .take_while(|a| !is(a, "streams"))
-            .any(|a| is(a, "block"))
+    blocking(args).is_some()
 }
 
 /// What became of a command for a dedicated connection.
@@ -727,7 +707,7 @@ fn confirmation(frame: &[u8]) -> Option<(&[u8], i64)> {
     if !SUBSCRIBING
         .iter()
         .chain(UNSUBSCRIBING)
-        .any(|n| n.as_bytes() == kind)
+        .any(|n| n.as_bytes().eq_ignore_ascii_case(kind))
     {
         return None;
     }

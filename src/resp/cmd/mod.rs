@@ -8,7 +8,7 @@ mod keyspace;
 mod refused;
 mod server;
 mod string;
-mod unservable;
+pub mod unservable;
 
 use super::{frame::Frame, session::Session, Shared};
 use crate::auth::Need;

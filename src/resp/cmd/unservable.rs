@@ -19,13 +19,15 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-/// Commands whose state lives in the connection, by their canonical name.
-const STATEFUL: &[&str] = &[
-    "MULTI",
-    "WATCH",
-    "SUBSCRIBE",
-    "PSUBSCRIBE",
-    "SSUBSCRIBE",
+/// Commands that open a transaction.
+pub const TRANSACTIONAL: &[&str] = &["MULTI", "WATCH"];
+
+/// Commands that subscribe: pushes follow.
+pub const SUBSCRIBING: &[&str] = &["SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"];
+
+/// Commands that block their connection until something happens (and XREAD or XREADGROUP
+/// with BLOCK: see `blocking`).
+const BLOCKING: &[&str] = &[
     "BLPOP",
     "BRPOP",
     "BRPOPLPUSH",
@@ -34,7 +36,32 @@ const STATEFUL: &[&str] = &[
     "BZPOPMIN",
     "BZPOPMAX",
     "BZMPOP",
+    "WAIT",
+    "WAITAOF",
 ];
+
+/// The canonical name of a command that blocks its connection, if `args` is one.
+pub fn blocking(args: &[Bytes]) -> Option<&'static str> {
+    let name = &args[0];
+    if let Some(&n) = BLOCKING.iter().find(|n| is(name, n)) {
+        return Some(n);
+    }
+    // XREAD and XREADGROUP block only with a BLOCK option before STREAMS (after it come
+    // keys, which may be named anything).
+    let blocks = || {
+        args.iter()
+            .skip(1)
+            .take_while(|a| !is(a, "streams"))
+            .any(|a| is(a, "block"))
+    };
+    if is(name, "xread") && blocks() {
+        return Some("XREAD BLOCK");
+    }
+    if is(name, "xreadgroup") && blocks() {
+        return Some("XREADGROUP BLOCK");
+    }
+    None
+}
 
 pub enum Unservable {
     /// The first word of an HTTP request.
@@ -51,24 +78,14 @@ impl Unservable {
         if is(name, "post") || is(name, "host:") {
             return Some(Unservable::CrossProtocol);
         }
-        if let Some(&n) = STATEFUL.iter().find(|n| is(name, n)) {
+        let stateful = TRANSACTIONAL
+            .iter()
+            .chain(SUBSCRIBING)
+            .find(|n| is(name, n));
+        if let Some(&n) = stateful {
             return Some(Unservable::ConnectionState(n));
         }
-        // XREAD and XREADGROUP hold the connection only when they block: a BLOCK option
-        // before STREAMS (after it come keys, which may be named anything).
-        let blocks = || {
-            args.iter()
-                .skip(1)
-                .take_while(|a| !is(a, "streams"))
-                .any(|a| is(a, "block"))
-        };
-        if is(name, "xread") && blocks() {
-            return Some(Unservable::ConnectionState("XREAD BLOCK"));
-        }
-        if is(name, "xreadgroup") && blocks() {
-            return Some(Unservable::ConnectionState("XREADGROUP BLOCK"));
-        }
-        None
+        blocking(args).map(Unservable::ConnectionState)
     }
 
     /// The reply before the close: none to an HTTP request, as from redis-server.
