@@ -251,9 +251,9 @@ async fn run_buffered(
     let table = shared.cache.l2().and_then(|l2| l2.table());
     let unserved = match (shared.cache.l2(), &table) {
         (None, _) => Unserved::Standalone,
-        (Some(l2), _) if !l2.forwards() => Unserved::Unavailable(
-            "ERR tiergate does not forward commands over a Redis Cluster or TLS yet",
-        ),
+        (Some(l2), _) if !l2.forwards() => {
+            Unserved::Unavailable("ERR tiergate does not forward commands over TLS yet")
+        }
         (Some(_), Some(table)) => Unserved::Forward(table),
         (Some(_), None) => {
             Unserved::Unavailable("TRYAGAIN Redis' command table is not read yet; retry later")
@@ -455,7 +455,7 @@ impl Held {
     }
 
     fn push_forward(&mut self, forward: Forward, logged: Option<Logged>) {
-        self.forwards.push(&forward.args, &forward.writes);
+        self.forwards.push(forward.args, &forward.writes);
         self.forwarded.push(logged);
     }
 

@@ -126,7 +126,7 @@ impl Forward {
     /// Forwards this one command alone (a run of one; the connection gathers runs itself).
     pub async fn apply(self, ctx: &mut super::Ctx<'_>) -> Frame {
         let mut run = Run::default();
-        run.push(&self.args, &self.writes);
+        run.push(self.args, &self.writes);
         let proto = ctx.session.proto;
         match send(ctx.shared, &mut run, proto, ctx.limits).await {
             Err(every) => every,
