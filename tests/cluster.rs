@@ -613,3 +613,46 @@ async fn a_pipeline_over_every_master_is_answered_in_order() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_replies_are_held_to_max_reply_bytes_together() {
+    use support::wire::show;
+    let cluster = Cluster::start();
+    let mut config = cluster.config();
+    config.limits.max_value_bytes = tiergate::config::ByteSize(1024);
+    config.limits.max_reply_bytes = tiergate::config::ByteSize(4096);
+    let gw = Gateway::start_ready(config).await;
+    // A key of about 1.5 KiB on each master (one in each third of the slots, as
+    // `redis-cli --cluster create` deals them): each master's KEYS is under the limit, the
+    // three together are not.
+    let mut direct = cluster.conn();
+    let mut thirds = [false; 3];
+    for i in 0.. {
+        let key = format!("{i}:{}", "k".repeat(1500));
+        let slot: usize = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(&key)
+            .query(&mut cluster.nodes[0].conn())
+            .unwrap();
+        let third = (slot * 3 / 16384).min(2);
+        if !thirds[third] {
+            thirds[third] = true;
+            let _: () = direct.set(key, 1).unwrap();
+        }
+        if thirds.iter().all(|t| *t) {
+            break;
+        }
+    }
+    let mut w = wire(&gw, false).await;
+    for n in &cluster.nodes {
+        let size: u64 = redis::cmd("DBSIZE").query(&mut n.conn()).unwrap();
+        assert_eq!(size, 1, "one key on each master");
+    }
+    assert_eq!(w.call(&[b"DBSIZE"]).await, b":3\r\n");
+    let reply = w.call(&[b"KEYS", b"*"]).await;
+    assert!(
+        reply.starts_with(b"-ERR reply of ") && show(&reply).contains("limits.max_reply_bytes"),
+        "{}",
+        show(&reply)
+    );
+}

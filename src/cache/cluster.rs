@@ -531,12 +531,16 @@ impl<'a> Sub<'a> {
 /// A multi-key command split per slot, its parts in the order of each slot's first key.
 fn split<'a>(map: &SlotMap, name: &str, args: &'a [Bytes], subs: &mut Vec<Sub<'a>>) -> Plan {
     let mut parts: Vec<(u16, Vec<usize>)> = Vec::new();
+    // Each slot's part by a map, not a search: a client's MGET of many keys over many slots
+    // would otherwise cost keys × slots.
+    let mut part_of: ahash::HashMap<u16, usize> = ahash::HashMap::default();
     for (pos, key) in args[1..].iter().enumerate() {
         let slot = slot_of(key);
-        match parts.iter_mut().find(|(s, _)| *s == slot) {
-            Some((_, at)) => at.push(pos),
-            None => parts.push((slot, vec![pos])),
-        }
+        let part = *part_of.entry(slot).or_insert_with(|| {
+            parts.push((slot, Vec::new()));
+            parts.len() - 1
+        });
+        parts[part].1.push(pos);
     }
     let start = subs.len();
     for (slot, at) in &parts {
