@@ -1395,6 +1395,15 @@ async fn the_corpus_is_deterministic_against_redis_server_resp3() {
     deterministic(Proto::Resp3, 5).await;
 }
 
+/// The families a cluster forwards: all but those that need a dedicated connection, which
+/// a cluster does not lend yet.
+fn stateless() -> Vec<Family> {
+    corpus()
+        .into_iter()
+        .filter(|f| !STATEFUL.contains(&f.name))
+        .collect()
+}
+
 /// Runs every family through a tiergate in front of a redis-server of its own, and against a
 /// redis-server alone, and asserts every reply byte-equal.
 async fn through_tiergate(proto: Proto) {
@@ -1416,4 +1425,142 @@ async fn replies_through_tiergate_are_redis_servers_byte_for_byte_resp2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_through_tiergate_are_redis_servers_byte_for_byte_resp3() {
     through_tiergate(Proto::Resp3).await;
+}
+
+/// Commands tiergate splits by slot over a cluster, as cluster clients do; any other whose
+/// keys span slots is answered `CROSSSLOT`.
+const SPLIT: &[&str] = &["MGET", "DEL", "UNLINK", "EXISTS", "TOUCH"];
+
+const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
+
+/// Steps a Redis Cluster answers otherwise than one redis-server, whatever routes them: the
+/// cluster's own refusal (SORT's BY and GET patterns may name keys of any slot), as the
+/// reply starts.
+const CLUSTER_MODE: &[(&str, &str)] = &[(
+    "SORT ks:l BY ks:w_* GET ks:o_* GET #",
+    "-ERR BY option of SORT denied in Cluster mode",
+)];
+
+/// The keys of `args` as redis-server finds them (COMMAND GETKEYS; none when it finds none
+/// or the arguments are wrong), and how many distinct slots they fall in.
+async fn slots(keys: &mut Wire, slotter: &mut Wire, args: &[Vec<u8>]) -> usize {
+    let mut getkeys: Vec<&[u8]> = vec![b"COMMAND", b"GETKEYS"];
+    getkeys.extend(args.iter().map(Vec::as_slice));
+    let reply = keys.call(&getkeys).await;
+    if !reply.starts_with(b"*") {
+        return 0;
+    }
+    let mut slots = Vec::new();
+    for k in elements(&reply) {
+        let key = bulk(k).expect("a key");
+        slots.push(slotter.call(&[b"CLUSTER", b"KEYSLOT", key]).await);
+    }
+    slots.sort();
+    slots.dedup();
+    slots.len()
+}
+
+/// Runs one step's command (its `LAST` replaced by `last`) as `run` would.
+async fn step_on(w: &mut Wire, s: &Step, args: &[Vec<u8>]) -> Vec<u8> {
+    match s {
+        Step::ScanAll(..) => scan_all(w, args).await,
+        Step::Unordered(..) => sorted(&w.call(&refs(args)).await),
+        _ => w.call(&refs(args)).await,
+    }
+}
+
+/// Runs the stateless families through a tiergate over a 3-master cluster and against one
+/// redis-server, step by step: a step whose keys span slots (by the server's COMMAND
+/// GETKEYS) and that is not split must be answered exactly `CROSSSLOT` by tiergate, and is
+/// not run on the server (so both keep the same data); every other step must be answered
+/// byte for byte alike, but for `CLUSTER_MODE`.
+async fn through_tiergate_over_a_cluster(proto: Proto) {
+    let reference = Redis::start();
+    let cluster = support::Cluster::start();
+    let gw = support::Gateway::start_ready(cluster.config()).await;
+    let resp = gw.running.as_ref().unwrap().resp_addr;
+    let mut keys = Wire::connect(addr(&reference)).await;
+    let mut slotter = Wire::connect(addr(&cluster.nodes[0])).await;
+    let (mut crossslot, mut split, mut compared) = (0, 0, 0);
+    for f in stateless() {
+        let mut want_conn = Wire::connect(addr(&reference)).await;
+        let mut got_conn = Wire::connect(resp).await;
+        if proto == Proto::Resp3 {
+            want_conn.hello3().await;
+            got_conn.hello3().await;
+        }
+        let (mut want_last, mut got_last) = (Vec::new(), Vec::new());
+        for (i, s) in f.steps.iter().enumerate() {
+            let label = format!("{proto:?} {}/{i} {s}", f.name);
+            let (Step::Call(_, args)
+            | Step::ScanAll(_, args)
+            | Step::Unordered(_, args)
+            | Step::CallWithLast(_, args)) = s
+            else {
+                panic!("{label}: a stateless family sends and reads in step");
+            };
+            let with = |last: &Vec<u8>| -> Vec<Vec<u8>> {
+                args.iter()
+                    .map(|a| if a == LAST { last.clone() } else { a.clone() })
+                    .collect()
+            };
+            let (want_args, got_args) = (with(&want_last), with(&got_last));
+            let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+            let spans = slots(&mut keys, &mut slotter, &want_args).await > 1;
+            let got = step_on(&mut got_conn, s, &got_args).await;
+            if spans && !SPLIT.contains(&name.as_str()) {
+                assert!(
+                    got == CROSSSLOT,
+                    "{label}: keys across slots, but tiergate answered {}",
+                    show(&got)
+                );
+                crossslot += 1;
+                continue;
+            }
+            split += usize::from(spans);
+            let want = step_on(&mut want_conn, s, &want_args).await;
+            let line = s.to_string();
+            match CLUSTER_MODE.iter().find(|(step, _)| line.ends_with(step)) {
+                Some((_, refusal)) => assert!(
+                    got.starts_with(refusal.as_bytes()),
+                    "{label}: {}",
+                    show(&got)
+                ),
+                None => {
+                    assert!(
+                        want == got,
+                        "{label}: replies differ\n  redis-server: {}\n  tiergate:     {}",
+                        show(&want),
+                        show(&got)
+                    );
+                    compared += 1;
+                }
+            }
+            if let Some(b) = bulk(&want) {
+                want_last = b.to_vec();
+            }
+            if let Some(b) = bulk(&got) {
+                got_last = b.to_vec();
+            }
+        }
+    }
+    println!("{proto:?}: {compared} replies equal, {split} split, {crossslot} CROSSSLOT");
+    assert!(compared > 500, "only {compared} compared");
+    assert!(
+        crossslot >= 20 && split >= 10,
+        "{crossslot} CROSSSLOT, {split} split"
+    );
+    assert_clean(&reference, "the corpus").await;
+    let dbsize = Wire::connect(resp).await.call(&[b"DBSIZE"]).await;
+    assert_eq!(dbsize, b":0\r\n", "the corpus left keys on the cluster");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_through_tiergate_over_a_cluster_are_a_clusters_resp2() {
+    through_tiergate_over_a_cluster(Proto::Resp2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_through_tiergate_over_a_cluster_are_a_clusters_resp3() {
+    through_tiergate_over_a_cluster(Proto::Resp3).await;
 }

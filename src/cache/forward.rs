@@ -1,6 +1,7 @@
-//! A run of commands the RESP door does not serve, forwarded to Redis as they came: encoded
-//! once into the buffer our connection writes, sent in one round trip in the client's order,
-//! and answered with the bytes Redis sent (`reply`). What each command writes is known from
+//! A run of commands the RESP door does not serve, forwarded to Redis as they came: to one
+//! Redis encoded once into the buffer our connection writes, sent in one round trip in the
+//! client's order; to a cluster routed by slot, one round trip per master (`cluster`). Either
+//! way answered with the bytes Redis sent (`reply`). What each command writes is known from
 //! Redis' command table (`table`) by the door, and handed over here as `Writes`: once Redis
 //! has answered, those keys leave this instance's L1, and the run's last commands announce
 //! them to every other instance on the invalidation bus (an empty key announces "everything",
@@ -18,24 +19,43 @@ pub enum Writes {
     Keys(Box<[u32]>),
     /// Any key: FLUSHALL, SWAPDB, a script that declares no keys.
     Everything,
+    /// These arguments are keys written by a command that takes only keys of another type
+    /// than strings (HSET, LPUSH, SADD, ZADD, XADD ...: on a string it fails WRONGTYPE) and
+    /// overwrites none: L1 holds no value of such a key, only, when `l1.negative_ttl` is on,
+    /// its absence. So they are evicted and announced only then.
+    Typed(Box<[u32]>),
 }
 
 /// Commands gathered for one round trip.
 #[derive(Default)]
 pub struct Run {
-    commands: Vec<u8>,
-    count: usize,
+    /// Each command's arguments, in the client's order: encoded into one pipeline for one
+    /// Redis (`finish`), routed by slot on a cluster (`cluster`).
+    commands: Vec<Vec<Bytes>>,
+    /// Bytes of the commands' arguments, a measure of the run's size.
+    bytes: usize,
     /// The keys the run writes, to invalidate and announce.
     written: Vec<Bytes>,
+    /// Keys of `Writes::Typed`: announced only where absences are cached (`with_typed`).
+    typed: Vec<Bytes>,
     everything: bool,
+}
+
+/// What a run announces once it has reached Redis.
+pub(super) enum Announce<'a> {
+    /// Every key: an empty key on the bus.
+    Everything,
+    /// These keys, each once.
+    Keys(&'a [Bytes]),
 }
 
 impl Run {
     /// Adds a command; `writes` says what it may change.
-    pub fn push(&mut self, args: &[Bytes], writes: &Writes) {
-        pipe::encode_args(&mut self.commands, args);
-        self.count += 1;
-        self.wrote(args, writes);
+    pub fn push(&mut self, args: Vec<Bytes>, writes: &Writes) {
+        self.wrote(&args, writes);
+        // A length line per argument, as `encode_args` counts them.
+        self.bytes += args.iter().map(|a| a.len() + 16).sum::<usize>();
+        self.commands.push(args);
     }
 
     /// Records what a command sent elsewhere wrote (on a dedicated connection): a run of
@@ -48,48 +68,77 @@ impl Run {
                 let keys = at.iter().filter_map(|&i| args.get(i as usize)).cloned();
                 self.written.extend(keys);
             }
+            Writes::Typed(at) => {
+                let keys = at.iter().filter_map(|&i| args.get(i as usize)).cloned();
+                self.typed.extend(keys);
+            }
         }
+    }
+
+    /// Counts the keys of `Writes::Typed` as written: L1 caches absences.
+    pub(super) fn with_typed(&mut self) {
+        self.written.append(&mut self.typed);
     }
 
     /// Commands in the run.
     pub fn len(&self) -> usize {
-        self.count
+        self.commands.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.commands.is_empty()
     }
 
     /// Whether it holds neither commands nor writes.
     pub fn is_void(&self) -> bool {
-        self.count == 0 && !self.everything && self.written.is_empty()
+        self.commands.is_empty() && !self.everything && self.written.is_empty()
     }
 
-    /// Bytes the run's commands take, encoded.
+    /// Bytes the run's commands take, about as encoded.
     pub fn bytes(&self) -> usize {
-        self.commands.len()
+        self.bytes
     }
 
-    /// The run's commands, with an announcement of what they wrote after them on `channel`
-    /// (None: not announcing, as in tracking mode, where Redis itself tells every instance);
-    /// how many replies Redis will send. A key written twice is announced once.
+    /// The run's commands, in the client's order.
+    pub(super) fn commands(&self) -> &[Vec<Bytes>] {
+        &self.commands
+    }
+
+    /// What to announce: every key, or the written keys sorted, each once.
+    pub(super) fn announce(&mut self) -> Announce<'_> {
+        if self.everything {
+            return Announce::Everything;
+        }
+        self.written.sort_unstable();
+        self.written.dedup();
+        Announce::Keys(&self.written)
+    }
+
+    /// The run's commands encoded for one Redis, with an announcement of what they wrote
+    /// after them on `channel` (None: not announcing, as in tracking mode, where Redis itself
+    /// tells every instance); how many replies Redis will send. A key written twice is
+    /// announced once.
     pub(super) fn finish(&mut self, channel: Option<&str>) -> (Vec<u8>, usize) {
-        let mut replies = self.count;
-        let mut commands = std::mem::take(&mut self.commands);
+        let mut out = Vec::with_capacity(self.bytes + 16);
+        for args in &self.commands {
+            pipe::encode_args(&mut out, args);
+        }
+        let mut replies = self.commands.len();
         if let Some(channel) = channel {
-            if self.everything {
-                pipe::encode(&mut commands, &[b"PUBLISH", channel.as_bytes(), b""]);
-                replies += 1;
-            } else {
-                self.written.sort_unstable();
-                self.written.dedup();
-                for key in &self.written {
-                    pipe::encode(&mut commands, &[b"PUBLISH", channel.as_bytes(), key]);
+            match self.announce() {
+                Announce::Everything => {
+                    pipe::encode(&mut out, &[b"PUBLISH", channel.as_bytes(), b""]);
                     replies += 1;
+                }
+                Announce::Keys(keys) => {
+                    for key in keys {
+                        pipe::encode(&mut out, &[b"PUBLISH", channel.as_bytes(), key]);
+                        replies += 1;
+                    }
                 }
             }
         }
-        (commands, replies)
+        (out, replies)
     }
 
     /// What L1 must drop once the run has reached Redis: every key (Err) or these.

@@ -8,8 +8,10 @@
 use super::{
     batch::{mget_pipeline, slots, Batcher, Slot},
     breaker::{Breaker, Change},
+    cluster::Cluster,
     conn::{groups, shard_channel, slot_of, Conn},
     dedicated::Dedicated,
+    forward::Run,
     pipe::{self, Pipe, Reply, Target},
     table::Table,
     ExpireCond, SetCond, SetOptions, SetOutcome, SetTtl, Ttl,
@@ -135,6 +137,9 @@ pub struct L2 {
     pipes3: Box<[Pipe]>,
     /// Connections lent to one client at a time (`dedicated`): one Redis over TCP only.
     dedicated: Option<Dedicated>,
+    /// On a cluster reached over TCP: the slot map and our own connections to each master,
+    /// for forwarded commands (`cluster`).
+    cluster: Option<Arc<Cluster>>,
     /// Redis' command table, read once L2 first answers (`table`); None until then.
     table: ArcSwapOption<Table>,
     /// Whether `conns` reach a cluster: multi-key work is then split by hash slot.
@@ -202,6 +207,15 @@ impl L2 {
         let deadline = cfg.timeout.0 + cfg.connect_timeout.0;
         let target =
             Target::of(&nodes[0], cfg.connect_timeout.0, cfg.timeout.0).filter(|_| !clustered);
+        let cluster = if clustered {
+            let seeds = nodes
+                .iter()
+                .map(|n| Target::of(n, cfg.connect_timeout.0, cfg.timeout.0))
+                .collect::<Option<Vec<_>>>();
+            seeds.map(|seeds| Arc::new(Cluster::new(seeds, cfg.connections, cfg.pipeline_buffer)))
+        } else {
+            None
+        };
         let start = |target: Option<Target>| match target {
             Some(target) => (0..cfg.connections)
                 .map(|_| Pipe::start(target.clone(), cfg.pipeline_buffer))
@@ -212,6 +226,7 @@ impl L2 {
             pipes: start(target.clone()),
             pipes3: start(target.clone().map(Target::resp3)),
             dedicated: target.map(|t| Dedicated::new(t, cfg.dedicated_connections)),
+            cluster,
             table: ArcSwapOption::empty(),
             batcher: Batcher::start(
                 &conns,
@@ -334,10 +349,15 @@ impl L2 {
         &self.pipes[self.next.fetch_add(1, Ordering::Relaxed) % self.pipes.len()]
     }
 
-    /// Whether commands can be forwarded: over our own connections, to one Redis over TCP.
-    /// Not yet to a cluster (routing by slot) nor over TLS.
+    /// Whether commands can be forwarded: over our own connections, to one Redis or the
+    /// masters of a cluster over TCP. Not yet over TLS.
     pub fn forwards(&self) -> bool {
-        !self.pipes.is_empty()
+        !self.pipes.is_empty() || self.cluster.is_some()
+    }
+
+    /// Whether L2 is a Redis Cluster.
+    pub fn clustered(&self) -> bool {
+        self.clustered
     }
 
     /// The pool of connections lent to one client at a time; None where forwarding is not
@@ -351,20 +371,39 @@ impl L2 {
         self.table.load_full()
     }
 
-    /// Sends `commands` (encoded, `replies` replies to come) on one of our connections
-    /// speaking RESP3 when `resp3`, each reply coming back as bytes (`Reply::Raw`), or
-    /// `Reply::TooLarge` past `limit`. Callers check `forwards` first.
+    /// Forwards `run` on our own connections speaking RESP3 when `resp3`, its writes
+    /// announced after it; each command's reply as bytes (`Reply::Raw`), or
+    /// `Reply::TooLarge` once they pass `limit` together. One Redis gets the run in one
+    /// round trip; a cluster gets it routed by slot (`cluster`). Callers check `forwards`
+    /// first.
     pub async fn forward(
         &self,
+        run: &mut Run,
         resp3: bool,
-        commands: Vec<u8>,
-        replies: usize,
         limit: usize,
     ) -> Result<Vec<Reply>, L2Error> {
+        let channel = self.announce.as_deref();
+        if let Some(cluster) = &self.cluster {
+            let table = self.table().ok_or_else(|| {
+                L2Error::store("TRYAGAIN", "Redis' command table is not read yet")
+            })?;
+            let call = cluster.forward(&table, run, channel, resp3, limit);
+            return self.guard_untimed(L2Op::Forward, call).await;
+        }
+        let clients = run.len();
+        let (commands, replies) = run.finish(channel);
+        if replies == 0 {
+            // Writes made elsewhere, and nothing to announce them on (tracking mode).
+            return Ok(Vec::new());
+        }
         let pipes = if resp3 { &self.pipes3 } else { &self.pipes };
         let pipe = &pipes[self.next.fetch_add(1, Ordering::Relaxed) % pipes.len()];
-        self.guard_untimed(L2Op::Forward, pipe.call_raw(commands, replies, limit))
-            .await
+        let mut replies = self
+            .guard_untimed(L2Op::Forward, pipe.call_raw(commands, replies, limit))
+            .await?;
+        // The announcements' replies (how many instances heard) are not the client's.
+        replies.truncate(clients);
+        Ok(replies)
     }
 
     /// The channel writes are announced on, when announcing (`pubsub` invalidation).
@@ -390,6 +429,17 @@ impl L2 {
             Err(_) => {
                 tracing::warn!("reading Redis' command table timed out; retrying at the next probe")
             }
+        }
+    }
+
+    /// Reads a cluster's slot map for forwarding, if it has not been read yet (MOVED replies
+    /// keep it current after that).
+    async fn read_slots(&self) {
+        let Some(cluster) = self.cluster.as_ref().filter(|c| !c.has_map()) else {
+            return;
+        };
+        if let Err(e) = cluster.load().await {
+            tracing::warn!(error = %e, "cannot read the cluster's slot map; retrying at the next probe");
         }
     }
 
@@ -786,6 +836,7 @@ impl L2 {
             let up = self.probe().await;
             if up {
                 self.read_table().await;
+                self.read_slots().await;
             }
             if up != self.up.swap(up, Ordering::Relaxed) {
                 if up {

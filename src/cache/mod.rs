@@ -6,6 +6,7 @@
 mod batch;
 mod breaker;
 pub mod bus;
+mod cluster;
 mod conn;
 pub mod dedicated;
 mod epoch;
@@ -13,6 +14,7 @@ pub mod forward;
 pub mod hot;
 pub mod l1;
 pub mod l2;
+mod merge;
 mod pipe;
 pub mod refresh;
 pub mod reply;
@@ -739,9 +741,9 @@ impl TieredCache {
             .expect("standalone mode always has L1")
     }
 
-    /// Forwards a run of commands to L2 in one round trip (see `forward`), each reply as
-    /// Redis sent it, in the client's protocol (`resp3`). What the run writes leaves L1 once
-    /// the round trip is over, failed or not: a write may have been applied either way.
+    /// Forwards a run of commands to L2 (see `forward`, and `cluster` for a cluster), each
+    /// reply as Redis sent it, in the client's protocol (`resp3`). What the run writes leaves
+    /// L1 once Redis has answered, failed or not: a write may have been applied either way.
     pub async fn forward(
         &self,
         run: &mut forward::Run,
@@ -751,15 +753,16 @@ impl TieredCache {
         let Some(l2) = self.l2.as_ref().filter(|l2| l2.forwards()) else {
             return Err(L2Error::store(
                 "ERR",
-                "forwarding is not available over a Redis Cluster or TLS yet",
+                "forwarding is not available over TLS yet",
             ));
         };
-        let clients = run.len();
-        let (commands, replies) = run.finish(l2.announce_channel());
-        let result = if replies == 0 {
+        if !self.ttl.load().negative_ttl.is_zero() {
+            run.with_typed();
+        }
+        let result = if run.is_void() {
             Ok(Vec::new())
         } else {
-            l2.forward(resp3, commands, replies, limit).await
+            l2.forward(run, resp3, limit).await
         };
         match run.written() {
             Err(()) => self.flush_l1(),
@@ -769,10 +772,7 @@ impl TieredCache {
                 }
             }
         }
-        let mut replies = result?;
-        // The announcements' replies (how many instances heard) are not the client's.
-        replies.truncate(clients);
-        Ok(replies)
+        result
     }
 
     /// L1 entries and weighted bytes, exact (runs moka's pending housekeeping first).

@@ -1,7 +1,7 @@
-//! A Redis connection of our own for single-key writes to one Redis (not a cluster): a write
-//! is its commands, already encoded, and how many replies they get back. One task per
-//! connection writes whatever is queued in one syscall and hands each reply to its writer,
-//! in order.
+//! A Redis connection of our own, for single-key writes to one Redis and for forwarded
+//! commands (to one Redis, or to each master of a cluster: `cluster`): a write is its
+//! commands, already encoded, and how many replies they get back. One task per connection
+//! writes whatever is queued in one syscall and hands each reply to its writer, in order.
 //!
 //! Why not redis-rs here: under callgrind a pipelined SET (with its PUBLISH) cost 21k
 //! instructions in tiergate, 13k of them in redis-rs: its combinator reply parser alone was
@@ -110,6 +110,21 @@ impl Target {
     /// How long connecting and logging in may take.
     pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
+    }
+
+    /// Where it connects: host and port.
+    pub fn addr(&self) -> (&str, u16) {
+        (&self.addr.0, self.addr.1)
+    }
+
+    /// Another node of the same cluster: this login and these timeouts, at `host:port`, in
+    /// database 0 (the only one a cluster has).
+    pub fn at(&self, host: &str, port: u16) -> Self {
+        Self {
+            addr: (host.to_owned(), port),
+            db: 0,
+            ..self.clone()
+        }
     }
 }
 

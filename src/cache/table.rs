@@ -397,6 +397,18 @@ impl Spec {
         keys
     }
 
+    /// The arguments that decide where a request goes in a cluster: every argument Redis' key
+    /// specs name, `not_key` ones included (SPUBLISH's shard channel routes like a key), in
+    /// spec order. A spec that cannot be followed names none: wherever the request then goes,
+    /// Redis answers it (with the error its arguments deserve, as a rule).
+    pub fn routing_keys(&self, args: &[Bytes]) -> Vec<usize> {
+        let mut found = Vec::new();
+        for spec in &self.key_specs {
+            spec.find(args, &mut found);
+        }
+        found.into_iter().map(|k| k.index).collect()
+    }
+
     /// It may write: the write flag, `may_replicate`, or a key spec that writes (EVAL and
     /// FCALL have no write flag; PFCOUNT is `readonly` but may update the key it counts).
     pub fn writes(&self) -> bool {

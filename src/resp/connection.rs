@@ -281,14 +281,15 @@ async fn run_buffered(
     let table = shared.cache.l2().and_then(|l2| l2.table());
     let unserved = match (shared.cache.l2(), &table) {
         (None, _) => Unserved::Standalone,
-        (Some(l2), _) if !l2.forwards() => Unserved::Unavailable(
-            "ERR tiergate does not forward commands over a Redis Cluster or TLS yet",
-        ),
+        (Some(l2), _) if !l2.forwards() => {
+            Unserved::Unavailable("ERR tiergate does not forward commands over TLS yet")
+        }
         (Some(_), Some(table)) => Unserved::Forward(table),
         (Some(_), None) => {
             Unserved::Unavailable("TRYAGAIN Redis' command table is not read yet; retry later")
         }
     };
+    let dedicated = shared.cache.l2().is_some_and(|l2| l2.dedicated().is_some());
     let mut held = Held::default();
     let mut outcome = Outcome::default();
     loop {
@@ -335,7 +336,9 @@ async fn run_buffered(
             reply.encode(session.proto, wbuf.buf());
             continue;
         }
-        if let Unserved::Forward(table) = unserved {
+        // Only where connections can be lent (one Redis over TCP): elsewhere these commands
+        // are closed on (`cmd::unservable`), so a transaction is never half-applied.
+        if let (Unserved::Forward(table), true) = (unserved, dedicated) {
             if session.user.is_some() && pinned::wants(&args, pinned.is_some()) {
                 if held.write(shared, &limits, session.proto, wbuf).await {
                     outcome.close = true;
@@ -543,7 +546,7 @@ impl Held {
     }
 
     fn push_forward(&mut self, forward: Forward, logged: Option<Logged>) {
-        self.forwards.push(&forward.args, &forward.writes);
+        self.forwards.push(forward.args, &forward.writes);
         self.forwarded.push(logged);
     }
 

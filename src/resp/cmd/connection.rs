@@ -59,7 +59,8 @@ impl Quit {
     }
 }
 
-/// SELECT: tiergate has one keyspace, database 0.
+/// SELECT: tiergate has one keyspace, database 0. Over a Redis Cluster, which has only
+/// database 0 too, any other is refused as a cluster refuses it.
 pub struct Select {
     db: i64,
 }
@@ -69,9 +70,11 @@ impl Select {
         Ok(Self { db: p.next_int()? })
     }
 
-    pub fn apply(self, _: &mut Ctx<'_>) -> Frame {
+    pub fn apply(self, ctx: &mut Ctx<'_>) -> Frame {
         if self.db == 0 {
             Frame::OK
+        } else if ctx.shared.cache.l2().is_some_and(|l2| l2.clustered()) {
+            Frame::error("ERR SELECT is not allowed in cluster mode")
         } else {
             Frame::error("ERR DB index is out of range")
         }

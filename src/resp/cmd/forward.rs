@@ -15,7 +15,7 @@ use crate::{
     auth::{Need, Principal},
     cache::{
         forward::{Run, Writes},
-        table::{AclCategories, Flags, Keys, Spec, Table},
+        table::{AclCategories, Flags, KeyFlags, Keys, Spec, Table},
         Reply,
     },
     resp::frame::Protocol,
@@ -86,7 +86,33 @@ fn writes(spec: &Spec, keys: &Keys, args: &[Bytes]) -> Writes {
         return Writes::Nothing;
     }
     let written = keys.found.iter().filter(|k| k.access.write);
-    Writes::Keys(written.map(|k| k.index as u32).collect())
+    let at = written.map(|k| k.index as u32).collect();
+    if typed(spec) {
+        Writes::Typed(at)
+    } else {
+        Writes::Keys(at)
+    }
+}
+
+/// Whether a command takes only keys of a type L1 never holds (see `Writes::Typed`): it is of
+/// the hash, list, set, sorted set, stream or geo kind and of no kind that takes strings
+/// (strings, bitmaps, HyperLogLogs, any key, scripts), and overwrites no key (SINTERSTORE's
+/// destination may have held a string).
+fn typed(spec: &Spec) -> bool {
+    let other = AclCategories::HASH
+        | AclCategories::LIST
+        | AclCategories::SET
+        | AclCategories::SORTEDSET
+        | AclCategories::STREAM
+        | AclCategories::GEO;
+    let strings = AclCategories::STRING
+        | AclCategories::BITMAP
+        | AclCategories::HYPERLOGLOG
+        | AclCategories::KEYSPACE
+        | AclCategories::SCRIPTING;
+    spec.acl.intersects(other)
+        && !spec.acl.intersects(strings)
+        && !spec.key_specs.iter().any(|ks| ks.flags.contains(KeyFlags::OW))
 }
 
 /// Whether a scoped user may run it (see the module doc).
@@ -126,7 +152,7 @@ impl Forward {
     /// Forwards this one command alone (a run of one; the connection gathers runs itself).
     pub async fn apply(self, ctx: &mut super::Ctx<'_>) -> Frame {
         let mut run = Run::default();
-        run.push(&self.args, &self.writes);
+        run.push(self.args, &self.writes);
         let proto = ctx.session.proto;
         match send(ctx.shared, &mut run, proto, ctx.limits).await {
             Err(every) => every,
@@ -197,14 +223,26 @@ mod tests {
         Writes::Keys(at.into())
     }
 
+    fn typed(at: &[u32]) -> Writes {
+        Writes::Typed(at.into())
+    }
+
     #[test]
     fn what_a_forwarded_command_writes_comes_from_redis_table() {
-        assert_eq!(writes_of("HSET h f v"), keys(&[1]));
+        // Only a hash can take HSET, and L1 holds only strings (and absences).
+        assert_eq!(writes_of("HSET h f v"), typed(&[1]));
+        assert_eq!(writes_of("LPOP l"), typed(&[1]));
+        assert_eq!(writes_of("XADD s * f v"), typed(&[1]));
+        // Its destination may have held a string; a HyperLogLog is one.
+        assert_eq!(writes_of("SINTERSTORE d a b"), keys(&[1]));
+        assert_eq!(writes_of("PFADD h a"), keys(&[1]));
+        assert_eq!(writes_of("SETBIT b 1 1"), keys(&[1]));
         assert_eq!(writes_of("HGET h f"), Writes::Nothing);
         assert_eq!(writes_of("LRANGE l 0 -1"), Writes::Nothing);
         assert_eq!(writes_of("RENAME a b"), keys(&[1, 2]));
-        assert_eq!(writes_of("LMOVE a b LEFT RIGHT"), keys(&[1, 2]));
+        assert_eq!(writes_of("LMOVE a b LEFT RIGHT"), typed(&[1, 2]));
         assert_eq!(writes_of("ZUNIONSTORE d 2 a b"), keys(&[1]));
+        assert_eq!(writes_of("GEOADD g 1 2 m"), typed(&[1]));
         assert_eq!(writes_of("EVAL s 2 a b x"), keys(&[3, 4]));
         assert_eq!(writes_of("EVAL_RO s 1 a"), Writes::Nothing);
         assert_eq!(writes_of("PUBLISH ch m"), Writes::Nothing);

@@ -69,7 +69,7 @@ pub enum Command {
 pub enum Unserved<'a> {
     /// Standalone mode: the memory store serves strings only.
     Standalone,
-    /// Tiered, but not forwarding: why (a cluster or TLS; Redis' table not read yet).
+    /// Tiered, but not forwarding: why (TLS; Redis' table not read yet).
     Unavailable(&'static str),
     /// Forwarded, as Redis' command table says.
     Forward(&'a crate::cache::table::Table),
