@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: installs what the tests need when it is missing (redis-server and
-# redis-cli from Debian), then cargo fmt --check, clippy with warnings denied, the tests with
-# warnings denied, and the KV and RESP suites once more over a local Redis Cluster.
+# redis-cli from Debian; python3 and pip from Debian, then redis-py from PyPI, for
+# tests/clients/redis_py.py), then cargo fmt --check, clippy with warnings denied, the tests
+# with warnings denied, and the KV and RESP suites once more over a local Redis Cluster.
 # Run from anywhere: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+# CI's machines have python3 and pip already; a bare Debian gets them from its packages.
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if ((${#need_apt[@]})); then
     echo "==> installing ${need_apt[*]}"
     # Root in CI and on the dev machines; use sudo elsewhere if there is one.
@@ -21,6 +25,17 @@ if ((${#need_apt[@]})); then
     $SUDO service redis-server stop >/dev/null 2>&1 || true
 fi
 echo "==> $(redis-server --version)"
+
+# redis-py, one major version: tests/clients.rs runs tests/clients/redis_py.py with it.
+REDIS_PY_MAJOR=8
+if ! python3 -c "import redis, sys; sys.exit(redis.__version__.split('.')[0] != '$REDIS_PY_MAJOR')" \
+    >/dev/null 2>&1; then
+    echo "==> installing redis-py $REDIS_PY_MAJOR from PyPI"
+    # Debian's own python3 refuses pip outside a venv (PEP 668) unless told; pyenv's ignores it.
+    PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+        python3 -m pip install --quiet "redis>=$REDIS_PY_MAJOR,<$((REDIS_PY_MAJOR + 1))"
+fi
+echo "==> redis-py $(python3 -c 'import redis; print(redis.__version__)'), $(python3 --version)"
 
 for comp in rustfmt clippy; do
     if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
