@@ -119,6 +119,11 @@ impl Dedicated {
         Ok(lent)
     }
 
+    /// Most connections lent at once (`l2.dedicated_connections`).
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// Connections lent now.
     pub fn lent(&self) -> usize {
         let status = self.pool.status();

@@ -339,25 +339,15 @@ async fn run_buffered(
         // Only where connections can be lent (one Redis over TCP): elsewhere these commands
         // are closed on (`cmd::unservable`), so a transaction is never half-applied.
         if let (Unserved::Forward(table), true) = (unserved, dedicated) {
-            if session.user.is_some() && pinned::wants(&args, pinned.is_some()) {
+            let held_state = pinned.is_some() || session.refused_tx;
+            if session.user.is_some() && pinned::wants(&args, held_state) {
                 if held.write(shared, &limits, session.proto, wbuf).await {
                     outcome.close = true;
                     return outcome;
                 }
-                let step = match (
-                    refused,
-                    Forward::parse(args, table, session.user.as_deref()),
-                ) {
-                    (_, Err(refusal)) => Step::Reply(refusal),
-                    (Some(r), Ok(_)) => Step::Reply(Frame::Error(
-                        format!(
-                            "BUSY tiergate is at its limits ({}); retry later",
-                            r.reason()
-                        )
-                        .into(),
-                    )),
-                    (None, Ok(f)) => pinned::run(f, pinned, session.proto, shared, &limits).await,
-                };
+                let refused = refused.map(|r| r.reason());
+                let step =
+                    pinned::step(args, table, refused, pinned, session, shared, &limits).await;
                 let reply = match step {
                     Step::Hold(f) => {
                         outcome.hold = Some(f);
@@ -367,15 +357,7 @@ async fn run_buffered(
                         outcome.close = true;
                         reply
                     }
-                    Step::Reply(reply) => {
-                        // Refused here inside MULTI: EXEC must discard the transaction.
-                        if matches!(&reply, Frame::Error(_)) {
-                            if let Some(p) = pinned.as_mut() {
-                                p.doom();
-                            }
-                        }
-                        reply
-                    }
+                    Step::Reply(reply) => reply,
                 };
                 log(shared, logged, 0, &reply, None);
                 reply.encode(session.proto, wbuf.buf());

@@ -203,8 +203,89 @@ async fn lend(
     }
 }
 
-/// Runs a command that needs a dedicated connection (see `wants`), in the door's batch.
-pub async fn run(
+/// A command for a dedicated connection (see `wants`), in the door's batch: checked (scopes,
+/// admission: `refused` is why admission refused the batch), then run. A command refused
+/// here inside MULTI makes EXEC discard the transaction. A MULTI that cannot have a
+/// connection is answered +OK all the same, and the transaction is refused at EXEC: clients
+/// send MULTI, its commands and EXEC in one write and read MULTI's reply last, so an error
+/// for MULTI would let the commands behind it run one by one, outside any transaction.
+pub async fn step(
+    args: Vec<Bytes>,
+    table: &crate::cache::table::Table,
+    refused: Option<&str>,
+    pinned: &mut Option<Box<Pinned>>,
+    session: &mut super::session::Session,
+    shared: &Shared,
+    limits: &Limits,
+) -> Step {
+    if session.refused_tx {
+        return refused_transaction(&args, session, shared);
+    }
+    let multi = is(&args[0], "multi") && pinned.is_none();
+    let step = match (
+        refused,
+        Forward::parse(args, table, session.user.as_deref()),
+    ) {
+        (_, Err(refusal)) => Step::Reply(refusal),
+        (Some(why), Ok(_)) => Step::Reply(Frame::Error(
+            format!("BUSY tiergate is at its limits ({why}); retry later").into(),
+        )),
+        (None, Ok(f)) => run(f, pinned, session.proto, shared, limits).await,
+    };
+    match step {
+        Step::Reply(Frame::Error(_)) if multi => {
+            session.refused_tx = true;
+            Step::Reply(Frame::OK)
+        }
+        Step::Reply(e @ Frame::Error(_)) => {
+            if let Some(p) = pinned.as_mut() {
+                p.doom();
+            }
+            Step::Reply(e)
+        }
+        step => step,
+    }
+}
+
+/// A command inside a transaction whose MULTI could not have a connection: queued and
+/// dropped; EXEC refuses the whole transaction, DISCARD ends it.
+fn refused_transaction(
+    args: &[Bytes],
+    session: &mut super::session::Session,
+    shared: &Shared,
+) -> Step {
+    let name = &args[0];
+    if is(name, "exec") {
+        session.refused_tx = false;
+        let size = shared
+            .cache
+            .l2()
+            .and_then(|l2| l2.dedicated())
+            .map_or(0, |d| d.size());
+        return Step::Reply(Frame::Error(
+            format!(
+                "BUSY the transaction was not run: its MULTI could have no Redis connection of \
+                 its own (all l2.dedicated_connections ({size}) lent, tiergate at its limits, or \
+                 L2 unreachable); retry later"
+            )
+            .into(),
+        ));
+    }
+    if is(name, "discard") {
+        session.refused_tx = false;
+        return Step::Reply(Frame::OK);
+    }
+    if is(name, "multi") {
+        return Step::Reply(Frame::error("ERR MULTI calls can not be nested"));
+    }
+    if is(name, "watch") {
+        return Step::Reply(Frame::error("ERR WATCH inside MULTI is not allowed"));
+    }
+    Step::Reply(Frame::Simple("QUEUED".into()))
+}
+
+/// Runs a command that needs a dedicated connection (see `wants`).
+async fn run(
     f: Forward,
     pinned: &mut Option<Box<Pinned>>,
     proto: Protocol,
@@ -678,7 +759,7 @@ impl Subscriptions {
             return;
         };
         self.heard = true;
-        if kind.first() == Some(&b's') {
+        if kind.eq_ignore_ascii_case(b"ssubscribe") || kind.eq_ignore_ascii_case(b"sunsubscribe") {
             self.shard = count;
         } else {
             self.plain = count;
@@ -766,6 +847,11 @@ mod tests {
         assert!(!s.empty(), "a shard channel is left");
         s.heard(b">3\r\n$12\r\nsunsubscribe\r\n$1\r\nb\r\n:0\r\n");
         assert!(s.empty());
+        // A plain channel's subscription is not a shard channel's, though both start with s.
+        let mut plain = Subscriptions::default();
+        plain.heard(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
+        plain.heard(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\na\r\n:0\r\n");
+        assert!(plain.empty());
         assert!(is_marker_reply(b"$25\r\ntiergate-relay-checkpoint\r\n"));
         assert!(is_marker_reply(
             b"*2\r\n$4\r\npong\r\n$25\r\ntiergate-relay-checkpoint\r\n"

@@ -18,6 +18,9 @@ pub struct Session {
     /// Failed AUTH attempts on this connection (see `auth.max_failures_per_connection`): a
     /// byte in what was padding, so the session stays within `SESSION_BYTES`.
     auth_failures: u8,
+    /// Inside a transaction whose MULTI could have no dedicated connection: its commands are
+    /// dropped and EXEC refuses it (`pinned::step`).
+    pub refused_tx: bool,
 }
 
 /// The most a session may take. Each idle connection is a tokio task whose cell is
@@ -37,6 +40,7 @@ impl Session {
             user,
             progress: Progress::default(),
             auth_failures: 0,
+            refused_tx: false,
         }
     }
 
@@ -45,6 +49,7 @@ impl Session {
         self.proto = Protocol::Resp2;
         self.name = None;
         self.user = user;
+        self.refused_tx = false;
     }
 
     /// Counts a failed AUTH; returns how many this connection has made.

@@ -112,7 +112,10 @@ fn typed(spec: &Spec) -> bool {
         | AclCategories::SCRIPTING;
     spec.acl.intersects(other)
         && !spec.acl.intersects(strings)
-        && !spec.key_specs.iter().any(|ks| ks.flags.contains(KeyFlags::OW))
+        && !spec
+            .key_specs
+            .iter()
+            .any(|ks| ks.flags.contains(KeyFlags::OW))
 }
 
 /// Whether a scoped user may run it (see the module doc).
