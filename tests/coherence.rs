@@ -23,7 +23,10 @@ fn pair_with(redis: &Redis, extra: &[(&str, &str)]) -> (Binary, Binary) {
     (Binary::start(&env), Binary::start(&env))
 }
 
+/// Ready (Redis reached, its command table read: forwarded commands are served) and
+/// subscribed to the bus.
 async fn subscribed(b: &Binary) {
+    b.wait_ready().await;
     support::eventually("subscribed to the invalidation bus", || async {
         metric(&b.metrics().await, "tiergate_bus_subscribed") == 1.0
     })
@@ -450,4 +453,27 @@ async fn a_transaction_invalidates_its_keys_once_exec_applies_them_and_watch_see
         got, b"+OK\r\n+QUEUED\r\n*-1\r\n$1\r\nw\r\n",
         "EXEC aborted by the watched write"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_absences_are_cached_a_write_of_another_type_evicts_them_too() {
+    let redis = Redis::start();
+    let (a, b) = pair_with(&redis, &[("TIERGATE_L1_NEGATIVE_TTL", "1h")]);
+    subscribed(&a).await;
+    subscribed(&b).await;
+    let b_url = format!("redis://{}", b.resp);
+    // B caches that the key is absent.
+    assert_eq!(resp_get(&b_url, "neg:k").await, "nil");
+    assert_eq!(get(&b, "neg:k").await.0, None);
+    // LPUSH through A can only create a list: announced because B may hold its absence.
+    let before = evictions(&b).await;
+    assert_eq!(
+        support::raw(a.resp, b"LPUSH neg:k x\r\nQUIT\r\n").await,
+        ":1\r\n+OK\r\n"
+    );
+    support::eventually("B heard the LPUSH", || async {
+        evictions(&b).await > before
+    })
+    .await;
+    assert_eq!(resp_get(&b_url, "neg:k").await, "error WRONGTYPE");
 }
