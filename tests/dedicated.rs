@@ -37,7 +37,11 @@ async fn a_blocked_client_stalls_nobody_and_an_exhausted_pool_answers_busy_at_on
     })
     .await;
     // Everything else goes on meanwhile, over the shared connections.
-    let got = raw(addr, b"HSET h f v\r\nSET k v\r\nGET k\r\nWATCH w\r\nQUIT\r\n").await;
+    let got = raw(
+        addr,
+        b"HSET h f v\r\nSET k v\r\nGET k\r\nWATCH w\r\nQUIT\r\n",
+    )
+    .await;
     assert!(got.starts_with(":1\r\n+OK\r\n$1\r\nv\r\n-BUSY "), "{got}");
     // A transaction is refused at EXEC, whole: nothing queued behind MULTI runs.
     let got = raw(addr, b"MULTI\r\nSET k no\r\nEXEC\r\nGET k\r\nQUIT\r\n").await;
