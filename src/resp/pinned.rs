@@ -458,7 +458,7 @@ pub async fn hold(
         return Ok(false);
     }
     if blocks(&f.args) {
-        return block(f, pinned, stream, shared, shutdown, limit).await;
+        return block(f, pinned, stream, rbuf, shared, shutdown, limit).await;
     }
     let tracking = tracking(&f.args);
     relay(
@@ -485,23 +485,35 @@ async fn block(
     f: Forward,
     pinned: &mut Option<Box<Pinned>>,
     stream: &TcpStream,
+    rbuf: &mut Lease<'_>,
     shared: &Shared,
     shutdown: &Shutdown,
     limit: usize,
 ) -> io::Result<bool> {
     let p = pinned.as_mut().expect("lent by hold");
+    // What the client sends meanwhile is read, to see it leave, up to `resp.reply_buffer_bytes`
+    // (its commands run once this reply is written); past that it waits in the socket.
     let mut watching = true;
-    let mut one = [0u8; 1];
     let got = loop {
         tokio::select! {
             r = p.lent.next(limit) => break r,
-            peeked = stream.peek(&mut one), if watching => match peeked {
-                Ok(0) | Err(_) => {
-                    *pinned = None;
-                    return Ok(true);
+            ready = stream.readable(), if watching => {
+                let buf = rbuf.buf();
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(shared.buffers.buf_size());
                 }
-                // It sent more: that waits in the socket until this reply is written.
-                Ok(_) => watching = false,
+                match ready.and_then(|()| net::read::try_read(stream, buf)) {
+                    Ok(0) => {
+                        *pinned = None;
+                        return Ok(true);
+                    }
+                    Ok(_) => watching = rbuf.buf().len() < shared.reply_buffer,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => {
+                        *pinned = None;
+                        return Ok(true);
+                    }
+                }
             },
             _ = shutdown.wait() => {
                 *pinned = None;
