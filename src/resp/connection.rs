@@ -292,6 +292,16 @@ async fn run_buffered(
     let dedicated = shared.cache.l2().is_some_and(|l2| l2.dedicated().is_some());
     let mut held = Held::default();
     let mut outcome = Outcome::default();
+    // Sends what is held, and ends the batch if the client must then be closed (forwarded
+    // replies past `limits.max_reply_bytes`).
+    macro_rules! flush {
+        () => {
+            if held.write(shared, &limits, session.proto, wbuf).await {
+                outcome.close = true;
+                return outcome;
+            }
+        };
+    }
     loop {
         if wbuf.len() >= shared.reply_buffer {
             // Backpressure: the commands left wait until these replies are written.
@@ -307,10 +317,7 @@ async fn run_buffered(
                 return outcome;
             }
             Err(e) => {
-                if held.write(shared, &limits, session.proto, wbuf).await {
-                    outcome.close = true;
-                    return outcome;
-                }
+                flush!();
                 shared.metrics.resp_protocol_errors.inc();
                 Frame::Error(format!("ERR {e}").into()).encode(session.proto, wbuf.buf());
                 outcome.close = true;
@@ -326,10 +333,7 @@ async fn run_buffered(
             op: cmd::name_of(&args[0]).unwrap_or("unknown"),
         });
         if cmd::is(&args[0], "reset") && args.len() == 1 {
-            if held.write(shared, &limits, session.proto, wbuf).await {
-                outcome.close = true;
-                return outcome;
-            }
+            flush!();
             pinned::reset(pinned, session, shared).await;
             let reply = Frame::Simple("RESET".into());
             log(shared, logged, 0, &reply, None);
@@ -341,10 +345,7 @@ async fn run_buffered(
         if let (Unserved::Forward(table), true) = (unserved, dedicated) {
             let held_state = pinned.is_some() || session.refused_tx;
             if session.user.is_some() && pinned::wants(&args, held_state) {
-                if held.write(shared, &limits, session.proto, wbuf).await {
-                    outcome.close = true;
-                    return outcome;
-                }
+                flush!();
                 let refused = refused.map(|r| r.reason());
                 let step =
                     pinned::step(args, table, refused, pinned, session, shared, &limits).await;
@@ -371,10 +372,7 @@ async fn run_buffered(
         let (cmd, allowed) = match Command::from_args(args, session, unserved) {
             Ok(Command::Unservable(unservable)) => {
                 // Nothing sent after it runs: the commands before it are run, then the close.
-                if held.write(shared, &limits, session.proto, wbuf).await {
-                    outcome.close = true;
-                    return outcome;
-                }
+                flush!();
                 let reply = unservable.reply();
                 shared.metrics.resp_closed(match reply {
                     None => RespClose::CrossProtocol,
@@ -391,11 +389,8 @@ async fn run_buffered(
             // Not a SET ... GET: its reply is a value, which must pass `reply::fit` like
             // any other (held, hundreds of 4 MiB old values would be encoded at once).
             Ok(Command::Set(set)) if refused.is_none() && !set.returns_old() => {
-                if !held.forwards.is_empty()
-                    && held.write(shared, &limits, session.proto, wbuf).await
-                {
-                    outcome.close = true;
-                    return outcome;
+                if !held.forwards.is_empty() {
+                    flush!();
                 }
                 held.sets.push((set, logged));
                 continue;
@@ -408,19 +403,15 @@ async fn run_buffered(
                 if held.forwards.len() < MAX_RUN && held.forwards.bytes() < shared.reply_buffer {
                     continue;
                 }
-                if held.write(shared, &limits, session.proto, wbuf).await {
-                    outcome.close = true;
-                    return outcome;
-                }
+                flush!();
                 continue;
             }
             cmd => (cmd, true),
         };
         // Anything else runs after the commands held before it, as the client ordered them.
         // Checked here: an empty `write` still costs its future, per command.
-        if !held.is_empty() && held.write(shared, &limits, session.proto, wbuf).await {
-            outcome.close = true;
-            return outcome;
+        if !held.is_empty() {
+            flush!();
         }
         let reply = match cmd {
             Err(reply) => reply,
