@@ -43,38 +43,30 @@ async fn conn(addr: SocketAddr) -> MultiplexedConnection {
 }
 
 /// Clients blocked in redis-server itself (INFO clients), asked directly.
-fn blocked_clients(redis: &Redis) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query(&mut redis.conn())
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .expect("INFO clients has blocked_clients")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Waits until `n` clients are blocked in redis-server: blocking commands sent through tiergate
 /// have reached it over their dedicated connections.
 async fn wait_blocked(redis: &Redis, n: u64) {
     support::eventually(&format!("{n} clients blocked in Redis"), || async {
-        blocked_clients(redis) >= n
+        redis.blocked_clients() >= n
     })
     .await;
 }
 
-/// Whether a MULTI could be opened (and was discarded), or the pool answered -BUSY.
+/// Whether a WATCH could have a dedicated connection (given back by UNWATCH), or the pool
+/// answered -BUSY. Not MULTI: it is answered +OK either way, its transaction refused at EXEC.
 async fn multi_opens(c: &mut MultiplexedConnection) -> bool {
-    match redis::cmd("MULTI").query_async::<String>(c).await {
+    match redis::cmd("WATCH")
+        .arg("probe")
+        .query_async::<String>(c)
+        .await
+    {
         Ok(ok) => {
             assert_eq!(ok, "OK");
-            redis::cmd("DISCARD").exec_async(c).await.unwrap();
+            redis::cmd("UNWATCH").exec_async(c).await.unwrap();
             true
         }
         Err(e) if e.code() == Some("BUSY") => false,
-        Err(e) => panic!("MULTI: {e}"),
+        Err(e) => panic!("WATCH: {e}"),
     }
 }
 

@@ -14,6 +14,16 @@ async fn gateway(redis: &Redis, size: usize) -> Gateway {
     Gateway::start_ready(c).await
 }
 
+/// Waits until a client is blocked in Redis: a BLPOP sent through tiergate has reached it
+/// over its dedicated connection. (Probing the pool for it instead would race the BLPOP for
+/// the only connection.)
+async fn wait_blocked(redis: &Redis) {
+    support::eventually("a client blocked in Redis", || async {
+        redis.blocked_clients() >= 1
+    })
+    .await;
+}
+
 /// Whether WATCH could lend a connection: +OK (then given back by UNWATCH) or -BUSY.
 async fn lendable(addr: std::net::SocketAddr) -> bool {
     let got = raw(addr, b"WATCH probe\r\nUNWATCH\r\nQUIT\r\n").await;
@@ -33,10 +43,11 @@ async fn a_blocked_client_stalls_nobody_and_an_exhausted_pool_answers_busy_at_on
     let mut blocked = tokio::net::TcpStream::connect(addr).await.unwrap();
     // What it sends behind the blocking command runs once that is answered.
     blocked.write_all(b"BLPOP q 0\r\nPING\r\n").await.unwrap();
-    support::eventually("the blocked client holds the only connection", || async {
-        !lendable(addr).await
-    })
-    .await;
+    wait_blocked(&redis).await;
+    assert!(
+        !lendable(addr).await,
+        "the blocked client holds the only connection"
+    );
     // Everything else goes on meanwhile, over the shared connections.
     let got = raw(
         addr,
@@ -92,13 +103,19 @@ async fn a_client_that_leaves_while_blocked_frees_its_connection() {
     for sent in [&b"BLPOP q 0\r\n"[..], b"BLPOP q 0\r\nPING\r\nGET k\r\n"] {
         let mut blocked = tokio::net::TcpStream::connect(addr).await.unwrap();
         blocked.write_all(sent).await.unwrap();
-        support::eventually("the blocked client holds the only connection", || async {
-            !lendable(addr).await
-        })
-        .await;
+        wait_blocked(&redis).await;
+        assert!(
+            !lendable(addr).await,
+            "the blocked client holds the only connection"
+        );
         drop(blocked);
         support::eventually("the connection of a client gone is free again", || async {
             lendable(addr).await
+        })
+        .await;
+        // Closed, not given back: Redis drops the BLPOP with it.
+        support::eventually("Redis saw the connection go", || async {
+            redis.blocked_clients() == 0
         })
         .await;
     }

@@ -158,6 +158,20 @@ impl Redis {
         redis::Client::open(self.url()).unwrap()
     }
 
+    /// Clients blocked in this redis-server now (INFO clients).
+    pub fn blocked_clients(&self) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("clients")
+            .query(&mut self.conn())
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("blocked_clients:"))
+            .expect("INFO clients has blocked_clients")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// A direct connection, bypassing tiergate.
     pub fn conn(&self) -> redis::Connection {
         self.client().get_connection().unwrap()
