@@ -1,6 +1,7 @@
 //! Dedicated L2 connections (`cache::dedicated`, `resp::pinned`) against a real redis-server:
 //! a blocked client stalls nobody, an exhausted pool answers -BUSY at once, a client that
-//! leaves while blocked frees its connection, and connections come back clean.
+//! leaves while blocked frees its connection, and connections come back clean. Over a Redis
+//! Cluster: transactions, blocking commands and subscriptions on the right master.
 
 mod support;
 
@@ -151,6 +152,189 @@ async fn client_side_caching_pushes_invalidations_to_a_resp3_client() {
     assert_eq!(c.call(&[b"GET", b"tk"]).await, b"$1\r\nw\r\n");
     support::eventually("tracking off gives the connection back", || async {
         lendable(addr).await
+    })
+    .await;
+}
+
+// Over a Redis Cluster: connections are lent from the master of the command's slot (any
+// master for SUBSCRIBE), and a transaction's from the master of its first command's slot.
+
+/// A tiergate over `cluster`, ready; its RESP address.
+async fn over(cluster: &support::Cluster) -> (Gateway, std::net::SocketAddr) {
+    let gw = Gateway::start_ready(cluster.config()).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    (gw, addr)
+}
+
+/// Waits until `gw` has `n` dedicated connections lent.
+async fn lent(gw: &Gateway, n: f64) {
+    support::eventually(&format!("{n} dedicated connections lent"), || async {
+        support::metric(&gw.metrics().await, "tiergate_l2_dedicated_lent") == n
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_run_on_the_master_of_their_keys_over_a_cluster() {
+    use redis::Commands;
+    use support::wire::Wire;
+    let cluster = support::Cluster::start();
+    let (gw, addr) = over(&cluster).await;
+    let mut c = Wire::connect(addr).await;
+    // WATCH, and a conflicting write by another client through tiergate: EXEC fails.
+    assert_eq!(c.call(&[b"SET", b"{t}a", b"1"]).await, b"+OK\r\n");
+    assert_eq!(c.call(&[b"WATCH", b"{t}a"]).await, b"+OK\r\n");
+    assert_eq!(raw(addr, b"SET {t}a 5\r\nQUIT\r\n").await, "+OK\r\n+OK\r\n");
+    assert_eq!(c.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.call(&[b"INCR", b"{t}a"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.call(&[b"EXEC"]).await, b"*-1\r\n");
+    assert_eq!(c.call(&[b"GET", b"{t}a"]).await, b"$1\r\n5\r\n");
+    lent(&gw, 0.0).await;
+    // Keys of one hash tag: both writes applied, and L1 (GET cached {t}x) emptied of them.
+    assert_eq!(c.call(&[b"SET", b"{t}x", b"0"]).await, b"+OK\r\n");
+    assert_eq!(c.call(&[b"GET", b"{t}x"]).await, b"$1\r\n0\r\n");
+    assert_eq!(c.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.call(&[b"SET", b"{t}x", b"1"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.call(&[b"INCR", b"{t}y"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.call(&[b"EXEC"]).await, b"*2\r\n+OK\r\n:1\r\n");
+    assert_eq!(c.call(&[b"GET", b"{t}x"]).await, b"$1\r\n1\r\n");
+    let mut direct = cluster.conn();
+    let (x, y): (String, i64) = (direct.get("{t}x").unwrap(), direct.get("{t}y").unwrap());
+    assert_eq!((x.as_str(), y), ("1", 1));
+    // Before any command, EXEC and DISCARD are answered as Redis answers them.
+    assert_eq!(c.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.call(&[b"EXEC"]).await, b"*0\r\n");
+    assert_eq!(c.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(
+        c.call(&[b"MULTI"]).await,
+        b"-ERR MULTI calls can not be nested\r\n"
+    );
+    assert_eq!(c.call(&[b"DISCARD"]).await, b"+OK\r\n");
+    // Keys across slots: CROSSSLOT as a cluster answers, in WATCH and in the first command
+    // of a transaction (which then aborts); a key of another slot later in the transaction
+    // is Redis' to answer: MOVED, and the transaction aborts.
+    let cross = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
+    assert_eq!(c.call(&[b"WATCH", b"a", b"b"]).await, cross);
+    assert_eq!(c.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.call(&[b"MSET", b"a", b"1", b"b", b"2"]).await, cross);
+    assert!(c
+        .call(&[b"EXEC"])
+        .await
+        .starts_with(b"-EXECABORT Transaction discarded"));
+    assert_eq!(c.call(&[b"MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.call(&[b"SET", b"a", b"1"]).await, b"+QUEUED\r\n");
+    let moved = c.call(&[b"SET", b"b", b"2"]).await;
+    assert!(
+        moved.starts_with(b"-MOVED "),
+        "{}",
+        support::wire::show(&moved)
+    );
+    assert!(c
+        .call(&[b"EXEC"])
+        .await
+        .starts_with(b"-EXECABORT Transaction discarded"));
+    let (a, b): (Option<String>, Option<String>) =
+        (direct.get("a").unwrap(), direct.get("b").unwrap());
+    assert_eq!(
+        (a, b),
+        (None, None),
+        "nothing of the aborted transactions ran"
+    );
+    lent(&gw, 0.0).await;
+    // Still refused over a cluster: another database, and CLIENT TRACKING (closed on).
+    assert_eq!(
+        c.call(&[b"SELECT", b"1"]).await,
+        b"-ERR SELECT is not allowed in cluster mode\r\n"
+    );
+    let got = raw(addr, b"HELLO 3\r\nCLIENT TRACKING on\r\nSET a 1\r\n").await;
+    assert!(
+        got.contains("-ERR CLIENT TRACKING is not served by tiergate"),
+        "{got}"
+    );
+    assert!(!got.ends_with("+OK\r\n"), "{got}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_commands_and_subscriptions_work_over_a_cluster() {
+    use support::wire::Wire;
+    let cluster = support::Cluster::start();
+    let (gw, addr) = over(&cluster).await;
+    // BLPOP, released by an RPUSH through tiergate.
+    let mut blocked = Wire::connect(addr).await;
+    blocked.send(&[b"BLPOP", b"bl", b"0"]).await;
+    lent(&gw, 1.0).await;
+    assert_eq!(raw(addr, b"RPUSH bl x\r\nQUIT\r\n").await, ":1\r\n+OK\r\n");
+    assert_eq!(blocked.recv().await, b"*2\r\n$2\r\nbl\r\n$1\r\nx\r\n");
+    lent(&gw, 0.0).await;
+    // XREAD BLOCK, on the master of the stream's slot (from 0-0: an entry added before it
+    // reaches Redis is read too).
+    blocked
+        .send(&[b"XREAD", b"BLOCK", b"0", b"STREAMS", b"st", b"0-0"])
+        .await;
+    lent(&gw, 1.0).await;
+    assert!(raw(addr, b"XADD st 1-1 f v\r\nQUIT\r\n")
+        .await
+        .starts_with("$3\r\n1-1\r\n"));
+    let got = blocked.recv().await;
+    assert!(got.starts_with(b"*1\r\n*2\r\n$2\r\nst\r\n"), "{got:?}");
+    lent(&gw, 0.0).await;
+    // SUBSCRIBE on any master hears a PUBLISH made through tiergate (to any master: a
+    // cluster broadcasts it).
+    let mut sub = Wire::connect(addr).await;
+    assert_eq!(
+        sub.call(&[b"SUBSCRIBE", b"news"]).await,
+        b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    assert!(raw(addr, b"PUBLISH news hello\r\nQUIT\r\n")
+        .await
+        .ends_with("\r\n+OK\r\n"));
+    assert_eq!(
+        sub.recv().await,
+        b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n"
+    );
+    assert_eq!(
+        sub.call(&[b"UNSUBSCRIBE"]).await,
+        b"*3\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n:0\r\n"
+    );
+    // SSUBSCRIBE on the master of the shard channel's slot hears an SPUBLISH.
+    assert_eq!(
+        sub.call(&[b"SSUBSCRIBE", b"shard"]).await,
+        b"*3\r\n$10\r\nssubscribe\r\n$5\r\nshard\r\n:1\r\n"
+    );
+    assert_eq!(
+        raw(addr, b"SPUBLISH shard hi\r\nQUIT\r\n").await,
+        ":1\r\n+OK\r\n"
+    );
+    assert_eq!(
+        sub.recv().await,
+        b"*3\r\n$8\r\nsmessage\r\n$5\r\nshard\r\n$2\r\nhi\r\n"
+    );
+    assert_eq!(
+        sub.call(&[b"SUNSUBSCRIBE"]).await,
+        b"*3\r\n$12\r\nsunsubscribe\r\n$5\r\nshard\r\n:0\r\n"
+    );
+    assert_eq!(sub.call(&[b"GET", b"bl"]).await, b"$-1\r\n");
+    lent(&gw, 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_dedicated_connections_bounds_all_masters_together() {
+    let cluster = support::Cluster::start();
+    let mut c = cluster.config();
+    c.l2.dedicated_connections = 1;
+    let gw = Gateway::start_ready(c).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let mut w = support::wire::Wire::connect(addr).await;
+    // `a` and `b` are served by different masters: the second WATCH finds none left.
+    assert_eq!(w.call(&[b"WATCH", b"a"]).await, b"+OK\r\n");
+    let got = raw(addr, b"WATCH b\r\nQUIT\r\n").await;
+    assert!(
+        got.starts_with("-BUSY ") && got.contains("l2.dedicated_connections (1)"),
+        "{got}"
+    );
+    assert_eq!(w.call(&[b"UNWATCH"]).await, b"+OK\r\n");
+    support::eventually("the connection is back", || async {
+        raw(addr, b"WATCH b\r\nQUIT\r\n").await == "+OK\r\n+OK\r\n"
     })
     .await;
 }

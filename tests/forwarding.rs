@@ -1395,8 +1395,9 @@ async fn the_corpus_is_deterministic_against_redis_server_resp3() {
     deterministic(Proto::Resp3, 5).await;
 }
 
-/// The families a cluster forwards: all but those that need a dedicated connection, which
-/// a cluster does not lend yet.
+/// The families run over a cluster: all but those that need a dedicated connection, whose
+/// keys span slots (one transaction writes `tx:a` and `tx:s`, BLMOVE moves across lists) and
+/// whose PUBSUB NUMSUB counts one node's subscribers (`tests/dedicated.rs` covers them).
 fn stateless() -> Vec<Family> {
     corpus()
         .into_iter()

@@ -30,6 +30,7 @@
 
 use super::{
     conn::{shard_channel, slot_of, SLOTS},
+    dedicated::{Dedicated, LendError, Lent},
     forward::{Announce, Run},
     l2::L2Error,
     merge::{self, Merge},
@@ -70,6 +71,8 @@ pub struct Node {
     pipes: Box<[Pipe]>,
     pipes3: Box<[Pipe]>,
     next: AtomicUsize,
+    /// Connections lent to one client at a time (`resp::pinned`), under the cluster's bound.
+    dedicated: Dedicated,
 }
 
 impl Node {
@@ -111,6 +114,9 @@ pub struct Cluster {
     queue: usize,
     /// Rotates keyless commands over the masters.
     next: AtomicUsize,
+    /// `l2.dedicated_connections`: most connections lent at once, over all masters together.
+    dedicated: usize,
+    lent: Arc<tokio::sync::Semaphore>,
 }
 
 /// One piece of a client's command, for one node.
@@ -141,7 +147,8 @@ struct Routed {
 
 impl Cluster {
     /// `seeds` are the configured nodes (over TCP: the caller checks). Nothing connects yet.
-    pub fn new(seeds: Vec<Target>, connections: usize, queue: usize) -> Self {
+    /// `dedicated`: most connections lent to one client at a time, all masters together.
+    pub fn new(seeds: Vec<Target>, connections: usize, queue: usize, dedicated: usize) -> Self {
         Self {
             seeds,
             map: ArcSwapOption::empty(),
@@ -150,7 +157,35 @@ impl Cluster {
             connections: connections.max(1),
             queue,
             next: AtomicUsize::new(0),
+            dedicated,
+            lent: Arc::new(tokio::sync::Semaphore::new(dedicated)),
         }
+    }
+
+    /// Most connections lent at once (`l2.dedicated_connections`), all masters together.
+    pub fn dedicated_size(&self) -> usize {
+        self.dedicated
+    }
+
+    /// Lends a connection (`dedicated`) to the master of `slot`, or to any master (the next
+    /// in turn) for None; speaking RESP3 when `resp3`.
+    pub async fn lend(&self, slot: Option<u16>, resp3: bool) -> Result<Lent, LendError> {
+        let map = self.map().await.map_err(LendError::L2)?;
+        let node = match slot {
+            Some(slot) => map.owner(slot),
+            None if map.masters.is_empty() => None,
+            None => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % map.masters.len();
+                map.masters.get(i)
+            }
+        };
+        let Some(node) = node else {
+            return Err(LendError::L2(L2Error::store(
+                "CLUSTERDOWN",
+                "Hash slot not served",
+            )));
+        };
+        node.dedicated.lend(resp3).await
     }
 
     /// The connections to `host:port`, started on first use.
@@ -170,8 +205,9 @@ impl Cluster {
             host: host.to_owned(),
             port,
             pipes: start(&target),
-            pipes3: start(&target.resp3()),
+            pipes3: start(&target.clone().resp3()),
             next: AtomicUsize::new(0),
+            dedicated: Dedicated::shared(target, self.dedicated, self.lent.clone()),
         });
         nodes.insert(key, node.clone());
         node
@@ -968,7 +1004,7 @@ mod tests {
     fn three() -> (Arc<Cluster>, Arc<SlotMap>) {
         let client = redis::Client::open("redis://127.0.0.1:1").unwrap();
         let seed = Target::of(&client, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
-        let cluster = Arc::new(Cluster::new(vec![seed], 1, 8));
+        let cluster = Arc::new(Cluster::new(vec![seed], 1, 8, 4));
         let range = |start, end, port| SlotRange {
             start,
             end,

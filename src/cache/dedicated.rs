@@ -1,4 +1,5 @@
-//! Dedicated L2 connections: a bounded pool of raw connections to the one Redis, each lent to
+//! Dedicated L2 connections: a bounded pool of raw connections to one Redis (on a cluster, one
+//! pool per master, `Dedicated::shared` bounding them together), each lent to
 //! one RESP client for as long as connection state lasts there: a transaction (MULTI, WATCH),
 //! a blocking command, subscriptions, a database other than 0. The multiplexed connections
 //! every other command shares cannot hold such state: one client's MULTI would queue the
@@ -17,10 +18,11 @@ use super::{
 };
 use bytes::BytesMut;
 use deadpool::managed::{self, Manager, Metrics, Object, Pool, RecycleError, RecycleResult};
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
+    sync::{OwnedSemaphorePermit, Semaphore},
 };
 
 /// A connection the pool holds.
@@ -64,6 +66,8 @@ pub struct Dedicated {
     pool: Pool<Connector>,
     target: Target,
     size: usize,
+    /// Over a cluster, one pool per master shares this bound of `size` lent in all.
+    shared: Option<Arc<Semaphore>>,
 }
 
 /// Why no connection was lent.
@@ -85,11 +89,32 @@ impl Dedicated {
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .expect("a runtime is given, so building cannot fail");
-        Self { pool, target, size }
+        Self {
+            pool,
+            target,
+            size,
+            shared: None,
+        }
+    }
+
+    /// A pool to one master of a cluster: at most `size` connections lent from it and the
+    /// other masters' pools sharing `lent` (a semaphore of `size` permits) together.
+    pub fn shared(target: Target, size: usize, lent: Arc<Semaphore>) -> Self {
+        Self {
+            shared: Some(lent),
+            ..Self::new(target, size)
+        }
     }
 
     /// Lends a connection at once, speaking RESP3 when `resp3`.
     pub async fn lend(&self, resp3: bool) -> Result<Lent, LendError> {
+        let permit = match &self.shared {
+            Some(lent) => match lent.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => return Err(LendError::Busy(self.size)),
+            },
+            None => None,
+        };
         let timeouts = managed::Timeouts {
             // Zero: refused at once when all are lent, never waited for.
             wait: Some(Duration::ZERO),
@@ -107,6 +132,7 @@ impl Dedicated {
         let mut lent = Lent {
             obj: Some(obj),
             target: self.target.clone(),
+            _permit: permit,
         };
         lent.conn().clean = false;
         if resp3 {
@@ -135,6 +161,8 @@ impl Dedicated {
 pub struct Lent {
     obj: Option<Object<Connector>>,
     target: Target,
+    /// Its share of a cluster's bound (`Dedicated::shared`), given back with it.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Lent {

@@ -10,7 +10,7 @@ use super::{
     breaker::{Breaker, Change},
     cluster::Cluster,
     conn::{groups, shard_channel, slot_of, Conn},
-    dedicated::Dedicated,
+    dedicated::{Dedicated, LendError, Lent},
     forward::Run,
     pipe::{self, Pipe, Reply, Target},
     table::Table,
@@ -212,7 +212,14 @@ impl L2 {
                 .iter()
                 .map(|n| Target::of(n, cfg.connect_timeout.0, cfg.timeout.0))
                 .collect::<Option<Vec<_>>>();
-            seeds.map(|seeds| Arc::new(Cluster::new(seeds, cfg.connections, cfg.pipeline_buffer)))
+            seeds.map(|seeds| {
+                Arc::new(Cluster::new(
+                    seeds,
+                    cfg.connections,
+                    cfg.pipeline_buffer,
+                    cfg.dedicated_connections,
+                ))
+            })
         } else {
             None
         };
@@ -364,6 +371,36 @@ impl L2 {
     /// available (see `forwards`).
     pub fn dedicated(&self) -> Option<&Dedicated> {
         self.dedicated.as_ref()
+    }
+
+    /// Whether connections can be lent to one client at a time (`resp::pinned`): one Redis
+    /// or the masters of a cluster, over TCP.
+    pub fn lends(&self) -> bool {
+        self.dedicated.is_some() || self.cluster.is_some()
+    }
+
+    /// Lends a connection to one client: the one Redis', or on a cluster the master of
+    /// `slot` (any master for None); speaking RESP3 when `resp3`.
+    pub async fn lend(&self, slot: Option<u16>, resp3: bool) -> Result<Lent, LendError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.lend(slot, resp3).await;
+        }
+        match &self.dedicated {
+            Some(pool) => pool.lend(resp3).await,
+            None => Err(LendError::L2(L2Error::Unavailable(
+                "no dedicated L2 connections here".into(),
+            ))),
+        }
+    }
+
+    /// Most connections lent at once (`l2.dedicated_connections`; over a cluster, all
+    /// masters together); 0 where none are lent.
+    pub fn dedicated_size(&self) -> usize {
+        match (&self.cluster, &self.dedicated) {
+            (Some(cluster), _) => cluster.dedicated_size(),
+            (None, Some(pool)) => pool.size(),
+            (None, None) => 0,
+        }
     }
 
     /// Redis' command table, once L2 has answered; None before.

@@ -20,6 +20,10 @@ use bytes::Bytes;
 use redis::Value;
 use std::collections::HashMap;
 
+/// Keys of one request that hash to several cluster slots (`Table::slot`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct CrossSlot;
+
 /// Longest command or subcommand name looked up; a longer one is unknown. Lookups lowercase
 /// the name into a stack buffer of this size so the hot path never allocates. Redis 7.0's
 /// longest name is 20 bytes (`georadiusbymember_ro`).
@@ -326,6 +330,27 @@ impl Table {
         let mut buf = [0; MAX_NAME];
         let command = self.commands.get(lowercase(args.first()?, &mut buf)?)?;
         Some(command.subcommand(args.get(1)).unwrap_or(&command.spec))
+    }
+
+    /// The cluster hash slot a request goes to: that of its keys (and shard channels: see
+    /// `Spec::routing_keys`); None when it names none (or Redis does not know it); Err when
+    /// they hash to several slots, which a cluster answers `-CROSSSLOT`.
+    pub fn slot(&self, args: &[Bytes]) -> Result<Option<u16>, CrossSlot> {
+        let Some(spec) = self.lookup(args) else {
+            return Ok(None);
+        };
+        let mut slots = spec
+            .routing_keys(args)
+            .into_iter()
+            .map(|k| super::conn::slot_of(&args[k]));
+        let Some(first) = slots.next() else {
+            return Ok(None);
+        };
+        if slots.all(|s| s == first) {
+            Ok(Some(first))
+        } else {
+            Err(CrossSlot)
+        }
     }
 
     /// Commands, not counting subcommands (what `COMMAND COUNT` says).

@@ -289,7 +289,8 @@ async fn run_buffered(
             Unserved::Unavailable("TRYAGAIN Redis' command table is not read yet; retry later")
         }
     };
-    let dedicated = shared.cache.l2().is_some_and(|l2| l2.dedicated().is_some());
+    let dedicated = shared.cache.l2().is_some_and(|l2| l2.lends());
+    let clustered = shared.cache.l2().is_some_and(|l2| l2.clustered());
     let mut held = Held::default();
     let mut outcome = Outcome::default();
     // Sends what is held, and ends the batch if the client must then be closed (forwarded
@@ -340,11 +341,14 @@ async fn run_buffered(
             reply.encode(session.proto, wbuf.buf());
             continue;
         }
-        // Only where connections can be lent (one Redis over TCP): elsewhere these commands
-        // are closed on (`cmd::unservable`), so a transaction is never half-applied.
+        // Only where connections can be lent (one Redis or a cluster, over TCP): elsewhere
+        // these commands are closed on (`cmd::unservable`), so a transaction is never
+        // half-applied.
         if let (Unserved::Forward(table), true) = (unserved, dedicated) {
-            let held_state = pinned.is_some() || session.refused_tx;
-            if session.user.is_some() && pinned::wants(&args, held_state) {
+            let held_state = pinned.is_some()
+                || session.refused_tx
+                || session.deferred != super::session::Deferred::None;
+            if session.user.is_some() && pinned::wants(&args, held_state, clustered) {
                 flush!();
                 let refused = refused.map(|r| r.reason());
                 let step =

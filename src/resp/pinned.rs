@@ -15,6 +15,12 @@
 //!   is relayed to Redis both ways (`relay`) until its last subscription ends and tracking is
 //!   off: pushes arrive whenever Redis sends them. While tracking, every command of the client
 //!   goes to Redis, its reads included, so that Redis tracks them.
+//! - Over a Redis Cluster the connection comes from the master that serves the command: its
+//!   keys' (or shard channel's) slot, any master for SUBSCRIBE; keys across slots get
+//!   `-CROSSSLOT`. MULTI is answered here, and the transaction's first command picks the
+//!   master (`deferred`, `open`). Redis answers what follows on that connection, a key of
+//!   another slot with `-MOVED`, passed to the client. SELECT n and CLIENT TRACKING are not
+//!   lent for there (`wants`).
 
 use super::{
     cmd::{
@@ -33,6 +39,7 @@ use crate::{
         Reply,
     },
     net,
+    resp::session::Deferred,
     shutdown::Shutdown,
 };
 use bytes::Bytes;
@@ -95,12 +102,17 @@ impl Pinned {
 const LOCAL: &[&str] = &["quit", "auth", "hello", "client", "reset"];
 
 /// Whether a command goes over a dedicated connection: it opens state, or state is open.
-pub fn wants(args: &[Bytes], pinned: bool) -> bool {
+/// Over a Redis Cluster (`clustered`), CLIENT TRACKING is left to be closed on (it would
+/// need a connection to every master) and SELECT to be refused as a cluster refuses it.
+pub fn wants(args: &[Bytes], pinned: bool, clustered: bool) -> bool {
     let name = &args[0];
     // Every name below starts with one of these: GET, INCR, DEL and most others are told
     // apart by one byte.
     let first = name.first().map_or(0, u8::to_ascii_lowercase);
     if !pinned && !b"mwbxspc".contains(&first) {
+        return false;
+    }
+    if clustered && (tracking(args) || is(name, "select")) {
         return false;
     }
     if tracking(args) {
@@ -157,11 +169,14 @@ fn busy(size: usize) -> Frame {
     )
 }
 
-/// Lends `pinned` a connection if it has none; the error is the client's reply.
+/// Lends `pinned` a connection if it has none, for the command `args` (over a cluster, from
+/// the master of its keys' slot, or any master for a keyless one); the error is the client's
+/// reply.
 async fn lend(
     pinned: &mut Option<Box<Pinned>>,
     shared: &Shared,
     proto: Protocol,
+    args: &[Bytes],
 ) -> Result<(), Frame> {
     if let Some(p) = pinned.as_mut() {
         if p.proto == proto {
@@ -183,10 +198,14 @@ async fn lend(
             }
         };
     }
-    let Some(pool) = shared.cache.l2().and_then(|l2| l2.dedicated()) else {
+    let Some(l2) = shared.cache.l2().filter(|l2| l2.lends()) else {
         return Err(Frame::error("ERR no dedicated L2 connections here"));
     };
-    match pool.lend(proto == Protocol::Resp3).await {
+    let slot = match (l2.clustered(), l2.table()) {
+        (true, Some(table)) => table.slot(args).map_err(|_| crossslot())?,
+        _ => None,
+    };
+    match l2.lend(slot, proto == Protocol::Resp3).await {
         Ok(lent) => {
             *pinned = Some(Pinned::new(
                 lent,
@@ -201,6 +220,11 @@ async fn lend(
         }
         Err(LendError::L2(e)) => Err(l2_error(e)),
     }
+}
+
+/// What a cluster answers a command whose keys hash to several slots.
+fn crossslot() -> Frame {
+    Frame::error("CROSSSLOT Keys in request don't hash to the same slot")
 }
 
 /// A command for a dedicated connection (see `wants`), in the door's batch: checked (scopes,
@@ -220,6 +244,14 @@ pub async fn step(
 ) -> Step {
     if session.refused_tx {
         return refused_transaction(&args, session, shared);
+    }
+    if pinned.is_none() && shared.cache.l2().is_some_and(|l2| l2.clustered()) {
+        if let Some(step) = deferred(&args, session) {
+            return step;
+        }
+        if session.deferred != Deferred::None {
+            return open(args, table, refused, pinned, session, shared, limits).await;
+        }
     }
     let multi = is(&args[0], "multi") && pinned.is_none();
     let step = match (
@@ -247,6 +279,97 @@ pub async fn step(
     }
 }
 
+/// Over a cluster, a transaction's master is not known before its first command: MULTI is
+/// answered here, and so are EXEC (an empty transaction: `*0`, as Redis answers it) and
+/// DISCARD before any command; None for any other command (see `open`).
+fn deferred(args: &[Bytes], session: &mut super::session::Session) -> Option<Step> {
+    let name = &args[0];
+    let reply = match session.deferred {
+        Deferred::None if is(name, "multi") && args.len() == 1 => {
+            session.deferred = Deferred::Open;
+            Frame::OK
+        }
+        Deferred::None => return None,
+        state if is(name, "exec") => {
+            session.deferred = Deferred::None;
+            if state == Deferred::Doomed {
+                Frame::error("EXECABORT Transaction discarded because of previous errors.")
+            } else {
+                Frame::Raw(Bytes::from_static(b"*0\r\n"))
+            }
+        }
+        _ if is(name, "discard") => {
+            session.deferred = Deferred::None;
+            Frame::OK
+        }
+        _ if is(name, "multi") => Frame::error("ERR MULTI calls can not be nested"),
+        _ if is(name, "watch") => Frame::error("ERR WATCH inside MULTI is not allowed"),
+        _ => return None,
+    };
+    Some(Step::Reply(reply))
+}
+
+/// The first command of a cluster transaction (see `deferred`): a connection is lent from the
+/// master of its keys' slot (any master for a keyless one), and MULTI then the command are
+/// sent there; the client sees the command's reply (`+QUEUED`). Refused here (NOPERM, its
+/// keys across slots, admission), the transaction is doomed as Redis dooms it; with no
+/// connection to be had, it is refused at EXEC, as a MULTI that cannot have one is.
+async fn open(
+    args: Vec<Bytes>,
+    table: &crate::cache::table::Table,
+    refused: Option<&str>,
+    pinned: &mut Option<Box<Pinned>>,
+    session: &mut super::session::Session,
+    shared: &Shared,
+    limits: &Limits,
+) -> Step {
+    let f = match (
+        refused,
+        Forward::parse(args, table, session.user.as_deref()),
+    ) {
+        (_, Err(refusal)) => {
+            session.deferred = Deferred::Doomed;
+            return Step::Reply(refusal);
+        }
+        (Some(why), Ok(_)) => {
+            session.deferred = Deferred::Doomed;
+            return Step::Reply(Frame::Error(
+                format!("BUSY tiergate is at its limits ({why}); retry later").into(),
+            ));
+        }
+        (None, Ok(f)) => f,
+    };
+    if table.slot(&f.args).is_err() {
+        session.deferred = Deferred::Doomed;
+        return Step::Reply(crossslot());
+    }
+    session.deferred = Deferred::None;
+    let queued = || Step::Reply(Frame::Simple("QUEUED".into()));
+    if lend(pinned, shared, session.proto, &f.args).await.is_err() {
+        session.refused_tx = true;
+        return queued();
+    }
+    let p = pinned.as_mut().expect("lent above");
+    match p
+        .lent
+        .call(b"*1\r\n$5\r\nMULTI\r\n", 64, timeout(shared))
+        .await
+    {
+        Ok(Reply::Raw(r)) if &r[..] == b"+OK\r\n" => p.multi = true,
+        _ => {
+            *pinned = None;
+            session.refused_tx = true;
+            return queued();
+        }
+    }
+    let step = run(f, pinned, session.proto, shared, limits).await;
+    if pinned.is_none() && matches!(step, Step::Reply(Frame::Error(_))) {
+        // The connection failed with the transaction on it: what follows is refused at EXEC.
+        session.refused_tx = true;
+    }
+    step
+}
+
 /// A command inside a transaction whose MULTI could not have a connection: queued and
 /// dropped; EXEC refuses the whole transaction, DISCARD ends it.
 fn refused_transaction(
@@ -257,11 +380,7 @@ fn refused_transaction(
     let name = &args[0];
     if is(name, "exec") {
         session.refused_tx = false;
-        let size = shared
-            .cache
-            .l2()
-            .and_then(|l2| l2.dedicated())
-            .map_or(0, |d| d.size());
+        let size = shared.cache.l2().map_or(0, |l2| l2.dedicated_size());
         return Step::Reply(Frame::Error(
             format!(
                 "BUSY the transaction was not run: its MULTI could have no Redis connection of \
@@ -304,7 +423,7 @@ async fn run(
     if !in_multi && (blocks(&f.args) || SUBSCRIBING.iter().any(|n| is(&f.args[0], n))) {
         return Step::Hold(f);
     }
-    if let Err(refusal) = lend(pinned, shared, proto).await {
+    if let Err(refusal) = lend(pinned, shared, proto, &f.args).await {
         return Step::Reply(refusal);
     }
     let p = pinned.as_mut().expect("lent above");
@@ -443,7 +562,7 @@ pub async fn hold(
     shutdown: &Shutdown,
 ) -> io::Result<bool> {
     let proto = session.proto;
-    if let Err(refusal) = lend(pinned, shared, proto).await {
+    if let Err(refusal) = lend(pinned, shared, proto, &f.args).await {
         send(stream, &refusal, proto, shared).await?;
         return Ok(false);
     }
@@ -832,7 +951,7 @@ mod tests {
             &["SELECT", "1"],
             &["WAIT", "1", "0"],
         ] {
-            assert!(wants(&args(line), false), "{line:?}");
+            assert!(wants(&args(line), false, false), "{line:?}");
         }
         for line in [
             &["SELECT", "0"][..],
@@ -840,10 +959,14 @@ mod tests {
             &["HSET", "h", "f", "v"],
             &["EXEC"],
         ] {
-            assert!(!wants(&args(line), false), "{line:?}");
+            assert!(!wants(&args(line), false, false), "{line:?}");
         }
-        assert!(wants(&args(&["GET", "k"]), true));
-        assert!(!wants(&args(&["QUIT"]), true));
+        assert!(wants(&args(&["GET", "k"]), true, false));
+        assert!(!wants(&args(&["QUIT"]), true, false));
+        // Over a cluster: CLIENT TRACKING is closed on, SELECT refused as a cluster does.
+        assert!(wants(&args(&["MULTI"]), false, true));
+        assert!(!wants(&args(&["SELECT", "1"]), false, true));
+        assert!(!wants(&args(&["CLIENT", "TRACKING", "on"]), true, true));
     }
 
     #[test]

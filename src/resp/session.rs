@@ -21,6 +21,20 @@ pub struct Session {
     /// Inside a transaction whose MULTI could have no dedicated connection: its commands are
     /// dropped and EXEC refuses it (`pinned::step`).
     pub refused_tx: bool,
+    /// A MULTI over a Redis Cluster, answered here until the transaction's first command
+    /// tells which master it runs on (`pinned::step`).
+    pub deferred: Deferred,
+}
+
+/// A cluster transaction that has no connection yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Deferred {
+    #[default]
+    None,
+    /// MULTI was answered: the next command opens it on its key's master.
+    Open,
+    /// A command of it was refused here: EXEC answers EXECABORT.
+    Doomed,
 }
 
 /// The most a session may take. Each idle connection is a tokio task whose cell is
@@ -41,6 +55,7 @@ impl Session {
             progress: Progress::default(),
             auth_failures: 0,
             refused_tx: false,
+            deferred: Deferred::None,
         }
     }
 
@@ -50,6 +65,7 @@ impl Session {
         self.name = None;
         self.user = user;
         self.refused_tx = false;
+        self.deferred = Deferred::None;
     }
 
     /// Counts a failed AUTH; returns how many this connection has made.

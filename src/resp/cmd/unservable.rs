@@ -5,8 +5,10 @@
 //!   "possible security attack" and closes without a reply; so does tiergate.
 //! - a command that opens connection state where this door cannot hold it: MULTI and WATCH
 //!   (a transaction), SUBSCRIBE / PSUBSCRIBE / SSUBSCRIBE (pushes), blocking pops and
-//!   `XREAD ... BLOCK`, CLIENT TRACKING in standalone mode and over a Redis Cluster or TLS
-//!   (one Redis over TCP lends each such client a connection of its own: `resp::pinned`). Answered "unknown", the commands queued behind a MULTI would run one by one
+//!   `XREAD ... BLOCK`, CLIENT TRACKING in standalone mode and over TLS, and CLIENT TRACKING
+//!   over a Redis Cluster (one Redis, or a cluster's masters, over TCP lend each such client a
+//!   connection of its own: `resp::pinned`). Answered "unknown", the commands queued behind a
+//!   MULTI would run one by one
 //!   and a retry would apply them twice (redis-py's `pipeline()` sends MULTI, ..., EXEC in one
 //!   write). The client gets an error naming the command, and the connection closes before
 //!   any command behind it runs, as twemproxy does.
