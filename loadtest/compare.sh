@@ -22,15 +22,30 @@
 #                 through twemproxy (nutcracker) to a redis-server: one proxy hop each.
 #   resp-get-P{1,16}  GET of those keys (all written and read once first: L1 hits) vs
 #                 redis-server itself.
+#   resp-get-miss-P{1,16}  GET of those keys answered from L2 (a second tiergate with L1 off
+#                 over the same redis-server: every GET a miss) vs twemproxy + redis-server.
+#   resp-fwd-P{1,16} TEST  issue 16's rows, run only when ROWS names fwd (22 rows, 10-20
+#                 minutes): each of redis-benchmark's incr, lpush, rpush, lpop, rpop, sadd,
+#                 hset, spop, zadd, lrange_100 and mset in a run of its own (50 clients,
+#                 -r 100000, FWD_REQUESTS unpipelined, 8 times as many in 16-deep pipelines; a
+#                 quarter as many of lrange_100 and mset, 100 elements or 10 keys each) through
+#                 tiergate vs twemproxy + redis-server. tiergate forwards all but INCR and MSET
+#                 to Redis raw (those two it serves itself, written through); every write,
+#                 forwarded or not, also PUBLISHes its keys on the invalidation bus.
+#                 lrange_100 is `LRANGE mylist 0 99` on a list of 100 VALUE_BYTES elements
+#                 (-t lrange_100 would first LPUSH as many, counted in the CPU); spop pops the
+#                 set sadd filled, then an empty one, as redis-benchmark -t sadd,spop does.
 #
 # Each row with a reference runs ROUNDS times, tiergate and the reference in turn, and reports
 # each one's median run: this machine's speed drifts by ±20% over minutes.
 #
-# Usage: loadtest/compare.sh   (ROWS="http resp" DURATION=6s ROUNDS=3 CONNS=64 VALUE_BYTES=64
-#                               RESP_REQUESTS=300000 SERVER_CPU=0 LOAD_CPU=1)
-# Needs: wrk, nginx, redis-server, redis-benchmark, nutcracker (apt-get install -y wrk
-# nginx-light redis-server redis-tools nutcracker) and oha (cargo install oha); installs them
-# when missing and root.
+# Usage: loadtest/compare.sh   (ROWS="http resp" (add fwd for issue 16's rows) DURATION=6s
+#                               ROUNDS=3 CONNS=64 VALUE_BYTES=64 RESP_REQUESTS=300000
+#                               FWD_REQUESTS=100000 FWD_TESTS="incr lpush ..."
+#                               SERVER_CPU=0 LOAD_CPU=1)
+# Needs: wrk, nginx, redis-server, redis-benchmark, redis-cli, nutcracker (apt-get install -y
+# wrk nginx-light redis-server redis-tools nutcracker) and, for the http rows, oha (cargo
+# install oha); installs them when missing and root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +58,9 @@ OHA_CONNS=${OHA_CONNS:-16}
 VALUE_BYTES=${VALUE_BYTES:-64}
 # Requests per unpipelined redis-benchmark run; pipelined runs send 8 times as many.
 RESP_REQUESTS=${RESP_REQUESTS:-300000}
+# Requests per unpipelined run of each forwarded command (resp-fwd rows); pipelined, 8 times.
+FWD_REQUESTS=${FWD_REQUESTS:-100000}
+FWD_TESTS=${FWD_TESTS:-incr lpush rpush lpop rpop sadd hset spop zadd lrange_100 mset}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 source loadtest/lib.sh
@@ -58,9 +76,9 @@ need() {
     fi
 }
 need wrk:wrk nginx:nginx-light redis-server:redis-server redis-benchmark:redis-tools \
-    nutcracker:nutcracker
+    redis-cli:redis-tools nutcracker:nutcracker
 export PATH="$HOME/.cargo/bin:$PATH"
-command -v oha >/dev/null || cargo install --quiet --locked oha
+[[ " $ROWS " != *" http "* ]] || command -v oha >/dev/null || cargo install --quiet --locked oha
 
 # utime+stime of processes (PIDs separated by commas), in clock ticks.
 cpu_ticks() {
@@ -90,16 +108,21 @@ run_wrk() {
     echo "$rps $p50 $p99 $us"
 }
 
-# run_rb PID PORT TEST PIPELINE: prints "rps p50 p99 cpu_us_per_req" (latencies in ms)
+# run_rb PID PORT TEST PIPELINE [REQUESTS]: prints "rps p50 p99 cpu_us_per_req" (latencies
+# in ms). REQUESTS (RESP_REQUESTS if not given) unpipelined, 8 times as many pipelined.
 run_rb() {
-    local pid=$1 port=$2 test=$3 depth=$4 n=$RESP_REQUESTS out before after
-    [ "$depth" -eq 1 ] || n=$((RESP_REQUESTS * 8))
-    taskset -c "$LOAD_CPU" redis-benchmark -p "$port" -t "$test" -n $((n / 10)) -r 100000 \
-        -d "$VALUE_BYTES" -P "$depth" -q >/dev/null 2>&1 # warm-up
+    local pid=$1 port=$2 test=$3 depth=$4 n=${5:-$RESP_REQUESTS} what out before after
+    [ "$depth" -eq 1 ] || n=$((n * 8))
+    what=(-t "$test")
+    # redis-benchmark's lrange_100 alone, without the LPUSHes it runs before it (fill_list).
+    [ "$test" != lrange_100 ] || what=(LRANGE mylist 0 99)
+    taskset -c "$LOAD_CPU" redis-benchmark -p "$port" -n $((n / 10)) -r 100000 \
+        -d "$VALUE_BYTES" -P "$depth" -q "${what[@]}" >/dev/null 2>&1 # warm-up
     before=$(cpu_ticks "$pid")
     # twemproxy has no CONFIG: redis-benchmark's warning about it says nothing.
-    out=$(taskset -c "$LOAD_CPU" redis-benchmark -p "$port" -t "$test" -n "$n" -r 100000 \
-        -d "$VALUE_BYTES" -P "$depth" --csv 2> >(grep -v 'Could not fetch server CONFIG' >&2))
+    out=$(taskset -c "$LOAD_CPU" redis-benchmark -p "$port" -n "$n" -r 100000 \
+        -d "$VALUE_BYTES" -P "$depth" --csv "${what[@]}" \
+        2> >(grep -v 'Could not fetch server CONFIG' >&2))
     after=$(cpu_ticks "$pid")
     # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
     awk -F'"' -v n="$n" -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" \
@@ -154,6 +177,13 @@ for start in range(0, 100000, 1000):
 PY
 }
 
+# fill_list PORT: `mylist` (redis-benchmark's list) holds 100 elements of VALUE_BYTES.
+fill_list() {
+    redis-cli -p "$1" DEL mylist >/dev/null
+    # shellcheck disable=SC2046 # one argument per element
+    redis-cli -p "$1" RPUSH mylist $(yes "$BODY" | head -100) >/dev/null
+}
+
 # rounds CMD ARGS... [-- CMD ARGS...]...: runs the commands in turn, ROUNDS times over, and
 # sets MED[i] to command i's median run (by req/s). Interleaved, so a machine that slows down
 # for a while slows every server alike; the median drops a run that caught a hiccup.
@@ -187,7 +217,7 @@ ms() { awk -v v="$1" 'BEGIN {n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /
 verdict() { if [ "$1" = 1 ]; then echo met; else echo missed; fi; }
 
 row() { # NAME RPS P50 P99 US REF_NAME REF_RPS REF_P50 REF_P99 REF_US
-    printf '%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' "$@" \
+    printf '%-23s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' "$@" \
         "$(ratio "$2" "$7")"
 }
 
@@ -210,6 +240,22 @@ wait_port "$TG_RESP"
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$TG_ADMIN/readyz" >/dev/null && break; sleep 0.1; done
 TABLE=()
 declare -A RATIO P99
+
+# A second tiergate with L1 off, over the same redis-server, both on SERVER_CPU: every GET
+# through it is answered from L2 (one proxy hop in front of Redis). Started once, by the first
+# row that needs it; sets T2_HTTP, T2_RESP and T2_PID.
+start_l1_off() {
+    [ -z "${T2_PID:-}" ] || return 0
+    T2_HTTP=$(free_port); T2_RESP=$(free_port); local admin; admin=$(free_port)
+    TIERGATE_HTTP_LISTEN=127.0.0.1:$T2_HTTP TIERGATE_ADMIN_LISTEN=127.0.0.1:$admin \
+    TIERGATE_RESP_LISTEN=127.0.0.1:$T2_RESP TIERGATE_L2_URL=redis://127.0.0.1:$L2_PORT \
+    TIERGATE_L1_CAPACITY=0 TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn \
+        taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/tiergate-l2.log" 2>&1 &
+    T2_PID=$!; PIDS+=("$T2_PID")
+    wait_port "$T2_HTTP"
+    wait_port "$T2_RESP"
+    for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done
+}
 
 if [[ " $ROWS " == *" http "* ]]; then
 curl -sf -X PUT --data-binary "$BODY" "http://127.0.0.1:$TG_HTTP/v1/kv/bench" >/dev/null
@@ -299,15 +345,8 @@ LUA
 read -r g_rps g_p50 g_p99 g_us < <(run_wrk "$TG_PIDS" "http://127.0.0.1:$TG_HTTP/v1/kv:batchGet" "$WORK/batch.lua")
 TABLE+=("$(row http-batch-16 "$g_rps" "$g_p50" "$g_p99" "$g_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
 
-# GET answered from L2: a second tiergate with L1 off, over the same redis-server, both on
-# SERVER_CPU (one proxy hop in front of Redis); CPU is the two processes' sum.
-T2_HTTP=$(free_port)
-TIERGATE_HTTP_LISTEN=127.0.0.1:$T2_HTTP TIERGATE_ADMIN_LISTEN=127.0.0.1:$(free_port) \
-TIERGATE_RESP_LISTEN=127.0.0.1:$(free_port) TIERGATE_L2_URL=redis://127.0.0.1:$L2_PORT \
-TIERGATE_L1_CAPACITY=0 TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn \
-    taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/tiergate-l2.log" 2>&1 &
-T2_PID=$!; PIDS+=("$T2_PID")
-wait_port "$T2_HTTP"
+# GET answered from L2 (start_l1_off); CPU is the two processes' sum.
+start_l1_off
 for _ in $(seq 1 100); do
     curl -sf -X PUT --data-binary "$BODY" "http://127.0.0.1:$T2_HTTP/v1/kv/bench" >/dev/null && break
     sleep 0.1
@@ -316,7 +355,7 @@ read -r l_rps l_p50 l_p99 l_us < <(run_wrk "$T2_PID,$L2_PID" "http://127.0.0.1:$
 TABLE+=("$(row http-get-l2 "$l_rps" "$l_p50" "$l_p99" "$l_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
 fi
 
-if [[ " $ROWS " == *" resp "* ]]; then
+if [[ " $ROWS " == *" resp "* || " $ROWS " == *" fwd "* ]]; then
 # --- the reference: a redis-server, and twemproxy in front of it, both on SERVER_CPU
 start_redis "$SERVER_CPU"
 RS_PORT=$RS; REF_PID=$RS_PID
@@ -335,7 +374,9 @@ taskset -c "$SERVER_CPU" nutcracker -c "$WORK/nutcracker.yml" -s "$(free_port)" 
     -o "$WORK/nutcracker.log" -p "$WORK/nutcracker.pid" &
 NC_PID=$!; PIDS+=("$NC_PID")
 wait_port "$NC_PORT"
+fi
 
+if [[ " $ROWS " == *" resp "* ]]; then
 echo "==> measuring RESP (redis-benchmark -c50 -r100000 -d$VALUE_BYTES; servers on cpu $SERVER_CPU, client on cpu $LOAD_CPU)"
 for depth in 1 16; do
     rounds run_rb "$TG_PIDS" "$TG_RESP" set "$depth" -- run_rb "$NC_PID,$REF_PID" "$NC_PORT" set "$depth"
@@ -353,9 +394,37 @@ for depth in 1 16; do
     TABLE+=("$(row "resp-get-P$depth" "$t_rps" "${t_p50}ms" "${t_p99}ms" "$t_us" "redis-server" "$r_rps" "${r_p50}ms" "${r_p99}ms" "$r_us")")
     RATIO[get$depth]=$(ratio "$t_rps" "$r_rps")
 done
+# The same keys through a tiergate with L1 off (start_l1_off): every GET goes to L2.
+start_l1_off
+for depth in 1 16; do
+    rounds run_rb "$T2_PID,$L2_PID" "$T2_RESP" get "$depth" -- run_rb "$NC_PID,$REF_PID" "$NC_PORT" get "$depth"
+    read -r t_rps t_p50 t_p99 t_us <<<"${MED[0]}"
+    read -r r_rps r_p50 r_p99 r_us <<<"${MED[1]}"
+    TABLE+=("$(row "resp-get-miss-P$depth" "$t_rps" "${t_p50}ms" "${t_p99}ms" "$t_us" "twemproxy + redis" "$r_rps" "${r_p50}ms" "${r_p99}ms" "$r_us")")
+    RATIO[miss$depth]=$(ratio "$t_rps" "$r_rps")
+done
 fi
 
-printf '\n%-14s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' \
+if [[ " $ROWS " == *" fwd "* ]]; then
+echo "==> measuring forwarded commands (redis-benchmark -c50 -r100000 -d$VALUE_BYTES -n$FWD_REQUESTS, 8x at -P16, one run per command)"
+SLOWER=()
+for depth in 1 16; do
+    for test in $FWD_TESTS; do
+        [ "$test" != lrange_100 ] || { fill_list "$L2_PORT"; fill_list "$RS_PORT"; }
+        n=$FWD_REQUESTS
+        [[ $test != lrange_100 && $test != mset ]] || n=$((n / 4))
+        rounds run_rb "$TG_PIDS" "$TG_RESP" "$test" "$depth" "$n" \
+            -- run_rb "$NC_PID,$REF_PID" "$NC_PORT" "$test" "$depth" "$n"
+        read -r t_rps t_p50 t_p99 t_us <<<"${MED[0]}"
+        read -r r_rps r_p50 r_p99 r_us <<<"${MED[1]}"
+        TABLE+=("$(row "resp-fwd-P$depth $test" "$t_rps" "${t_p50}ms" "${t_p99}ms" "$t_us" "twemproxy + redis" "$r_rps" "${r_p50}ms" "${r_p99}ms" "$r_us")")
+        r=$(ratio "$t_rps" "$r_rps")
+        [ "$(awk -v r="$r" 'BEGIN {print (r >= 1.0) ? 1 : 0}')" = 1 ] || SLOWER+=("$test -P$depth ${r}x")
+    done
+done
+fi
+
+printf '\n%-23s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' \
     row "req/s" p50 p99 "cpu us/req" reference "req/s" p50 p99 "cpu us/req" ratio
 printf '%s\n' "${TABLE[@]}"
 
@@ -377,5 +446,11 @@ if [ -n "${RATIO[get1]:-}" ]; then
     for depth in 1 16; do
         echo "  RESP SET (through to L2) -P $depth >= 1.0x twemproxy: ${RATIO[set$depth]}x: $(verdict "$(at_least "${RATIO[set$depth]}")")"
     done
+    for depth in 1 16; do
+        echo "  RESP GET (L1 off, from L2) -P $depth vs twemproxy: ${RATIO[miss$depth]}x"
+    done
+fi
+if [[ " $ROWS " == *" fwd "* ]]; then
+    echo "  issue 16, commands through tiergate below twemproxy's req/s: ${SLOWER[*]:-none}"
 fi
 echo "  (RSS per idle RESP connection: loadtest/idle_memory.sh)"

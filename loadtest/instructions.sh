@@ -8,19 +8,19 @@
 #   resp-get-P16  GET of 100k keys, all L1 hits (redis-benchmark -P 16)
 #   resp-set-P16  SET of random keys through to Redis, 16-deep pipelines
 #   resp-set-P1   the same, unpipelined
-#   resp-hset-P16, resp-hset-P1  HSET of random keys, forwarded to Redis as it came (a
-#                 command the door does not serve), each write announced on the bus
-#   resp-lrange-P16  LRANGE of 100 elements (lrange_100), forwarded, its reply copied back
+#   resp-TEST-P{1,16}  (not by default) any other redis-benchmark -t TEST, as compare.sh's
+#                 resp-fwd rows run it: resp-lpush-P16, resp-hset-P1 (forwarded), resp-incr-P16 (served,
+#                 written through), resp-lrange_100-P1 (LRANGE mylist 0 99 of 100 elements)
 # Usage: loadtest/instructions.sh   (PATHS="..." DURATION=5s REQUESTS=100000 KEEP=dir)
 # KEEP=dir keeps each path's callgrind profile there (dir/NAME.cg), for callgrind_annotate.
-# Needs valgrind, wrk, redis-server and redis-benchmark.
+# Needs valgrind, wrk, redis-server, redis-benchmark and redis-cli.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATHS=${PATHS:-http-get-l1 resp-get-P16 resp-set-P16 resp-set-P1}
 DURATION=${DURATION:-5s}
 REQUESTS=${REQUESTS:-100000}
 source loadtest/lib.sh
-for tool in valgrind callgrind_control callgrind_annotate wrk redis-server redis-benchmark; do
+for tool in valgrind callgrind_control callgrind_annotate wrk redis-server redis-benchmark redis-cli; do
     command -v "$tool" >/dev/null || { echo "missing: $tool"; exit 1; }
 done
 cargo build --release --quiet
@@ -89,14 +89,19 @@ for path in $PATHS; do
         count "$path" "$REQUESTS" redis-benchmark -p "$RESP" -t set -n "$REQUESTS" \
             -r 100000 -d 64 -P "${path##*-P}" -q
         ;;
-    resp-hset-P16 | resp-hset-P1)
-        count "$path" "$REQUESTS" redis-benchmark -p "$RESP" -t hset -n "$REQUESTS" \
-            -r 100000 -d 64 -P "${path##*-P}" -q
-        ;;
-    resp-lrange-P16)
-        redis-benchmark -p "$RESP" -t lpush -n 1000 -q >/dev/null
-        count "$path" "$REQUESTS" redis-benchmark -p "$RESP" -t lrange_100 -n "$REQUESTS" \
-            -P 16 -q
+    resp-*-P*)
+        test=${path#resp-}; test=${test%-P*}
+        what=(-t "$test")
+        if [ "$test" = lrange_100 ]; then
+            what=(LRANGE mylist 0 99)
+            redis-cli -p "$RS" DEL mylist >/dev/null
+            # shellcheck disable=SC2046 # one argument per element
+            redis-cli -p "$RS" RPUSH mylist $(yes "$(printf 'x%.0s' $(seq 64))" | head -100) >/dev/null
+        fi
+        redis-benchmark -p "$RESP" -n 10000 -r 100000 -d 64 -P "${path##*-P}" -q "${what[@]}" \
+            >/dev/null 2>&1
+        count "$path" "$REQUESTS" redis-benchmark -p "$RESP" -n "$REQUESTS" -r 100000 -d 64 \
+            -P "${path##*-P}" -q "${what[@]}"
         ;;
     *) echo "unknown path $path"; exit 1 ;;
     esac
