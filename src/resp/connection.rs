@@ -364,6 +364,9 @@ async fn run_buffered(
                     }
                     Step::Reply(reply) => reply,
                 };
+                if reply.code() == "NOPERM" {
+                    shared.metrics.auth_denied(Door::Resp, Denied::Forbidden);
+                }
                 log(shared, logged, 0, &reply, None);
                 reply.encode(session.proto, wbuf.buf());
                 if outcome.close {
@@ -418,7 +421,13 @@ async fn run_buffered(
             flush!();
         }
         let reply = match cmd {
-            Err(reply) => reply,
+            Err(reply) => {
+                // A forwarded command's keys are checked as it is parsed.
+                if reply.code() == "NOPERM" {
+                    shared.metrics.auth_denied(Door::Resp, Denied::Forbidden);
+                }
+                reply
+            }
             Ok(cmd) if !allowed => {
                 key_len = cmd.first_key_len();
                 shared.metrics.auth_denied(Door::Resp, Denied::Forbidden);
