@@ -341,7 +341,7 @@ impl L2 {
         mut packed: Vec<u8>,
         key: &[u8],
     ) -> Result<T, L2Error> {
-        let pipe = self.next_pipe();
+        let pipe = self.next_pipe(false);
         let replies = 1 + usize::from(self.pack_announcement(&mut packed, key));
         self.guard_untimed(op, async {
             // The write's own reply; the announcement's (subscribers reached) is dropped.
@@ -351,9 +351,11 @@ impl L2 {
         .await
     }
 
-    /// The next of our own write connections (callers check there are some).
-    fn next_pipe(&self) -> &Pipe {
-        &self.pipes[self.next.fetch_add(1, Ordering::Relaxed) % self.pipes.len()]
+    /// The next of our own connections, speaking RESP3 when `resp3` (callers check there are
+    /// some).
+    fn next_pipe(&self, resp3: bool) -> &Pipe {
+        let pipes = if resp3 { &self.pipes3 } else { &self.pipes };
+        &pipes[self.next.fetch_add(1, Ordering::Relaxed) % pipes.len()]
     }
 
     /// Whether commands can be forwarded: over our own connections, to one Redis or the
@@ -433,8 +435,7 @@ impl L2 {
             // Writes made elsewhere, and nothing to announce them on (tracking mode).
             return Ok(Vec::new());
         }
-        let pipes = if resp3 { &self.pipes3 } else { &self.pipes };
-        let pipe = &pipes[self.next.fetch_add(1, Ordering::Relaxed) % pipes.len()];
+        let pipe = self.next_pipe(resp3);
         let mut replies = self
             .guard_untimed(L2Op::Forward, pipe.call_raw(commands, replies, limit))
             .await?;
@@ -717,7 +718,7 @@ impl L2 {
             return Ok(out);
         }
         // One connection for the whole run: Redis applies them in the client's order.
-        let pipe = self.next_pipe();
+        let pipe = self.next_pipe(false);
         let mut out = Vec::with_capacity(items.len());
         for run in items.chunks(self.max_batch) {
             let size: usize = run.iter().map(|(k, v, _)| packed_size(k, v)).sum();

@@ -438,7 +438,7 @@ async fn run_buffered(
             Ok(cmd) if refused.is_some() && !cmd.is_connection() => {
                 key_len = cmd.first_key_len();
                 let why = refused.map_or("", |r| r.reason());
-                Frame::Error(format!("BUSY tiergate is at its limits ({why}); retry later").into())
+                cmd::busy(why)
             }
             Ok(cmd) => {
                 key_len = cmd.first_key_len();

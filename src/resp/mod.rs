@@ -65,6 +65,11 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// `max_reply_bytes` as a byte count to bound a buffer by.
+    pub fn reply_limit(&self) -> usize {
+        usize::try_from(self.max_reply_bytes).unwrap_or(usize::MAX)
+    }
+
     pub fn from_config(config: &Config) -> Self {
         let (cfg, limits) = (&config.resp, &config.limits);
         Self {

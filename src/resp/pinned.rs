@@ -222,6 +222,13 @@ async fn lend(
     }
 }
 
+/// A command as sent on a dedicated connection.
+fn encoded(args: &[Bytes]) -> Vec<u8> {
+    let mut command = Vec::with_capacity(64);
+    crate::cache::encode_args(&mut command, args);
+    command
+}
+
 /// What a cluster answers a command whose keys hash to several slots.
 fn crossslot() -> Frame {
     Frame::error("CROSSSLOT Keys in request don't hash to the same slot")
@@ -259,9 +266,7 @@ pub async fn step(
         Forward::parse(args, table, session.user.as_deref()),
     ) {
         (_, Err(refusal)) => Step::Reply(refusal),
-        (Some(why), Ok(_)) => Step::Reply(Frame::Error(
-            format!("BUSY tiergate is at its limits ({why}); retry later").into(),
-        )),
+        (Some(why), Ok(_)) => Step::Reply(super::cmd::busy(why)),
         (None, Ok(f)) => run(f, pinned, session.proto, shared, limits).await,
     };
     match step {
@@ -333,9 +338,7 @@ async fn open(
         }
         (Some(why), Ok(_)) => {
             session.deferred = Deferred::Doomed;
-            return Step::Reply(Frame::Error(
-                format!("BUSY tiergate is at its limits ({why}); retry later").into(),
-            ));
+            return Step::Reply(super::cmd::busy(why));
         }
         (None, Ok(f)) => f,
     };
@@ -447,9 +450,8 @@ async fn run(
             }
         };
     }
-    let mut command = Vec::with_capacity(64);
-    crate::cache::encode_args(&mut command, &f.args);
-    let limit = usize::try_from(limits.max_reply_bytes).unwrap_or(usize::MAX);
+    let command = encoded(&f.args);
+    let limit = limits.reply_limit();
     let bytes = match p.lent.call(&command, limit, timeout(shared)).await {
         Ok(Reply::Raw(bytes)) => bytes,
         Ok(Reply::TooLarge(len)) => {
@@ -567,10 +569,9 @@ pub async fn hold(
         return Ok(false);
     }
     let limits = shared.limits.load();
-    let limit = usize::try_from(limits.max_reply_bytes).unwrap_or(usize::MAX);
+    let limit = limits.reply_limit();
     let p = pinned.as_mut().expect("lent above");
-    let mut command = Vec::with_capacity(64);
-    crate::cache::encode_args(&mut command, &f.args);
+    let command = encoded(&f.args);
     if let Err(e) = p.lent.send(&command).await {
         *pinned = None;
         send(stream, &l2_error(e), proto, shared).await?;
@@ -854,8 +855,7 @@ async fn relay_commands(
         {
             writes.push_back((f.args.clone(), f.writes.clone()));
         }
-        let mut command = Vec::with_capacity(64);
-        crate::cache::encode_args(&mut command, &f.args);
+        let mut command = encoded(&f.args);
         if unsubscribing {
             command.extend_from_slice(MARKER);
         }

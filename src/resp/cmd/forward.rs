@@ -195,7 +195,7 @@ pub async fn send(
     limits: &crate::resp::Limits,
 ) -> Result<Vec<Answer>, Frame> {
     let resp3 = proto == Protocol::Resp3;
-    let limit = usize::try_from(limits.max_reply_bytes).unwrap_or(usize::MAX);
+    let limit = limits.reply_limit();
     let replies = shared
         .cache
         .forward(run, resp3, limit)

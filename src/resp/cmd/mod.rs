@@ -271,6 +271,12 @@ fn lookup(name: &[u8]) -> Option<&'static str> {
         .find(|n| n.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// The reply to a command admission refused (`why`: its reason), for every path a command
+/// may take: served, forwarded, or on a dedicated connection.
+pub fn busy(why: &str) -> Frame {
+    Frame::Error(format!("BUSY tiergate is at its limits ({why}); retry later").into())
+}
+
 /// The refusal of a command that makes no sense through a gateway (`refused`), if it is one.
 pub fn refusal(args: &[Bytes]) -> Option<Frame> {
     refused::refusal(args)
