@@ -182,12 +182,17 @@ async fn writes_reach_l2_with_their_ttl_and_reads_fill_l1() {
     let v: String = c.get("direct").await.unwrap();
     assert_eq!(v, "x");
     assert_eq!(
-        l2.calls("mget"),
-        1,
-        "the second GET was an L1 hit (reads reach Redis as auto-pipelined MGETs)"
+        (l2.calls("get"), l2.calls("pttl")),
+        (1, 1),
+        "the second GET was an L1 hit (a miss is a GET and a PTTL, for L1's TTL)"
     );
-    // MGET answers nil for a key of another type; the gateway asks again with GET so the
-    // client sees Redis' own WRONGTYPE, not a miss.
+    let ttl: i64 = redis::cmd("TTL")
+        .arg("t")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 90 && ttl <= 100, "{ttl}");
+    // The client sees Redis' own WRONGTYPE for a key of another type, not a miss.
     let _: () = redis::cmd("RPUSH")
         .arg("list")
         .arg("x")
@@ -280,6 +285,80 @@ async fn pipelined_sets_share_an_l2_round_trip_and_keep_their_order() {
         assert!(trips("mset") >= 1.0, "{text}");
         assert!(trips("mset") + trips("set") < 14.0, "{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_get_misses_share_a_round_trip_and_fill_l1() {
+    let l2 = Backend::start();
+    let mut cfg = l2.config();
+    cfg.l1.negative_ttl = tiergate::config::HumanDuration(Duration::from_secs(600));
+    let gw = Gateway::start_ready(cfg).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    for i in 0..16 {
+        l2.set(&format!("m{i}"), &format!("value {i}"));
+    }
+    let _: () = redis::cmd("RPUSH")
+        .arg("list")
+        .arg("x")
+        .exec(&mut l2.conn())
+        .unwrap();
+    // 16 keys Redis has, one of another type, one absent: each answered as Redis answers
+    // it, in order, and the first two GETs of each key reach Redis together.
+    let mut batch = String::new();
+    let mut want = String::new();
+    for i in 0..16 {
+        batch.push_str(&format!("GET m{i}\r\n"));
+        want.push_str(&format!("${}\r\nvalue {i}\r\n", format!("value {i}").len()));
+    }
+    batch.push_str("GET list\r\nGET nothing\r\n");
+    want.push_str("-WRONGTYPE Operation against a key holding the wrong kind of value\r\n$-1\r\n");
+    let before = forwarded_trips(&gw).await;
+    assert_eq!(
+        raw(addr, format!("{batch}QUIT\r\n").as_bytes()).await,
+        format!("{want}+OK\r\n")
+    );
+    let trips = forwarded_trips(&gw).await - before;
+    assert!(
+        (1.0..18.0).contains(&trips),
+        "18 misses took {trips} round trips"
+    );
+    assert_eq!(l2.calls("get"), 18);
+    assert_eq!(l2.calls("pttl"), 18, "each miss reads its TTL, for L1's");
+    // Again: the values and the absence are L1's now; the other type is asked again.
+    assert_eq!(
+        raw(addr, format!("{batch}QUIT\r\n").as_bytes()).await,
+        format!("{want}+OK\r\n")
+    );
+    assert_eq!(l2.calls("get"), 19);
+    // In RESP3 too, where an absent key is `_`.
+    let mut c = conn(&resp_url(&gw)).await;
+    let _: redis::Value = redis::cmd("HELLO")
+        .arg(3)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let got: Option<String> = c.get("m3").await.unwrap();
+    assert_eq!(got.as_deref(), Some("value 3"));
+    let _: () = redis::cmd("SET")
+        .arg("resp3")
+        .arg("v")
+        .exec(&mut l2.conn())
+        .unwrap();
+    let got: Option<String> = c.get("resp3").await.unwrap();
+    assert_eq!(got.as_deref(), Some("v"), "read from Redis over RESP3");
+    assert_eq!(l2.calls("get"), 20);
+    let got: Option<String> = c.get("resp3").await.unwrap();
+    assert_eq!(got.as_deref(), Some("v"), "then from L1");
+    assert_eq!(l2.calls("get"), 20);
+}
+
+/// How many runs of forwarded commands reached Redis, from the gateway's metrics.
+async fn forwarded_trips(gw: &Gateway) -> f64 {
+    let text = gw.metrics().await;
+    metric(
+        &text,
+        "tiergate_l2_command_duration_seconds_count{op=\"forward\"}",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

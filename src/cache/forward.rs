@@ -39,6 +39,18 @@ pub struct Run {
     /// Keys of `Writes::Typed`: announced only where absences are cached (`with_typed`).
     typed: Vec<Bytes>,
     everything: bool,
+    /// GETs of keys L1 does not hold (`push_read`), in the order of `commands`.
+    pub(super) reads: Vec<Read>,
+}
+
+/// A GET sent with the run for a key L1 does not hold, with a PTTL after it: the client
+/// gets GET's reply, and L1 keeps the value for as long as Redis does (`TieredCache::forward`).
+pub(super) struct Read {
+    /// Where its GET is in the run; its PTTL is next.
+    pub at: usize,
+    pub key: Bytes,
+    /// The key's write epoch before the GET was sent (see `TieredCache::drop_if_raced`).
+    pub epoch: u64,
 }
 
 /// What a run announces once it has reached Redis.
@@ -56,6 +68,28 @@ impl Run {
         // A length line per argument, as `encode_args` counts them.
         self.bytes += args.iter().map(|a| a.len() + 16).sum::<usize>();
         self.commands.push(args);
+    }
+
+    /// Adds a GET of a key L1 does not hold, read into L1 with Redis' TTL once the run is
+    /// answered: a client's pipelined misses then share one round trip, as a proxy would
+    /// send them. The client gets one reply for it, GET's, among the run's replies.
+    pub fn push_read(&mut self, key: Bytes) {
+        self.reads.push(Read {
+            at: self.commands.len(),
+            key: key.clone(),
+            epoch: 0,
+        });
+        self.push(
+            vec![Bytes::from_static(b"GET"), key.clone()],
+            &Writes::Nothing,
+        );
+        self.push(vec![Bytes::from_static(b"PTTL"), key], &Writes::Nothing);
+    }
+
+    /// Whether any command held may write: a read after it must not be answered from L1
+    /// before the run has been sent.
+    pub fn writes(&self) -> bool {
+        self.everything || !self.written.is_empty() || !self.typed.is_empty()
     }
 
     /// Records what a command sent elsewhere wrote (on a dedicated connection): a run of

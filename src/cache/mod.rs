@@ -30,6 +30,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use epoch::Epochs;
 use l1::{Entry, LoadMiss, L1};
+use l2::ttl_from_pttl;
 pub use l2::{L2Error, L2};
 use moka::ops::compute::Op;
 pub use pipe::{encode_args, Reply};
@@ -260,20 +261,39 @@ impl TieredCache {
     /// Reads a key: L1, then L2 (one coalesced load per key). An absent key is remembered
     /// only with `l1.negative_ttl`; an entry past its TTL is handled by `read_stale`.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Hit>, L2Error> {
+        self.read(key, false)
+            .await
+            .expect("a read not deferred is answered")
+    }
+
+    /// `get` for a door that sends L1's misses to Redis itself, with a run of forwarded
+    /// commands (`forward::Run::push_read`): None, and nothing read, when L1 holds nothing
+    /// for `key` and may be trusted. Those misses are not coalesced with other clients' as
+    /// `get`'s are: Redis answers a GET about as cheaply as a coalesced load would cost here.
+    pub async fn get_held(&self, key: &[u8]) -> Option<Result<Option<Hit>, L2Error>> {
+        self.read(key, true).await
+    }
+
+    #[inline(always)]
+    async fn read(&self, key: &[u8], defer: bool) -> Option<Result<Option<Hit>, L2Error>> {
         self.hot.read(key);
         let trusted = self.l1_trusted();
         if trusted {
             if let Some(e) = self.l1.get(key).await {
                 if self.l1.is_fresh(&e) {
-                    return Ok(self.answer(e, Tier::L1));
+                    return Some(Ok(self.answer(e, Tier::L1)));
                 }
-                return placement::boxed(|| self.read_stale(key, e)).await;
+                return Some(placement::boxed(|| self.read_stale(key, e)).await);
+            }
+            if defer && self.l2.is_some() {
+                self.metrics.miss(Tier::L1);
+                return None;
             }
         }
         // Boxed: every caller's future embeds this one, and the L1 hit above is the only
         // path that must cost nothing; the rest waits on L2 anyway. Inline, the L2 load made
         // this future 5.8 KB, copied into every request's future.
-        placement::boxed(|| self.get_past_l1(key, trusted)).await
+        Some(placement::boxed(|| self.get_past_l1(key, trusted)).await)
     }
 
     /// `get` once L1 had no fresh entry (or may not be trusted).
@@ -759,6 +779,9 @@ impl TieredCache {
         if !self.ttl.load().negative_ttl.is_zero() {
             run.with_typed();
         }
+        for read in &mut run.reads {
+            read.epoch = self.epochs.read(&read.key);
+        }
         let result = if run.is_void() {
             Ok(Vec::new())
         } else {
@@ -772,7 +795,44 @@ impl TieredCache {
                 }
             }
         }
-        result
+        match result {
+            Ok(replies) if !run.reads.is_empty() => Ok(self.store_reads(run, replies).await),
+            result => result,
+        }
+    }
+
+    /// Stores in L1 what the run's GETs read (`Run::push_read`), for as long as the PTTL
+    /// after each says, and takes those PTTL replies out: the client did not ask for them.
+    async fn store_reads(&self, run: &forward::Run, replies: forward::Replies) -> forward::Replies {
+        let mut out = Vec::with_capacity(replies.len() - run.reads.len());
+        let mut reads = run.reads.iter().peekable();
+        for (i, answer) in replies.into_iter().enumerate() {
+            let Some(read) = reads.next_if(|r| r.at + 1 == i) else {
+                out.push(answer);
+                continue;
+            };
+            let (Some(Reply::Raw(got)), Reply::Raw(pttl)) = (out.last(), answer) else {
+                continue;
+            };
+            let entry = match (reply::bulk(got), reply::integer(&pttl)) {
+                (Some(Some(value)), Some(pttl)) => {
+                    self.metrics.hit(Tier::L2);
+                    Entry::new(l1::own(&value), Some(self.l1_ttl(ttl_from_pttl(pttl))))
+                }
+                (Some(None), _) => {
+                    self.metrics.miss(Tier::L2);
+                    match self.negative_entry() {
+                        Some(absent) => absent,
+                        None => continue,
+                    }
+                }
+                // An error (WRONGTYPE), or a PTTL that is not one: nothing to keep.
+                _ => continue,
+            };
+            self.l1.insert(read.key.clone(), entry).await;
+            self.drop_if_raced(&read.key, read.epoch).await;
+        }
+        out
     }
 
     /// L1 entries and weighted bytes, exact (runs moka's pending housekeeping first).

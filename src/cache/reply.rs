@@ -166,9 +166,63 @@ fn count(line: &[u8]) -> Result<Option<u64>, NotResp> {
     ))
 }
 
+/// A whole reply read as a bulk string: `Some(Some(value))`, `Some(None)` for a null (RESP2
+/// `$-1` or RESP3 `_`), None for any other reply (an error, say). `reply` is one whole reply,
+/// as `Framer` delimits it.
+pub fn bulk(reply: &bytes::Bytes) -> Option<Option<bytes::Bytes>> {
+    match reply.first()? {
+        b'_' => Some(None),
+        b'$' => {
+            let end = memchr(b'\r', reply)?;
+            match super::pipe::decimal(&reply[1..end])? {
+                -1 => Some(None),
+                len => {
+                    let start = end + 2;
+                    let len = usize::try_from(len).ok()?;
+                    (reply.len() == start + len + 2).then(|| Some(reply.slice(start..start + len)))
+                }
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A whole reply read as an integer (`:n`); None for any other reply.
+pub fn integer(reply: &[u8]) -> Option<i64> {
+    let digits = reply.strip_prefix(b":")?.strip_suffix(b"\r\n")?;
+    super::pipe::decimal(digits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_replies_read_as_a_value_or_an_integer() {
+        let b = |s: &'static [u8]| bytes::Bytes::from_static(s);
+        assert_eq!(bulk(&b(b"$3\r\nabc\r\n")), Some(Some(b(b"abc"))));
+        assert_eq!(bulk(&b(b"$0\r\n\r\n")), Some(Some(b(b""))));
+        assert_eq!(bulk(&b(b"$4\r\na\r\nb\r\n")), Some(Some(b(b"a\r\nb"))));
+        assert_eq!(bulk(&b(b"$-1\r\n")), Some(None));
+        assert_eq!(bulk(&b(b"_\r\n")), Some(None));
+        for other in [
+            &b"-WRONGTYPE x\r\n"[..],
+            b"$3\r\nab\r\n",
+            b"$x\r\n",
+            b":1\r\n",
+            b"",
+        ] {
+            assert_eq!(
+                bulk(&bytes::Bytes::copy_from_slice(other)),
+                None,
+                "{other:?}"
+            );
+        }
+        assert_eq!(integer(b":-2\r\n"), Some(-2));
+        assert_eq!(integer(b":1500\r\n"), Some(1500));
+        assert_eq!(integer(b"$1\r\n1\r\n"), None);
+        assert_eq!(integer(b":1"), None);
+    }
 
     /// The length of the first whole reply in `bytes`, fed one byte at a time as well as
     /// whole: both must agree.

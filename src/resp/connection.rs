@@ -7,7 +7,7 @@
 //! client can make the gateway hold is in `reply`.
 
 use super::{
-    cmd::{self, forward::Answer, Command, Ctx, Forward, Set, Unserved},
+    cmd::{self, forward::Answer, Command, Ctx, Forward, Looked, Set, Unserved},
     frame::{self, Frame, Protocol},
     pinned::{self, Pinned, Step},
     reply::{self, Fit},
@@ -284,11 +284,15 @@ async fn run_buffered(
         (Some(l2), _) if !l2.forwards() => {
             Unserved::Unavailable("ERR tiergate does not forward commands over TLS yet")
         }
-        (Some(_), Some(table)) => Unserved::Forward(table),
+        (Some(l2), Some(table)) => Unserved::Forward {
+            table,
+            clustered: l2.clustered(),
+        },
         (Some(_), None) => {
             Unserved::Unavailable("TRYAGAIN Redis' command table is not read yet; retry later")
         }
     };
+    let forwarding = matches!(unserved, Unserved::Forward { .. });
     let dedicated = shared.cache.l2().is_some_and(|l2| l2.lends());
     let clustered = shared.cache.l2().is_some_and(|l2| l2.clustered());
     let mut held = Held::default();
@@ -344,7 +348,7 @@ async fn run_buffered(
         // Only where connections can be lent (one Redis or a cluster, over TCP): elsewhere
         // these commands are closed on (`cmd::unservable`), so a transaction is never
         // half-applied.
-        if let (Unserved::Forward(table), true) = (unserved, dedicated) {
+        if let (Unserved::Forward { table, .. }, true) = (unserved, dedicated) {
             let held_state = pinned.is_some()
                 || session.refused_tx
                 || session.deferred != super::session::Deferred::None;
@@ -407,13 +411,37 @@ async fn run_buffered(
                     held.write(shared, &limits, session.proto, wbuf).await;
                 }
                 held.push_forward(forward, logged);
-                if held.forwards.len() < MAX_RUN && held.forwards.bytes() < shared.reply_buffer {
-                    continue;
+                if held.is_full(shared) {
+                    flush!();
                 }
-                flush!();
                 continue;
             }
             cmd => (cmd, true),
+        };
+        // A GET is answered from L1, and where L1 holds nothing it goes with the forwarded
+        // run: a client's pipelined misses share one round trip to Redis. Writes held before
+        // it are sent first, or L1 could answer with what they replace.
+        let cmd = match cmd {
+            Ok(Command::Get(get)) if allowed && refused.is_none() && forwarding => {
+                if !held.sets.is_empty() || held.forwards.writes() {
+                    flush!();
+                }
+                key_len = get.key_len();
+                match get.look(&shared.cache, &limits).await {
+                    Looked::Missing(key) => {
+                        held.push_read(key, logged);
+                        if held.is_full(shared) {
+                            flush!();
+                        }
+                        continue;
+                    }
+                    Looked::Answered(reply, from) => {
+                        tier = from;
+                        Err(reply)
+                    }
+                }
+            }
+            cmd => cmd,
         };
         // Anything else runs after the commands held before it, as the client ordered them.
         // Checked here: an empty `write` still costs its future, per command.
@@ -534,6 +562,17 @@ impl Held {
     fn push_forward(&mut self, forward: Forward, logged: Option<Logged>) {
         self.forwards.push(forward.args, &forward.writes);
         self.forwarded.push(logged);
+    }
+
+    /// A GET of a key L1 does not hold, read from Redis with the run.
+    fn push_read(&mut self, key: bytes::Bytes, logged: Option<Logged>) {
+        self.forwards.push_read(key);
+        self.forwarded.push(logged);
+    }
+
+    /// Whether the run is as long as one round trip takes: it is sent before more is held.
+    fn is_full(&self, shared: &Shared) -> bool {
+        self.forwards.len() >= MAX_RUN || self.forwards.bytes() >= shared.reply_buffer
     }
 
     /// Sends what is held and encodes the replies, in order; whether the client must be

@@ -19,7 +19,7 @@ pub use connection::{Auth, Client, Echo, Hello, Ping, Quit, Select};
 pub use forward::Forward;
 pub use keyspace::{Del, Exists, Expire, Ttl};
 pub use server::{CommandInfo, Config, Debug, Info};
-pub use string::{Get, Incr, MGet, MSet, Set};
+pub use string::{Get, Incr, Looked, MGet, MSet, Set};
 pub use unservable::Unservable;
 
 /// What a command runs with: the engine and limits (shared) and this client's state.
@@ -71,8 +71,11 @@ pub enum Unserved<'a> {
     Standalone,
     /// Tiered, but not forwarding: why (TLS; Redis' table not read yet).
     Unavailable(&'static str),
-    /// Forwarded, as Redis' command table says.
-    Forward(&'a crate::cache::table::Table),
+    /// Forwarded, as Redis' command table says; to a Redis Cluster when `clustered`.
+    Forward {
+        table: &'a crate::cache::table::Table,
+        clustered: bool,
+    },
 }
 
 /// Commands a client may send before it has authenticated.
@@ -116,7 +119,7 @@ impl Command {
                 Unserved::Standalone => Err(standalone(&args)),
                 Unserved::Unavailable(why) => Err(unavailable(&args, why)),
                 _ if session.user.is_none() => Err(Frame::error("NOAUTH Authentication required.")),
-                Unserved::Forward(table) => {
+                Unserved::Forward { table, .. } => {
                     Forward::parse(args, table, session.user.as_deref()).map(Command::Forward)
                 }
             };
@@ -137,10 +140,15 @@ impl Command {
         }
         // Counters run in Redis anyway (INCRBY): over L2 they are forwarded, so a client's
         // pipelined INCRs share one round trip as any forwarded run does, where served they
-        // took one each (0.44x twemproxy at -P16, docs/PERFORMANCE.md).
-        if let (Unserved::Forward(table), "incr" | "decr" | "incrby" | "decrby") = (unserved, name)
-        {
-            return Forward::parse(args, table, session.user.as_deref()).map(Command::Forward);
+        // took one each (0.44x twemproxy at -P16, docs/PERFORMANCE.md). So is MSET to one
+        // Redis, where served it was a SET and a PUBLISH per key through redis-rs (0.44x); a
+        // cluster's is served, split by slot, where forwarded it would be CROSSSLOT.
+        if let Unserved::Forward { table, clustered } = unserved {
+            if matches!(name, "incr" | "decr" | "incrby" | "decrby")
+                || (name == "mset" && !clustered)
+            {
+                return Forward::parse(args, table, session.user.as_deref()).map(Command::Forward);
+            }
         }
         let mut p = Parse::new(name, args);
         let cmd = match name {

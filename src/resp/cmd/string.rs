@@ -2,7 +2,8 @@
 
 use super::{check_key, check_value, is, l2_error, parse_int, syntax_error, Ctx, Parse};
 use crate::{
-    cache::{L2Error, SetCond, SetOptions, SetOutcome, SetTtl, TieredCache},
+    cache::{Hit, L2Error, SetCond, SetOptions, SetOutcome, SetTtl, TieredCache},
+    metrics::Tier,
     resp::{frame::Frame, Limits},
 };
 use bytes::Bytes;
@@ -23,14 +24,44 @@ impl Get {
         if let Err(e) = check_key(&self.key, ctx.limits) {
             return e;
         }
-        match ctx.shared.cache.get(&self.key).await {
-            Ok(Some(hit)) => {
-                ctx.tier = Some(hit.tier);
-                Frame::Bulk(hit.value)
-            }
-            Ok(None) => Frame::Null,
-            Err(e) => l2_error(e),
+        let (reply, tier) = answer(ctx.shared.cache.get(&self.key).await);
+        ctx.tier = tier;
+        reply
+    }
+
+    /// The GET of a door that forwards: L1's answer (with the tier that gave it), or the key
+    /// to read from Redis with the client's run of forwarded commands, when L1 holds nothing
+    /// for it (`TieredCache::get_held`).
+    pub async fn look(self, cache: &TieredCache, limits: &Limits) -> Looked {
+        if let Err(e) = check_key(&self.key, limits) {
+            return Looked::Answered(e, None);
         }
+        match cache.get_held(&self.key).await {
+            Some(read) => {
+                let (reply, tier) = answer(read);
+                Looked::Answered(reply, tier)
+            }
+            None => Looked::Missing(self.key),
+        }
+    }
+
+    pub fn key_len(&self) -> u32 {
+        self.key.len() as u32
+    }
+}
+
+/// What `Get::look` found.
+pub enum Looked {
+    Answered(Frame, Option<Tier>),
+    Missing(Bytes),
+}
+
+/// GET's reply to what the cache read, and the tier that had it.
+fn answer(read: Result<Option<Hit>, L2Error>) -> (Frame, Option<Tier>) {
+    match read {
+        Ok(Some(hit)) => (Frame::Bulk(hit.value), Some(hit.tier)),
+        Ok(None) => (Frame::Null, None),
+        Err(e) => (l2_error(e), None),
     }
 }
 
