@@ -168,7 +168,8 @@ async fn a_lost_subscription_flushes_l1_before_it_is_trusted_again() {
     let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut direct).unwrap();
     let subscribers: Vec<&str> = list
         .lines()
-        .filter(|l| l.contains(" sub=1 "))
+        // Its channel, and the one our own connections announce many keys to a message on.
+        .filter(|l| l.contains(" sub=2 "))
         .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
         .collect();
     assert_eq!(
@@ -476,4 +477,67 @@ async fn where_absences_are_cached_a_write_of_another_type_evicts_them_too() {
     })
     .await;
     assert_eq!(resp_get(&b_url, "neg:k").await, "error WRONGTYPE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_sent_together_share_one_announcement_and_every_key_is_heard() {
+    let redis = Redis::start();
+    let (a, b) = pair(&redis);
+    subscribed(&a).await;
+    subscribed(&b).await;
+    let keys: Vec<String> = (0..20).map(|i| format!("many{i}")).collect();
+    let mut direct = redis.conn();
+    for k in &keys {
+        // Straight to Redis: no announcement that could reach B after it cached the key.
+        let _: () = redis::cmd("SET")
+            .arg(k)
+            .arg("old")
+            .exec(&mut direct)
+            .unwrap();
+        assert_eq!(get(&b, k).await, (Some("old".into()), "L2".into()));
+        assert_eq!(get(&b, k).await.1, "L1", "{k} cached in B");
+    }
+    let published = redis.calls("publish");
+    // 20 SETs and an INCR-family write in one client write: held and sent together.
+    let mut batch = String::new();
+    for k in &keys {
+        batch.push_str(&format!("SET {k} new\r\n"));
+    }
+    batch.push_str("APPEND many0 !\r\nQUIT\r\n");
+    after_heard(&b, 21, || async {
+        let reply = support::raw(a.resp, batch.as_bytes()).await;
+        assert_eq!(reply, format!("{}:4\r\n+OK\r\n", "+OK\r\n".repeat(20)));
+    })
+    .await;
+    let publishes = redis.calls("publish") - published;
+    assert!(
+        (1..21).contains(&publishes),
+        "21 writes announced in {publishes} PUBLISHes"
+    );
+    for k in &keys[1..] {
+        assert_eq!(get(&b, k).await.0.as_deref(), Some("new"), "{k}");
+    }
+    assert_eq!(get(&b, "many0").await.0.as_deref(), Some("new!"));
+    // Another program's announcement, one key to a message, is heard as before.
+    let _: () = redis::cmd("SET")
+        .arg("other")
+        .arg("old")
+        .exec(&mut direct)
+        .unwrap();
+    assert_eq!(get(&b, "other").await.1, "L2");
+    assert_eq!(get(&b, "other").await.1, "L1");
+    let _: () = redis::cmd("SET")
+        .arg("other")
+        .arg("new")
+        .exec(&mut direct)
+        .unwrap();
+    after_heard(&b, 1, || async {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("tiergate:invalidate")
+            .arg("other")
+            .query(&mut direct)
+            .unwrap();
+    })
+    .await;
+    assert_eq!(get(&b, "other").await.0.as_deref(), Some("new"));
 }

@@ -1,8 +1,10 @@
 //! The invalidation bus: how every instance's L1 stays coherent with writes made through the
 //! others. Two ways to hear of writes, one connection each:
-//! - `pubsub`: a write's pipeline ends with `PUBLISH <channel> <key>` (see `L2::announce`);
-//!   every instance subscribes to that channel and evicts each key it hears; an empty key
-//!   empties L1 (FLUSHALL and other writes of unknown keys, forwarded by the RESP door).
+//! - `pubsub`: a write's pipeline ends with `PUBLISH <channel> <key>` (see `L2::announce`),
+//!   or on our own connections one `PUBLISH <channel>:keys <keys>` for all the writes sent
+//!   together (`pipe::keys_channel`); every instance subscribes to both channels and evicts
+//!   each key it hears; an empty key empties L1 (FLUSHALL and other writes of unknown keys,
+//!   forwarded by the RESP door).
 //! - `tracking`: Redis' client-side caching in broadcast mode (`CLIENT TRACKING ON BCAST
 //!   PREFIX ...`): Redis itself pushes the name of every key written under the prefixes, by
 //!   any client, including programs that bypass tiergate and keys Redis expires or evicts.
@@ -24,7 +26,7 @@
 
 use super::{
     conn::{shard_channel, SLOTS},
-    pipe::{Pushed, Subscription, Target},
+    pipe::{keys_channel, unpack_keys, Pushed, Subscription, Target},
     TieredCache,
 };
 use crate::shutdown::Shutdown;
@@ -110,7 +112,11 @@ impl Listen {
                 .map(Listener::Own)
                 .map_err(|e| e.to_string());
         }
-        self.connect_redis_rs(clients, on_push(pass), deadline)
+        let many = match self {
+            Listen::Channel(channel) => Some(keys_channel(channel)),
+            _ => None,
+        };
+        self.connect_redis_rs(clients, on_push(pass, many), deadline)
             .await
             .map_err(|e| e.to_string())
     }
@@ -140,7 +146,8 @@ impl Listen {
             // Through redis-rs' own call: in RESP3 the confirmation arrives as a push.
             Listen::Channel(channel) => {
                 let mut conn = node(on_push).await?;
-                conn.subscribe(channel).await?;
+                conn.subscribe(&[channel.clone(), keys_channel(channel)])
+                    .await?;
                 Ok(Listener::Node(conn))
             }
             Listen::Tracking(prefixes) => {
@@ -342,13 +349,27 @@ fn heard_key(key: Bytes) -> Heard {
     }
 }
 
-/// redis-rs' push handler: what a push means for L1, passed on.
-fn on_push(pass: impl Fn(Heard) + Send + Sync + 'static) -> impl redis::aio::AsyncPushSender {
+/// redis-rs' push handler: what a push means for L1, passed on. A message on `many` (the
+/// `keys_channel`, when announcing on one Redis) holds many keys.
+fn on_push(
+    pass: impl Fn(Heard) + Send + Sync + 'static,
+    many: Option<String>,
+) -> impl redis::aio::AsyncPushSender {
     move |push: PushInfo| -> Result<(), ()> {
         match push.kind {
             PushKind::Message | PushKind::SMessage => {
-                if let Some(Value::BulkString(key)) = push.data.into_iter().nth(1) {
-                    pass(heard_key(key.into()));
+                let [Value::BulkString(channel), Value::BulkString(body)] = &push.data[..] else {
+                    return Ok(());
+                };
+                if many
+                    .as_ref()
+                    .is_some_and(|m| m.as_bytes() == channel.as_slice())
+                {
+                    if unpack_keys(body, |key| pass(heard_key(key))).is_err() {
+                        pass(Heard::Lost);
+                    }
+                } else {
+                    pass(heard_key(Bytes::copy_from_slice(body)));
                 }
             }
             // We never unsubscribe: Redis moved a slot away, and its messages with it.

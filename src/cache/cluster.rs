@@ -70,7 +70,6 @@ pub struct Node {
     port: u16,
     pipes: Box<[Pipe]>,
     pipes3: Box<[Pipe]>,
-    next: AtomicUsize,
     /// Connections lent to one client at a time (`resp::pinned`), under the cluster's bound.
     dedicated: Dedicated,
 }
@@ -78,7 +77,7 @@ pub struct Node {
 impl Node {
     fn pipe(&self, resp3: bool) -> &Pipe {
         let pipes = if resp3 { &self.pipes3 } else { &self.pipes };
-        &pipes[self.next.fetch_add(1, Ordering::Relaxed) % pipes.len()]
+        pipe::pick(pipes)
     }
 }
 
@@ -198,7 +197,7 @@ impl Cluster {
         let target = self.seeds[0].at(host, port);
         let start = |t: &Target| -> Box<[Pipe]> {
             (0..self.connections)
-                .map(|_| Pipe::start(t.clone(), self.queue))
+                .map(|_| Pipe::start(t.clone(), self.queue, None))
                 .collect()
         };
         let node = Arc::new(Node {
@@ -206,7 +205,6 @@ impl Cluster {
             port,
             pipes: start(&target),
             pipes3: start(&target.clone().resp3()),
-            next: AtomicUsize::new(0),
             dedicated: Dedicated::shared(target, self.dedicated, self.lent.clone()),
         });
         nodes.insert(key, node.clone());
@@ -501,7 +499,7 @@ impl Cluster {
                     pipe::encode_args(&mut commands, &subs[i].args);
                     count += 1;
                 }
-                node.pipe(resp3).call_raw(commands, count, limit)
+                node.pipe(resp3).call_raw(commands, 0, count, limit)
             });
             let results = futures_util::future::join_all(calls).await;
             let mut next = Vec::new();

@@ -148,31 +148,38 @@ impl Run {
         Announce::Keys(&self.written)
     }
 
-    /// The run's commands encoded for one Redis, with an announcement of what they wrote
-    /// after them on `channel` (None: not announcing, as in tracking mode, where Redis itself
-    /// tells every instance); how many replies Redis will send. A key written twice is
-    /// announced once.
-    pub(super) fn finish(&mut self, channel: Option<&str>) -> (Vec<u8>, usize) {
+    /// The run's commands encoded for one Redis, then the keys they write, to be announced
+    /// after them (`pipe::pack_key`; none when `channel` is None, as in tracking mode, where
+    /// Redis itself tells every instance; an empty key for every key); how many bytes at the
+    /// end are those keys, and how many replies Redis will send. A key written twice is
+    /// announced once. Writes made elsewhere (`wrote`), with no command of the run's own, are
+    /// announced by a PUBLISH here, whose reply is the one Redis sends.
+    pub(super) fn finish(&mut self, channel: Option<&str>) -> (Vec<u8>, usize, usize) {
         let mut out = Vec::with_capacity(self.bytes + 16);
         for args in &self.commands {
             pipe::encode_args(&mut out, args);
         }
-        let mut replies = self.commands.len();
-        if let Some(channel) = channel {
-            match self.announce() {
-                Announce::Everything => {
-                    pipe::encode(&mut out, &[b"PUBLISH", channel.as_bytes(), b""]);
-                    replies += 1;
-                }
-                Announce::Keys(keys) => {
-                    for key in keys {
-                        pipe::encode(&mut out, &[b"PUBLISH", channel.as_bytes(), key]);
-                        replies += 1;
-                    }
+        let replies = self.commands.len();
+        let Some(channel) = channel else {
+            return (out, 0, replies);
+        };
+        let mut keys = Vec::new();
+        match self.announce() {
+            Announce::Everything => pipe::pack_key(&mut keys, b""),
+            Announce::Keys(written) => {
+                for key in written {
+                    pipe::pack_key(&mut keys, key);
                 }
             }
         }
-        (out, replies)
+        if keys.is_empty() || replies > 0 {
+            let announced = keys.len();
+            out.extend_from_slice(&keys);
+            return (out, announced, replies);
+        }
+        let channel = pipe::keys_channel(channel);
+        pipe::encode(&mut out, &[b"PUBLISH", channel.as_bytes(), &keys]);
+        (out, 0, 1)
     }
 
     /// What L1 must drop once the run has reached Redis: every key (Err) or these.

@@ -223,9 +223,11 @@ impl L2 {
         } else {
             None
         };
+        let announce =
+            (cfg.invalidation == Invalidation::Pubsub).then(|| cfg.invalidation_channel.clone());
         let start = |target: Option<Target>| match target {
             Some(target) => (0..cfg.connections)
-                .map(|_| Pipe::start(target.clone(), cfg.pipeline_buffer))
+                .map(|_| Pipe::start(target.clone(), cfg.pipeline_buffer, announce.as_deref()))
                 .collect(),
             None => Box::default(),
         };
@@ -247,8 +249,7 @@ impl L2 {
             nodes,
             conns: conns.into(),
             clustered,
-            announce: (cfg.invalidation == Invalidation::Pubsub)
-                .then(|| cfg.invalidation_channel.clone()),
+            announce,
             next: AtomicUsize::new(0),
             max_batch: cfg.max_batch,
             up: AtomicBool::new(false),
@@ -342,10 +343,9 @@ impl L2 {
         key: &[u8],
     ) -> Result<T, L2Error> {
         let pipe = self.next_pipe(false);
-        let replies = 1 + usize::from(self.pack_announcement(&mut packed, key));
+        let keys = self.pack_announcement(&mut packed, key);
         self.guard_untimed(op, async {
-            // The write's own reply; the announcement's (subscribers reached) is dropped.
-            let v = reply_value(pipe.call(packed, replies).await?.swap_remove(0))?;
+            let v = reply_value(pipe.call_announcing(packed, keys, 1).await?.swap_remove(0))?;
             redis::from_redis_value(v).map_err(|e| L2Error::refused(e.to_string()))
         })
         .await
@@ -355,7 +355,7 @@ impl L2 {
     /// some).
     fn next_pipe(&self, resp3: bool) -> &Pipe {
         let pipes = if resp3 { &self.pipes3 } else { &self.pipes };
-        &pipes[self.next.fetch_add(1, Ordering::Relaxed) % pipes.len()]
+        pipe::pick(pipes)
     }
 
     /// Whether commands can be forwarded: over our own connections, to one Redis or the
@@ -430,16 +430,15 @@ impl L2 {
             return self.guard_untimed(L2Op::Forward, call).await;
         }
         let clients = run.len();
-        let (commands, replies) = run.finish(channel);
+        let (commands, keys, replies) = run.finish(channel);
         if replies == 0 {
             // Writes made elsewhere, and nothing to announce them on (tracking mode).
             return Ok(Vec::new());
         }
         let pipe = self.next_pipe(resp3);
-        let mut replies = self
-            .guard_untimed(L2Op::Forward, pipe.call_raw(commands, replies, limit))
-            .await?;
-        // The announcements' replies (how many instances heard) are not the client's.
+        let call = pipe.call_raw(commands, keys, replies, limit);
+        let mut replies = self.guard_untimed(L2Op::Forward, call).await?;
+        // An announcement made alone answers how many instances heard: not the client's.
         replies.truncate(clients);
         Ok(replies)
     }
@@ -481,14 +480,15 @@ impl L2 {
         }
     }
 
-    /// Appends the PUBLISH announcing a write of `key` to a pipeline for our own connections
-    /// (one Redis, so never SPUBLISH); whether it did (announcing is on).
-    fn pack_announcement(&self, out: &mut Vec<u8>, key: &[u8]) -> bool {
-        let Some(channel) = &self.announce else {
-            return false;
-        };
-        pipe::encode(out, &[b"PUBLISH", channel.as_bytes(), key]);
-        true
+    /// Appends `key` to the keys a write on our own connections announces (`pipe::pack_key`;
+    /// one Redis, so never SPUBLISH); how many bytes that took (none when not announcing).
+    fn pack_announcement(&self, out: &mut Vec<u8>, key: &[u8]) -> usize {
+        if self.announce.is_none() {
+            return 0;
+        }
+        let before = out.len();
+        pipe::pack_key(out, key);
+        out.len() - before
     }
 
     /// The next connection, aimed at `key`'s slot on a cluster.
@@ -723,19 +723,18 @@ impl L2 {
         for run in items.chunks(self.max_batch) {
             let size: usize = run.iter().map(|(k, v, _)| packed_size(k, v)).sum();
             let mut packed = Vec::with_capacity(size);
-            let mut announced = false;
             for (k, v, opts) in run {
                 pack_set(&mut packed, k, v, opts);
-                announced = self.pack_announcement(&mut packed, k);
             }
-            let per_item = 1 + usize::from(announced);
-            let replies = self
-                .guard_untimed(L2Op::MSet, pipe.call(packed, run.len() * per_item))
-                .await?;
+            let mut keys = 0;
+            for (k, _, _) in run {
+                keys += self.pack_announcement(&mut packed, k);
+            }
+            let call = pipe.call_announcing(packed, keys, run.len());
+            let replies = self.guard_untimed(L2Op::MSet, call).await?;
             out.extend(
                 replies
                     .into_iter()
-                    .step_by(per_item)
                     .zip(run)
                     .map(|(reply, (_, _, opts))| set_outcome(opts.get, reply_value(reply)?)),
             );

@@ -2,6 +2,7 @@
 //! commands (to one Redis, or to each master of a cluster: `cluster`): a write is its
 //! commands, already encoded, and how many replies they get back. One task per connection
 //! writes whatever is queued in one syscall and hands each reply to its writer, in order.
+//! The keys those writes announce go after them in one PUBLISH (`Pipe::start`).
 //!
 //! Why not redis-rs here: under callgrind a pipelined SET (with its PUBLISH) cost 21k
 //! instructions in tiergate, 13k of them in redis-rs: its combinator reply parser alone was
@@ -19,7 +20,11 @@
 use super::{l2::L2Error, reply::Framer};
 use bytes::{Buf, Bytes, BytesMut};
 use redis::{ConnectionAddr, Value};
-use std::{collections::VecDeque, time::Duration};
+use std::{
+    collections::VecDeque,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -58,6 +63,10 @@ type Replies = Result<Vec<Reply>, L2Error>;
 
 struct Write {
     commands: Vec<u8>,
+    /// The bytes at the end of `commands` that are keys to announce (`pack_key`), not
+    /// commands: the connection sends the keys of every write it sends together in one
+    /// PUBLISH after them (see `Pipe::start`).
+    keys: usize,
     replies: usize,
     mode: Mode,
     done: oneshot::Sender<Replies>,
@@ -128,6 +137,43 @@ impl Target {
     }
 }
 
+/// Where writes' keys are announced as many to a message: `channel` with this suffix. A
+/// message there is its keys one after another, each a RESP bulk string (`pack_key`); the
+/// channel itself keeps one key per message, for programs that announce writes of their own.
+pub fn keys_channel(channel: &str) -> String {
+    format!("{channel}:keys")
+}
+
+/// Appends `key` to the keys a write announces: as a RESP bulk string, the form a message on
+/// `keys_channel` holds them in. An empty key announces every key (FLUSHALL and the like).
+pub fn pack_key(out: &mut Vec<u8>, key: &[u8]) {
+    out.push(b'$');
+    out.extend_from_slice(itoa::Buffer::new().format(key.len()).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(key);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The keys of a message on `keys_channel`, in order; Err if it is not a run of bulk strings.
+pub fn unpack_keys(mut message: &[u8], mut each: impl FnMut(Bytes)) -> Result<(), L2Error> {
+    while !message.is_empty() {
+        let rest = message
+            .strip_prefix(b"$")
+            .ok_or_else(|| bad("announced key"))?;
+        let end = memchr::memchr(b'\r', rest).ok_or_else(|| bad("announced key"))?;
+        let len = decimal(&rest[..end])
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| bad("announced key length"))?;
+        let start = end + 2;
+        if rest.len() < start + len + 2 || &rest[start + len..start + len + 2] != b"\r\n" {
+            return Err(bad("announced key"));
+        }
+        each(Bytes::copy_from_slice(&rest[start..start + len]));
+        message = &rest[start + len + 2..];
+    }
+    Ok(())
+}
+
 /// The sending side of one connection's queue.
 pub struct Pipe {
     tx: mpsc::Sender<Write>,
@@ -137,11 +183,24 @@ pub struct Pipe {
 
 impl Pipe {
     /// Starts the connection's task (it connects on the first write). `queue` bounds the
-    /// writes waiting to be sent and those waiting for replies.
-    pub fn start(target: Target, queue: usize) -> Self {
+    /// writes waiting to be sent and those waiting for replies. `announce`: the invalidation
+    /// channel, where the keys writes announce go (`keys_channel`), one PUBLISH for all the
+    /// writes sent together, after them: Redis applies them first, so an instance hears a
+    /// key only once it is written. One message for many writes is one command for Redis
+    /// and one message for each instance to read, where a PUBLISH per key cost a command and
+    /// a message per write.
+    pub fn start(target: Target, queue: usize, announce: Option<&str>) -> Self {
         let (tx, rx) = mpsc::channel(queue);
         let queue_wait = target.connect_timeout + target.response_timeout;
-        tokio::spawn(drive(target, rx, queue));
+        let publish = announce.map(|channel| {
+            let mut out = Vec::new();
+            let channel = keys_channel(channel);
+            encode(&mut out, &[b"PUBLISH", channel.as_bytes(), b""]);
+            // Up to the message's length, written per PUBLISH.
+            out.truncate(out.len() - b"0\r\n\r\n".len());
+            out
+        });
+        tokio::spawn(drive(target, rx, queue, publish));
         Self { tx, queue_wait }
     }
 
@@ -150,21 +209,36 @@ impl Pipe {
     /// (`response_timeout`, one timer per connection), connecting has `connect_timeout`, and
     /// only a full queue is waited on with a timer of its own.
     pub async fn call(&self, commands: Vec<u8>, replies: usize) -> Replies {
-        self.send(commands, replies, Mode::Decoded).await
+        self.send(commands, 0, replies, Mode::Decoded).await
+    }
+
+    /// `call`, with the last `keys` bytes of `commands` keys to announce (`pack_key`) rather
+    /// than commands: they are announced after the commands, in the same round trip.
+    pub async fn call_announcing(&self, commands: Vec<u8>, keys: usize, replies: usize) -> Replies {
+        self.send(commands, keys, replies, Mode::Decoded).await
     }
 
     /// `call`, with each reply handed back as the bytes Redis sent (`Reply::Raw`). `limit`
     /// bounds the replies' bytes together, since they are all held until the last arrives:
     /// the reply that passes it, and every one after it, is dropped as it arrives and comes
     /// back as `Reply::TooLarge`.
-    pub async fn call_raw(&self, commands: Vec<u8>, replies: usize, limit: usize) -> Replies {
-        self.send(commands, replies, Mode::Raw { limit }).await
+    /// The last `keys` bytes of `commands` are keys to announce, as in `call_announcing`.
+    pub async fn call_raw(
+        &self,
+        commands: Vec<u8>,
+        keys: usize,
+        replies: usize,
+        limit: usize,
+    ) -> Replies {
+        self.send(commands, keys, replies, Mode::Raw { limit })
+            .await
     }
 
-    async fn send(&self, commands: Vec<u8>, replies: usize, mode: Mode) -> Replies {
+    async fn send(&self, commands: Vec<u8>, keys: usize, replies: usize, mode: Mode) -> Replies {
         let (done, answer) = oneshot::channel();
         let write = Write {
             commands,
+            keys,
             replies,
             mode,
             done,
@@ -184,6 +258,20 @@ impl Pipe {
     }
 }
 
+/// The connection of `pipes` this thread writes on: each worker thread keeps to one, so the
+/// writes its clients make together leave in one syscall and reach Redis in one read, where
+/// spread round-robin over four connections they took up to four of each, on both sides
+/// (Redis did twice the syscalls per forwarded LPUSH than behind twemproxy's one server
+/// connection, and tiergate's CPU per request was 1.1-1.4x; docs/PERFORMANCE.md). Threads
+/// share connections when there are more threads than connections.
+pub fn pick(pipes: &[Pipe]) -> &Pipe {
+    static THREADS: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static LANE: usize = THREADS.fetch_add(1, Ordering::Relaxed);
+    }
+    &pipes[LANE.with(|lane| *lane) % pipes.len()]
+}
+
 /// A write sent and waiting for its replies.
 struct Waiting {
     /// When it was sent (the syscall's time, shared by the writes it carried).
@@ -193,10 +281,17 @@ struct Waiting {
     held: usize,
     want: usize,
     got: Vec<Reply>,
-    done: oneshot::Sender<Replies>,
+    /// None for the PUBLISH of the keys the writes sent with it announce: its reply (how
+    /// many instances heard) is nobody's.
+    done: Option<oneshot::Sender<Replies>>,
 }
 
-async fn drive(target: Target, mut rx: mpsc::Receiver<Write>, queue: usize) {
+async fn drive(
+    target: Target,
+    mut rx: mpsc::Receiver<Write>,
+    queue: usize,
+    publish: Option<Vec<u8>>,
+) {
     let mut batch = Vec::with_capacity(queue);
     loop {
         // Connect on demand, like redis-rs' manager: a Redis that is down costs nothing
@@ -205,7 +300,18 @@ async fn drive(target: Target, mut rx: mpsc::Receiver<Write>, queue: usize) {
             return;
         }
         let err = match connect(&target).await {
-            Ok(stream) => serve(stream, &mut rx, &mut batch, queue, target.response_timeout).await,
+            Ok(stream) => {
+                let timeout = target.response_timeout;
+                serve(
+                    stream,
+                    &mut rx,
+                    &mut batch,
+                    queue,
+                    timeout,
+                    publish.as_deref(),
+                )
+                .await
+            }
             Err(e) => Some(e),
         };
         let Some(err) = err else { return };
@@ -334,10 +440,14 @@ async fn serve(
     batch: &mut Vec<Write>,
     queue: usize,
     timeout: Duration,
+    publish: Option<&[u8]>,
 ) -> Option<L2Error> {
     let (mut rd, mut wr) = stream.into_split();
-    let mut waiting: VecDeque<Waiting> = VecDeque::with_capacity(queue);
+    // Room for the announcements' PUBLISHes too.
+    let mut waiting: VecDeque<Waiting> = VecDeque::with_capacity(queue * 2);
     let mut out = Vec::with_capacity(OUT_BYTES);
+    // The keys the writes being sent announce, for their one PUBLISH.
+    let mut keys = Vec::new();
     let mut inbuf = BytesMut::with_capacity(16 << 10);
     let mut framing = Framing::default();
     // Every sender is gone: no more writes, but the ones sent still get their replies.
@@ -348,8 +458,8 @@ async fn serve(
     tokio::pin!(timer);
     let mut armed = false;
     let fail = |waiting: &mut VecDeque<Waiting>, e: &L2Error| {
-        for w in waiting.drain(..) {
-            let _ = w.done.send(Err(e.clone()));
+        for w in waiting.drain(..).filter_map(|w| w.done) {
+            let _ = w.send(Err(e.clone()));
         }
     };
     loop {
@@ -374,16 +484,34 @@ async fn serve(
                 armed = true;
             }
             for w in batch.drain(..) {
-                out.extend_from_slice(&w.commands);
+                let (commands, announced) = w.commands.split_at(w.commands.len() - w.keys);
+                out.extend_from_slice(commands);
+                keys.extend_from_slice(announced);
                 waiting.push_back(Waiting {
                     sent,
                     mode: w.mode,
                     held: 0,
                     want: w.replies,
                     got: Vec::with_capacity(w.replies),
-                    done: w.done,
+                    done: Some(w.done),
                 });
             }
+            if let (false, Some(publish)) = (keys.is_empty(), publish) {
+                out.extend_from_slice(publish);
+                out.extend_from_slice(itoa::Buffer::new().format(keys.len()).as_bytes());
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&keys);
+                out.extend_from_slice(b"\r\n");
+                waiting.push_back(Waiting {
+                    sent,
+                    mode: Mode::Decoded,
+                    held: 0,
+                    want: 1,
+                    got: Vec::new(),
+                    done: None,
+                });
+            }
+            keys.clear();
             let deadline = waiting.front().map_or(sent, |w| w.sent) + timeout;
             if let Err(e) = send(&mut wr, &out, deadline).await {
                 fail(&mut waiting, &e);
@@ -495,7 +623,9 @@ fn deliver(
         if w.got.len() == w.want {
             let w = waiting.pop_front().expect("front exists");
             // The writer may have given up (its deadline passed): the reply is dropped.
-            let _ = w.done.send(Ok(w.got));
+            if let Some(done) = w.done {
+                let _ = done.send(Ok(w.got));
+            }
         }
     }
 }
@@ -557,8 +687,8 @@ impl Drop for Subscription {
 }
 
 impl Subscription {
-    /// Connects, subscribes to `channel`, and once Redis has confirmed it, hands every message
-    /// (and a loss) to `heard`, from a task of its own.
+    /// Connects, subscribes to `channel` and its `keys_channel`, and once Redis has confirmed
+    /// both, hands every key announced (and a loss) to `heard`, from a task of its own.
     pub async fn start(
         t: &Target,
         channel: &str,
@@ -566,16 +696,22 @@ impl Subscription {
     ) -> Result<Self, L2Error> {
         let down = |e: std::io::Error| L2Error::Unavailable(e.to_string());
         let mut stream = connect(t).await?;
+        let many = keys_channel(channel);
         let mut cmd = Vec::new();
-        encode(&mut cmd, &[b"SUBSCRIBE", channel.as_bytes()]);
+        encode(
+            &mut cmd,
+            &[b"SUBSCRIBE", channel.as_bytes(), many.as_bytes()],
+        );
         stream.write_all(&cmd).await.map_err(down)?;
         let mut buf = BytesMut::with_capacity(16 << 10);
-        match next_reply(&mut stream, &mut buf).await? {
-            Reply::Value(Value::Array(a)) if is(&a, b"subscribe") => {}
-            other => {
-                return Err(L2Error::Unavailable(format!(
-                    "SUBSCRIBE answered {other:?}"
-                )))
+        for _ in 0..2 {
+            match next_reply(&mut stream, &mut buf).await? {
+                Reply::Value(Value::Array(a)) if is(&a, b"subscribe") => {}
+                other => {
+                    return Err(L2Error::Unavailable(format!(
+                        "SUBSCRIBE answered {other:?}"
+                    )))
+                }
             }
         }
         let (mut rd, writer) = stream.into_split();
@@ -585,6 +721,7 @@ impl Subscription {
         ));
         let seen = pongs.clone();
         let message = message_prefix(channel);
+        let batch = message_prefix(&many);
         let reader = tokio::spawn(async move {
             loop {
                 loop {
@@ -596,20 +733,35 @@ impl Subscription {
                         Ok(None) => {}
                         Err(_) => return heard(Pushed::Lost),
                     }
-                    match parse(&mut buf) {
-                        Ok(None) => break,
-                        Ok(Some(Reply::Value(Value::Array(mut a)))) => {
-                            if is(&a, b"message") && a.len() == 3 {
-                                if let Some(Value::BulkString(key)) = a.pop() {
-                                    heard(Pushed::Key(key.into()));
+                    let batched = match message_body(&mut buf, &batch) {
+                        Ok(Some(keys)) => unpack_keys(&keys, |k| heard(Pushed::Key(k))),
+                        Ok(None) => match parse(&mut buf) {
+                            Ok(None) => break,
+                            Ok(Some(Reply::Value(Value::Array(a)))) => {
+                                match (is(&a, b"message"), &a[..]) {
+                                    (true, [_, Value::BulkString(c), Value::BulkString(body)]) => {
+                                        if c.as_slice() == many.as_bytes() {
+                                            unpack_keys(body, |k| heard(Pushed::Key(k)))
+                                        } else {
+                                            heard(Pushed::Key(Bytes::copy_from_slice(body)));
+                                            Ok(())
+                                        }
+                                    }
+                                    _ if is(&a, b"pong") => {
+                                        seen.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                                        seen.1.notify_waiters();
+                                        Ok(())
+                                    }
+                                    _ => Ok(()),
                                 }
-                            } else if is(&a, b"pong") {
-                                seen.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                                seen.1.notify_waiters();
                             }
-                        }
-                        Ok(Some(_)) => {}
-                        Err(_) => return heard(Pushed::Lost),
+                            Ok(Some(_)) => Ok(()),
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    if batched.is_err() {
+                        return heard(Pushed::Lost);
                     }
                 }
                 match rd.read_buf(&mut buf).await {
@@ -659,6 +811,12 @@ fn message_prefix(channel: &str) -> Vec<u8> {
 /// complete; `parse` then reads it the general way. The bus hears a message per write made
 /// anywhere, and the general way costs four allocations each (an array of three strings).
 fn message_key(buf: &mut BytesMut, prefix: &[u8]) -> Result<Option<Bytes>, L2Error> {
+    Ok(message_body(buf, prefix)?.map(|body| Bytes::copy_from_slice(&body)))
+}
+
+/// `message_key`, the message's body left in the read buffer's allocation: for a message of
+/// many keys, each copied out as it is unpacked.
+fn message_body(buf: &mut BytesMut, prefix: &[u8]) -> Result<Option<BytesMut>, L2Error> {
     let Some(rest) = buf.strip_prefix(prefix) else {
         return Ok(None);
     };
@@ -671,9 +829,10 @@ fn message_key(buf: &mut BytesMut, prefix: &[u8]) -> Result<Option<Bytes>, L2Err
     if buf.len() < start + len + 2 {
         return Ok(None);
     }
-    let key = Bytes::copy_from_slice(&buf[start..start + len]);
-    buf.advance(start + len + 2);
-    Ok(Some(key))
+    buf.advance(start);
+    let body = buf.split_to(len);
+    buf.advance(2);
+    Ok(Some(body))
 }
 
 /// Whether a pushed array is of `kind` (its first element, "message", "subscribe", ...).
@@ -852,6 +1011,38 @@ mod tests {
         }
         let mut bad = BytesMut::from(&b"*3\r\n$7\r\nmessage\r\n$3\r\ninv\r\n$x\r\n"[..]);
         assert!(message_key(&mut bad, &prefix).is_err());
+    }
+
+    #[test]
+    fn announced_keys_pack_into_one_message_and_unpack_in_order() {
+        let keys: [&[u8]; 4] = [b"a", b"", b"k\r\nx", b"$3\r\nabc"];
+        let mut packed = Vec::new();
+        for k in keys {
+            pack_key(&mut packed, k);
+        }
+        let mut heard = Vec::new();
+        unpack_keys(&packed, |k| heard.push(k)).unwrap();
+        assert_eq!(heard, keys.map(Bytes::copy_from_slice));
+        for bad in [
+            &b"a"[..],
+            b"$1\r\na",
+            b"$2\r\na\r\n",
+            b"$-1\r\n",
+            b"$1\r\nab\r\n",
+        ] {
+            assert!(unpack_keys(bad, |_| {}).is_err(), "{bad:?}");
+        }
+        // A message of many keys, as the subscription reads it.
+        let channel = keys_channel("inv");
+        let mut buf = BytesMut::from(&b"*3\r\n$7\r\nmessage\r\n$8\r\ninv:keys\r\n$"[..]);
+        buf.extend_from_slice(format!("{}\r\n", packed.len()).as_bytes());
+        buf.extend_from_slice(&packed);
+        buf.extend_from_slice(b"\r\n");
+        let body = message_body(&mut buf, &message_prefix(&channel))
+            .unwrap()
+            .unwrap();
+        assert_eq!(&body[..], &packed[..]);
+        assert!(buf.is_empty());
     }
 
     fn all(bytes: &[u8]) -> Vec<Reply> {

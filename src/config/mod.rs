@@ -101,6 +101,7 @@ pub const DEFAULT_L1_WARM_RATE: u32 = 10_000;
 /// Most keys one warm-up loads; L1's byte budget bounds what stays anyway.
 pub const DEFAULT_L1_WARM_MAX_KEYS: usize = 1_000_000;
 /// Multiplexed connections to L2; each pipelines every concurrent command, so a few suffice.
+/// Forwarded runs and writes keep to one per worker thread (`cache::pipe::pick`).
 pub const DEFAULT_L2_CONNECTIONS: usize = 4;
 /// A Redis command slower than this is failed: a stuck L2 must not pile up requests.
 pub const DEFAULT_L2_TIMEOUT: Duration = Duration::from_secs(1);
