@@ -163,20 +163,23 @@ impl Run {
         let Some(channel) = channel else {
             return (out, 0, replies);
         };
-        let mut keys = Vec::new();
+        // Packed straight after the commands, in room reserved for them: a `Vec` of their own
+        // grew one reallocation at a time, 4% of an unpipelined INCR (callgrind).
+        let from = out.len();
         match self.announce() {
-            Announce::Everything => pipe::pack_key(&mut keys, b""),
+            Announce::Everything => pipe::pack_key(&mut out, b""),
             Announce::Keys(written) => {
+                out.reserve(written.iter().map(|k| k.len() + 16).sum());
                 for key in written {
-                    pipe::pack_key(&mut keys, key);
+                    pipe::pack_key(&mut out, key);
                 }
             }
         }
-        if keys.is_empty() || replies > 0 {
-            let announced = keys.len();
-            out.extend_from_slice(&keys);
+        let announced = out.len() - from;
+        if announced == 0 || replies > 0 {
             return (out, announced, replies);
         }
+        let keys = out.split_off(from);
         let channel = pipe::keys_channel(channel);
         pipe::encode(&mut out, &[b"PUBLISH", channel.as_bytes(), &keys]);
         (out, 0, 1)

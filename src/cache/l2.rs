@@ -721,7 +721,11 @@ impl L2 {
         let pipe = self.next_pipe(false);
         let mut out = Vec::with_capacity(items.len());
         for run in items.chunks(self.max_batch) {
-            let size: usize = run.iter().map(|(k, v, _)| packed_size(k, v)).sum();
+            // Each SET, and its key again among those announced.
+            let size: usize = run
+                .iter()
+                .map(|(k, v, _)| packed_size(k, v) + k.len() + 16)
+                .sum();
             let mut packed = Vec::with_capacity(size);
             for (k, v, opts) in run {
                 pack_set(&mut packed, k, v, opts);
