@@ -29,9 +29,9 @@
 #                 hset, spop, zadd, lrange_100 and mset in a run of its own (50 clients,
 #                 -r 100000, FWD_REQUESTS unpipelined, 8 times as many in 16-deep pipelines; a
 #                 quarter as many of lrange_100 and mset, 100 elements or 10 keys each) through
-#                 tiergate vs twemproxy + redis-server. tiergate forwards all but INCR and MSET
-#                 to Redis raw (those two it serves itself, written through); every write,
-#                 forwarded or not, also PUBLISHes its keys on the invalidation bus.
+#                 tiergate vs twemproxy + redis-server. tiergate forwards each to Redis raw;
+#                 the keys of string writes (INCR, MSET) are also announced on the
+#                 invalidation bus (one PUBLISH for the writes a connection sends together).
 #                 lrange_100 is `LRANGE mylist 0 99` on a list of 100 VALUE_BYTES elements
 #                 (-t lrange_100 would first LPUSH as many, counted in the CPU); spop pops the
 #                 set sadd filled, then an empty one, as redis-benchmark -t sadd,spop does.
