@@ -51,6 +51,7 @@ async fn read_through_fills_l1_from_l2() {
     );
     assert!(metric(&m, "tiergate_l1_bytes") >= ("user:1".len() + "alice".len()) as f64);
     assert_eq!(metric(&m, "tiergate_l2_up"), 1.0);
+    assert_eq!(metric(&m, "tiergate_l2_configured"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

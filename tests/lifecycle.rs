@@ -61,6 +61,35 @@ async fn standalone_binary_serves_the_kv_api_without_redis() {
     assert_eq!(ready.status(), 200);
     let log = bin.log();
     assert_eq!(log.matches("standalone memory mode").count(), 1, "{log}");
+    // No Redis by design, which an alert on tiergate_l2_up must be able to tell from a
+    // Redis that is down; and the process' own figures under the names every exporter uses.
+    let m = bin.metrics().await;
+    assert_eq!(support::metric(&m, "tiergate_l2_configured"), 0.0, "{m}");
+    assert_eq!(support::metric(&m, "tiergate_l2_up"), 0.0);
+    // Whole seconds, as the prometheus crate counts them: 0 this early.
+    assert!(support::metric(&m, "process_cpu_seconds_total") >= 0.0);
+    for series in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_threads",
+        "process_start_time_seconds",
+    ] {
+        assert!(support::metric(&m, series) > 0.0, "{series} in {m}");
+    }
+    assert!(
+        support::metric(&m, "process_open_fds") < support::metric(&m, "process_max_fds"),
+        "{m}"
+    );
+    let build = m
+        .lines()
+        .find(|l| l.starts_with("tiergate_build_info{"))
+        .expect("build info");
+    assert!(
+        build.contains("version=\"0.") && build.contains("commit=\""),
+        "{build}"
+    );
+    assert!(!build.contains("commit=\"\""), "{build}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

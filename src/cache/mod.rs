@@ -182,6 +182,7 @@ pub struct TieredCache {
 impl TieredCache {
     /// Builds the tiers from config. `memory` is what this process may use, for "NN%" budgets.
     pub fn new(config: &Config, memory: u64, metrics: Arc<Metrics>) -> Result<Self, L2Error> {
+        metrics.l2_configured.set(i64::from(!config.standalone()));
         let l2 = if config.standalone() {
             None
         } else {

@@ -144,6 +144,11 @@ pub struct AdmissionMetrics {
 
 pub struct Metrics {
     registry: Registry,
+    /// The process' own figures (`process_resident_memory_bytes`, `process_open_fds`,
+    /// `process_max_fds`, `process_cpu_seconds_total`, `process_threads`,
+    /// `process_start_time_seconds`), under the names every exporter gives them: kept out of
+    /// `registry`, whose prefix would rename them.
+    process: Registry,
     admission: [AdmissionMetrics; 3],
     /// The background executor's jobs, as `door="background"`.
     pub background: AdmissionMetrics,
@@ -161,6 +166,9 @@ pub struct Metrics {
     l2_duration: Vec<Histogram>,
     l2_errors: Vec<IntCounter>,
     pub l2_up: IntGauge,
+    /// 1 when an L2 is configured (tiered), 0 in standalone mode: lets an alert on `l2_up`
+    /// tell "no Redis by design" from "Redis down".
+    pub l2_configured: IntGauge,
     pub l2_batch_size: Histogram,
     l2_in_flight: IntGauge,
     pub l2_circuit_open: IntGauge,
@@ -275,6 +283,11 @@ impl Metrics {
         )
         .unwrap();
         let l2_up = IntGauge::new("l2_up", "1 while the last L2 health probe succeeded").unwrap();
+        let l2_configured = IntGauge::new(
+            "l2_configured",
+            "1 when an L2 (Redis) is configured, 0 in standalone memory mode",
+        )
+        .unwrap();
         let l2_batch_size = Histogram::with_opts(
             HistogramOpts::new(
                 "l2_batch_size",
@@ -488,11 +501,16 @@ impl Metrics {
         )
         .unwrap();
         let build = IntGaugeVec::new(
-            Opts::new("build_info", "Always 1; the version as a label"),
-            &["version"],
+            Opts::new(
+                "build_info",
+                "Always 1; the version and git commit as labels",
+            ),
+            &["version", "commit"],
         )
         .unwrap();
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("TIERGATE_GIT_COMMIT")])
+            .set(1);
 
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -509,6 +527,7 @@ impl Metrics {
             Box::new(l2_duration.clone()),
             Box::new(l2_errors.clone()),
             Box::new(l2_up.clone()),
+            Box::new(l2_configured.clone()),
             Box::new(l2_batch_size.clone()),
             Box::new(l2_in_flight.clone()),
             Box::new(l2_circuit_open.clone()),
@@ -588,6 +607,7 @@ impl Metrics {
                 .map(|op| l2_errors.with_label_values(&[op]))
                 .collect(),
             l2_up,
+            l2_configured,
             l2_batch_size,
             l2_in_flight,
             l2_circuit_open,
@@ -618,6 +638,7 @@ impl Metrics {
             config_reloads,
             access_log_dropped,
             registry,
+            process: process_registry(),
         }
     }
 
@@ -729,8 +750,23 @@ impl Metrics {
         prometheus::TextEncoder::new()
             .encode_utf8(&self.registry.gather(), &mut out)
             .expect("text encoding into a String cannot fail");
+        prometheus::TextEncoder::new()
+            .encode_utf8(&self.process.gather(), &mut out)
+            .expect("text encoding into a String cannot fail");
         out
     }
+}
+
+/// A registry of the process collector (procfs: Linux only).
+fn process_registry() -> Registry {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("one process collector");
+    registry
 }
 
 impl Default for Metrics {
