@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # tiergate: build with `docker build -t tiergate .` (BuildKit, the default builder since
 # Docker 23), run with e.g.
-#   docker run -p 8080:8080 -p 6380:6380 -e TIERGATE_L2_URL=redis://redis:6379 tiergate
+#   docker run --stop-timeout 35 -p 8080:8080 -p 6380:6380 -e TIERGATE_L2_URL=redis://redis:6379 tiergate
+# (--stop-timeout: SIGTERM drains for up to shutdown.grace, 30s; Docker's default 10s would
+# kill it mid-drain.)
 # Without TIERGATE_L2_URL it runs the standalone memory mode. Every config key can be set as
 # TIERGATE_<SECTION>_<KEY>; the defaults are in /etc/tiergate/tiergate.toml.
 #
@@ -51,8 +53,20 @@ ENV TIERGATE_CONFIG=/etc/tiergate/tiergate.toml \
 USER 10001:10001
 # HTTP data port, Redis-protocol port, admin port (/metrics, /healthz, /readyz).
 EXPOSE 8080 6380 9090
+# The probe goes where admin.listen is, read from TIERGATE_ADMIN_LISTEN at each run (so
+# `-e TIERGATE_ADMIN_LISTEN=0.0.0.0:9191` moves it too); a wildcard address is reached over
+# loopback. An admin.listen set only in a mounted config file is not seen here: set the
+# variable as well.
 HEALTHCHECK --interval=10s --timeout=2s --start-period=5s --retries=3 \
-    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:9090/healthz"]
-# SIGTERM drains (shutdown.grace, 30s): give `docker stop` a --time above it.
+    CMD addr="${TIERGATE_ADMIN_LISTEN:-127.0.0.1:9090}"; \
+        case "$addr" in \
+            0.0.0.0:*) addr="127.0.0.1:${addr##*:}" ;; \
+            "[::]:"*) addr="[::1]:${addr##*:}" ;; \
+        esac; \
+        curl -fsS -o /dev/null "http://$addr/healthz" || exit 1
+# SIGTERM drains: in-flight requests get shutdown.grace (30s) to finish. Docker's own wait
+# before SIGKILL is 10s, shorter than that, so give it more when starting the container,
+#   docker run --stop-timeout 35 ...      (or `docker stop -t 35`; compose: stop_grace_period: 35s)
+# and keep it above TIERGATE_SHUTDOWN_GRACE if you change that.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/tiergate"]

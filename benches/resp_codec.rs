@@ -15,6 +15,7 @@ fn limits() -> Limits {
     Limits {
         max_multibulk_len: 1024 * 1024,
         max_bulk_len: 4 << 20,
+        max_bulk_len_from: "limits.max_value_bytes",
         max_inline_len: 64 * 1024,
         max_request_len: 64 << 20,
     }

@@ -11,11 +11,24 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// EX_USAGE from sysexits.h.
 const EXIT_USAGE: u8 = 64;
 
+/// `--help`: what a newcomer needs to start it and to put Redis behind it.
+const LONG_ABOUT: &str = "\
+High-concurrency data gateway. Serves keyed data over HTTP (default :8080, /v1/kv/{key}) and
+over the Redis protocol, RESP2/RESP3 (default :6380; any Redis client, redis-cli -p 6380),
+from an in-process L1 cache in front of an L2 Redis. Admin (metrics, /healthz, /readyz) on
+127.0.0.1:9090.
+
+Without Redis it runs in standalone memory mode (L1 is the store). To put Redis behind it,
+set TIERGATE_L2_URL=redis://HOST:6379 (or l2.url in the config file); with it, every Redis
+command works through the RESP port. Any config key can be set as TIERGATE_<SECTION>_<KEY>;
+config/tiergate.toml lists them all.";
+
 #[derive(Parser)]
 #[command(
     name = "tiergate",
     version,
-    about = "High-concurrency data gateway: HTTP over L1 (memory) + L2 (Redis)"
+    about = "High-concurrency data gateway: serves HTTP and the Redis protocol (RESP) over L1 (memory) + L2 (Redis)",
+    long_about = LONG_ABOUT
 )]
 struct Cli {
     #[command(subcommand)]

@@ -659,6 +659,23 @@ fn check_config_reports_every_bad_key_and_exits_64() {
         assert!(err.contains(key), "{key} not reported in:\n{err}");
     }
 
+    // Checks across keys come in the same run, not once the bad keys are fixed.
+    std::fs::write(
+        &path,
+        "[http]\nlisten = \"127.0.0.1:9090\"\n[l2]\ntimeout = \"soon\"\n",
+    )
+    .unwrap();
+    let out = Command::new(support::bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for line in ["l2.timeout: ", "admin.listen: must differ from http.listen"] {
+        assert!(err.contains(line), "{line:?} not reported in:\n{err}");
+    }
+
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tiergate.toml");
     let out = Command::new(support::bin())
         .args(["check-config", "--config", shipped])

@@ -530,12 +530,18 @@ async fn malformed_and_oversized_frames_get_an_error_and_a_close() {
             b"*2147483647\r\n",
             "-ERR Protocol error: invalid multibulk length\r\n",
         ),
+        // Over the bound: the error names the limit and its value.
         (
             b"*1\r\n$999999999999\r\n",
-            "-ERR Protocol error: invalid bulk length\r\n",
+            "-ERR Protocol error: bulk length 999999999999 exceeds limits.max_value_bytes (1024)\r\n",
         ),
         (
             b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1025\r\n",
+            "-ERR Protocol error: bulk length 1025 exceeds limits.max_value_bytes (1024)\r\n",
+        ),
+        // Not a length at all.
+        (
+            b"*1\r\n$12x\r\n",
             "-ERR Protocol error: invalid bulk length\r\n",
         ),
         (

@@ -20,6 +20,7 @@ use tiergate::resp::frame::{parse, Frame, Limits, Progress, Protocol, ProtocolEr
 const ROOMY: Limits = Limits {
     max_multibulk_len: 1 << 20,
     max_bulk_len: 1 << 20,
+    max_bulk_len_from: "limits.max_value_bytes",
     max_inline_len: 1 << 20,
     max_request_len: 1 << 24,
 };
@@ -173,6 +174,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = Limits {
         max_multibulk_len: 1 + usize::from(head[0] % 16),
         max_bulk_len: usize::from(head[1] % 64),
+        max_bulk_len_from: "limits.max_value_bytes",
         max_inline_len: 20 + usize::from(head[2] % 128),
         max_request_len: usize::from(head[3]) * 4,
     };

@@ -17,6 +17,7 @@ use tiergate::resp::frame::{parse, Limits, Progress, ProtocolError};
 const LIMITS: Limits = Limits {
     max_multibulk_len: 1 << 20,
     max_bulk_len: 1 << 20,
+    max_bulk_len_from: "limits.max_value_bytes",
     max_inline_len: 1 << 20,
     max_request_len: 1 << 24,
 };

@@ -1,5 +1,6 @@
 //! Reading configuration: the TOML file, then `TIERGATE_<SECTION>_<KEY>` overrides, then
-//! typed deserialisation one key at a time so that every bad key is reported, not just the first.
+//! typed deserialisation one key at a time so that every bad key is reported, not just the first,
+//! together with the checks across keys (`Config::validate`) in the same run.
 
 use super::{Config, Problem, SECTIONS};
 use std::{collections::HashMap, path::Path};
@@ -71,7 +72,10 @@ pub fn load(
     }
 
     // Deserialise each key alone over the defaults: serde stops at the first error, and
-    // operators want the whole list in one go.
+    // operators want the whole list in one go. The keys that pass make up `good`, which the
+    // cross-key checks then run over (a bad key counting as its default), so one run reports
+    // both kinds instead of the second only once the first are fixed.
+    let mut good = toml::Table::new();
     for (section, value) in &table {
         let toml::Value::Table(keys) = value else {
             problems.push(Problem {
@@ -92,30 +96,50 @@ pub fn load(
             one.insert(key.clone(), v.clone());
             let mut probe = toml::Table::new();
             probe.insert(section.clone(), toml::Value::Table(one));
-            if let Err(e) = toml::Value::Table(probe).try_into::<Config>() {
-                let mut path = format!("{section}.{key}");
-                if let Some(var) = origins.get(&(section.clone(), key.clone())) {
-                    path = format!("{path} (from {var})");
+            match toml::Value::Table(probe).try_into::<Config>() {
+                Ok(_) => {
+                    if let toml::Value::Table(t) = good
+                        .entry(section.clone())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    {
+                        t.insert(key.clone(), v.clone());
+                    }
                 }
-                problems.push(Problem {
-                    path,
-                    why: e.message().trim().to_string(),
-                });
+                Err(e) => {
+                    let mut path = format!("{section}.{key}");
+                    if let Some(var) = origins.get(&(section.clone(), key.clone())) {
+                        path = format!("{path} (from {var})");
+                    }
+                    problems.push(Problem {
+                        path,
+                        why: e.message().trim().to_string(),
+                    });
+                }
             }
         }
     }
-    if !problems.is_empty() {
-        return Err(ConfigError::Invalid(problems));
-    }
-    let config: Config = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| {
-            ConfigError::Invalid(vec![Problem {
+    let config = match toml::Value::Table(good).try_into::<Config>() {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(Problem {
                 path: "config".into(),
                 why: e.message().into(),
-            }])
-        })?;
-    let problems = config.validate();
+            });
+            return Err(ConfigError::Invalid(problems));
+        }
+    };
+    // A key already reported as unreadable is checked here at its default: a complaint
+    // about that default would only confuse.
+    let unreadable: Vec<String> = problems
+        .iter()
+        .map(|p| p.path.split(' ').next().unwrap_or_default().to_string())
+        .collect();
+    problems.extend(
+        config
+            .validate()
+            .into_iter()
+            .filter(|p| !unreadable.contains(&p.path)),
+    );
     if problems.is_empty() {
         Ok(config)
     } else {
@@ -198,6 +222,32 @@ mod tests {
         }
         assert!(
             problems.iter().any(|p| p.why.contains("unknown field")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn per_key_and_cross_key_problems_come_in_one_run() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[http]\nlisten = \"127.0.0.1:9999\"\n[admin]\nlisten = \"127.0.0.1:9999\"\n\
+             [l2]\ntimeout = \"fast\"\nconnections = 0\n[limits]\nmax_value_bytes = \"lots\""
+        )
+        .unwrap();
+        let err = load(Some(f.path()), env(&[])).unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            panic!("{err}")
+        };
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "l2.timeout",
+                "limits.max_value_bytes",
+                "admin.listen",
+                "l2.connections"
+            ],
             "{problems:?}"
         );
     }

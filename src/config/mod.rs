@@ -375,6 +375,12 @@ pub struct RuntimeConfig {
     pub worker_threads: usize,
 }
 
+/// Log level when neither `log.level` nor `RUST_LOG` says otherwise: start, stop, reloads
+/// and failures, not a line per request.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// The levels `log.level` may name, alone or after `target=`.
+pub const LOG_LEVELS: &[&str] = &["trace", "debug", "info", "warn", "error", "off"];
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -386,7 +392,7 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
-            level: "info".into(),
+            level: DEFAULT_LOG_LEVEL.into(),
             format: LogFormat::Text,
         }
     }
@@ -678,7 +684,26 @@ impl Config {
                 why,
             })
         };
-        if self
+        // A bare word that is not a level parses as a target name ("verbose" = every level
+        // of a target that does not exist), which logs nothing: refused here by name.
+        let not_levels: Vec<&str> = self
+            .log
+            .level
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(|d| d.rsplit_once('=').map_or(d, |(_, level)| level).trim())
+            .filter(|l| !LOG_LEVELS.iter().any(|ok| ok.eq_ignore_ascii_case(l)))
+            .collect();
+        if let Some(l) = not_levels.first() {
+            bad(
+                "log.level",
+                format!(
+                    "{l:?} is not a log level; levels are {}, alone or per target (\"tiergate=debug,warn\")",
+                    LOG_LEVELS.join(", ")
+                ),
+            );
+        } else if self
             .log
             .level
             .parse::<tracing_subscriber::EnvFilter>()
@@ -1129,6 +1154,35 @@ mod tests {
             .validate()
             .iter()
             .any(|p| p.path == "http.max_header_bytes"));
+    }
+
+    #[test]
+    fn unknown_log_levels_are_refused_with_the_known_ones() {
+        let mut c = Config::default();
+        for ok in ["warn", "DEBUG", "tiergate=debug,warn", "off", " info "] {
+            c.log.level = ok.into();
+            assert!(c.validate().is_empty(), "{ok}: {:?}", c.validate());
+        }
+        for (level, named) in [
+            ("verbose", "\"verbose\""),
+            ("tiergate=loud", "\"loud\""),
+            ("warn,chatty", "\"chatty\""),
+        ] {
+            c.log.level = level.into();
+            let problems = c.validate();
+            assert_eq!(problems.len(), 1, "{level}: {problems:?}");
+            assert_eq!(problems[0].path, "log.level");
+            assert!(
+                problems[0]
+                    .why
+                    .starts_with(&format!("{named} is not a log level"))
+                    && problems[0]
+                        .why
+                        .contains("trace, debug, info, warn, error, off"),
+                "{level}: {}",
+                problems[0].why
+            );
+        }
     }
 
     #[test]

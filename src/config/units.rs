@@ -1,5 +1,6 @@
 //! Human-readable units in config files: durations ("30s", "250ms") and byte sizes
-//! ("64MiB", "4096"), plus the L1 capacity that may also be a share of RAM ("25%").
+//! ("64MiB", "4096"), plus the L1 capacity that may also be a share of RAM ("25%"). A value
+//! of the wrong type is refused with an example of the right one.
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::{fmt, str::FromStr, time::Duration};
@@ -27,10 +28,23 @@ impl fmt::Display for HumanDuration {
     }
 }
 
+/// Named in the error for a duration of the wrong type (`timeout = 5`): serde's own
+/// "expected a string" does not say that a unit is what is missing.
+const DURATION_EXPECTED: &str = "a duration string such as \"5s\" or \"250ms\"";
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(de::Error::custom)
+        struct Visitor;
+        impl de::Visitor<'_> for Visitor {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(DURATION_EXPECTED)
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 
@@ -54,11 +68,15 @@ impl fmt::Display for ByteSize {
     }
 }
 
+/// Named in the error for a size of the wrong type (`-1`, `1.5`, `true`), where serde's
+/// untagged enum said only "did not match any variant".
+const SIZE_EXPECTED: &str = "a byte size such as \"16KiB\" or 4096";
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match StrOrInt::deserialize(d)? {
-            StrOrInt::Int(n) => Ok(Self(n)),
-            StrOrInt::Str(s) => s.parse().map_err(de::Error::custom),
+        match d.deserialize_any(StrOrInt(SIZE_EXPECTED))? {
+            StrOrIntValue::Int(n) => Ok(Self(n)),
+            StrOrIntValue::Str(s) => s.parse().map_err(de::Error::custom),
         }
     }
 }
@@ -98,11 +116,15 @@ impl FromStr for Capacity {
     }
 }
 
+/// As `SIZE_EXPECTED`, with the share of memory L1 may also be given as.
+const CAPACITY_EXPECTED: &str =
+    "a byte size such as \"8GiB\" or 4096, or a share of memory such as \"25%\"";
+
 impl<'de> Deserialize<'de> for Capacity {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match StrOrInt::deserialize(d)? {
-            StrOrInt::Int(n) => Ok(Capacity::Bytes(n)),
-            StrOrInt::Str(s) => s.parse().map_err(de::Error::custom),
+        match d.deserialize_any(StrOrInt(CAPACITY_EXPECTED))? {
+            StrOrIntValue::Int(n) => Ok(Capacity::Bytes(n)),
+            StrOrIntValue::Str(s) => s.parse().map_err(de::Error::custom),
         }
     }
 }
@@ -128,11 +150,31 @@ macro_rules! serialize_as_display {
 }
 serialize_as_display!(HumanDuration, ByteSize, Capacity);
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum StrOrInt {
+/// Reads a string or a non-negative integer; anything else is refused with `.0`, what the key
+/// expects, as the example.
+struct StrOrInt(&'static str);
+
+enum StrOrIntValue {
     Int(u64),
     Str(String),
+}
+
+impl de::Visitor<'_> for StrOrInt {
+    type Value = StrOrIntValue;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<StrOrIntValue, E> {
+        Ok(StrOrIntValue::Int(n))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<StrOrIntValue, E> {
+        u64::try_from(n)
+            .map(StrOrIntValue::Int)
+            .map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<StrOrIntValue, E> {
+        Ok(StrOrIntValue::Str(s.to_string()))
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +201,44 @@ mod tests {
         assert_eq!("64MiB".parse::<ByteSize>().unwrap().0, 64 << 20);
         assert_eq!("4096".parse::<ByteSize>().unwrap().0, 4096);
         assert!("lots".parse::<ByteSize>().is_err());
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Keys {
+        d: Option<HumanDuration>,
+        b: Option<ByteSize>,
+        c: Option<Capacity>,
+    }
+
+    fn refusal(toml: &str) -> String {
+        toml::from_str::<Keys>(toml)
+            .unwrap_err()
+            .message()
+            .to_string()
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_shown_an_example() {
+        for d in ["d = 5", "d = 1.5", "d = true"] {
+            let why = refusal(d);
+            assert!(
+                why.contains(r#"expected a duration string such as "5s" or "250ms""#),
+                "{d}: {why}"
+            );
+        }
+        for b in ["b = -1", "b = 1.5", "b = true"] {
+            let why = refusal(b);
+            assert!(
+                why.contains(r#"expected a byte size such as "16KiB" or 4096"#),
+                "{b}: {why}"
+            );
+        }
+        let why = refusal("c = 0.25");
+        assert!(why.contains(r#"a share of memory such as "25%""#), "{why}");
+        let ok: Keys = toml::from_str("d = \"5s\"\nb = 4096\nc = \"16KiB\"").unwrap();
+        assert_eq!(ok.d.unwrap().0, Duration::from_secs(5));
+        assert_eq!(ok.b.unwrap().0, 4096);
+        assert_eq!(ok.c.unwrap(), Capacity::Bytes(16 << 10));
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub struct Limits {
     pub max_multibulk_len: usize,
     /// Bytes in one bulk argument (a key or a value).
     pub max_bulk_len: usize,
+    /// The config key `max_bulk_len` comes from, named in the error that enforces it: a
+    /// client told only "invalid bulk length" cannot tell a limit from a bug.
+    pub max_bulk_len_from: &'static str,
     /// Bytes in an inline command line, and in a `*N` / `$N` header line.
     pub max_inline_len: usize,
     /// Bytes in one whole command, checked from the headers before its bytes are buffered.
@@ -25,8 +28,16 @@ pub struct Limits {
 pub enum ProtocolError {
     #[error("Protocol error: invalid multibulk length")]
     InvalidMultibulkLength,
+    /// Not a length: no digits, leading zeros, negative, or not ending its line.
     #[error("Protocol error: invalid bulk length")]
     InvalidBulkLength,
+    /// A length, over `Limits::max_bulk_len`.
+    #[error("Protocol error: bulk length {len} exceeds {limit} ({max})")]
+    BulkTooLong {
+        len: u64,
+        max: u64,
+        limit: &'static str,
+    },
     #[error("Protocol error: expected '$', got '{}'", char::from(*.0))]
     ExpectedBulk(u8),
     #[error("Protocol error: too big inline request")]
@@ -146,6 +157,13 @@ fn check(buf: &[u8], limits: &Limits, progress: &mut Progress) -> Result<Check, 
         };
         let len = match len {
             Some(n) if n >= 0 && n as u64 <= limits.max_bulk_len as u64 => n as usize,
+            Some(n) if n >= 0 => {
+                return Err(ProtocolError::BulkTooLong {
+                    len: n as u64,
+                    max: limits.max_bulk_len as u64,
+                    limit: limits.max_bulk_len_from,
+                })
+            }
             _ => return Err(ProtocolError::InvalidBulkLength),
         };
         let end = data + len + 2;
@@ -521,6 +539,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_multibulk_len: 1024,
         max_bulk_len: 64,
+        max_bulk_len_from: "limits.max_value_bytes",
         max_inline_len: 128,
         max_request_len: 4096,
     };
@@ -583,7 +602,11 @@ mod tests {
         let mut buf = BytesMut::from(&b"*1\r\n$999999999999\r\n"[..]);
         assert_eq!(
             parse(&mut buf, &LIMITS, &mut Progress::default()),
-            Err(ProtocolError::InvalidBulkLength)
+            Err(ProtocolError::BulkTooLong {
+                len: 999_999_999_999,
+                max: 64,
+                limit: "limits.max_value_bytes"
+            })
         );
         assert!(
             buf.capacity() < 4096,
@@ -591,7 +614,16 @@ mod tests {
         );
         assert_eq!(
             parse_all(b"*1\r\n$65\r\n"),
-            Err(ProtocolError::InvalidBulkLength)
+            Err(ProtocolError::BulkTooLong {
+                len: 65,
+                max: 64,
+                limit: "limits.max_value_bytes"
+            })
+        );
+        assert_eq!(
+            parse_all(b"*1\r\n$65\r\n").unwrap_err().to_string(),
+            "Protocol error: bulk length 65 exceeds limits.max_value_bytes (64)",
+            "the limit is named, with its value"
         );
         assert_eq!(
             parse_all(b"*1\r\n$-5\r\n"),

@@ -77,6 +77,11 @@ impl Limits {
                 max_multibulk_len: cfg.max_multibulk_len,
                 // A bulk argument is a key or a value; both bounds apply later, per command.
                 max_bulk_len: (limits.max_value_bytes.0 as usize).max(limits.max_key_bytes),
+                max_bulk_len_from: if limits.max_value_bytes.0 as usize >= limits.max_key_bytes {
+                    "limits.max_value_bytes"
+                } else {
+                    "limits.max_key_bytes"
+                },
                 max_inline_len: cfg.max_inline_bytes.0 as usize,
                 max_request_len: cfg.max_request_bytes.0 as usize,
             },
