@@ -932,3 +932,31 @@ async fn commands_that_make_no_sense_through_a_gateway_are_refused_with_why() {
         "{role:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_latency_is_recorded_by_class() {
+    let l2 = Backend::start();
+    let gw = Gateway::start_ready(l2.config()).await;
+    let addr = gw.running.as_ref().unwrap().resp_addr;
+    let reply = raw(
+        addr,
+        b"PING\r\nSET k v\r\nGET k\r\nGET k\r\nMGET k nothing\r\nLPUSH l x\r\nHSET h f v\r\nQUIT\r\n",
+    )
+    .await;
+    assert_eq!(
+        reply,
+        "+PONG\r\n+OK\r\n$1\r\nv\r\n$1\r\nv\r\n*2\r\n$1\r\nv\r\n$-1\r\n:1\r\n:1\r\n+OK\r\n"
+    );
+    let text = gw.metrics().await;
+    let count = |class: &str| {
+        metric(
+            &text,
+            &format!("tiergate_resp_command_duration_seconds_count{{class=\"{class}\"}}"),
+        )
+    };
+    // Counted once their replies are written: QUIT's batch may not be by now.
+    assert_eq!(count("read"), 3.0, "{text}");
+    assert_eq!(count("write"), 1.0);
+    assert_eq!(count("forwarded"), 2.0);
+    assert!((1.0..=2.0).contains(&count("connection")), "{text}");
+}

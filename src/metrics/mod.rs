@@ -98,6 +98,22 @@ pub enum Door {
 }
 const DOORS: [&str; 3] = ["http", "admin", "resp"];
 
+/// What kind of RESP command a latency is of, as the `class` label: a bounded set, where
+/// every command name would be an unbounded one (forwarded commands are anything Redis knows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RespClass {
+    /// Served from the cache: GET (an L1 miss goes to Redis with the client's run), MGET,
+    /// EXISTS, TTL.
+    Read = 0,
+    /// Served writes: SET, DEL, EXPIRE (and, in standalone mode, MSET and the counters).
+    Write = 1,
+    /// Sent to Redis as they came, on our connections or a dedicated one.
+    Forwarded = 2,
+    /// About the connection itself: PING, AUTH, HELLO, CLIENT, SELECT, QUIT, INFO ...
+    Connection = 3,
+}
+const RESP_CLASSES: [&str; 4] = ["read", "write", "forwarded", "connection"];
+
 /// Why the RESP door closed a client on its own (not the client leaving, nor idling out), as
 /// the `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +170,7 @@ pub struct Metrics {
     pub background: AdmissionMetrics,
     http_requests: Vec<[IntCounter; STATUS_LABELS.len()]>,
     http_duration: Vec<Histogram>,
+    resp_duration: [Histogram; RESP_CLASSES.len()],
     cache_hits: [IntCounter; 2],
     cache_misses: [IntCounter; 2],
     pub l1_entries: IntGauge,
@@ -226,6 +243,15 @@ impl Metrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
+        )
+        .unwrap();
+        let resp_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "resp_command_duration_seconds",
+                "RESP command latency, by class: from when its batch was read to when the batch's replies were written",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["class"],
         )
         .unwrap();
         let hits = IntCounterVec::new(
@@ -515,6 +541,7 @@ impl Metrics {
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
+            Box::new(resp_duration.clone()),
             Box::new(hits.clone()),
             Box::new(misses.clone()),
             Box::new(l1_entries.clone()),
@@ -583,6 +610,7 @@ impl Metrics {
                 .iter()
                 .map(|r| duration.with_label_values(&[r.label()]))
                 .collect(),
+            resp_duration: RESP_CLASSES.map(|c| resp_duration.with_label_values(&[c])),
             cache_hits: [
                 hits.with_label_values(&["l1"]),
                 hits.with_label_values(&["l2"]),
@@ -650,6 +678,15 @@ impl Metrics {
             .unwrap_or(STATUSES.len());
         self.http_requests[r][s].inc();
         self.http_duration[r].observe(elapsed.as_secs_f64());
+    }
+
+    /// Records `n` RESP commands of `class` that took `elapsed` (their batch's time).
+    pub fn record_resp(&self, class: RespClass, n: u32, elapsed: Duration) {
+        let h = &self.resp_duration[class as usize];
+        let secs = elapsed.as_secs_f64();
+        for _ in 0..n {
+            h.observe(secs);
+        }
     }
 
     pub fn hit(&self, tier: Tier) {

@@ -20,7 +20,7 @@ use crate::{
     buf::pool::Lease,
     cache::forward::Run,
     exec::{placement, Refused},
-    metrics::{Door, RespClose, Tier},
+    metrics::{Door, RespClass, RespClose, Tier},
     net,
     shutdown::Shutdown,
 };
@@ -190,6 +190,14 @@ pub fn serve<H: Send>(
     }
 }
 
+/// Every class, in the order of `Outcome::classes`.
+const RESP_CLASSES: [RespClass; 4] = [
+    RespClass::Read,
+    RespClass::Write,
+    RespClass::Forwarded,
+    RespClass::Connection,
+];
+
 /// Written before closing a client whose command did not arrive in time.
 const COMMAND_TIMEOUT_REPLY: &[u8] =
     b"-ERR Protocol error: command not complete within resp.command_read_timeout\r\n";
@@ -219,6 +227,16 @@ struct Outcome {
     pause: Duration,
     /// A blocking command or a SUBSCRIBE, to run once the replies are written (`pinned`).
     hold: Option<Forward>,
+    /// Commands run, by latency class (`RespClass`), for the histogram once the replies are
+    /// written. Refusals (NOPERM, NOAUTH, syntax) and waits (a blocking command) are not
+    /// counted.
+    classes: [u32; 4],
+}
+
+impl Outcome {
+    fn ran_one(&mut self, class: RespClass) {
+        self.classes[class as usize] += 1;
+    }
 }
 
 /// Runs the complete commands in `rbuf` and writes their replies with one write, from a
@@ -232,6 +250,9 @@ async fn answer(
     shared: &Shared,
     pinned: &mut Option<Box<Pinned>>,
 ) -> io::Result<Outcome> {
+    // Latency runs from here, the batch read, to its replies written: admission's queue and
+    // Redis' round trips included, as a client sees them.
+    let start = StdInstant::now();
     let mut wbuf = shared.buffers.lease();
     // One admission slot for the batch: its commands run one after another anyway.
     let admitted = shared.admission.admit().await;
@@ -254,7 +275,17 @@ async fn answer(
         None => reply::send(stream, wbuf.buf(), timeout).await,
     };
     match sent {
-        Ok(()) => Ok(outcome),
+        Ok(()) => {
+            if outcome.classes.iter().any(|&n| n > 0) {
+                let took = start.elapsed();
+                for (class, &n) in RESP_CLASSES.iter().zip(&outcome.classes) {
+                    if n > 0 {
+                        shared.metrics.record_resp(*class, n, took);
+                    }
+                }
+            }
+            Ok(outcome)
+        }
         Err(e) => {
             if e.kind() == io::ErrorKind::TimedOut {
                 shared.metrics.resp_closed(RespClose::WriteTimeout);
@@ -368,6 +399,7 @@ async fn run_buffered(
                     }
                     Step::Reply(reply) => reply,
                 };
+                outcome.ran_one(RespClass::Forwarded);
                 if reply.code() == "NOPERM" {
                     shared.metrics.auth_denied(Door::Resp, Denied::Forbidden);
                 }
@@ -403,6 +435,7 @@ async fn run_buffered(
                 if !held.forwards.is_empty() {
                     flush!();
                 }
+                outcome.ran_one(RespClass::Write);
                 held.sets.push((set, logged));
                 continue;
             }
@@ -410,6 +443,7 @@ async fn run_buffered(
                 if !held.sets.is_empty() {
                     held.write(shared, &limits, session.proto, wbuf).await;
                 }
+                outcome.ran_one(RespClass::Forwarded);
                 held.push_forward(forward, logged);
                 if held.is_full(shared) {
                     flush!();
@@ -427,6 +461,7 @@ async fn run_buffered(
                     flush!();
                 }
                 key_len = get.key_len();
+                outcome.ran_one(RespClass::Read);
                 match get.look(&shared.cache, &limits).await {
                     Looked::Missing(key) => {
                         held.push_read(key, logged);
@@ -470,6 +505,7 @@ async fn run_buffered(
             }
             Ok(cmd) => {
                 key_len = cmd.first_key_len();
+                outcome.ran_one(cmd.class());
                 let mut ctx = Ctx {
                     shared,
                     limits: &limits,

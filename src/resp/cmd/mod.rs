@@ -11,7 +11,7 @@ mod string;
 pub mod unservable;
 
 use super::{frame::Frame, session::Session, Shared};
-use crate::auth::Need;
+use crate::{auth::Need, metrics::RespClass};
 use bytes::Bytes;
 use std::borrow::Cow;
 
@@ -98,6 +98,22 @@ impl Command {
                 | Command::CommandInfo(_)
                 | Command::Unservable(_)
         )
+    }
+
+    /// The latency class it is counted in (`tiergate_resp_command_duration_seconds`).
+    pub fn class(&self) -> RespClass {
+        match self {
+            Command::Get(_) | Command::MGet(_) | Command::Exists(_) | Command::Ttl(_) => {
+                RespClass::Read
+            }
+            Command::Set(_)
+            | Command::MSet(_)
+            | Command::Del(_)
+            | Command::Incr(_)
+            | Command::Expire(_) => RespClass::Write,
+            Command::Forward(_) => RespClass::Forwarded,
+            _ => RespClass::Connection,
+        }
     }
 
     /// Parses a request; `unserved` says what becomes of a command the door does not serve.
