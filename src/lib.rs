@@ -9,6 +9,7 @@ pub mod buf;
 pub mod cache;
 pub mod config;
 pub mod exec;
+pub mod fdlimit;
 pub mod host;
 pub mod http;
 pub mod logging;

@@ -296,6 +296,9 @@ pub async fn run(
     // Install the handlers before binding, so a signal during start-up is not lost.
     let stop = tokio::spawn(shutdown::signal());
     let mut hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+    // Before any connection: a short open-file limit must be said at start, not found as
+    // accept errors under load.
+    crate::fdlimit::raise_and_check(&config);
     let running = start(config).await?;
     let draining = running.draining.clone();
     tokio::pin!(stop);
