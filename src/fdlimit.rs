@@ -14,6 +14,10 @@ pub const MARGIN: u64 = 64;
 /// and the health probe.
 const L2_EXTRA_PER_NODE: u64 = 2;
 
+/// Sets of `l2.connections` to each L2 node: redis-rs' multiplexed ones, and our own RESP2
+/// and RESP3 ones (`cache::pipe`).
+const L2_SETS_PER_NODE: u64 = 3;
+
 /// What a config may hold open at once, by where it comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Need {
@@ -23,8 +27,9 @@ pub struct Need {
     /// their own, so this counts those that can have a request running or waiting; idle
     /// keep-alive connections come on top.
     pub http: u64,
-    /// Redis: (`l2.connections` + bus + probe) per node (1, or each of `l2.cluster_nodes`)
-    /// + `l2.dedicated_connections`; 0 in standalone mode.
+    /// Redis: (`l2.connections` three times: redis-rs', and our own RESP2 and RESP3 ones
+    /// for writes and forwarded commands; + bus + probe) per node (1, or each of
+    /// `l2.cluster_nodes`) + `l2.dedicated_connections`; 0 in standalone mode.
     pub l2: u64,
     pub margin: u64,
 }
@@ -36,7 +41,7 @@ impl Need {
             0
         } else {
             let nodes = n(config.l2.cluster_nodes.len().max(1));
-            nodes * (n(config.l2.connections) + L2_EXTRA_PER_NODE)
+            nodes * (L2_SETS_PER_NODE * n(config.l2.connections) + L2_EXTRA_PER_NODE)
                 + n(config.l2.dedicated_connections)
         };
         Self {
@@ -171,7 +176,8 @@ mod tests {
         c.l2.url = "redis://127.0.0.1:6379".into();
         c.l2.connections = 4;
         c.l2.dedicated_connections = 512;
-        assert_eq!(Need::of(&c).l2, (4 + 2) + 512);
+        // Three sets of 4 (redis-rs', ours in RESP2 and RESP3), the bus and the probe.
+        assert_eq!(Need::of(&c).l2, (3 * 4 + 2) + 512);
 
         c.l2.url.clear();
         c.l2.cluster_nodes = vec![
@@ -179,12 +185,12 @@ mod tests {
             "redis://10.0.0.2:6379".into(),
             "redis://10.0.0.3:6379".into(),
         ];
-        assert_eq!(Need::of(&c).l2, 3 * (4 + 2) + 512);
+        assert_eq!(Need::of(&c).l2, 3 * (3 * 4 + 2) + 512);
 
         c.resp.max_connections = 1000;
         c.admission.max_inflight = 10;
         c.admission.max_queue = 5;
-        assert_eq!(Need::of(&c).total(), 1000 + 15 + 3 * 6 + 512 + MARGIN);
+        assert_eq!(Need::of(&c).total(), 1000 + 15 + 3 * 14 + 512 + MARGIN);
     }
 
     #[test]
