@@ -207,6 +207,57 @@ fn dump_dom(chromium: &Path, url: &str, profile: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Saves a screenshot of the page at `url` after about 8 s of real time (virtual time would
+/// fire the page's timers back to back, its rates then taken over milliseconds): the page is
+/// framed in one whose load event waits on an image a local listener answers late, and
+/// headless Chromium shoots once the load event fired.
+fn screenshot(chromium: &Path, url: &str, png: &Path) {
+    use std::io::{Read, Write};
+    let slow = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in slow.incoming().take(4) {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let _ = conn.read(&mut [0; 4096]);
+                std::thread::sleep(Duration::from_secs(8));
+                let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let frame = dir.path().join("frame.html");
+    std::fs::write(
+        &frame,
+        format!(
+            "<!DOCTYPE html><html><body style=\"margin:0;background:#0f1419\">\
+             <iframe src=\"{url}\" style=\"border:0;width:1280px;height:900px\"></iframe>\
+             <img src=\"http://{slow_addr}/late.png\" style=\"display:none\"></body></html>"
+        ),
+    )
+    .unwrap();
+    let status = Command::new("timeout")
+        .arg("90")
+        .arg(chromium)
+        .args([
+            "--headless",
+            "--disable-gpu",
+            "--no-sandbox",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--window-size=1280,900",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", frame.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
 /// The element `id`'s raw figure (its data-v attribute), if it shows a number.
 fn figure(dom: &str, id: &str) -> Option<f64> {
     let at = dom.find(&format!("id=\"{id}\""))?;
@@ -284,25 +335,11 @@ async fn the_page_renders_live_figures_in_headless_chromium() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let second = look().await.unwrap();
     if let Some(png) = std::env::var_os("STATUS_SCREENSHOT") {
-        let status = Command::new("timeout")
-            .arg("90")
-            .arg(&chromium)
-            .args([
-                "--headless",
-                "--disable-gpu",
-                "--no-sandbox",
-                "--no-first-run",
-                "--hide-scrollbars",
-                "--window-size=1280,900",
-                // Real time, not virtual: rates over real one-second intervals.
-                "--timeout=8000",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg(format!("--screenshot={}", png.to_string_lossy()))
-            .arg(&url)
-            .status()
+        let png = std::path::PathBuf::from(png);
+        let (chromium, url) = (chromium.clone(), url.clone());
+        tokio::task::spawn_blocking(move || screenshot(&chromium, &url, &png))
+            .await
             .unwrap();
-        assert!(status.success());
     }
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -349,4 +386,37 @@ async fn the_page_renders_live_figures_in_headless_chromium() {
     }
     assert!(figure(&second, "http-rps").unwrap() > 0.0);
     assert!(figure(&second, "resp-cps").unwrap() > 0.0);
+
+    // The same page where status.json cannot be fetched (a copy opened from a file): it says
+    // so plainly, greys the figures and shows no numbers.
+    let copy = profile.path().join("copy.html");
+    let html = gw
+        .http
+        .get(format!("{}/", gw.admin))
+        .header("accept", HTML)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    std::fs::write(&copy, html).unwrap();
+    let broken = {
+        let (chromium, url, profile) = (
+            chromium.clone(),
+            format!("file://{}", copy.display()),
+            profile.path().to_owned(),
+        );
+        tokio::task::spawn_blocking(move || dump_dom(&chromium, &url, &profile))
+            .await
+            .unwrap()
+    };
+    assert!(broken.contains("<body class=\"stale\""), "{broken}");
+    assert_eq!(shown(&broken, "live-text"), "FETCH FAILED");
+    assert!(
+        shown(&broken, "fetch-error").starts_with("could not fetch status.json"),
+        "{}",
+        shown(&broken, "fetch-error")
+    );
+    assert_eq!(figure(&broken, "http-rps"), None);
 }
