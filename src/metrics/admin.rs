@@ -311,7 +311,8 @@ impl Admin {
         };
         self.cache.publish_usage().await;
         let mut page = format!(
-            "tiergate {}\nmode: {mode}\nready: {ready}\nl1 entries: {}\nl1 bytes: {}\n",
+            "tiergate {}\nmode: {mode}\nready: {ready}\nl1 entries: {}\nl1 bytes: {}\n\
+             (a browser gets the live page at /; the figures as JSON: /status.json)\n",
             env!("CARGO_PKG_VERSION"),
             self.metrics.l1_entries.get(),
             self.metrics.l1_bytes.get(),
