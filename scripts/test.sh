@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: installs what the tests need when it is missing (redis-server and
 # redis-cli from Debian; python3 and pip from Debian, then redis-py from PyPI, for
-# tests/clients/redis_py.py), then cargo fmt --check, clippy with warnings denied, the tests
+# tests/clients/redis_py.py; chromium from Debian, whose headless mode drives the admin status
+# page in tests/status_page.rs), then cargo fmt --check, clippy with warnings denied, the tests
 # with warnings denied, and the KV and RESP suites once more over a local Redis Cluster.
 # Run from anywhere: scripts/test.sh
 set -euo pipefail
@@ -13,6 +14,8 @@ command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 # CI's machines have python3 and pip already; a bare Debian gets them from its packages.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
+# tests/status_page.rs renders the admin status page in it (skipped without it, unless CI=true).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
     echo "==> installing ${need_apt[*]}"
     # Root in CI and on the dev machines; use sudo elsewhere if there is one.
@@ -25,6 +28,7 @@ if ((${#need_apt[@]})); then
     $SUDO service redis-server stop >/dev/null 2>&1 || true
 fi
 echo "==> $(redis-server --version)"
+echo "==> $(/usr/bin/chromium --version 2>/dev/null)"
 
 # redis-py, one major version: tests/clients.rs runs tests/clients/redis_py.py with it.
 REDIS_PY_MAJOR=8

@@ -178,6 +178,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         cache: cache.clone(),
         draining: draining.clone(),
         token: arc_swap::ArcSwap::from_pointee(config.admin.token.clone()),
+        budgets: arc_swap::ArcSwap::from_pointee(admin::Budgets::from_config(&config)),
+        started: std::time::Instant::now(),
     });
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -238,6 +240,9 @@ impl Running {
         }
         self.auth.replace(Rules::from_config(&next));
         self.admin.token.store(Arc::new(next.admin.token.clone()));
+        self.admin
+            .budgets
+            .store(Arc::new(admin::Budgets::from_config(&next)));
         self.http_state.limits.store(Arc::new(next.limits.clone()));
         self.resp_shared
             .limits

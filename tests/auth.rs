@@ -587,7 +587,7 @@ async fn the_admin_token_guards_everything_but_the_probes() {
     for probe in ["/healthz", "/readyz"] {
         assert_eq!(admin(probe, None).await.status(), 200, "{probe}");
     }
-    for path in ["/hotkeys", "/", "/metrics"] {
+    for path in ["/hotkeys", "/", "/status.json", "/status.txt", "/metrics"] {
         let refused = admin(path, None).await;
         assert_eq!(refused.status(), 401, "{path}");
         assert_eq!(
@@ -602,9 +602,15 @@ async fn the_admin_token_guards_everything_but_the_probes() {
     assert!(hot.contains("secret:hidden-name-42"), "{hot}");
     let page = admin("/", Some(ADMIN)).await.text().await.unwrap();
     assert!(page.contains("secret:hidden-name-42"), "{page}");
+    let status = admin("/status.json", Some(ADMIN))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(status.contains("secret:hidden-name-42"), "{status}");
     let metrics = admin("/metrics", Some(ADMIN)).await.text().await.unwrap();
     let denied = "tiergate_auth_denied_total{door=\"admin\",reason=\"missing\"}";
-    assert_eq!(metric(&metrics, denied), 3.0);
+    assert_eq!(metric(&metrics, denied), 5.0);
     assert!(!metrics.contains(ADMIN), "the token is never exported");
 }
 
@@ -641,6 +647,24 @@ async fn without_an_admin_token_key_names_stay_on_loopback() {
     assert!(
         page.contains("admin.token") && !page.contains("hidden-name"),
         "{page}"
+    );
+    let status: serde_json::Value = admin(outside, "/status.json").await.json().await.unwrap();
+    assert_eq!(status["hot_keys"]["shown"], false, "{status}");
+    assert!(
+        status["hot_keys"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("admin.token")
+            && !status.to_string().contains("hidden-name"),
+        "{status}"
+    );
+    let loopback_status: serde_json::Value =
+        admin(loopback, "/status.json").await.json().await.unwrap();
+    assert!(
+        loopback_status["hot_keys"]["keys"]
+            .to_string()
+            .contains("secret:hidden-name-42"),
+        "{loopback_status}"
     );
     // What names no key is still served: metrics, probes.
     assert_eq!(admin(outside, "/metrics").await.status(), 200);

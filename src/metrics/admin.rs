@@ -1,18 +1,20 @@
 //! The admin port: `/metrics` (Prometheus text), `/healthz` (the process is alive),
 //! `/readyz` (it should get traffic: not draining, and L2 reachable when configured),
-//! `/hotkeys` (the keys read most lately, JSON), and a plain-text status page at `/`. Served
-//! by its own listener so that scrapes and probes never queue behind data traffic.
+//! `/hotkeys` (the keys read most lately, JSON), and the status page at `/`: a live HTML page
+//! for browsers (`status.html`, which polls `/status.json` every second and shows rates from
+//! successive samples) and the plain text of `/status.txt` for anything that does not ask for
+//! HTML. Served by its own listener so that scrapes and probes never queue behind data traffic.
 //!
 //! With `admin.token` set, every path but the probes needs `Authorization: Bearer <token>`
 //! (probes come from orchestrators that carry none). Without it, the paths that name keys
 //! (`/hotkeys`, the status page) name them to loopback clients only: a key's name can be a
 //! secret of its own.
 
-use super::{Door, Metrics};
+use super::{Door, Metrics, Tier};
 use crate::{
     auth::{self, Denied},
     cache::TieredCache,
-    config::Secret,
+    config::{Config, Secret},
     net,
     shutdown::Shutdown,
 };
@@ -22,7 +24,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 use tokio::net::TcpListener;
 
 /// What the admin handlers read.
@@ -33,7 +35,37 @@ pub struct Admin {
     pub draining: Shutdown,
     /// `admin.token` (empty: none); replaced on reload.
     pub token: ArcSwap<Secret>,
+    /// The budgets the status page shows figures against; replaced on reload.
+    pub budgets: ArcSwap<Budgets>,
+    /// When the server started, for the uptime.
+    pub started: Instant,
 }
+
+/// The configured budgets `/status.json` reports beside the figures they bound.
+#[derive(Clone, Debug, Default)]
+pub struct Budgets {
+    pub resp_max_connections: usize,
+    /// Per door (HTTP and RESP each have their own).
+    pub admission_max_inflight: usize,
+    pub admission_max_queue: usize,
+    pub background_max_inflight: usize,
+    pub background_max_queue: usize,
+}
+
+impl Budgets {
+    pub fn from_config(c: &Config) -> Self {
+        Self {
+            resp_max_connections: c.resp.max_connections,
+            admission_max_inflight: c.admission.max_inflight,
+            admission_max_queue: c.admission.max_queue,
+            background_max_inflight: c.background.max_inflight,
+            background_max_queue: c.background.max_queue,
+        }
+    }
+}
+
+/// The browser status page: self-contained (inline CSS and script, no external assets).
+const STATUS_HTML: &str = include_str!("status.html");
 
 /// Paths served without the admin token: liveness and readiness probes carry none.
 const PROBES: [&str; 2] = ["/healthz", "/readyz"];
@@ -125,18 +157,149 @@ impl Admin {
                 });
                 typed(format!("{body}\n"), "application/json")
             }
-            "/" => text(
-                StatusCode::OK,
-                self.status_page(self.names_keys(peer)).await,
-            ),
+            "/" if wants_html(req) => {
+                let mut resp = typed(STATUS_HTML.into(), "text/html; charset=utf-8");
+                resp.headers_mut()
+                    .insert(header::VARY, HeaderValue::from_static("accept"));
+                resp
+            }
+            "/" | "/status.txt" => {
+                let mut resp = text(
+                    StatusCode::OK,
+                    self.status_page(self.names_keys(peer)).await,
+                );
+                if path == "/" {
+                    resp.headers_mut()
+                        .insert(header::VARY, HeaderValue::from_static("accept"));
+                }
+                resp
+            }
+            "/status.json" => {
+                let mut resp = typed(
+                    format!("{}\n", self.status_json(self.names_keys(peer)).await),
+                    "application/json",
+                );
+                resp.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                resp
+            }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "try /metrics, /healthz, /readyz, /hotkeys or /\n".into(),
+                "try /metrics, /healthz, /readyz, /hotkeys, /status.json, /status.txt or /\n"
+                    .into(),
             ),
         }
     }
 
-    /// The status page; hot keys by name only if `names_keys`.
+    /// What the live status page reads: raw counters and gauges (the page computes rates from
+    /// successive samples), the budgets they run against, and hot keys by name only if
+    /// `names_keys` (the rule of `/hotkeys`).
+    async fn status_json(&self, names_keys: bool) -> serde_json::Value {
+        use serde_json::json;
+        let m = &self.metrics;
+        self.cache.publish_usage().await;
+        let budgets = self.budgets.load();
+        let (http_requests, http_5xx) = m.http_request_counts();
+        let (buckets, latency_count) = m.http_latency_buckets();
+        let (l1_hits, l1_misses) = m.tier_counts(Tier::L1);
+        let (l2_hits, l2_misses) = m.tier_counts(Tier::L2);
+        let (l2_errors, l2_in_flight) = m.l2_error_count();
+        let door = |d: Door| {
+            let (open, accepted, rejected) = m.door_counts(d);
+            json!({"open": open, "accepted": accepted, "rejected": rejected})
+        };
+        let admission = |d: Door| {
+            let a = m.admission(d);
+            json!({
+                "in_flight": a.inflight.get(),
+                "queued": a.queued.get(),
+                "shed": a.rejected.iter().map(|c| c.get()).sum::<u64>(),
+                "max_in_flight": budgets.admission_max_inflight,
+                "max_queue": budgets.admission_max_queue,
+            })
+        };
+        let bg = &m.background;
+        let l2 = self.cache.l2();
+        let hot = self.cache.hot_keys();
+        let hot_keys = if names_keys {
+            let keys: Vec<_> = hot
+                .report()
+                .iter()
+                .map(|h| json!({"key": crate::http::to_json(&h.key), "reads": h.reads}))
+                .collect();
+            json!({"shown": true, "enabled": hot.enabled(), "keys": keys})
+        } else {
+            json!({"shown": false, "enabled": hot.enabled(), "why": KEYS_HIDDEN.trim_end()})
+        };
+        let ready = self.ready();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "commit": env!("TIERGATE_GIT_COMMIT"),
+            "pid": std::process::id(),
+            "mode": if l2.is_some() { "tiered" } else { "standalone" },
+            "ready": ready.is_ok(),
+            "not_ready_why": ready.err(),
+            "draining": self.draining.is_triggered(),
+            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "http": {
+                "requests": http_requests,
+                "server_errors": http_5xx,
+                "connections": door(Door::Http),
+                "latency": {
+                    "count": latency_count,
+                    "buckets": buckets.iter().map(|(le, n)| json!([le, n])).collect::<Vec<_>>(),
+                },
+                "admission": admission(Door::Http),
+            },
+            "resp": {
+                "commands": m.resp_commands.get(),
+                "connections": door(Door::Resp),
+                "max_connections": budgets.resp_max_connections,
+                "admission": admission(Door::Resp),
+            },
+            "admin": {"connections": door(Door::Admin)},
+            "background": {
+                "in_flight": bg.inflight.get(),
+                "queued": bg.queued.get(),
+                "skipped": bg.rejected.iter().map(|c| c.get()).sum::<u64>(),
+                "max_in_flight": budgets.background_max_inflight,
+                "max_queue": budgets.background_max_queue,
+            },
+            "l1": {
+                "hits": l1_hits,
+                "misses": l1_misses,
+                "entries": m.l1_entries.get(),
+                "bytes": m.l1_bytes.get(),
+                "stale_served": m.l1_stale_served.get(),
+                "warming": m.l1_warming.get() != 0,
+            },
+            "l2": {
+                "configured": l2.is_some(),
+                "up": l2.is_some_and(|l2| l2.is_up()),
+                "circuit_open": m.l2_circuit_open.get() != 0,
+                "hits": l2_hits,
+                "misses": l2_misses,
+                "errors": l2_errors,
+                "in_flight": l2_in_flight,
+                "circuit_rejected": m.l2_circuit_rejected.get(),
+                "dedicated_lent": m.l2_dedicated_lent.get(),
+                "dedicated_size": l2.map_or(0, |l2| l2.dedicated_size()),
+            },
+            "bus": {
+                "subscribed": m.bus_subscribed.get() != 0,
+                "invalidations": m.bus_invalidations.get(),
+                "flushes": m.bus_flushes.get(),
+            },
+            "process": {
+                "rss_bytes": crate::host::rss_bytes(),
+                "open_fds": open_fds(),
+                "max_fds": max_fds(),
+            },
+            "hot_keys": hot_keys,
+        })
+    }
+
+    /// The plain-text status page; hot keys by name only if `names_keys`.
     async fn status_page(&self, names_keys: bool) -> String {
         let mode = match self.cache.l2() {
             None => "standalone (memory tier only)".to_string(),
@@ -148,7 +311,8 @@ impl Admin {
         };
         self.cache.publish_usage().await;
         let mut page = format!(
-            "tiergate {}\nmode: {mode}\nready: {ready}\nl1 entries: {}\nl1 bytes: {}\n",
+            "tiergate {}\nmode: {mode}\nready: {ready}\nl1 entries: {}\nl1 bytes: {}\n\
+             (a browser gets the live page at /; the figures as JSON: /status.json)\n",
             env!("CARGO_PKG_VERSION"),
             self.metrics.l1_entries.get(),
             self.metrics.l1_bytes.get(),
@@ -171,6 +335,30 @@ impl Admin {
 
 /// Why key names are not shown: no admin token, and the client is not on loopback.
 const KEYS_HIDDEN: &str = "key names are shown only to loopback clients while admin.token is unset; set admin.token and send Authorization: Bearer <admin.token>\n";
+
+/// Whether the client asked for HTML (a browser); curl and friends get the plain text.
+fn wants_html<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
+}
+
+/// File descriptors this process holds open (Linux: /proc/self/fd).
+fn open_fds() -> Option<usize> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count())
+}
+
+/// The soft limit on open files, from /proc/self/limits.
+fn max_fds() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut resp = typed(body, "text/plain; charset=utf-8");

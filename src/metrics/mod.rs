@@ -830,6 +830,48 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// Raw figures for the admin status page (`/status.json`), read without the exposition.
+impl Metrics {
+    /// HTTP requests answered over all routes: (all, 5xx).
+    pub fn http_request_counts(&self) -> (u64, u64) {
+        let (mut all, mut server_errors) = (0, 0);
+        for route in &self.http_requests {
+            for (i, c) in route.iter().enumerate() {
+                all += c.get();
+                if STATUSES.get(i).is_some_and(|&s| s >= 500) {
+                    server_errors += c.get();
+                }
+            }
+        }
+        (all, server_errors)
+    }
+
+    /// HTTP request latency over all routes: (upper bound in seconds, cumulative count) per
+    /// bucket, then the count of all.
+    pub fn http_latency_buckets(&self) -> (Vec<(f64, u64)>, u64) {
+        use prometheus::core::Metric;
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS.iter().map(|&b| (b, 0)).collect();
+        let mut count = 0;
+        for h in &self.http_duration {
+            let m = h.metric();
+            let h = m.get_histogram();
+            count += h.get_sample_count();
+            for (sum, b) in buckets.iter_mut().zip(h.get_bucket()) {
+                sum.1 += b.cumulative_count();
+            }
+        }
+        (buckets, count)
+    }
+
+    /// L2 commands failed or timed out (all ops), and L2 calls in flight now.
+    pub fn l2_error_count(&self) -> (u64, i64) {
+        (
+            self.l2_errors.iter().map(IntCounter::get).sum(),
+            self.l2_in_flight.get(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
