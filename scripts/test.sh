@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check CI runs: installs what the tests need when it is missing (redis-server and
-# redis-cli from Debian; python3 and pip from Debian, then redis-py from PyPI, for
-# tests/clients/redis_py.py; chromium from Debian, whose headless mode drives the admin status
-# page in tests/status_page.rs), then cargo fmt --check, clippy with warnings denied, the tests
-# with warnings denied, and the KV and RESP suites once more over a local Redis Cluster.
+# redis-cli from Debian; prometheus and promtool from Debian, for tests/prometheus.rs; chromium
+# from Debian, whose headless mode drives the admin status page in tests/status_page.rs;
+# python3 and pip from Debian, then redis-py from PyPI, for tests/clients/redis_py.py), then
+# cargo fmt --check, clippy with warnings denied, the tests with warnings denied, and the KV
+# and RESP suites once more over a local Redis Cluster.
 # Run from anywhere: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,11 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
+# tests/prometheus.rs runs a real prometheus over deploy/, and promtool on its rules; the
+# Debian package ships both.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    need_apt+=(prometheus)
+fi
 # CI's machines have python3 and pip already; a bare Debian gets them from its packages.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
@@ -26,9 +32,14 @@ if ((${#need_apt[@]})); then
     $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
     # The Debian package starts a system redis on 6379; the tests start their own on free ports.
     $SUDO service redis-server stop >/dev/null 2>&1 || true
+    # Likewise prometheus on 9090 (tiergate's default admin port) and the node exporter it
+    # recommends on 9100; tests/prometheus.rs starts its own prometheus on a free port.
+    $SUDO service prometheus stop >/dev/null 2>&1 || true
+    $SUDO service prometheus-node-exporter stop >/dev/null 2>&1 || true
 fi
 echo "==> $(redis-server --version)"
 echo "==> $(/usr/bin/chromium --version 2>/dev/null)"
+echo "==> $(prometheus --version 2>&1 | head -n 1)"
 
 # redis-py, one major version: tests/clients.rs runs tests/clients/redis_py.py with it.
 REDIS_PY_MAJOR=8
