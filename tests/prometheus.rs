@@ -113,6 +113,26 @@ fn alert_rules_pass_promtool_and_each_alert_is_tested_both_ways() {
     promtool(&["check", "rules", "deploy/prometheus/alerts.yml"]);
     promtool(&["test", "rules", "deploy/prometheus/alerts_test.yml"]);
     promtool(&["check", "config", "deploy/prometheus/prometheus.yml"]);
+    // Compose's: its token file is where compose mounts it, here the repository's copy.
+    let compose = read("deploy/prometheus/prometheus-compose.yml")
+        .replace(
+            "/etc/prometheus/tiergate-admin-token",
+            &repo()
+                .join("deploy/secrets/tiergate_admin_token")
+                .display()
+                .to_string(),
+        )
+        .replace(
+            "- alerts.yml",
+            &format!(
+                "- {}",
+                repo().join("deploy/prometheus/alerts.yml").display()
+            ),
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prometheus-compose.yml");
+    std::fs::write(&path, compose).unwrap();
+    promtool(&["check", "config", path.to_str().unwrap()]);
 
     // Every alert has a case where it fires (a non-empty exp_alerts) and one where it does
     // not (`exp_alerts: []`). Each case starts with `- eval_time:`.
