@@ -217,6 +217,7 @@ impl TieredCache {
                 capacity,
                 l2.is_none(),
                 tiered(config.l1.stale_if_error.0).max(stale_while_revalidate),
+                metrics.l1_evictions.clone(),
             ),
             stale_while_revalidate,
             refresher: refresh::Refresher::default(),

@@ -178,6 +178,8 @@ pub struct Metrics {
     pub l1_negative_hits: IntCounter,
     pub l1_stale_served: IntCounter,
     pub l1_refreshes: IntCounter,
+    /// Entries evicted to keep L1 within `l1.capacity`.
+    pub l1_evictions: IntCounter,
     pub l1_warming: IntGauge,
     pub l1_warm_keys: IntCounter,
     l2_duration: Vec<Histogram>,
@@ -197,6 +199,8 @@ pub struct Metrics {
     open_connections: [IntGauge; 3],
     connections: [IntCounter; 3],
     rejected_connections: [IntCounter; 3],
+    /// Most connections a door takes at once (`resp.max_connections`); only doors with one.
+    pub resp_connection_budget: IntGauge,
     pub accept_errors: IntCounter,
     pub heartbeat_timeouts: IntCounter,
     pub resp_protocol_errors: IntCounter,
@@ -308,6 +312,11 @@ impl Metrics {
             &["op"],
         )
         .unwrap();
+        let l1_evictions = IntCounter::new(
+            "l1_evictions_total",
+            "L1 entries evicted to stay within l1.capacity (not expirations or invalidations)",
+        )
+        .unwrap();
         let l2_up = IntGauge::new("l2_up", "1 while the last L2 health probe succeeded").unwrap();
         let l2_configured = IntGauge::new(
             "l2_configured",
@@ -361,6 +370,14 @@ impl Metrics {
             Opts::new(
                 "connections_rejected_total",
                 "Client connections refused because the door's connection budget was spent",
+            ),
+            &["door"],
+        )
+        .unwrap();
+        let budget = IntGaugeVec::new(
+            Opts::new(
+                "connection_budget",
+                "Most client connections the door takes at once (resp.max_connections); doors without a budget have no series",
             ),
             &["door"],
         )
@@ -549,6 +566,7 @@ impl Metrics {
             Box::new(l1_negative_hits.clone()),
             Box::new(l1_stale_served.clone()),
             Box::new(l1_refreshes.clone()),
+            Box::new(l1_evictions.clone()),
             Box::new(l1_warming.clone()),
             Box::new(l1_warm_keys.clone()),
             Box::new(l2_duration.clone()),
@@ -565,6 +583,7 @@ impl Metrics {
             Box::new(conns.clone()),
             Box::new(accept_errors.clone()),
             Box::new(rejected.clone()),
+            Box::new(budget.clone()),
             Box::new(heartbeat_timeouts.clone()),
             Box::new(resp_protocol_errors.clone()),
             Box::new(resp_commands.clone()),
@@ -624,6 +643,7 @@ impl Metrics {
             l1_negative_hits,
             l1_stale_served,
             l1_refreshes,
+            l1_evictions,
             l1_warming,
             l1_warm_keys,
             l2_duration: L2_OPS
@@ -645,6 +665,7 @@ impl Metrics {
             open_connections: std::array::from_fn(|i| open.with_label_values(&[DOORS[i]])),
             connections: std::array::from_fn(|i| conns.with_label_values(&[DOORS[i]])),
             rejected_connections: std::array::from_fn(|i| rejected.with_label_values(&[DOORS[i]])),
+            resp_connection_budget: budget.with_label_values(&[DOORS[Door::Resp as usize]]),
             accept_errors,
             heartbeat_timeouts,
             resp_protocol_errors,

@@ -192,6 +192,10 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     let budget = Arc::new(Semaphore::new(max_connections));
+    shared
+        .metrics
+        .resp_connection_budget
+        .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
     // Each connection task holds a sender; when all are dropped, every connection is done.
     let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
     let metrics = shared.metrics.clone();
