@@ -22,9 +22,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # The commit for tiergate_build_info: .git is not sent to the builder (.dockerignore), so pass
-# it: docker build --build-arg TIERGATE_GIT_COMMIT=$(git rev-parse --short=12 HEAD) .
-ARG TIERGATE_GIT_COMMIT=unknown
-ENV TIERGATE_GIT_COMMIT=${TIERGATE_GIT_COMMIT}
+# it: docker build --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG GIT_COMMIT=unknown
+ENV GIT_COMMIT=${GIT_COMMIT}
 COPY . .
 # The registry and target directory live in BuildKit cache mounts: a rebuild after a source
 # change recompiles tiergate only, not its dependencies. The binary is copied out of the

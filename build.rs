@@ -1,11 +1,13 @@
-//! Build-time facts for `tiergate_build_info`: the git commit, from `TIERGATE_GIT_COMMIT` when
-//! set (a Docker build has no `.git`), else `git rev-parse`, else "unknown".
+//! Build-time facts for `tiergate_build_info`: the git commit, from `GIT_COMMIT` when
+//! set (a Docker build has no `.git`), else `git rev-parse`, else "unknown". Not a
+//! `TIERGATE_` name: cargo also sets it in the environment of what `cargo test` runs, and the
+//! binary reads every `TIERGATE_<SECTION>_<KEY>` as config.
 
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=TIERGATE_GIT_COMMIT");
-    let commit = std::env::var("TIERGATE_GIT_COMMIT").ok().or_else(|| {
+    println!("cargo:rerun-if-env-changed=GIT_COMMIT");
+    let commit = std::env::var("GIT_COMMIT").ok().or_else(|| {
         let git = |args: &[&str]| {
             let out = Command::new("git").args(args).output().ok()?;
             out.status
@@ -29,5 +31,5 @@ fn main() {
     let commit = commit
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=TIERGATE_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=GIT_COMMIT={commit}");
 }

@@ -4,10 +4,7 @@
 //! L2 had no such key (`l1.negative_ttl`).
 
 use bytes::Bytes;
-use moka::{
-    future::Cache, notification::RemovalCause, ops::compute::Op, policy::EvictionPolicy, Expiry,
-};
-use prometheus::IntCounter;
+use moka::{future::Cache, ops::compute::Op, policy::EvictionPolicy, Expiry};
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -108,10 +105,7 @@ impl L1 {
     /// `capacity` bytes of budget. `as_store` selects LRU admission: when L1 is the only
     /// store (standalone mode) a fresh write must never be refused admission, which
     /// TinyLFU may do for a cold key. `grace`: how long entries are kept stale past their TTL.
-    /// `evicted` counts the entries evicted to stay within `capacity` (not expirations,
-    /// invalidations or replacements): an L1 too small for its working set evicts about as
-    /// much as it fills.
-    pub fn new(capacity: u64, as_store: bool, grace: Duration, evicted: IntCounter) -> Self {
+    pub fn new(capacity: u64, as_store: bool, grace: Duration) -> Self {
         if capacity == 0 {
             return Self { cache: None, grace };
         }
@@ -127,14 +121,6 @@ impl L1 {
             })
             .expire_after(PerEntryTtl { grace })
             .eviction_policy(policy)
-            // moka calls this for every removal of a live entry (a boxed future each), which
-            // is an eviction, an invalidation of a cached key or a replacement: never on a
-            // read, and never for a key L1 does not hold.
-            .eviction_listener(move |_, _, cause| {
-                if cause == RemovalCause::Size {
-                    evicted.inc();
-                }
-            })
             // aHash, randomly keyed per process: keys come from clients, so the hash must
             // resist collisions chosen by them (which FxHash-style hashes do not), and std's
             // SipHash cost a tenth of an L1 hit.
@@ -267,13 +253,9 @@ mod tests {
         Bytes::from_static(s.as_bytes())
     }
 
-    fn evictions() -> IntCounter {
-        IntCounter::new("evictions", "evictions").unwrap()
-    }
-
     #[tokio::test]
     async fn entries_expire_on_their_own_ttl() {
-        let l1 = L1::new(1 << 20, true, Duration::ZERO, evictions());
+        let l1 = L1::new(1 << 20, true, Duration::ZERO);
         l1.insert(b("k"), Entry::new(b("v"), Some(Duration::from_millis(30))))
             .await;
         l1.insert(b("forever"), Entry::new(b("v"), None)).await;
@@ -292,7 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn compute_sees_live_entries_only_and_applies_its_op() {
-        let l1 = L1::new(1 << 20, true, Duration::ZERO, evictions());
+        let l1 = L1::new(1 << 20, true, Duration::ZERO);
         l1.insert(
             b("gone"),
             Entry::new(b("v"), Some(Duration::from_millis(1))),
@@ -315,7 +297,7 @@ mod tests {
 
     #[tokio::test]
     async fn zero_budget_disables_l1() {
-        let l1 = L1::new(0, false, Duration::ZERO, evictions());
+        let l1 = L1::new(0, false, Duration::ZERO);
         l1.insert(b("k"), Entry::new(Bytes::new(), None)).await;
         assert!(!l1.enabled());
         assert!(l1.get(b"k").await.is_none());
@@ -324,8 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn byte_budget_bounds_the_weight() {
-        let evicted = evictions();
-        let l1 = L1::new(64 * 1024, true, Duration::ZERO, evicted.clone());
+        let l1 = L1::new(64 * 1024, true, Duration::ZERO);
         for i in 0..1000u32 {
             l1.insert(
                 Bytes::from(i.to_string()),
@@ -338,7 +319,5 @@ mod tests {
             bytes <= 64 * 1024 && entries > 0,
             "{entries} entries, {bytes} bytes"
         );
-        // Each key was inserted once and none invalidated: what is gone was evicted.
-        assert_eq!(evicted.get(), 1000 - entries, "{entries} entries left");
     }
 }

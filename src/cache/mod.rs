@@ -189,6 +189,9 @@ impl TieredCache {
             Some(Arc::new(L2::new(&config.l2, metrics.clone())?))
         };
         let capacity = config.l1.capacity.resolve(memory);
+        metrics
+            .l1_capacity_bytes
+            .set(i64::try_from(capacity).unwrap_or(i64::MAX));
         let listen = match config.l2.invalidation {
             // On a cluster, sharded: see `bus`.
             Invalidation::Pubsub if !config.l2.cluster_nodes.is_empty() => {
@@ -217,7 +220,6 @@ impl TieredCache {
                 capacity,
                 l2.is_none(),
                 tiered(config.l1.stale_if_error.0).max(stale_while_revalidate),
-                metrics.l1_evictions.clone(),
             ),
             stale_while_revalidate,
             refresher: refresh::Refresher::default(),

@@ -234,7 +234,7 @@ impl Admin {
         let ready = self.ready();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "commit": env!("TIERGATE_GIT_COMMIT"),
+            "commit": env!("GIT_COMMIT"),
             "pid": std::process::id(),
             "mode": if l2.is_some() { "tiered" } else { "standalone" },
             "ready": ready.is_ok(),

@@ -178,8 +178,10 @@ pub struct Metrics {
     pub l1_negative_hits: IntCounter,
     pub l1_stale_served: IntCounter,
     pub l1_refreshes: IntCounter,
-    /// Entries evicted to keep L1 within `l1.capacity`.
-    pub l1_evictions: IntCounter,
+    /// `l1.capacity` in bytes: against `l1_bytes`, how full L1 is. (An eviction counter
+    /// would need moka's eviction listener, which made every invalidation of a cached key
+    /// 5k instructions dearer.)
+    pub l1_capacity_bytes: IntGauge,
     pub l1_warming: IntGauge,
     pub l1_warm_keys: IntCounter,
     l2_duration: Vec<Histogram>,
@@ -312,9 +314,9 @@ impl Metrics {
             &["op"],
         )
         .unwrap();
-        let l1_evictions = IntCounter::new(
-            "l1_evictions_total",
-            "L1 entries evicted to stay within l1.capacity (not expirations or invalidations)",
+        let l1_capacity_bytes = IntGauge::new(
+            "l1_capacity_bytes",
+            "L1's byte budget (l1.capacity resolved); compare tiergate_l1_bytes",
         )
         .unwrap();
         let l2_up = IntGauge::new("l2_up", "1 while the last L2 health probe succeeded").unwrap();
@@ -552,7 +554,7 @@ impl Metrics {
         )
         .unwrap();
         build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("TIERGATE_GIT_COMMIT")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("GIT_COMMIT")])
             .set(1);
 
         for c in [
@@ -566,7 +568,7 @@ impl Metrics {
             Box::new(l1_negative_hits.clone()),
             Box::new(l1_stale_served.clone()),
             Box::new(l1_refreshes.clone()),
-            Box::new(l1_evictions.clone()),
+            Box::new(l1_capacity_bytes.clone()),
             Box::new(l1_warming.clone()),
             Box::new(l1_warm_keys.clone()),
             Box::new(l2_duration.clone()),
@@ -643,7 +645,7 @@ impl Metrics {
             l1_negative_hits,
             l1_stale_served,
             l1_refreshes,
-            l1_evictions,
+            l1_capacity_bytes,
             l1_warming,
             l1_warm_keys,
             l2_duration: L2_OPS
