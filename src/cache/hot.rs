@@ -146,11 +146,41 @@ impl HotKeys {
             })
             .collect()
     }
+
+    /// How concentrated recent reads are, without naming a key: the hottest key's share of
+    /// the reads sampled lately, and the reported top's share together (None before any).
+    /// Space-Saving's counters always add up to the reads recorded, so their sum is the total.
+    pub fn shares(&self) -> Option<(f64, f64)> {
+        let s = self.summary.lock().unwrap_or_else(|p| p.into_inner());
+        let total: u64 = s.slots.iter().map(|slot| slot.reads).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut reads: Vec<u64> = s.slots.iter().map(|slot| slot.reads).collect();
+        drop(s);
+        reads.sort_unstable_by(|a, b| b.cmp(a));
+        let top: u64 = reads.iter().take(self.top).sum();
+        Some((reads[0] as f64 / total as f64, top as f64 / total as f64))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_say_how_concentrated_reads_are() {
+        let hot = HotKeys::with_half_life(2, 1, Duration::from_secs(3600));
+        assert_eq!(hot.shares(), None);
+        for _ in 0..6 {
+            hot.read(b"a");
+        }
+        for _ in 0..3 {
+            hot.read(b"b");
+        }
+        hot.read(b"c");
+        assert_eq!(hot.shares(), Some((0.6, 0.9)));
+    }
 
     #[test]
     fn the_hottest_keys_surface_among_many_cold_ones() {

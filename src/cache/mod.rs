@@ -849,6 +849,9 @@ impl TieredCache {
         let (entries, bytes) = self.l1.usage().await;
         self.metrics.l1_entries.set(entries as i64);
         self.metrics.l1_bytes.set(bytes as i64);
+        let (top1, top) = self.hot.shares().unwrap_or((0.0, 0.0));
+        self.metrics.hot_key_share.set(top1);
+        self.metrics.hot_keys_share.set(top);
     }
 
     /// After an L2 write: mark the key written, then drop it from L1. The order matters;

@@ -5,8 +5,8 @@
 pub mod admin;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 use std::time::Duration;
 
@@ -182,6 +182,10 @@ pub struct Metrics {
     /// would need moka's eviction listener, which made every invalidation of a cached key
     /// 5k instructions dearer.)
     pub l1_capacity_bytes: IntGauge,
+    /// The hottest key's share of recently sampled reads, and the reported top's
+    /// (`admin.hot_keys`) together: how concentrated reads are, no key named.
+    pub hot_key_share: Gauge,
+    pub hot_keys_share: Gauge,
     pub l1_warming: IntGauge,
     pub l1_warm_keys: IntCounter,
     l2_duration: Vec<Histogram>,
@@ -312,6 +316,16 @@ impl Metrics {
                 "L2 (Redis) commands that failed or timed out, by op",
             ),
             &["op"],
+        )
+        .unwrap();
+        let hot_key_share = Gauge::new(
+            "hot_key_read_share",
+            "The hottest key's share of recently sampled reads (0..1; 0 with hot key tracking off); its name is on /hotkeys",
+        )
+        .unwrap();
+        let hot_keys_share = Gauge::new(
+            "hot_keys_read_share",
+            "The reported top admin.hot_keys keys' share of recently sampled reads (0..1)",
         )
         .unwrap();
         let l1_capacity_bytes = IntGauge::new(
@@ -569,6 +583,8 @@ impl Metrics {
             Box::new(l1_stale_served.clone()),
             Box::new(l1_refreshes.clone()),
             Box::new(l1_capacity_bytes.clone()),
+            Box::new(hot_key_share.clone()),
+            Box::new(hot_keys_share.clone()),
             Box::new(l1_warming.clone()),
             Box::new(l1_warm_keys.clone()),
             Box::new(l2_duration.clone()),
@@ -646,6 +662,8 @@ impl Metrics {
             l1_stale_served,
             l1_refreshes,
             l1_capacity_bytes,
+            hot_key_share,
+            hot_keys_share,
             l1_warming,
             l1_warm_keys,
             l2_duration: L2_OPS
