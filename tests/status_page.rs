@@ -1,8 +1,8 @@
 //! The live status page on the admin port: `/status.json` (raw counters and gauges, budgets,
 //! mode, uptime, version) moves with load through both doors; `/` is one self-contained HTML
 //! page for browsers and the plain text for everyone else; and, in Debian's headless
-//! Chromium, the real page renders request rates, hit ratios and latencies as numbers that
-//! change between two looks.
+//! Chromium, the real page renders request rates, hit ratios and latencies (HTTP's, and
+//! RESP's overall and per command class) as numbers that change between two looks.
 //!
 //! `STATUS_SCREENSHOT=/tmp/status.png` makes the browser test also save a screenshot of the
 //! page under load.
@@ -115,6 +115,33 @@ async fn status_json_counts_what_both_doors_served() {
         let cums: Vec<f64> = buckets.iter().map(|b| b[1].as_f64().unwrap()).collect();
         assert!(cums.windows(2).all(|w| w[0] <= w[1]), "{cums:?}");
         assert!(*cums.last().unwrap() <= n(s, "http.latency.count"));
+        // RESP's, in the same shape: all classes together, then per class.
+        let resp = &s["resp"]["latency"];
+        let mut class_counts = 0.0;
+        for (path, l) in std::iter::once(("resp.latency".to_string(), resp)).chain(
+            ["read", "write", "forwarded", "connection"]
+                .iter()
+                .map(|c| (format!("resp.latency.classes.{c}"), &resp["classes"][c])),
+        ) {
+            let buckets = l["buckets"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{path}: {l}"));
+            assert!(buckets.len() > 10, "{path}: {buckets:?}");
+            let les: Vec<f64> = buckets.iter().map(|b| b[0].as_f64().unwrap()).collect();
+            assert!(les.windows(2).all(|w| w[0] < w[1]), "{path}: {les:?}");
+            let cums: Vec<f64> = buckets.iter().map(|b| b[1].as_f64().unwrap()).collect();
+            assert!(cums.windows(2).all(|w| w[0] <= w[1]), "{path}: {cums:?}");
+            assert!(*cums.last().unwrap() <= n(s, &format!("{path}.count")));
+            assert!(n(s, &format!("{path}.sum")) >= 0.0);
+            if path != "resp.latency" {
+                class_counts += n(s, &format!("{path}.count"));
+            }
+        }
+        assert_eq!(
+            class_counts,
+            n(s, "resp.latency.count"),
+            "all = the sum of classes"
+        );
     }
     let moved = |path: &str| n(&after, path) - n(&before, path);
     // 200 requests each: 10 writes and 190 reads.
@@ -125,6 +152,18 @@ async fn status_json_counts_what_both_doors_served() {
     );
     assert!(moved("http.latency.count") >= 200.0);
     assert!(moved("resp.commands") >= 200.0);
+    // RESP latency: 10 SETs (write) and 190 GETs (read), each observed once.
+    assert!(moved("resp.latency.count") >= 200.0);
+    assert!(moved("resp.latency.sum") > 0.0);
+    assert!(moved("resp.latency.classes.write.count") >= 10.0);
+    assert!(moved("resp.latency.classes.read.count") >= 190.0);
+    assert!(moved("resp.latency.classes.read.sum") > 0.0);
+    let last = |path: &str| {
+        let b = after[path]["latency"]["buckets"].as_array().unwrap();
+        let a = before[path]["latency"]["buckets"].as_array().unwrap();
+        b.last().unwrap()[1].as_f64().unwrap() - a.last().unwrap()[1].as_f64().unwrap()
+    };
+    assert!(last("resp") > 0.0, "the RESP buckets moved");
     assert!(moved("l1.hits") > 0.0 && moved("l1.misses") > 0.0);
     assert!(moved("l2.misses") > 0.0, "reads of absent keys reach L2");
     assert!(moved("uptime_seconds") > 0.0);
@@ -366,6 +405,11 @@ async fn the_page_renders_live_figures_in_headless_chromium() {
             "l2-hit",
             "http-p50",
             "http-p99",
+            "resp-p50",
+            "resp-p99",
+            "resp-read-p50",
+            "resp-read-p99",
+            "resp-read-cps",
             "conn-resp",
             "conn-resp-max",
             "adm-http-inflight",
@@ -378,6 +422,10 @@ async fn the_page_renders_live_figures_in_headless_chromium() {
         }
         assert!(figure(dom, "l1-hit").unwrap() <= 100.0);
         assert!(figure(dom, "http-p50").unwrap() <= figure(dom, "http-p99").unwrap());
+        assert!(figure(dom, "resp-p50").unwrap() <= figure(dom, "resp-p99").unwrap());
+        assert!(figure(dom, "resp-read-p50").unwrap() <= figure(dom, "resp-read-p99").unwrap());
+        // No forwarded commands in this load: that class is idle, not a number.
+        assert_eq!(shown(dom, "resp-forwarded-p50"), "idle");
         assert!(shown(dom, "hot-keys").is_empty() && dom.contains("status:"));
     }
     // Between the two looks the load went on: the totals moved.

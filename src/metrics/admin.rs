@@ -10,7 +10,7 @@
 //! (`/hotkeys`, the status page) name them to loopback clients only: a key's name can be a
 //! secret of its own.
 
-use super::{Door, Metrics, Tier};
+use super::{Door, LatencyBuckets, Metrics, Tier};
 use crate::{
     auth::{self, Denied},
     cache::TieredCache,
@@ -201,6 +201,33 @@ impl Admin {
         let budgets = self.budgets.load();
         let (http_requests, http_5xx) = m.http_request_counts();
         let (buckets, latency_count) = m.http_latency_buckets();
+        let resp_latency = {
+            // Per class, and all classes together in the shape HTTP's latency has.
+            let as_json = |l: &LatencyBuckets| {
+                json!({
+                    "count": l.count,
+                    "sum": l.sum,
+                    "buckets": l.buckets.iter().map(|(le, n)| json!([le, n])).collect::<Vec<_>>(),
+                })
+            };
+            let classes = m.resp_latency_buckets();
+            let mut all = LatencyBuckets::default();
+            let mut by_class = serde_json::Map::new();
+            for (class, l) in &classes {
+                if all.buckets.is_empty() {
+                    all.buckets = l.buckets.iter().map(|&(le, _)| (le, 0)).collect();
+                }
+                for (a, b) in all.buckets.iter_mut().zip(&l.buckets) {
+                    a.1 += b.1;
+                }
+                all.count += l.count;
+                all.sum += l.sum;
+                by_class.insert(class.to_string(), as_json(l));
+            }
+            let mut latency = as_json(&all);
+            latency["classes"] = by_class.into();
+            latency
+        };
         let (l1_hits, l1_misses) = m.tier_counts(Tier::L1);
         let (l2_hits, l2_misses) = m.tier_counts(Tier::L2);
         let (l2_errors, l2_in_flight) = m.l2_error_count();
@@ -255,6 +282,7 @@ impl Admin {
                 "commands": m.resp_commands.get(),
                 "connections": door(Door::Resp),
                 "max_connections": budgets.resp_max_connections,
+                "latency": resp_latency,
                 "admission": admission(Door::Resp),
             },
             "admin": {"connections": door(Door::Admin)},

@@ -913,6 +913,42 @@ impl Metrics {
     }
 }
 
+/// One histogram's figures for the admin status page: (upper bound in seconds, cumulative
+/// count) per bucket, the count of all and their sum in seconds.
+#[derive(Clone, Debug, Default)]
+pub struct LatencyBuckets {
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum: f64,
+}
+
+/// RESP latency for the admin status page (`/status.json`).
+impl Metrics {
+    /// RESP command latency per class, in `RESP_CLASSES` order, each with its class label.
+    pub fn resp_latency_buckets(&self) -> Vec<(&'static str, LatencyBuckets)> {
+        use prometheus::core::Metric;
+        RESP_CLASSES
+            .iter()
+            .zip(&self.resp_duration)
+            .map(|(&class, h)| {
+                let m = h.metric();
+                let h = m.get_histogram();
+                let buckets = LATENCY_BUCKETS
+                    .iter()
+                    .zip(h.get_bucket())
+                    .map(|(&le, b)| (le, b.cumulative_count()))
+                    .collect();
+                let figures = LatencyBuckets {
+                    buckets,
+                    count: h.get_sample_count(),
+                    sum: h.get_sample_sum(),
+                };
+                (class, figures)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
