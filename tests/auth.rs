@@ -587,6 +587,19 @@ async fn the_admin_token_guards_everything_but_the_probes() {
     for probe in ["/healthz", "/readyz"] {
         assert_eq!(admin(probe, None).await.status(), 200, "{probe}");
     }
+    // The live page itself holds no figure, so a browser gets it without the token (it
+    // cannot send one on navigation) and the page asks for it; what it fetches is guarded.
+    let page = gw
+        .http
+        .get(format!("{}/", gw.admin))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("id=\"login\"") && page.contains("status.json"));
+    assert!(!page.contains("hidden-name"));
     for path in ["/hotkeys", "/", "/status.json", "/status.txt", "/metrics"] {
         let refused = admin(path, None).await;
         assert_eq!(refused.status(), 401, "{path}");

@@ -469,3 +469,31 @@ async fn the_page_renders_live_figures_in_headless_chromium() {
     );
     assert_eq!(figure(&broken, "http-rps"), None);
 }
+
+/// With `admin.token` set a browser still gets the page (it holds no figure), and the page
+/// asks for the token instead of showing figures, since status.json answers it 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_admin_token_the_page_asks_for_it() {
+    let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the browser test: install Debian's chromium (scripts/test.sh does)"
+        );
+        eprintln!("SKIPPED: no /usr/bin/chromium (scripts/test.sh installs it; CI runs this test)");
+        return;
+    };
+    let mut c = support::config(None);
+    c.admin.token = "a0000000000000000000000000000000".into();
+    let gw = Gateway::start_ready(c).await;
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("{}/", gw.admin);
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&chromium, &url, profile.path()))
+        .await
+        .unwrap();
+    assert!(
+        dom.contains("<form id=\"login\">"),
+        "the prompt is shown: {dom}"
+    );
+    assert!(dom.contains("this admin port needs admin.token"), "{dom}");
+    assert!(dom.contains("FETCH FAILED"), "{dom}");
+}

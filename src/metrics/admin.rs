@@ -117,6 +117,11 @@ impl Admin {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
         let path = req.uri().path();
+        // The page itself holds no figure: it fetches /status.json, which is guarded, with the
+        // token its visitor types in (a browser cannot send a bearer header on navigation).
+        if path == "/" && wants_html(req) {
+            return status_html();
+        }
         if let Some(refused) = self.refusal(path, req) {
             return refused;
         }
@@ -156,12 +161,6 @@ impl Admin {
                     "keys": keys,
                 });
                 typed(format!("{body}\n"), "application/json")
-            }
-            "/" if wants_html(req) => {
-                let mut resp = typed(STATUS_HTML.into(), "text/html; charset=utf-8");
-                resp.headers_mut()
-                    .insert(header::VARY, HeaderValue::from_static("accept"));
-                resp
             }
             "/" | "/status.txt" => {
                 let mut resp = text(
@@ -363,6 +362,14 @@ impl Admin {
 
 /// Why key names are not shown: no admin token, and the client is not on loopback.
 const KEYS_HIDDEN: &str = "key names are shown only to loopback clients while admin.token is unset; set admin.token and send Authorization: Bearer <admin.token>\n";
+
+/// The live status page, the same for everyone: its figures come from /status.json.
+fn status_html() -> Response<Full<Bytes>> {
+    let mut resp = typed(STATUS_HTML.into(), "text/html; charset=utf-8");
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept"));
+    resp
+}
 
 /// Whether the client asked for HTML (a browser); curl and friends get the plain text.
 fn wants_html<B>(req: &Request<B>) -> bool {
