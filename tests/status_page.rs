@@ -222,19 +222,12 @@ async fn status_json_in_standalone_mode() {
 /// timer and fetch of the page's first ten seconds, run as fast as they can: its rates are
 /// then taken over the few real milliseconds those fetches took).
 fn dump_dom(chromium: &Path, url: &str, profile: &Path) -> String {
-    let out = Command::new("timeout")
-        .arg("90")
-        .arg(chromium)
+    let out = headless(chromium, profile)
         .args([
-            "--headless",
-            "--disable-gpu",
-            "--no-sandbox",
-            "--no-first-run",
             "--disable-dev-shm-usage",
             "--virtual-time-budget=10000",
             "--dump-dom",
         ])
-        .arg(format!("--user-data-dir={}", profile.display()))
         .arg(url)
         .output()
         .expect("chromium runs");
@@ -245,6 +238,19 @@ fn dump_dom(chromium: &Path, url: &str, profile: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// Headless Chromium with its own profile in `profile`, killed if it runs past 90 s.
+fn headless(chromium: &Path, profile: &Path) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.arg("90").arg(chromium).args([
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--no-first-run",
+    ]);
+    cmd.arg(format!("--user-data-dir={}", profile.display()));
+    cmd
 }
 
 /// Saves a screenshot of the page at `url` after about 8 s of real time (virtual time would
@@ -276,21 +282,8 @@ fn screenshot(chromium: &Path, url: &str, png: &Path) {
         ),
     )
     .unwrap();
-    let status = Command::new("timeout")
-        .arg("90")
-        .arg(chromium)
-        .args([
-            "--headless",
-            "--disable-gpu",
-            "--no-sandbox",
-            "--no-first-run",
-            "--hide-scrollbars",
-            "--window-size=1280,900",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            dir.path().join("profile").display()
-        ))
+    let status = headless(chromium, &dir.path().join("profile"))
+        .args(["--hide-scrollbars", "--window-size=1280,900"])
         .arg(format!("--screenshot={}", png.display()))
         .arg(format!("file://{}", frame.display()))
         .status()
