@@ -3,6 +3,7 @@
 //! here is killed on drop.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod origin;
 pub mod wire;
 
 use std::{
