@@ -117,15 +117,18 @@ async fn a_delayed_answer_still_completes() {
 async fn a_hanging_path_is_cut_by_the_client_timeout_and_counted_once() {
     let origin = Origin::start().await;
     origin.answer("/hang", Answer::hang());
+    // The client's timeout is long enough for any loaded machine to deliver the request
+    // first; the test waits for the origin to have it, not for the clock.
     let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let err = c
-        .get(format!("{}/hang", origin.url()))
-        .send()
-        .await
-        .unwrap_err();
+    let request = tokio::spawn(c.get(format!("{}/hang", origin.url())).send());
+    support::eventually("the origin has the request", || async {
+        origin.requests("/hang") == 1
+    })
+    .await;
+    let err = request.await.unwrap().unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     assert_eq!(origin.requests("/hang"), 1);
     assert_eq!(origin.total(), 1);
