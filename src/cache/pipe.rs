@@ -157,19 +157,9 @@ pub fn pack_key(out: &mut Vec<u8>, key: &[u8]) {
 /// The keys of a message on `keys_channel`, in order; Err if it is not a run of bulk strings.
 pub fn unpack_keys(mut message: &[u8], mut each: impl FnMut(Bytes)) -> Result<(), L2Error> {
     while !message.is_empty() {
-        let rest = message
-            .strip_prefix(b"$")
-            .ok_or_else(|| bad("announced key"))?;
-        let end = memchr::memchr(b'\r', rest).ok_or_else(|| bad("announced key"))?;
-        let len = decimal(&rest[..end])
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| bad("announced key length"))?;
-        let start = end + 2;
-        if rest.len() < start + len + 2 || &rest[start + len..start + len + 2] != b"\r\n" {
-            return Err(bad("announced key"));
-        }
-        each(Bytes::copy_from_slice(&rest[start..start + len]));
-        message = &rest[start + len + 2..];
+        let (key, rest) = super::reply::split_bulk(message).ok_or_else(|| bad("announced key"))?;
+        each(Bytes::copy_from_slice(key));
+        message = rest;
     }
     Ok(())
 }

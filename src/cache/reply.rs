@@ -170,21 +170,25 @@ fn count(line: &[u8]) -> Result<Option<u64>, NotResp> {
 /// `$-1` or RESP3 `_`), None for any other reply (an error, say). `reply` is one whole reply,
 /// as `Framer` delimits it.
 pub fn bulk(reply: &bytes::Bytes) -> Option<Option<bytes::Bytes>> {
-    match reply.first()? {
-        b'_' => Some(None),
-        b'$' => {
-            let end = memchr(b'\r', reply)?;
-            match super::pipe::decimal(&reply[1..end])? {
-                -1 => Some(None),
-                len => {
-                    let start = end + 2;
-                    let len = usize::try_from(len).ok()?;
-                    (reply.len() == start + len + 2).then(|| Some(reply.slice(start..start + len)))
-                }
-            }
-        }
+    if reply.as_ref() == b"_\r\n" || reply.as_ref() == b"$-1\r\n" {
+        return Some(None);
+    }
+    match split_bulk(reply)? {
+        (value, []) => Some(Some(reply.slice_ref(value))),
         _ => None,
     }
+}
+
+/// The bulk string (`$len\r\nbody\r\n`, not a null) at the front of `buf`: its body and
+/// what follows it; None when `buf` does not start with a whole one.
+pub fn split_bulk(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = buf.strip_prefix(b"$")?;
+    let end = memchr(b'\r', rest)?;
+    let len = usize::try_from(super::pipe::decimal(&rest[..end])?).ok()?;
+    let start = end + 2;
+    let body = rest.get(start..start + len)?;
+    let tail = rest.get(start + len..)?;
+    Some((body, tail.strip_prefix(b"\r\n")?))
 }
 
 /// A whole reply read as an integer (`:n`); None for any other reply.

@@ -199,7 +199,7 @@ impl Admin {
         self.cache.publish_usage().await;
         let budgets = self.budgets.load();
         let (http_requests, http_5xx) = m.http_request_counts();
-        let (buckets, latency_count) = m.http_latency_buckets();
+        let http_latency = m.http_latency_buckets();
         let resp_latency = {
             // Per class, and all classes together in the shape HTTP's latency has.
             let as_json = |l: &LatencyBuckets| {
@@ -209,18 +209,9 @@ impl Admin {
                     "buckets": l.buckets.iter().map(|(le, n)| json!([le, n])).collect::<Vec<_>>(),
                 })
             };
-            let classes = m.resp_latency_buckets();
-            let mut all = LatencyBuckets::default();
+            let (all, classes) = m.resp_latency_buckets();
             let mut by_class = serde_json::Map::new();
             for (class, l) in &classes {
-                if all.buckets.is_empty() {
-                    all.buckets = l.buckets.iter().map(|&(le, _)| (le, 0)).collect();
-                }
-                for (a, b) in all.buckets.iter_mut().zip(&l.buckets) {
-                    a.1 += b.1;
-                }
-                all.count += l.count;
-                all.sum += l.sum;
                 by_class.insert(class.to_string(), as_json(l));
             }
             let mut latency = as_json(&all);
@@ -272,8 +263,8 @@ impl Admin {
                 "server_errors": http_5xx,
                 "connections": door(Door::Http),
                 "latency": {
-                    "count": latency_count,
-                    "buckets": buckets.iter().map(|(le, n)| json!([le, n])).collect::<Vec<_>>(),
+                    "count": http_latency.count,
+                    "buckets": http_latency.buckets.iter().map(|(le, n)| json!([le, n])).collect::<Vec<_>>(),
                 },
                 "admission": admission(Door::Http),
             },

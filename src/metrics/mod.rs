@@ -114,6 +114,16 @@ pub enum RespClass {
 }
 const RESP_CLASSES: [&str; 4] = ["read", "write", "forwarded", "connection"];
 
+impl RespClass {
+    /// Every class, in the order of `RESP_CLASSES` (its value is its index).
+    pub const ALL: [RespClass; 4] = [
+        RespClass::Read,
+        RespClass::Write,
+        RespClass::Forwarded,
+        RespClass::Connection,
+    ];
+}
+
 /// Why the RESP door closed a client on its own (not the client leaving, nor idling out), as
 /// the `reason` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -887,21 +897,9 @@ impl Metrics {
         (all, server_errors)
     }
 
-    /// HTTP request latency over all routes: (upper bound in seconds, cumulative count) per
-    /// bucket, then the count of all.
-    pub fn http_latency_buckets(&self) -> (Vec<(f64, u64)>, u64) {
-        use prometheus::core::Metric;
-        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS.iter().map(|&b| (b, 0)).collect();
-        let mut count = 0;
-        for h in &self.http_duration {
-            let m = h.metric();
-            let h = m.get_histogram();
-            count += h.get_sample_count();
-            for (sum, b) in buckets.iter_mut().zip(h.get_bucket()) {
-                sum.1 += b.cumulative_count();
-            }
-        }
-        (buckets, count)
+    /// HTTP request latency over all routes.
+    pub fn http_latency_buckets(&self) -> LatencyBuckets {
+        LatencyBuckets::of(&self.http_duration)
     }
 
     /// L2 commands failed or timed out (all ops), and L2 calls in flight now.
@@ -922,30 +920,38 @@ pub struct LatencyBuckets {
     pub sum: f64,
 }
 
+impl LatencyBuckets {
+    /// The figures of `histograms` together (each with `LATENCY_BUCKETS`).
+    fn of<'a>(histograms: impl IntoIterator<Item = &'a Histogram>) -> Self {
+        use prometheus::core::Metric;
+        let mut all = Self {
+            buckets: LATENCY_BUCKETS.iter().map(|&le| (le, 0)).collect(),
+            ..Self::default()
+        };
+        for h in histograms {
+            let m = h.metric();
+            let h = m.get_histogram();
+            all.count += h.get_sample_count();
+            all.sum += h.get_sample_sum();
+            for (a, b) in all.buckets.iter_mut().zip(h.get_bucket()) {
+                a.1 += b.cumulative_count();
+            }
+        }
+        all
+    }
+}
+
 /// RESP latency for the admin status page (`/status.json`).
 impl Metrics {
-    /// RESP command latency per class, in `RESP_CLASSES` order, each with its class label.
-    pub fn resp_latency_buckets(&self) -> Vec<(&'static str, LatencyBuckets)> {
-        use prometheus::core::Metric;
-        RESP_CLASSES
+    /// RESP command latency of every class together, then per class in `RESP_CLASSES` order,
+    /// each with its class label.
+    pub fn resp_latency_buckets(&self) -> (LatencyBuckets, Vec<(&'static str, LatencyBuckets)>) {
+        let classes = RESP_CLASSES
             .iter()
             .zip(&self.resp_duration)
-            .map(|(&class, h)| {
-                let m = h.metric();
-                let h = m.get_histogram();
-                let buckets = LATENCY_BUCKETS
-                    .iter()
-                    .zip(h.get_bucket())
-                    .map(|(&le, b)| (le, b.cumulative_count()))
-                    .collect();
-                let figures = LatencyBuckets {
-                    buckets,
-                    count: h.get_sample_count(),
-                    sum: h.get_sample_sum(),
-                };
-                (class, figures)
-            })
-            .collect()
+            .map(|(&class, h)| (class, LatencyBuckets::of([h])))
+            .collect();
+        (LatencyBuckets::of(&self.resp_duration), classes)
     }
 }
 

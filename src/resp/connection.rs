@@ -190,14 +190,6 @@ pub fn serve<H: Send>(
     }
 }
 
-/// Every class, in the order of `Outcome::classes`.
-const RESP_CLASSES: [RespClass; 4] = [
-    RespClass::Read,
-    RespClass::Write,
-    RespClass::Forwarded,
-    RespClass::Connection,
-];
-
 /// Written before closing a client whose command did not arrive in time.
 const COMMAND_TIMEOUT_REPLY: &[u8] =
     b"-ERR Protocol error: command not complete within resp.command_read_timeout\r\n";
@@ -230,7 +222,7 @@ struct Outcome {
     /// Commands run, by latency class (`RespClass`), for the histogram once the replies are
     /// written. Refusals (NOPERM, NOAUTH, syntax) and waits (a blocking command) are not
     /// counted.
-    classes: [u32; 4],
+    classes: [u32; RespClass::ALL.len()],
 }
 
 impl Outcome {
@@ -278,7 +270,7 @@ async fn answer(
         Ok(()) => {
             if outcome.classes.iter().any(|&n| n > 0) {
                 let took = start.elapsed();
-                for (class, &n) in RESP_CLASSES.iter().zip(&outcome.classes) {
+                for (class, &n) in RespClass::ALL.iter().zip(&outcome.classes) {
                     if n > 0 {
                         shared.metrics.record_resp(*class, n, took);
                     }
