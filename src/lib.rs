@@ -15,6 +15,7 @@ pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod net;
+pub mod origin;
 pub mod reload;
 pub mod resp;
 pub mod server;

@@ -10,6 +10,7 @@ use crate::{
     host, http,
     metrics::{admin, Metrics},
     net::{self, ListenOptions},
+    origin::Origins,
     reload, resp,
     shutdown::{self, Shutdown},
 };
@@ -43,6 +44,7 @@ pub struct Running {
     pub resp_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub cache: Arc<TieredCache>,
+    pub origins: Arc<Origins>,
     pub metrics: Arc<Metrics>,
     /// The config in force: what a reload compares the new file against.
     config: std::sync::Mutex<Config>,
@@ -64,7 +66,9 @@ pub struct Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let memory = host::memory_limit();
-    let cache = Arc::new(TieredCache::new(&config, memory, metrics.clone())?);
+    let origins = Arc::new(Origins::new(&config.origins, &metrics));
+    let loaders = crate::cache::loader::Loaders::new(&config.origins, &origins);
+    let cache = Arc::new(TieredCache::new(&config, memory, metrics.clone())?.with_loaders(loaders));
     let draining = Shutdown::new();
     let admin_stop = Shutdown::new();
     let background =
@@ -127,6 +131,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     }
 
+    for o in &config.origins {
+        let upstreams: Vec<&str> = o.upstreams.iter().map(|u| u.url()).collect();
+        tracing::info!(origin = %o.name, upstreams = %upstreams.join(","), probes = !o.health_path.is_empty(), "origin");
+    }
+    background.spawn_service(origins.clone().probe(draining.clone()));
+
     let auth = Arc::new(Auth::new(Rules::from_config(&config)));
     log_protected_mode(&config);
     let access = if config.access_log.enabled {
@@ -176,6 +186,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin = Arc::new(admin::Admin {
         metrics: metrics.clone(),
         cache: cache.clone(),
+        origins: origins.clone(),
         draining: draining.clone(),
         token: arc_swap::ArcSwap::from_pointee(config.admin.token.clone()),
         budgets: arc_swap::ArcSwap::from_pointee(admin::Budgets::from_config(&config)),
@@ -192,6 +203,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         resp_addr,
         admin_addr,
         cache,
+        origins,
         metrics,
         config: std::sync::Mutex::new(config),
         auth,

@@ -381,6 +381,7 @@ fn format_line(buf: &mut Vec<u8>, r: &Record) {
     buf.extend_from_slice(match r.tier {
         Some(Tier::L1) => b"\"L1\"",
         Some(Tier::L2) => b"\"L2\"",
+        Some(Tier::Origin) => b"\"ORIGIN\"",
         None => b"null",
     });
     buf.extend_from_slice(b",\"duration_us\":");

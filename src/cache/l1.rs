@@ -21,6 +21,11 @@ pub struct Entry {
     pub expires_at: Option<Instant>,
     /// L2 said the key does not exist (a negative entry; `value` is empty).
     pub absent: bool,
+    /// Loaded from an origin (a loader), not read from L2.
+    pub origin: bool,
+    /// Kept this long past its TTL, stale, to answer while its source fails (a loader's
+    /// `stale_if_error`), when longer than L1's own grace.
+    pub grace: Duration,
 }
 
 impl Entry {
@@ -30,6 +35,8 @@ impl Entry {
             value,
             expires_at: ttl.map(|t| Instant::now() + t),
             absent: false,
+            origin: false,
+            grace: Duration::ZERO,
         }
     }
 
@@ -39,7 +46,31 @@ impl Entry {
             value,
             expires_at,
             absent: false,
+            origin: false,
+            grace: Duration::ZERO,
         }
+    }
+
+    /// The tier that gave this entry, when it is not L1 answering.
+    pub fn tier(&self) -> crate::metrics::Tier {
+        if self.origin {
+            crate::metrics::Tier::Origin
+        } else {
+            crate::metrics::Tier::L2
+        }
+    }
+
+    /// Marks an entry loaded from an origin.
+    pub fn from_origin(self) -> Self {
+        Self {
+            origin: true,
+            ..self
+        }
+    }
+
+    /// Keeps the entry `grace` past its TTL (if longer than L1's own grace).
+    pub fn with_grace(self, grace: Duration) -> Self {
+        Self { grace, ..self }
     }
 
     /// A record that L2 has no such key, for `ttl`.
@@ -63,7 +94,7 @@ struct PerEntryTtl {
 
 impl Expiry<Bytes, Entry> for PerEntryTtl {
     fn expire_after_create(&self, _: &Bytes, v: &Entry, now: Instant) -> Option<Duration> {
-        v.ttl(now).map(|t| t + self.grace)
+        v.ttl(now).map(|t| t + self.grace.max(v.grace))
     }
 
     fn expire_after_update(
@@ -73,7 +104,7 @@ impl Expiry<Bytes, Entry> for PerEntryTtl {
         now: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        v.ttl(now).map(|t| t + self.grace)
+        v.ttl(now).map(|t| t + self.grace.max(v.grace))
     }
 }
 
@@ -91,6 +122,9 @@ pub fn own(b: &Bytes) -> Bytes {
 pub enum LoadMiss<E> {
     Absent,
     Failed(E),
+    /// A value loaded from an origin that may not be kept (`no-store` and the like): handed to
+    /// every waiter, stored nowhere.
+    Passed(Bytes),
 }
 
 /// The L1 tier; `None` inside when configured with a zero budget.
@@ -136,10 +170,11 @@ impl L1 {
         !window.is_zero() && e.expires_at.is_some_and(|at| Instant::now() < at + window)
     }
 
-    /// Whether `e` is within its TTL. Without a grace moka only returns fresh entries, so
-    /// this reads no clock on the hot path then.
+    /// Whether `e` is within its TTL. Without a grace (L1's or the entry's) moka only
+    /// returns fresh entries, so this reads no clock on the hot path then.
     pub fn is_fresh(&self, e: &Entry) -> bool {
-        self.grace.is_zero() || e.expires_at.is_none_or(|at| Instant::now() < at)
+        (self.grace.is_zero() && e.grace.is_zero())
+            || e.expires_at.is_none_or(|at| Instant::now() < at)
     }
 
     pub fn enabled(&self) -> bool {

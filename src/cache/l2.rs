@@ -50,6 +50,11 @@ pub enum L2Error {
     /// so the RESP door can pass the same kind of error on.
     #[error("L2 refused the command: {code} {detail}")]
     Refused { code: String, detail: String },
+    /// A loader's origin (`[[origins.loaders]]`) gave no usable answer: it failed, or
+    /// answered with a status other than 200 or 404. `code` is stable (`origin_timeout`,
+    /// `origin_status` ...).
+    #[error("{detail}")]
+    Origin { code: &'static str, detail: String },
 }
 
 impl L2Error {
@@ -58,7 +63,10 @@ impl L2Error {
     pub fn is_outage(&self) -> bool {
         matches!(
             self,
-            L2Error::Unavailable(_) | L2Error::Timeout | L2Error::CircuitOpen
+            L2Error::Unavailable(_)
+                | L2Error::Timeout
+                | L2Error::CircuitOpen
+                | L2Error::Origin { .. }
         )
     }
 
@@ -682,6 +690,25 @@ impl L2 {
         })
         .await
         .map(drop)
+    }
+
+    /// Keeps a value loaded from an origin for `ttl`: `SET key value PX ttl NX`, so a write
+    /// made meanwhile (newer than the origin's answer) is not overwritten. Not announced: no
+    /// instance holds a value for a key L2 did not have (only, at most, a short-lived absence).
+    pub async fn store_loaded(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), L2Error> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key)
+            .arg(value)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg("NX");
+        let query = |mut c: Conn| async move { cmd.query_async::<redis::Value>(&mut c).await };
+        self.run(L2Op::Set, key, query).await.map(drop)
     }
 
     /// SET with its options, answered as Redis answered.

@@ -14,6 +14,7 @@ pub mod forward;
 pub mod hot;
 pub mod l1;
 pub mod l2;
+pub mod loader;
 mod merge;
 mod pipe;
 pub mod refresh;
@@ -32,6 +33,7 @@ use epoch::Epochs;
 use l1::{Entry, LoadMiss, L1};
 use l2::ttl_from_pttl;
 pub use l2::{L2Error, L2};
+use loader::{Loaded, Loader, Loaders};
 use moka::ops::compute::Op;
 pub use pipe::{encode_args, Reply};
 use std::{
@@ -140,13 +142,15 @@ pub const NOT_AN_INTEGER: &str = "value is not an integer or out of range";
 pub const INCR_OVERFLOW: &str = "increment or decrement would overflow";
 
 /// How long L1 keeps values read from L2, and absences (`l1.max_ttl`, `l1.ttl_jitter`,
-/// `l1.negative_ttl`).
+/// `l1.negative_ttl`); and how large a value an origin may hand a loader
+/// (`limits.max_value_bytes`). Reloadable keys, all.
 pub struct TtlPolicy {
     max_ttl: Duration,
     /// Fraction of each lifetime taken off at random.
     jitter: f64,
     /// How long L1 remembers that L2 had no such key (zero: not at all).
     negative_ttl: Duration,
+    max_value_bytes: usize,
 }
 
 impl TtlPolicy {
@@ -160,6 +164,7 @@ impl TtlPolicy {
             } else {
                 Duration::ZERO
             },
+            max_value_bytes: usize::try_from(config.limits.max_value_bytes.0).unwrap_or(usize::MAX),
         }
     }
 }
@@ -176,6 +181,8 @@ pub struct TieredCache {
     /// The invalidation bus, when L2 is shared with other instances.
     bus: Option<Arc<bus::Bus>>,
     hot: hot::HotKeys,
+    /// Key prefixes read through to origins (`[[origins.loaders]]`).
+    loaders: Loaders,
     metrics: Arc<Metrics>,
 }
 
@@ -226,8 +233,15 @@ impl TieredCache {
             ttl: ArcSwap::from_pointee(TtlPolicy::new(config, l2.is_some())),
             l2,
             epochs: Epochs::new(),
+            loaders: Loaders::default(),
             metrics,
         })
+    }
+
+    /// Reads keys under these prefixes through to their origins.
+    pub fn with_loaders(mut self, loaders: Loaders) -> Self {
+        self.loaders = loaders;
+        self
     }
 
     /// Applies the TTL keys of a reloaded config to what L2 reads from now on.
@@ -289,7 +303,8 @@ impl TieredCache {
                 }
                 return Some(placement::boxed(|| self.read_stale(key, e)).await);
             }
-            if defer && self.l2.is_some() {
+            // A loader's keys are read here: Redis alone would answer nil.
+            if defer && self.l2.is_some() && self.loaders.find(key).is_none() {
                 self.metrics.miss(Tier::L1);
                 return None;
             }
@@ -308,28 +323,82 @@ impl TieredCache {
             return Ok(one.pop().flatten());
         }
         self.metrics.miss(Tier::L1);
-        let Some(l2) = &self.l2 else { return Ok(None) };
+        let loader = self.loaders.find(key);
+        if self.l2.is_none() && loader.is_none() {
+            return Ok(None);
+        }
         let epoch = self.epochs.read(key);
         let owned = Bytes::copy_from_slice(key);
         let loaded = self
             .l1
-            .get_or_load(owned.clone(), async {
-                match l2.get(owned).await {
-                    Ok(Some((value, ttl))) => Ok(Entry::new(value, Some(self.l1_ttl(ttl)))),
-                    Ok(None) => self.negative_entry().ok_or(LoadMiss::Absent),
-                    Err(e) => Err(LoadMiss::Failed(e)),
-                }
-            })
+            .get_or_load(owned.clone(), self.fetch(owned, loader))
             .await;
         self.drop_if_raced(key, epoch).await;
         match loaded {
-            Ok(e) => Ok(self.answer(e, Tier::L2)),
+            Ok(e) => {
+                let tier = e.tier();
+                if tier == Tier::Origin && self.l2.is_some() {
+                    self.metrics.miss(Tier::L2);
+                }
+                Ok(self.answer(e, tier))
+            }
             Err(miss) => match &*miss {
                 LoadMiss::Absent => {
-                    self.metrics.miss(Tier::L2);
+                    if self.l2.is_some() {
+                        self.metrics.miss(Tier::L2);
+                    }
+                    if loader.is_some() {
+                        self.metrics.miss(Tier::Origin);
+                    }
                     Ok(None)
                 }
+                LoadMiss::Passed(value) => {
+                    if self.l2.is_some() {
+                        self.metrics.miss(Tier::L2);
+                    }
+                    self.metrics.hit(Tier::Origin);
+                    Ok(Some(Hit {
+                        value: value.clone(),
+                        tier: Tier::Origin,
+                    }))
+                }
                 LoadMiss::Failed(e) => Err(e.clone()),
+            },
+        }
+    }
+
+    /// What L2 has for `key`, then, if it has nothing and a loader's prefix starts the key,
+    /// what the origin says: the entry to keep in L1, or why there is none. A value loaded
+    /// from an origin is kept in L2 too, so every instance shares it.
+    async fn fetch(&self, key: Bytes, loader: Option<&Loader>) -> Result<Entry, LoadMiss<L2Error>> {
+        if let Some(l2) = &self.l2 {
+            match l2.get(key.clone()).await {
+                Ok(Some((value, ttl))) => {
+                    let e = Entry::new(value, Some(self.l1_ttl(ttl)));
+                    // A loader's key read back from L2 may answer stale as if loaded here.
+                    let grace = loader.map_or(Duration::ZERO, |l| l.stale_if_error);
+                    return Ok(e.with_grace(grace));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(LoadMiss::Failed(e)),
+            }
+        }
+        let Some(loader) = loader else {
+            return self.negative_entry().ok_or(LoadMiss::Absent);
+        };
+        let max = self.ttl.load().max_value_bytes;
+        let loaded = loader.load(&key, max).await.map_err(LoadMiss::Failed)?;
+        if let (Loaded::Value(value, Some(ttl)), Some(l2)) = (&loaded, &self.l2) {
+            // The value is good whether or not L2 keeps it; the next instance will ask.
+            if let Err(e) = l2.store_loaded(&key, value, *ttl).await {
+                tracing::debug!(error = %e, "a loaded value was not kept in L2");
+            }
+        }
+        match loader.entry(&loaded, |ttl| self.l1_ttl(Some(ttl))) {
+            Some(e) => Ok(e),
+            None => match loaded {
+                Loaded::Value(value, None) => Err(LoadMiss::Passed(value)),
+                _ => Err(LoadMiss::Absent),
             },
         }
     }
@@ -377,10 +446,7 @@ impl TieredCache {
     /// (moka's compute), and those after the first find the entry fresh again and ask L2
     /// nothing: the third value says whether this call asked L2 (an error always did).
     async fn revalidate(&self, key: &[u8]) -> Result<(Entry, Tier, bool), L2Error> {
-        let l2 = self
-            .l2
-            .as_ref()
-            .expect("only tiered mode keeps stale entries");
+        let loader = self.loaders.find(key);
         let epoch = self.epochs.read(key);
         let owned = Bytes::copy_from_slice(key);
         let answer = self
@@ -388,19 +454,20 @@ impl TieredCache {
             .compute_with(owned.clone(), |cur| async move {
                 match cur {
                     Some(e) if self.l1.is_fresh(&e) => (Op::Nop, Ok((e, Tier::L1, false))),
-                    cur => match l2.get(owned).await {
-                        Ok(Some((value, ttl))) => {
-                            let e = Entry::new(value, Some(self.l1_ttl(ttl)));
-                            (Op::Put(e.clone()), Ok((e, Tier::L2, true)))
+                    cur => match self.fetch(owned, loader).await {
+                        Ok(e) => {
+                            let tier = e.tier();
+                            (Op::Put(e.clone()), Ok((e, tier, true)))
                         }
-                        Ok(None) => {
+                        Err(LoadMiss::Absent) => {
                             let absent = Entry::absent(Duration::ZERO);
-                            match self.negative_entry() {
-                                Some(neg) => (Op::Put(neg), Ok((absent, Tier::L2, true))),
-                                None => (Op::Remove, Ok((absent, Tier::L2, true))),
-                            }
+                            (Op::Remove, Ok((absent, Tier::L2, true)))
                         }
-                        Err(e) => match cur {
+                        Err(LoadMiss::Passed(value)) => {
+                            let passed = Entry::new(value, None).from_origin();
+                            (Op::Remove, Ok((passed, Tier::Origin, true)))
+                        }
+                        Err(LoadMiss::Failed(e)) => match cur {
                             Some(stale) if e.is_outage() => (Op::Nop, Ok((stale, Tier::L1, true))),
                             _ => (Op::Nop, Err(e)),
                         },

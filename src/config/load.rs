@@ -58,7 +58,11 @@ pub fn load(
         }) else {
             problems.push(Problem {
                 path: name,
-                why: format!("no such section; sections are {}", SECTIONS.join(", ")),
+                why: if rest.starts_with(ORIGINS) {
+                    "origins are configured in the file ([[origins]]), not the environment".into()
+                } else {
+                    format!("no such section; sections are {}", SECTIONS.join(", "))
+                },
             });
             continue;
         };
@@ -77,6 +81,10 @@ pub fn load(
     // both kinds instead of the second only once the first are fixed.
     let mut good = toml::Table::new();
     for (section, value) in &table {
+        if section == ORIGINS {
+            good.insert(section.clone(), probe_origins(value, &mut problems));
+            continue;
+        }
         let toml::Value::Table(keys) = value else {
             problems.push(Problem {
                 path: section.clone(),
@@ -87,36 +95,27 @@ pub fn load(
         if !SECTIONS.contains(&section.as_str()) {
             problems.push(Problem {
                 path: section.clone(),
-                why: format!("unknown section; sections are {}", SECTIONS.join(", ")),
+                why: format!(
+                    "unknown section; sections are {}, and [[{ORIGINS}]]",
+                    SECTIONS.join(", ")
+                ),
             });
             continue;
         }
-        for (key, v) in keys {
-            let mut one = toml::Table::new();
-            one.insert(key.clone(), v.clone());
-            let mut probe = toml::Table::new();
-            probe.insert(section.clone(), toml::Value::Table(one));
-            match toml::Value::Table(probe).try_into::<Config>() {
-                Ok(_) => {
-                    if let toml::Value::Table(t) = good
-                        .entry(section.clone())
-                        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-                    {
-                        t.insert(key.clone(), v.clone());
-                    }
-                }
-                Err(e) => {
-                    let mut path = format!("{section}.{key}");
-                    if let Some(var) = origins.get(&(section.clone(), key.clone())) {
-                        path = format!("{path} (from {var})");
-                    }
-                    problems.push(Problem {
-                        path,
-                        why: e.message().trim().to_string(),
-                    });
-                }
+        let named = |key: &str| {
+            let path = format!("{section}.{key}");
+            match origins.get(&(section.clone(), key.to_string())) {
+                Some(var) => format!("{path} (from {var})"),
+                None => path,
             }
-        }
+        };
+        let wrap = |t: toml::Table| {
+            let mut probe = toml::Table::new();
+            probe.insert(section.clone(), toml::Value::Table(t));
+            probe
+        };
+        let kept = probe_keys(keys, &named, &wrap, &mut problems);
+        good.insert(section.clone(), toml::Value::Table(kept));
     }
     let config = match toml::Value::Table(good).try_into::<Config>() {
         Ok(c) => c,
@@ -145,6 +144,82 @@ pub fn load(
     } else {
         Err(ConfigError::Invalid(problems))
     }
+}
+
+/// The one array of tables at the top level: `[[origins]]`.
+const ORIGINS: &str = "origins";
+/// Arrays of tables inside an origin: `[[origins.loaders]]`.
+const NESTED: &[&str] = &["loaders"];
+
+/// Keys of one table deserialised alone over the defaults (`wrap` puts a one-key table where
+/// it sits in a whole config); those that pass are kept, each that fails is a problem under
+/// `named(key)`.
+fn probe_keys(
+    keys: &toml::Table,
+    named: &dyn Fn(&str) -> String,
+    wrap: &dyn Fn(toml::Table) -> toml::Table,
+    problems: &mut Vec<Problem>,
+) -> toml::Table {
+    let mut kept = toml::Table::new();
+    for (key, v) in keys {
+        // An array of tables inside (an origin's loaders): each of their keys alone too.
+        if NESTED.contains(&key.as_str()) {
+            if let Some(items) = v.as_array().filter(|a| a.iter().all(toml::Value::is_table)) {
+                let items = items.iter().enumerate().map(|(j, item)| {
+                    let inner = item.as_table().expect("checked above");
+                    let named = |k: &str| format!("{}[{j}].{k}", named(key));
+                    let wrap = |t: toml::Table| {
+                        let mut one = toml::Table::new();
+                        one.insert(key.clone(), toml::Value::Array(vec![toml::Value::Table(t)]));
+                        wrap(one)
+                    };
+                    toml::Value::Table(probe_keys(inner, &named, &wrap, problems))
+                });
+                kept.insert(key.clone(), toml::Value::Array(items.collect()));
+                continue;
+            }
+        }
+        let mut one = toml::Table::new();
+        one.insert(key.clone(), v.clone());
+        match toml::Value::Table(wrap(one)).try_into::<Config>() {
+            Ok(_) => {
+                kept.insert(key.clone(), v.clone());
+            }
+            Err(e) => problems.push(Problem {
+                path: named(key),
+                why: e.message().trim().to_string(),
+            }),
+        }
+    }
+    kept
+}
+
+/// `[[origins]]`: each origin's keys probed alone, as a section's are.
+fn probe_origins(value: &toml::Value, problems: &mut Vec<Problem>) -> toml::Value {
+    let items = match value {
+        toml::Value::Array(items) if items.iter().all(toml::Value::is_table) => items,
+        _ => {
+            problems.push(Problem {
+                path: ORIGINS.into(),
+                why: "must be an array of tables: [[origins]]".into(),
+            });
+            return toml::Value::Array(Vec::new());
+        }
+    };
+    let kept = items.iter().enumerate().map(|(i, item)| {
+        let keys = item.as_table().expect("checked above");
+        let named = |key: &str| format!("{ORIGINS}[{i}].{key}");
+        let wrap = |t: toml::Table| {
+            let mut probe = toml::Table::new();
+            probe.insert(
+                ORIGINS.into(),
+                toml::Value::Array(vec![toml::Value::Table(t)]),
+            );
+            probe
+        };
+        toml::Value::Table(probe_keys(keys, &named, &wrap, problems))
+    });
+    toml::Value::Array(kept.collect())
 }
 
 /// An env value is read as a TOML value when it is one (`8`, `true`, `["a","b"]`) and as a
@@ -223,6 +298,47 @@ mod tests {
         assert!(
             problems.iter().any(|p| p.why.contains("unknown field")),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn every_bad_origin_key_is_reported_with_its_path() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[[origins]]\nname = \"users\"\nupstreams = [\"http://127.0.0.1:1\"]\n\
+             request_timeout = \"soon\"\nbogus = 1\n\
+             [[origins.loaders]]\nprefix = \"u:\"\npath = \"/u/{{id}}\"\nttl = \"long\"\n\
+             [[origins]]\nname = \"users\"\nupstreams = [{{ weight = 2 }}]"
+        )
+        .unwrap();
+        let err = load(Some(f.path()), env(&[("TIERGATE_ORIGINS_X", "1")])).unwrap_err();
+        let ConfigError::Invalid(problems) = err else {
+            panic!("{err}")
+        };
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "TIERGATE_ORIGINS_X",
+            "origins[0].request_timeout",
+            "origins[0].bogus",
+            "origins[0].loaders[0].ttl",
+            "origins[1].upstreams",
+            "origins[1].name",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {problems:?}");
+        }
+        // A good origin loads with its defaults.
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[[origins]]\nname = \"users\"\nupstreams = [\"http://127.0.0.1:1\"]"
+        )
+        .unwrap();
+        let c = load(Some(f.path()), env(&[])).unwrap();
+        assert_eq!(c.origins[0].name, "users");
+        assert_eq!(
+            c.origins[0].request_timeout.0,
+            super::super::DEFAULT_ORIGIN_REQUEST_TIMEOUT
         );
     }
 

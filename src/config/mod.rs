@@ -3,10 +3,12 @@
 //! bad key (with its path and why) before failing.
 
 mod load;
+mod origin;
 mod secret;
 mod units;
 
 pub use load::{load, ConfigError};
+pub use origin::*;
 pub use secret::Secret;
 pub use units::{ByteSize, Capacity, HumanDuration};
 
@@ -195,6 +197,8 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     pub auth: AuthConfig,
     pub shutdown: ShutdownConfig,
+    /// Backend services (`[[origins]]`): the third tier. File only (no env overrides).
+    pub origins: Vec<OriginConfig>,
 }
 
 /// Section names, in file order; env overrides are matched against these.
@@ -960,6 +964,7 @@ impl Config {
         if self.access_log.flush_interval.0.is_zero() {
             bad("access_log.flush_interval", "must be above 0s".into());
         }
+        validate_origins(&self.origins, &mut problems);
         problems
     }
 

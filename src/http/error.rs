@@ -179,6 +179,7 @@ impl From<L2Error> for ApiError {
             L2Error::Timeout => "l2_timeout",
             L2Error::CircuitOpen => "l2_circuit_open",
             L2Error::Refused { .. } => "l2_refused",
+            L2Error::Origin { code, .. } => code,
         };
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string())
     }

@@ -90,6 +90,7 @@ pub fn tier_of(resp: &Response<ReplyBody>) -> Option<Tier> {
     match resp.headers().get(&X_CACHE)?.as_bytes() {
         b"L1" => Some(Tier::L1),
         b"L2" => Some(Tier::L2),
+        b"ORIGIN" => Some(Tier::Origin),
         _ => None,
     }
 }
@@ -98,5 +99,6 @@ fn tier_header(tier: Tier) -> HeaderValue {
     HeaderValue::from_static(match tier {
         Tier::L1 => "L1",
         Tier::L2 => "L2",
+        Tier::Origin => "ORIGIN",
     })
 }

@@ -31,6 +31,8 @@ use tokio::net::TcpListener;
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub cache: Arc<TieredCache>,
+    /// The origin tier, whose gauges read upstream state at scrape time.
+    pub origins: Arc<crate::origin::Origins>,
     /// Tripped at the start of shutdown: readiness turns 503 so balancers stop sending.
     pub draining: Shutdown,
     /// `admin.token` (empty: none); replaced on reload.
@@ -128,6 +130,7 @@ impl Admin {
         match path {
             "/metrics" => {
                 self.cache.publish_usage().await;
+                self.origins.refresh_gauges();
                 typed(
                     self.metrics.render(),
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -3,6 +3,9 @@
 //! no label hashing, no `String` formatting, no registry lock.
 
 pub mod admin;
+mod origin;
+
+pub use origin::{OriginMetrics, OriginStatus, UpstreamMetrics};
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -67,6 +70,8 @@ const STATUS_LABELS: [&str; 13] = [
 pub enum Tier {
     L1 = 0,
     L2 = 1,
+    /// Loaded from a backend service (`[[origins.loaders]]`).
+    Origin = 2,
 }
 
 /// L2 operations, as the `op` label.
@@ -181,8 +186,8 @@ pub struct Metrics {
     http_requests: Vec<[IntCounter; STATUS_LABELS.len()]>,
     http_duration: Vec<Histogram>,
     resp_duration: [Histogram; RESP_CLASSES.len()],
-    cache_hits: [IntCounter; 2],
-    cache_misses: [IntCounter; 2],
+    cache_hits: [IntCounter; 3],
+    cache_misses: [IntCounter; 3],
     pub l1_entries: IntGauge,
     pub l1_bytes: IntGauge,
     pub l1_negative_hits: IntCounter,
@@ -239,6 +244,7 @@ pub struct Metrics {
     reply_limit: [IntCounter; 2],
     pub access_log_written: IntCounter,
     pub access_log_dropped: IntCounter,
+    origin: origin::OriginVecs,
 }
 
 impl Metrics {
@@ -661,10 +667,12 @@ impl Metrics {
             cache_hits: [
                 hits.with_label_values(&["l1"]),
                 hits.with_label_values(&["l2"]),
+                hits.with_label_values(&["origin"]),
             ],
             cache_misses: [
                 misses.with_label_values(&["l1"]),
                 misses.with_label_values(&["l2"]),
+                misses.with_label_values(&["origin"]),
             ],
             l1_entries,
             l1_bytes,
@@ -716,9 +724,15 @@ impl Metrics {
             auth_failure_closes,
             config_reloads,
             access_log_dropped,
+            origin: origin::OriginVecs::new(&registry),
             registry,
             process: process_registry(),
         }
+    }
+
+    /// One origin's metrics, and each of its upstreams' (labelled `host:port`).
+    pub fn origin(&self, name: &str, upstreams: &[&str]) -> (OriginMetrics, Vec<UpstreamMetrics>) {
+        self.origin.resolve(name, upstreams)
     }
 
     pub fn record_http(&self, route: Route, status: u16, elapsed: Duration) {

@@ -405,6 +405,11 @@ pub fn l2_error(e: crate::cache::L2Error) -> Frame {
         L2Error::Unavailable(_) => Cow::Borrowed("TRYAGAIN L2 is unreachable; retry later"),
         L2Error::Timeout => Cow::Borrowed("TRYAGAIN L2 did not answer in time; retry later"),
         L2Error::CircuitOpen => Cow::Borrowed("TRYAGAIN L2 is failing (circuit open); retry later"),
+        // One line whatever the origin's error said.
+        L2Error::Origin { detail, .. } => Cow::Owned(format!(
+            "TRYAGAIN {}; retry later",
+            detail.replace(['\r', '\n'], " ")
+        )),
     })
 }
 

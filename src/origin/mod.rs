@@ -1,0 +1,457 @@
+//! The origin tier: backend services reached over HTTP when neither L1 nor L2 holds what a
+//! client asked for. `Origins` holds every `[[origins]]` by name; `Origin::send` sends one
+//! request to one of an origin's upstreams and stands behind it:
+//!
+//! - **balancing** (`balance`): least-request with the power of two choices, weighted;
+//! - **passive health** (`upstream`): `eject_after` failures in a row (no answer, or a 5xx)
+//!   take an upstream out for `eject_for`, longer each time, never more than
+//!   `eject_max_share` of them at once;
+//! - **active health** (`probe`): with `health_path` set, each upstream is probed every
+//!   `health_interval`; `unhealthy_after` failed probes take it out, `healthy_after` passes
+//!   bring it back. With no upstream left, every one is tried again rather than none;
+//! - **retries** (`retry`): on another upstream, for idempotent requests with a body that can
+//!   be sent again (any request whose connection could not even be made), after a
+//!   full-jitter backoff, within `request_timeout`, capped by the retry budget;
+//! - **limits**: `max_concurrent` requests per upstream; connections pooled per upstream
+//!   (`pool_max_idle`, `pool_idle_timeout`), each counted while open (`connector`).
+//!
+//! The tier sits below L2 in the data flow: it imports nothing from the cache or the doors.
+
+mod balance;
+mod connector;
+mod error;
+mod probe;
+mod retry;
+mod upstream;
+
+pub use error::OriginError;
+pub use retry::is_idempotent;
+pub use upstream::OutBody;
+
+use crate::{
+    config::{upstream_authority, OriginConfig},
+    metrics::{Metrics, OriginMetrics, OriginStatus},
+    shutdown::Shutdown,
+};
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+use upstream::{millis_since, InFlight, Limits, Upstream};
+
+/// Every configured origin.
+#[derive(Default)]
+pub struct Origins {
+    all: Vec<Arc<Origin>>,
+}
+
+impl Origins {
+    /// Builds each origin's clients; nothing connects until the first request or probe.
+    /// The config has been validated (`config::origin::validate`).
+    pub fn new(configs: &[OriginConfig], metrics: &Metrics) -> Self {
+        Self {
+            all: configs
+                .iter()
+                .map(|c| Arc::new(Origin::new(c, metrics)))
+                .collect(),
+        }
+    }
+
+    /// The origin named `name`, as loaders and routes refer to it.
+    pub fn get(&self, name: &str) -> Option<&Arc<Origin>> {
+        self.all.iter().find(|o| &*o.name == name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty()
+    }
+
+    /// Probes every origin that has a `health_path`, until shutdown.
+    pub async fn probe(self: Arc<Self>, shutdown: Shutdown) {
+        let probing = self
+            .all
+            .iter()
+            .filter(|o| o.probe.is_some())
+            .map(|o| probe::run(o.clone(), shutdown.clone()));
+        futures_util::future::join_all(probing).await;
+    }
+
+    /// Refreshes the gauges read off upstream state (ejected, in flight): at scrape time.
+    pub fn refresh_gauges(&self) {
+        for o in &self.all {
+            let now = millis_since(o.base);
+            for u in o.upstreams.iter() {
+                u.metrics.ejected.set(i64::from(u.is_ejected(now)));
+                u.metrics.inflight.set(u.inflight() as i64);
+            }
+        }
+    }
+}
+
+/// What `probe` needs from `[[origins]]`.
+struct ProbeSettings {
+    path: http::uri::PathAndQuery,
+    interval: Duration,
+    timeout: Duration,
+    healthy_after: u32,
+    unhealthy_after: u32,
+}
+
+/// One backend service and its upstreams.
+pub struct Origin {
+    name: Arc<str>,
+    upstreams: Box<[Arc<Upstream>]>,
+    limits: Limits,
+    request_timeout: Duration,
+    attempt_timeout: Option<Duration>,
+    max_retries: u32,
+    retry_on: Vec<u16>,
+    backoff: Duration,
+    backoff_max: Duration,
+    eject_max_share: f64,
+    budget: retry::Budget,
+    probe: Option<ProbeSettings>,
+    /// The clock ejections are kept in.
+    base: Instant,
+    metrics: OriginMetrics,
+}
+
+/// A request to an origin: the path it names on whichever upstream is picked.
+pub struct OriginRequest {
+    pub method: Method,
+    pub path: http::uri::PathAndQuery,
+    pub headers: HeaderMap,
+    /// `Either::Left`: bytes that can be sent again; `Either::Right`: a client's body,
+    /// streamed once, so never retried after it may have left.
+    pub body: OutBody,
+}
+
+impl OriginRequest {
+    /// A GET (or HEAD) with no body.
+    pub fn get(method: Method, path: http::uri::PathAndQuery, headers: HeaderMap) -> Self {
+        Self {
+            method,
+            path,
+            headers,
+            body: Either::Left(Full::new(Bytes::new())),
+        }
+    }
+}
+
+/// A response from an upstream; its body keeps the request counted in flight there until it
+/// has been read or dropped.
+pub type OriginResponse = Response<OriginBody>;
+
+impl Origin {
+    fn new(c: &OriginConfig, metrics: &Metrics) -> Self {
+        let name: Arc<str> = c.name.as_str().into();
+        let authorities: Vec<_> = c
+            .upstreams
+            .iter()
+            .map(|u| upstream_authority(u.url()).expect("validated"))
+            .collect();
+        let labels: Vec<&str> = authorities.iter().map(|a| a.as_str()).collect();
+        let (metrics, per_upstream) = metrics.origin(&name, &labels);
+        let upstreams = authorities
+            .into_iter()
+            .zip(&c.upstreams)
+            .zip(per_upstream)
+            .map(|((authority, u), m)| {
+                Arc::new(Upstream::new(
+                    authority,
+                    u.weight(),
+                    c.connect_timeout.0,
+                    c.pool_idle_timeout.0,
+                    c.pool_max_idle,
+                    m,
+                ))
+            })
+            .collect();
+        let probe = (!c.health_path.is_empty()).then(|| ProbeSettings {
+            path: c.health_path.parse().expect("validated"),
+            interval: c.health_interval.0,
+            timeout: c.health_timeout.0,
+            healthy_after: c.healthy_after,
+            unhealthy_after: c.unhealthy_after,
+        });
+        Self {
+            name,
+            upstreams,
+            limits: Limits {
+                max_concurrent: c.max_concurrent,
+                eject_after: c.eject_after,
+                eject_for: c.eject_for.0,
+                eject_max: c.eject_max.0,
+            },
+            request_timeout: c.request_timeout.0,
+            attempt_timeout: (!c.attempt_timeout.0.is_zero()).then_some(c.attempt_timeout.0),
+            max_retries: c.max_retries,
+            retry_on: c.retry_on.clone(),
+            backoff: c.retry_backoff.0,
+            backoff_max: c.retry_backoff_max.0,
+            eject_max_share: c.eject_max_share,
+            budget: retry::Budget::new(c.retry_budget, c.retry_min_concurrent),
+            probe,
+            base: Instant::now(),
+            metrics,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends `req` to an upstream, retrying on another as the module doc says. Returns the
+    /// first answer that is not a retryable failure, or the last one when retries run out
+    /// (a 503 from the origin is passed on as it came); an error only when no upstream
+    /// answered at all.
+    pub async fn send(&self, req: OriginRequest) -> Result<OriginResponse, OriginError> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let _counted = self.budget.request();
+        let OriginRequest {
+            method,
+            path,
+            headers,
+            body,
+        } = req;
+        let may_retry = matches!(body, Either::Left(_)) && is_idempotent(&method);
+        let mut body = Some(body);
+        let mut tried: balance::Set = 0;
+        let mut retry_guard = None;
+        let mut retries = 0;
+        loop {
+            let (upstream, slot) = self.choose(&mut tried)?;
+            // Bytes are kept for another attempt while one may follow; a stream goes once.
+            let out_body = match (&body, retries == self.max_retries) {
+                (Some(Either::Left(full)), false) => Either::Left(full.clone()),
+                _ => body
+                    .take()
+                    .expect("a stream is sent once, and never retried"),
+            };
+            let mut request = Request::builder()
+                .method(method.clone())
+                .uri(
+                    http::Uri::builder()
+                        .scheme(http::uri::Scheme::HTTP)
+                        .authority(upstream.authority.clone())
+                        .path_and_query(path.clone())
+                        .build()
+                        .expect("scheme, authority and path are valid"),
+                )
+                .body(out_body)
+                .expect("valid request");
+            *request.headers_mut() = headers.clone();
+            let started = Instant::now();
+            let now = tokio::time::Instant::now();
+            let attempt_deadline = match self.attempt_timeout {
+                Some(t) => deadline.min(now + t),
+                None => deadline,
+            };
+            let outcome =
+                tokio::time::timeout_at(attempt_deadline, upstream.client.request(request)).await;
+            upstream
+                .metrics
+                .duration
+                .observe(started.elapsed().as_secs_f64());
+            drop(retry_guard.take());
+            let (error, connect) = match outcome {
+                Ok(Ok(response)) => {
+                    let status = response.status().as_u16();
+                    upstream.metrics.count(OriginStatus::of(status));
+                    if status >= 500 {
+                        self.failed(&upstream);
+                    } else {
+                        upstream.succeeded(&self.limits);
+                    }
+                    if may_retry && self.retry_on.contains(&status) {
+                        if let Some((guard, wait)) = self.next_retry(retries, deadline) {
+                            drop((response, slot));
+                            retries += 1;
+                            tokio::time::sleep(wait).await;
+                            retry_guard = Some(guard);
+                            continue;
+                        }
+                    }
+                    return Ok(response.map(|inner| OriginBody { inner, _slot: slot }));
+                }
+                Ok(Err(e)) => {
+                    self.failed(&upstream);
+                    upstream.metrics.count(OriginStatus::Error);
+                    let (origin, upstream) = (self.name.clone(), upstream.label.clone());
+                    let detail = error_chain(&e);
+                    let error = if e.is_connect() {
+                        OriginError::Connect {
+                            origin,
+                            upstream,
+                            detail,
+                        }
+                    } else {
+                        OriginError::Failed {
+                            origin,
+                            upstream,
+                            detail,
+                        }
+                    };
+                    (error, e.is_connect())
+                }
+                Err(_) => {
+                    self.failed(&upstream);
+                    upstream.metrics.count(OriginStatus::Timeout);
+                    let error = OriginError::Timeout {
+                        origin: self.name.clone(),
+                        upstream: upstream.label.clone(),
+                        after: attempt_deadline.saturating_duration_since(now),
+                    };
+                    (error, false)
+                }
+            };
+            drop(slot);
+            // A connection never made carried nothing: any request with its bytes kept may go
+            // elsewhere.
+            let retryable = may_retry || connect && body.is_some();
+            match retryable
+                .then(|| self.next_retry(retries, deadline))
+                .flatten()
+            {
+                Some((guard, wait)) => {
+                    retries += 1;
+                    tokio::time::sleep(wait).await;
+                    retry_guard = Some(guard);
+                }
+                None => return Err(error),
+            }
+        }
+    }
+
+    /// Whether another attempt may follow attempt `retries + 1`: `max_retries`, the budget
+    /// and the deadline (the backoff must end before it) all allow it. Then the retry,
+    /// counted in flight, and how long to wait before it.
+    fn next_retry(
+        &self,
+        retries: u32,
+        deadline: tokio::time::Instant,
+    ) -> Option<(retry::Counted<'_>, Duration)> {
+        if retries >= self.max_retries {
+            return None;
+        }
+        let wait = retry::backoff(retries + 1, self.backoff, self.backoff_max, |n| {
+            fastrand::u64(..n)
+        });
+        if tokio::time::Instant::now() + wait >= deadline {
+            return None;
+        }
+        let Some(guard) = self.budget.retry() else {
+            self.metrics.retries_refused.inc();
+            return None;
+        };
+        self.metrics.retries.inc();
+        Some((guard, wait))
+    }
+
+    /// An upstream for the next attempt, with a slot taken on it: one not yet tried if any
+    /// can take it. Those ejected or failing probes are left out, unless that leaves none.
+    fn choose(&self, tried: &mut balance::Set) -> Result<(Arc<Upstream>, InFlight), OriginError> {
+        let now = millis_since(self.base);
+        let all: balance::Set = if self.upstreams.len() == 64 {
+            u64::MAX
+        } else {
+            (1 << self.upstreams.len()) - 1
+        };
+        let mut full: balance::Set = 0;
+        loop {
+            let open = all & !full;
+            let up = balance::members(open)
+                .filter(|&i| {
+                    let u = &self.upstreams[i];
+                    u.is_healthy() && !u.is_ejected(now)
+                })
+                .fold(0, |set, i| set | 1 << i);
+            // Nothing up: every upstream again, rather than no answer at all.
+            let pool = if up != 0 { up } else { open };
+            let fresh = pool & !*tried;
+            let candidates = if fresh != 0 { fresh } else { pool };
+            let Some(i) = balance::pick(
+                candidates,
+                |i| self.upstreams[i].weight,
+                |i| self.upstreams[i].inflight(),
+                |n| fastrand::u64(..n),
+            ) else {
+                return Err(OriginError::Saturated {
+                    origin: self.name.clone(),
+                });
+            };
+            let u = &self.upstreams[i];
+            match u.begin(self.limits.max_concurrent) {
+                Some(slot) => {
+                    *tried |= 1 << i;
+                    return Ok((u.clone(), slot));
+                }
+                None => full |= 1 << i,
+            }
+        }
+    }
+
+    /// Records a failure on `u`, ejecting it if its streak is long enough and no more than
+    /// `eject_max_share` of the upstreams would then be out.
+    fn failed(&self, u: &Upstream) {
+        let now = millis_since(self.base);
+        let ejected = u.failed(&self.limits, now, || {
+            let out = self.upstreams.iter().filter(|u| u.is_ejected(now)).count();
+            (out + 1) as f64 <= self.upstreams.len() as f64 * self.eject_max_share
+        });
+        if let Some(length) = ejected {
+            tracing::warn!(
+                origin = %self.name,
+                upstream = %u.label,
+                for_ = %humantime::format_duration(length),
+                "upstream ejected after {} failures in a row",
+                self.limits.eject_after
+            );
+        }
+    }
+}
+
+/// An error and its sources on one line: hyper-util's own message is only "client error
+/// (Connect)".
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// An upstream's response body, holding the request's slot on that upstream until it ends.
+pub struct OriginBody {
+    inner: Incoming,
+    _slot: InFlight,
+}
+
+impl Body for OriginBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
