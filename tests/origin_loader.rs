@@ -244,3 +244,80 @@ async fn concurrent_misses_make_one_origin_request() {
     assert!(answers.iter().all(|(_, body)| body == "hot"), "{answers:?}");
     assert_eq!(origin.requests("/api/users/hot"), 1);
 }
+
+/// `n` GETs of `key` on each gateway, all sent at once: every answer's status and body.
+async fn gets_on_both(a: &Gateway, b: &Gateway, key: &str, n: usize) -> Vec<(u16, String)> {
+    let tasks: Vec<_> = [a, b]
+        .iter()
+        .flat_map(|g| (0..n).map(|_| (g.http.clone(), g.kv(key))))
+        .map(|(http, url)| {
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn misses_on_two_instances_make_one_origin_request() {
+    let redis = Redis::start();
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/users/hot",
+        Answer::ok("hot").delay(Duration::from_millis(300)),
+    );
+    origin.answer(
+        "/api/users/gone",
+        Answer::not_found().delay(Duration::from_millis(300)),
+    );
+    // A wait far past the origin's answer, so a slow machine cannot turn it into two loads.
+    let patient = "lock_wait = \"20s\"\nlock_ttl = \"30s\"";
+    let a = Gateway::start_ready(config(&redis, &origin, patient)).await;
+    let b = Gateway::start_ready(config(&redis, &origin, patient)).await;
+    let answers = gets_on_both(&a, &b, "user:hot", 50).await;
+    assert!(
+        answers.iter().all(|r| *r == (200, "hot".into())),
+        "{answers:?}"
+    );
+    assert_eq!(origin.requests("/api/users/hot"), 1);
+    // A 404 is shared the same way: the lock holder leaves "absent" in the lock.
+    let answers = gets_on_both(&a, &b, "user:gone", 50).await;
+    assert!(answers.iter().all(|r| r.0 == 404), "{answers:?}");
+    assert_eq!(origin.requests("/api/users/gone"), 1);
+    let third = Gateway::start_ready(config(&redis, &origin, "")).await;
+    assert_eq!(get(&third, "user:gone").await.0, 404);
+    assert_eq!(origin.requests("/api/users/gone"), 1);
+}
+
+#[tokio::test]
+async fn a_waiter_asks_the_origin_itself_once_lock_wait_has_passed() {
+    let redis = Redis::start();
+    let origin = Origin::start().await;
+    origin.answer("/api/users/9", Answer::ok("nine"));
+    // Another instance holds the lock and never finishes.
+    let _: () = redis::cmd("SET")
+        .arg("tiergate:lock:user:9")
+        .arg("0123456789abcdef")
+        .arg("PX")
+        .arg(600_000)
+        .query(&mut redis.conn())
+        .unwrap();
+    let g = Gateway::start_ready(config(
+        &redis,
+        &origin,
+        "lock_wait = \"200ms\"\nlock_ttl = \"1s\"",
+    ))
+    .await;
+    assert_eq!(
+        get(&g, "user:9").await,
+        (200, "ORIGIN".into(), "nine".into())
+    );
+    assert_eq!(origin.requests("/api/users/9"), 1);
+    assert!(pttl(&redis, "user:9").await > 0, "the value was kept in L2");
+}

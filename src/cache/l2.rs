@@ -36,6 +36,15 @@ use std::{
     time::{Duration, Instant, UNIX_EPOCH},
 };
 
+/// `release_lock`: compare the token, then delete the lock or leave the outcome in it.
+static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end \
+         if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end \
+         redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1",
+    )
+});
+
 /// Why L2 could not answer. Cloneable so that coalesced readers can all receive it.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum L2Error {
@@ -709,6 +718,46 @@ impl L2 {
             .arg("NX");
         let query = |mut c: Conn| async move { cmd.query_async::<redis::Value>(&mut c).await };
         self.run(L2Op::Set, key, query).await.map(drop)
+    }
+
+    /// Tries to take a loader's lock: `SET lock token NX PX ttl GET` (Redis 7), one round
+    /// trip that both tries and tells what holds it. None: taken by us. Some(v): the value
+    /// there, another instance's token or the outcome a holder left (`LOCK_ABSENT`).
+    pub async fn try_lock(
+        &self,
+        lock: &[u8],
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<Option<Bytes>, L2Error> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(lock)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg("GET");
+        let query = |mut c: Conn| async move { cmd.query_async::<Option<Vec<u8>>>(&mut c).await };
+        Ok(self.run(L2Op::Set, lock, query).await?.map(Bytes::from))
+    }
+
+    /// Releases a lock taken with `token` (if it is still ours: it may have expired and been
+    /// taken since), leaving `outcome` in it for `keep` when given (so waiters learn a key is
+    /// absent without asking the origin), else deleting it. One script, so the check and the
+    /// change cannot be split by another instance's SET.
+    pub async fn release_lock(
+        &self,
+        lock: &[u8],
+        token: &[u8],
+        outcome: Option<(&[u8], Duration)>,
+    ) -> Result<(), L2Error> {
+        let (value, ms) = outcome.map_or((&b""[..], 0), |(v, keep)| {
+            (v, keep.as_millis().max(1) as u64)
+        });
+        let mut invocation = RELEASE.key(lock);
+        invocation.arg(token).arg(value).arg(ms);
+        let query =
+            |mut c: Conn| async move { invocation.invoke_async::<redis::Value>(&mut c).await };
+        self.run(L2Op::Set, lock, query).await.map(drop)
     }
 
     /// SET with its options, answered as Redis answered.

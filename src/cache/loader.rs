@@ -11,7 +11,7 @@
 //!
 //! Bodies are read under `limits.max_value_bytes`, counted as they arrive.
 
-use super::{l1::Entry, L2Error};
+use super::{l1::Entry, l2::L2, L2Error};
 use crate::{
     config::OriginConfig,
     origin::{Origin, OriginRequest, Origins},
@@ -47,6 +47,30 @@ pub struct Loader {
     neg_ttl: Duration,
     /// How long past its TTL a loaded value is kept, to answer while the origin fails.
     pub stale_if_error: Duration,
+    /// The Redis lock that makes one instance load a key for all (None: each loads alone).
+    lock: Option<Lock>,
+}
+
+struct Lock {
+    wait: Duration,
+    ttl: Duration,
+}
+
+/// What a holder leaves in a lock when the origin said 404: waiters (and later readers, for
+/// `neg_ttl`) learn the key is absent without asking the origin.
+const LOCK_ABSENT: &[u8] = b"absent";
+/// Lock keys are this followed by the key.
+const LOCK_PREFIX: &[u8] = b"tiergate:lock:";
+/// First and longest pause between a waiter's looks at L2.
+const LOCK_POLL_FIRST: Duration = Duration::from_millis(5);
+const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
+
+/// What loading through L2 came to.
+pub enum Shared {
+    /// Another instance loaded it and L2 has it now: the value and its TTL there.
+    Found(Bytes, Option<Duration>),
+    /// This instance asked the origin.
+    Loaded(Loaded),
 }
 
 /// What the origin said about a key.
@@ -74,6 +98,10 @@ impl Loaders {
                     ttl: l.ttl.0,
                     neg_ttl: l.neg_ttl.0,
                     stale_if_error: l.stale_if_error.0,
+                    lock: (!l.lock_wait.0.is_zero()).then_some(Lock {
+                        wait: l.lock_wait.0,
+                        ttl: l.lock_ttl.0,
+                    }),
                 })
             })
             .collect();
@@ -103,6 +131,67 @@ impl Loader {
         self.path
             .replace("{id}", &encode(id))
             .replace("{key}", &encode(key))
+    }
+
+    /// Loads `key` once for every instance sharing `l2`: the instance that takes the key's
+    /// lock asks the origin, keeps the value in L2 and releases the lock (leaving "absent"
+    /// in it for `neg_ttl` after a 404); the others look at L2 (5 ms apart, doubling to
+    /// 100 ms) until the value is there, the lock says absent or is free to take, or
+    /// `lock_wait` has passed, after which they ask the origin themselves rather than fail.
+    /// Without a lock (or when Redis cannot be asked for one), this instance loads alone.
+    pub async fn load_shared(&self, l2: &L2, key: &[u8], max: usize) -> Result<Shared, L2Error> {
+        let Some(lock) = &self.lock else {
+            return self.load_kept(l2, key, max).await.map(Shared::Loaded);
+        };
+        let name = [LOCK_PREFIX, key].concat();
+        let token = format!("{:016x}", fastrand::u64(..));
+        let deadline = tokio::time::Instant::now() + lock.wait;
+        let mut pause = LOCK_POLL_FIRST;
+        loop {
+            match l2.try_lock(&name, token.as_bytes(), lock.ttl).await {
+                Ok(None) => {
+                    let loaded = self.load(key, max).await;
+                    let outcome = match &loaded {
+                        Ok(Loaded::Value(value, Some(ttl))) => {
+                            keep(l2, key, value, *ttl).await;
+                            None
+                        }
+                        Ok(Loaded::Absent(neg)) if !neg.is_zero() => Some((LOCK_ABSENT, *neg)),
+                        _ => None,
+                    };
+                    if let Err(e) = l2.release_lock(&name, token.as_bytes(), outcome).await {
+                        tracing::debug!(error = %e, "a loader's lock was left to expire");
+                    }
+                    return loaded.map(Shared::Loaded);
+                }
+                Ok(Some(held)) if held == LOCK_ABSENT => {
+                    return Ok(Shared::Loaded(Loaded::Absent(self.neg_ttl)));
+                }
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "no loader lock: loading alone");
+                    break;
+                }
+            }
+            if tokio::time::Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LOCK_POLL_MAX);
+            if let Some((value, ttl)) = l2.get(Bytes::copy_from_slice(key)).await? {
+                return Ok(Shared::Found(value, ttl));
+            }
+        }
+        self.load_kept(l2, key, max).await.map(Shared::Loaded)
+    }
+
+    /// `load`, keeping a value in L2 as it is loaded.
+    async fn load_kept(&self, l2: &L2, key: &[u8], max: usize) -> Result<Loaded, L2Error> {
+        let loaded = self.load(key, max).await?;
+        if let Loaded::Value(value, Some(ttl)) = &loaded {
+            keep(l2, key, value, *ttl).await;
+        }
+        Ok(loaded)
     }
 
     /// Asks the origin for `key`; `max_bytes` bounds the body.
@@ -204,6 +293,13 @@ impl Loader {
             Loaded::Absent(ttl) if !ttl.is_zero() => Some(Entry::absent(*ttl).from_origin()),
             Loaded::Absent(_) => None,
         }
+    }
+}
+
+/// Keeps a loaded value in L2 for every instance; it is good whether or not L2 keeps it.
+async fn keep(l2: &L2, key: &[u8], value: &Bytes, ttl: Duration) {
+    if let Err(e) = l2.store_loaded(key, value, ttl).await {
+        tracing::debug!(error = %e, "a loaded value was not kept in L2");
     }
 }
 

@@ -33,7 +33,7 @@ use epoch::Epochs;
 use l1::{Entry, LoadMiss, L1};
 use l2::ttl_from_pttl;
 pub use l2::{L2Error, L2};
-use loader::{Loaded, Loader, Loaders};
+use loader::{Loaded, Loader, Loaders, Shared};
 use moka::ops::compute::Op;
 pub use pipe::{encode_args, Reply};
 use std::{
@@ -387,13 +387,17 @@ impl TieredCache {
             return self.negative_entry().ok_or(LoadMiss::Absent);
         };
         let max = self.ttl.load().max_value_bytes;
-        let loaded = loader.load(&key, max).await.map_err(LoadMiss::Failed)?;
-        if let (Loaded::Value(value, Some(ttl)), Some(l2)) = (&loaded, &self.l2) {
-            // The value is good whether or not L2 keeps it; the next instance will ask.
-            if let Err(e) = l2.store_loaded(&key, value, *ttl).await {
-                tracing::debug!(error = %e, "a loaded value was not kept in L2");
+        let shared = match &self.l2 {
+            Some(l2) => loader.load_shared(l2, &key, max).await,
+            None => loader.load(&key, max).await.map(Shared::Loaded),
+        };
+        let loaded = match shared.map_err(LoadMiss::Failed)? {
+            Shared::Found(value, ttl) => {
+                let e = Entry::new(value, Some(self.l1_ttl(ttl)));
+                return Ok(e.with_grace(loader.stale_if_error));
             }
-        }
+            Shared::Loaded(loaded) => loaded,
+        };
         match loader.entry(&loaded, |ttl| self.l1_ttl(Some(ttl))) {
             Some(e) => Ok(e),
             None => match loaded {

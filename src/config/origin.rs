@@ -70,6 +70,12 @@ pub const DEFAULT_LOADER_NEG_TTL: Duration = Duration::from_secs(5);
 /// How long past its TTL a loaded value may answer while the origin fails: off, as a stale
 /// answer must be asked for.
 pub const DEFAULT_LOADER_STALE_IF_ERROR: Duration = Duration::ZERO;
+/// How long an instance waits for another's load of the same key (the Redis lock) before
+/// asking the origin itself: past a typical origin answer, well short of a client's patience.
+/// Zero: no lock, each instance loads on its own.
+pub const DEFAULT_LOADER_LOCK_WAIT: Duration = Duration::from_secs(2);
+/// The lock's life if its holder dies mid-load: as long as the origin's own request_timeout.
+pub const DEFAULT_LOADER_LOCK_TTL: Duration = Duration::from_secs(10);
 
 /// One backend service (`[[origins]]`). Only `name` and `upstreams` have no default.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -116,6 +122,8 @@ pub struct LoaderConfig {
     pub ttl: HumanDuration,
     pub neg_ttl: HumanDuration,
     pub stale_if_error: HumanDuration,
+    pub lock_wait: HumanDuration,
+    pub lock_ttl: HumanDuration,
 }
 
 impl Default for LoaderConfig {
@@ -126,6 +134,8 @@ impl Default for LoaderConfig {
             ttl: HumanDuration(DEFAULT_LOADER_TTL),
             neg_ttl: HumanDuration(DEFAULT_LOADER_NEG_TTL),
             stale_if_error: HumanDuration(DEFAULT_LOADER_STALE_IF_ERROR),
+            lock_wait: HumanDuration(DEFAULT_LOADER_LOCK_WAIT),
+            lock_ttl: HumanDuration(DEFAULT_LOADER_LOCK_TTL),
         }
     }
 }
@@ -275,6 +285,12 @@ pub fn validate_origins(origins: &[OriginConfig], problems: &mut Vec<Problem>) {
             }
             if l.ttl.0.is_zero() {
                 bad(format!("{at}.ttl"), "must be more than 0".into());
+            }
+            if !l.lock_wait.0.is_zero() && l.lock_ttl.0 < l.lock_wait.0 {
+                bad(
+                    format!("{at}.lock_ttl"),
+                    "must be at least lock_wait: a lock must outlive the wait for it".into(),
+                );
             }
         }
         let at = format!("origins[{i}]");
@@ -442,5 +458,46 @@ attempt_timeout = "1m""#,
             );
         }
         assert_eq!(p.len(), want.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn the_shipped_example_is_valid_and_shows_the_defaults() {
+        let shipped = include_str!("../../config/tiergate.toml");
+        let from = shipped
+            .find("#   [[origins]]")
+            .expect("an [[origins]] example");
+        let example: String = shipped[from..]
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        #[derive(Deserialize)]
+        struct File {
+            origins: Vec<OriginConfig>,
+        }
+        let f: File = toml::from_str(&example).unwrap();
+        let mut p = Vec::new();
+        validate_origins(&f.origins, &mut p);
+        assert!(p.is_empty(), "{p:?}");
+        let (o, l) = (&f.origins[0], &f.origins[0].loaders[0]);
+        let defaults = OriginConfig {
+            name: o.name.clone(),
+            upstreams: o.upstreams.clone(),
+            loaders: Vec::new(),
+            ..OriginConfig::default()
+        };
+        assert_eq!(
+            OriginConfig {
+                loaders: Vec::new(),
+                ..o.clone()
+            },
+            defaults
+        );
+        let loader_defaults = LoaderConfig {
+            prefix: l.prefix.clone(),
+            path: l.path.clone(),
+            ..LoaderConfig::default()
+        };
+        assert_eq!(*l, loader_defaults);
     }
 }
