@@ -321,3 +321,149 @@ async fn a_waiter_asks_the_origin_itself_once_lock_wait_has_passed() {
     assert_eq!(origin.requests("/api/users/9"), 1);
     assert!(pttl(&redis, "user:9").await > 0, "the value was kept in L2");
 }
+
+#[tokio::test]
+async fn a_slow_origin_is_shed_at_the_limits_not_queued() {
+    let redis = Redis::start();
+    let origin = Origin::start().await;
+    for i in 0..60 {
+        origin.answer(
+            &format!("/api/users/{i}"),
+            Answer::ok("slow").delay(Duration::from_millis(300)),
+        );
+    }
+    let mut c = config(&redis, &origin, "");
+    // Four at a time to the origin, sixteen requests at a time through the door.
+    c.origins[0].max_concurrent = 4;
+    c.admission.max_inflight = 16;
+    c.admission.max_queue = 0;
+    let g = Gateway::start_ready(c).await;
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let (http, url) = (g.http.clone(), g.kv(&format!("user:{i}")));
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.unwrap();
+                let status = r.status().as_u16();
+                let code = if status == 200 {
+                    String::new()
+                } else {
+                    error_code(r).await
+                };
+                (status, code)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    for (status, code) in &answers {
+        assert!(
+            *status == 200
+                || (*status == 503 && (code == "overloaded" || code == "origin_unavailable")),
+            "{answers:?}"
+        );
+    }
+    assert!((1..60).contains(&ok), "{ok} of 60 answered");
+    // Only what was answered reached the origin: the rest was refused before it.
+    assert_eq!(origin.total(), ok, "{answers:?}");
+    // Afterwards the gateway serves at once.
+    assert_eq!(get(&g, "user:0").await.0, 200);
+}
+
+#[tokio::test]
+async fn the_origin_restarted_under_load() {
+    let redis = Redis::start();
+    let mut origin = Origin::start().await;
+    origin.answer(
+        "/api/users/live",
+        Answer::ok("live").header("Cache-Control", "no-store"),
+    );
+    let g = Gateway::start_ready(config(&redis, &origin, "")).await;
+    // Readers that never stop until told, each answer a 200 or a 503 said as the origin's.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, url, stop) = (g.http.clone(), g.kv("user:live"), stop.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = http.get(&url).send().await.unwrap();
+                    let status = r.status().as_u16();
+                    let body = r.text().await.unwrap();
+                    seen.push((status, body));
+                }
+                seen
+            })
+        })
+        .collect();
+    eventually("load flowing", || async {
+        origin.requests("/api/users/live") > 20
+    })
+    .await;
+    origin.stop().await;
+    let r = g.get("user:live").await;
+    assert_eq!(r.status(), 503);
+    let code = error_code(r).await;
+    assert!(
+        code == "origin_unreachable" || code == "origin_failed",
+        "{code}"
+    );
+    let before = origin.requests("/api/users/live");
+    origin.restart().await;
+    eventually("requests reaching the restarted origin", || async {
+        origin.requests("/api/users/live") > before + 20
+    })
+    .await;
+    assert_eq!(get(&g, "user:live").await.2, "live");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        for (status, body) in r.await.unwrap() {
+            assert!(
+                (status == 200 && body == "live") || (status == 503 && body.contains("origin")),
+                "{status} {body}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn batch_reads_load_their_loader_keys_too() {
+    let redis = Redis::start();
+    let origin = Origin::start().await;
+    origin.answer("/api/users/1", Answer::ok("one"));
+    origin.answer("/api/users/2", Answer::ok("two"));
+    let _: () = redis::cmd("SET")
+        .arg("plain")
+        .arg("in-redis")
+        .query(&mut redis.conn())
+        .unwrap();
+    let g = Gateway::start_ready(config(&redis, &origin, "")).await;
+    let v = g
+        .batch_get(&["user:1", "user:2", "user:404", "plain", "other"])
+        .await;
+    assert_eq!(v["values"]["user:1"], "one", "{v}");
+    assert_eq!(v["values"]["user:2"], "two", "{v}");
+    assert!(v["values"]["user:404"].is_null(), "{v}");
+    assert_eq!(v["values"]["plain"], "in-redis", "{v}");
+    assert!(v["values"]["other"].is_null(), "{v}");
+    // RESP MGET: from L1 now, and the 404 remembered.
+    let addr = g.running.as_ref().unwrap().resp_addr;
+    let client = redis::Client::open(format!("redis://{addr}")).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let got: Vec<Option<String>> = c.mget(&["user:2", "user:404", "user:1"]).await.unwrap();
+    assert_eq!(got, [Some("two".into()), None, Some("one".into())]);
+    assert_eq!(origin.total(), 3);
+    // A failing origin fails the batch, as a failing Redis does.
+    origin.answer("/api/users/3", Answer::status(500));
+    let r = g
+        .http
+        .post(format!("{}/v1/kv:batchGet", g.base))
+        .json(&serde_json::json!({ "keys": ["user:3", "plain"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(error_code(r).await, "origin_status");
+}

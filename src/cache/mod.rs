@@ -323,6 +323,12 @@ impl TieredCache {
             return Ok(one.pop().flatten());
         }
         self.metrics.miss(Tier::L1);
+        self.load_one(key).await
+    }
+
+    /// A key L1 has no fresh entry for, read through: L2, then its loader's origin; one load
+    /// per key however many ask at once.
+    async fn load_one(&self, key: &[u8]) -> Result<Option<Hit>, L2Error> {
         let loader = self.loaders.find(key);
         if self.l2.is_none() && loader.is_none() {
             return Ok(None);
@@ -546,6 +552,10 @@ impl TieredCache {
                 }
             }
         }
+        if !self.loaders.is_empty() {
+            self.read_through(keys, &mut missing, &mut stale, &mut out)
+                .await?;
+        }
         if self.l2.is_none() || missing.is_empty() {
             return Ok(out);
         }
@@ -568,6 +578,41 @@ impl TieredCache {
             }
         }
         Ok(out)
+    }
+
+    /// The part of a batch read under loaders' prefixes: each such key of `missing` is read
+    /// through on its own (`load_one`, all at once), answered into `out` and taken out of
+    /// `missing` and `stale`. A key whose origin fails answers its stale entry when L1 holds
+    /// one; otherwise the batch fails, as it does when L2 fails.
+    async fn read_through(
+        &self,
+        keys: &[Bytes],
+        missing: &mut Vec<usize>,
+        stale: &mut Vec<Option<Entry>>,
+        out: &mut [Option<Hit>],
+    ) -> Result<(), L2Error> {
+        let (through, rest): (Vec<_>, Vec<_>) = missing
+            .iter()
+            .copied()
+            .zip(std::mem::take(stale))
+            .partition(|(i, _)| self.loaders.find(&keys[*i]).is_some());
+        (*missing, *stale) = rest.into_iter().unzip();
+        if through.is_empty() {
+            return Ok(());
+        }
+        let loads = through.iter().map(|(i, _)| self.load_one(&keys[*i]));
+        let loaded = futures_util::future::join_all(loads).await;
+        for ((i, held), result) in through.into_iter().zip(loaded) {
+            out[i] = match (result, held) {
+                (Ok(hit), _) => hit,
+                (Err(e), Some(held)) if e.is_outage() => {
+                    self.metrics.l1_stale_served.inc();
+                    self.answer(held, Tier::L1)
+                }
+                (Err(e), _) => return Err(e),
+            };
+        }
+        Ok(())
     }
 
     /// Reads `keys` from L2 in one round trip (per slot) and stores each in L1 (a negative

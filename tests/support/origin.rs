@@ -142,6 +142,27 @@ impl Origin {
         Self { addr, shared, task }
     }
 
+    /// Stops serving (the port refuses connections, open ones are cut) and starts again on
+    /// the same port with the same script and counts: a restarted origin.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        // The old listener is closed once its task has dropped it: bind until that is so.
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        self.task = tokio::spawn(serve(listener, self.shared.clone()));
+    }
+
+    /// Stops serving: the port refuses connections and open ones are cut, until `restart`.
+    /// Returns once the server task is gone (an abort alone lands at its next poll).
+    pub async fn stop(&mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     /// `http://127.0.0.1:PORT`, without a trailing slash.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
