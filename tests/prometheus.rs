@@ -356,6 +356,19 @@ async fn load(bin: &Binary, round: usize) {
         .await
         .unwrap();
     assert_eq!(batch.status(), 200);
+    // Keys loaded from the origin ("user:" keys): some it has, the rest it answers 404.
+    for i in 0..10 {
+        let get = http
+            .get(format!("{base}/user:{round}-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            get.status(),
+            if i < 5 { 200 } else { 404 },
+            "GET user:{round}-{i}"
+        );
+    }
 
     let client = redis::Client::open(format!("redis://{}", bin.resp)).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
@@ -449,9 +462,32 @@ async fn prometheus_scrapes_tiergate_and_every_panel_and_alert_works() {
     );
 
     let mut redis = Redis::start();
+    // An origin with a loader, probed, so the origin panels and alerts have series.
+    let origin = support::origin::Origin::start().await;
+    origin.answer("/health", support::origin::Answer::ok("ok"));
+    for round in 0..2 {
+        for i in 0..5 {
+            origin.answer(
+                &format!("/users/{round}-{i}"),
+                support::origin::Answer::ok("someone"),
+            );
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tiergate.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[origins]]\nname = \"users\"\nupstreams = [{:?}]\nhealth_path = \"/health\"\n\
+             health_interval = \"200ms\"\n[[origins.loaders]]\nprefix = \"user:\"\npath = \"/users/{{id}}\"\n",
+            origin.url()
+        ),
+    )
+    .unwrap();
     let mut bin = Binary::start(&[
         ("TIERGATE_L2_URL", &redis.url()),
         ("TIERGATE_L2_HEALTH_INTERVAL", "100ms"),
+        ("TIERGATE_CONFIG", file.to_str().unwrap()),
     ]);
     bin.wait_ready().await;
     support::eventually("the invalidation bus subscribed", || async {
@@ -478,6 +514,7 @@ async fn prometheus_scrapes_tiergate_and_every_panel_and_alert_works() {
         "tiergate_l2_command_duration_seconds_count{op=\"forward\"} > 0",
         "tiergate_resp_commands_total > 0",
         "tiergate_http_requests_total{route=\"kv_get\",status=\"404\"} > 0",
+        "tiergate_cache_hits_total{tier=\"origin\"} > 0",
     ] {
         prom.until_some("the load to show", proof).await;
     }
@@ -592,6 +629,9 @@ async fn prometheus_scrapes_tiergate_and_every_panel_and_alert_works() {
     }
 
     // The causes made real: the rules match the labels of the real series.
+    drop(origin);
+    prom.until_alert_state("TiergateOriginDown", "pending")
+        .await;
     redis.stop();
     prom.until_alert_state("TiergateL2Down", "pending").await;
     prom.until_alert_state("TiergateBusUnsubscribed", "inactive")

@@ -160,7 +160,10 @@ impl Origin {
     /// Returns once the server task is gone (an abort alone lands at its next poll).
     pub async fn stop(&mut self) {
         self.task.abort();
-        let _ = (&mut self.task).await;
+        // Awaited once only: a second await of a finished handle panics.
+        if !self.task.is_finished() {
+            let _ = (&mut self.task).await;
+        }
     }
 
     /// `http://127.0.0.1:PORT`, without a trailing slash.
