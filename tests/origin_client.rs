@@ -66,9 +66,14 @@ fn metric(m: &Metrics, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// A URL nothing listens on.
-fn dead_url() -> String {
-    format!("http://127.0.0.1:{}", support::free_port())
+/// A URL nothing listens on, held so until the socket drops: a port merely found free could
+/// be taken by another test's origin meanwhile.
+fn dead_url() -> (String, socket2::Socket) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    s.bind(&any.into()).unwrap();
+    let port = s.local_addr().unwrap().as_socket().unwrap().port();
+    (format!("http://127.0.0.1:{port}"), s)
 }
 
 #[tokio::test]
@@ -296,8 +301,9 @@ async fn a_post_is_never_retried_once_sent_but_is_when_it_could_not_connect() {
     // A connection refused carried nothing: the POST goes to the live upstream.
     let live = Origin::start().await;
     live.answer("/p", Answer::ok("taken"));
+    let (dead, _held) = dead_url();
     let (o, _) = origins(
-        &[dead_url(), live.url()],
+        &[dead, live.url()],
         "max_retries = 1\neject_after = 1000",
     );
     for _ in 0..20 {
