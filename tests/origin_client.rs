@@ -302,10 +302,7 @@ async fn a_post_is_never_retried_once_sent_but_is_when_it_could_not_connect() {
     let live = Origin::start().await;
     live.answer("/p", Answer::ok("taken"));
     let (dead, _held) = dead_url();
-    let (o, _) = origins(
-        &[dead, live.url()],
-        "max_retries = 1\neject_after = 1000",
-    );
+    let (o, _) = origins(&[dead, live.url()], "max_retries = 1\neject_after = 1000");
     for _ in 0..20 {
         let (status, _) = send(&o, Method::POST, "/p", Some("body")).await.unwrap();
         assert_eq!(status, 200);

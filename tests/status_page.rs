@@ -333,6 +333,14 @@ async fn the_page_renders_live_figures_in_headless_chromium() {
     let redis = Redis::start();
     let mut c = support::config(Some(&redis.url()));
     c.admin.hot_keys_sample = 1;
+    // An origin with a loader: "user:" keys are read through to it (it answers 404 to most).
+    let origin = support::origin::Origin::start().await;
+    origin.answer("/users/1", support::origin::Answer::ok("one"));
+    c.origins = vec![toml::from_str(&format!(
+        "name = \"users\"\nupstreams = [{:?}]\n[[loaders]]\nprefix = \"user:\"\npath = \"/users/{{id}}\"\nneg_ttl = \"0s\"",
+        origin.url()
+    ))
+    .unwrap()];
     let gw = Arc::new(Gateway::start_ready(c).await);
     load(&gw, 50).await; // the keys the load reads exist
 
@@ -347,7 +355,9 @@ async fn the_page_renders_live_figures_in_headless_chromium() {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
-                let key = if i.is_multiple_of(4) {
+                let key = if t == 0 && i % 8 == 1 {
+                    format!("user:{}", i % 3)
+                } else if i.is_multiple_of(4) {
                     format!("status:miss:{t}:{i}")
                 } else {
                     format!("status:{}", i % 10)
@@ -425,7 +435,27 @@ async fn the_page_renders_live_figures_in_headless_chromium() {
         // No forwarded commands in this load: that class is idle, not a number.
         assert_eq!(shown(dom, "resp-forwarded-p50"), "idle");
         assert!(shown(dom, "hot-keys").is_empty() && dom.contains("status:"));
+        // The origin's upstream, up, with its figures.
+        assert_eq!(shown(dom, "origin-0-0-name"), "users");
+        assert_eq!(shown(dom, "origin-0-0-state"), "UP");
+        for id in ["origin-0-0-inflight", "origin-0-0-conns"] {
+            assert!(
+                figure(dom, id).is_some(),
+                "#{id} shows no number: {:?}",
+                shown(dom, id)
+            );
+        }
     }
+    assert!(
+        figure(&second, "origin-0-0-aps").is_some_and(|v| v > 0.0),
+        "attempts/s: {:?}",
+        shown(&second, "origin-0-0-aps")
+    );
+    let status: serde_json::Value = gw.admin_get("/status.json").await.json().await.unwrap();
+    let upstream = &status["origins"][0]["upstreams"][0];
+    assert_eq!(status["origins"][0]["name"], "users");
+    assert_eq!(upstream["upstream"], origin.addr().to_string());
+    assert!(upstream["attempts"].as_u64().unwrap() > 0, "{status}");
     // Between the two looks the load went on: the totals moved.
     for id in ["http-total", "resp-total"] {
         let (a, b) = (figure(&first, id).unwrap(), figure(&second, id).unwrap());

@@ -317,6 +317,21 @@ impl Admin {
                 "max_fds": max_fds(),
             },
             "hot_keys": hot_keys,
+            "origins": self.origins.snapshot().iter().map(|o| json!({
+                "name": &*o.name,
+                "retries": o.retries,
+                "retries_refused": o.retries_refused,
+                "upstreams": o.upstreams.iter().map(|u| json!({
+                    "upstream": &*u.upstream,
+                    "weight": u.weight,
+                    "healthy": u.healthy,
+                    "ejected": u.ejected,
+                    "in_flight": u.in_flight,
+                    "connections": u.connections,
+                    "attempts": u.attempts,
+                    "failures": u.failures,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
         })
     }
 

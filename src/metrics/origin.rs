@@ -54,6 +54,7 @@ pub struct OriginVecs {
 }
 
 /// One origin's figures.
+#[derive(Clone)]
 pub struct OriginMetrics {
     /// Retries made (each a further attempt on an upstream).
     pub retries: IntCounter,
@@ -79,6 +80,14 @@ pub struct UpstreamMetrics {
 impl UpstreamMetrics {
     pub fn count(&self, status: OriginStatus) {
         self.requests[status as usize].inc();
+    }
+
+    /// Attempts made, and those that failed (5xx, timeout, error): for the status page.
+    pub fn attempts(&self) -> (u64, u64) {
+        let n = |s: OriginStatus| self.requests[s as usize].get();
+        let failed =
+            n(OriginStatus::ServerError) + n(OriginStatus::Timeout) + n(OriginStatus::Error);
+        (self.requests.iter().map(|c| c.get()).sum(), failed)
     }
 }
 

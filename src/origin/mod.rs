@@ -82,6 +82,38 @@ impl Origins {
         futures_util::future::join_all(probing).await;
     }
 
+    /// Each origin's state now, for the status page.
+    pub fn snapshot(&self) -> Vec<OriginSnapshot> {
+        self.all
+            .iter()
+            .map(|o| {
+                let now = millis_since(o.base);
+                OriginSnapshot {
+                    name: o.name.clone(),
+                    retries: o.metrics.retries.get(),
+                    retries_refused: o.metrics.retries_refused.get(),
+                    upstreams: o
+                        .upstreams
+                        .iter()
+                        .map(|u| {
+                            let (attempts, failures) = u.metrics.attempts();
+                            UpstreamSnapshot {
+                                upstream: u.label.clone(),
+                                weight: u.weight,
+                                healthy: u.is_healthy(),
+                                ejected: u.is_ejected(now),
+                                in_flight: u.inflight(),
+                                connections: u.metrics.connections.get().max(0) as u64,
+                                attempts,
+                                failures,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
     /// Refreshes the gauges read off upstream state (ejected, in flight): at scrape time.
     pub fn refresh_gauges(&self) {
         for o in &self.all {
@@ -92,6 +124,26 @@ impl Origins {
             }
         }
     }
+}
+
+/// One origin as the status page shows it.
+pub struct OriginSnapshot {
+    pub name: Arc<str>,
+    pub retries: u64,
+    pub retries_refused: u64,
+    pub upstreams: Vec<UpstreamSnapshot>,
+}
+
+/// One upstream as the status page shows it: counts are totals since start.
+pub struct UpstreamSnapshot {
+    pub upstream: Arc<str>,
+    pub weight: u32,
+    pub healthy: bool,
+    pub ejected: bool,
+    pub in_flight: usize,
+    pub connections: u64,
+    pub attempts: u64,
+    pub failures: u64,
 }
 
 /// What `probe` needs from `[[origins]]`.
