@@ -194,8 +194,26 @@ impl Loader {
         Ok(loaded)
     }
 
-    /// Asks the origin for `key`; `max_bytes` bounds the body.
+    /// Asks the origin for `key`; `max_bytes` bounds the body, and the origin's
+    /// `request_timeout` the whole of it, body included (`Origin::send` bounds the wait for
+    /// the headers only; an origin that trickles a body must not hold the load for ever).
     pub async fn load(&self, key: &[u8], max_bytes: usize) -> Result<Loaded, L2Error> {
+        let limit = self.origin.request_timeout();
+        tokio::time::timeout(limit, self.load_untimed(key, max_bytes))
+            .await
+            .unwrap_or_else(|_| {
+                Err(L2Error::Origin {
+                    code: "origin_timeout",
+                    detail: format!(
+                        "origin {}: no whole answer within request_timeout ({})",
+                        self.origin.name(),
+                        humantime::format_duration(limit)
+                    ),
+                })
+            })
+    }
+
+    async fn load_untimed(&self, key: &[u8], max_bytes: usize) -> Result<Loaded, L2Error> {
         let path = self.path_of(key);
         let failed = |code: &'static str, detail: String| L2Error::Origin { code, detail };
         let pq: http::uri::PathAndQuery = path.parse().map_err(|e| {

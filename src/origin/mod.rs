@@ -259,6 +259,11 @@ impl Origin {
         &self.name
     }
 
+    /// `request_timeout`: how long a whole request may take, retries included.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// Sends `req` to an upstream, retrying on another as the module doc says. Returns the
     /// first answer that is not a retryable failure, or the last one when retries run out
     /// (a 503 from the origin is passed on as it came); an error only when no upstream
