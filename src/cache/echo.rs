@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How a tag starts: it is the first bulk string of a message on the keys channel, followed
 /// by the instance's id (16 hex digits), ':' and the batch's sequence number in decimal. An
-/// instance that predates tags reads it as one more key to evict, which costs nothing.
+/// instance that predates tags reads it as one more key to evict, which costs nothing. Every
+/// message this version sends starts with one (`MARK` alone when untagged, `untagged`), so
+/// a key that starts like a tag is never read as one.
 pub const MARK: &[u8] = b"\0tiergate:";
 
 /// Batches remembered (a power of two): far more than are ever sent and not yet heard back.
@@ -104,6 +106,11 @@ impl Echoes {
         out.extend_from_slice(seq_text.as_bytes());
         out.extend_from_slice(b"\r\n");
         Some(seq)
+    }
+
+    /// The tag of a message no writer reports against (`MARK` alone), appended to `out`.
+    pub fn untagged(out: &mut Vec<u8>) {
+        super::pipe::pack_key(out, MARK);
     }
 
     /// The `Batch` of batch `seq` (from `open`), for one of its writers.
@@ -253,5 +260,14 @@ mod tests {
         assert!(split(Some(&ours), b"junk").is_err());
         // Too many writers to count: no tag.
         assert_eq!(ours.open(PENDING as usize + 1, &mut Vec::new()), None);
+        // Untagged by this version: a first key that looks like a tag is still a key.
+        let mut sent = Vec::new();
+        Echoes::untagged(&mut sent);
+        pack_key(&mut sent, b"\0tiergate:0123456789abcdef:1");
+        let (tag, keys) = split(Some(&ours), &sent).unwrap();
+        assert_eq!(tag, Tag::Other);
+        let mut unpacked = Vec::new();
+        unpack_keys(keys, |k| unpacked.push(k.to_vec())).unwrap();
+        assert_eq!(unpacked, [b"\0tiergate:0123456789abcdef:1".to_vec()]);
     }
 }

@@ -529,9 +529,13 @@ async fn serve(
                 }) => {
                     let writers = batch.iter().filter(|w| w.keys > 0).count();
                     tag.clear();
-                    (writers > 0)
+                    let seq = (writers > 0)
                         .then(|| echoes.open(writers, &mut tag))
-                        .flatten()
+                        .flatten();
+                    if seq.is_none() {
+                        Echoes::untagged(&mut tag);
+                    }
+                    seq
                 }
                 _ => None,
             };
