@@ -523,20 +523,19 @@ async fn serve(
             // The batch's tag, when its writes announce keys: each writer that announces
             // reports its eviction against it (`Echoes::evicted`).
             let seq = match publish {
-                Some(Publish {
-                    echoes: Some(echoes),
-                    ..
-                }) => {
+                Some(publish) if batch.iter().any(|w| w.keys > 0) => {
                     let writers = batch.iter().filter(|w| w.keys > 0).count();
                     tag.clear();
-                    let seq = (writers > 0)
-                        .then(|| echoes.open(writers, &mut tag))
-                        .flatten();
+                    let seq = publish
+                        .echoes
+                        .as_ref()
+                        .and_then(|echoes| echoes.open(writers, &mut tag));
                     if seq.is_none() {
                         Echoes::untagged(&mut tag);
                     }
                     seq
                 }
+                // Nothing announced, so no PUBLISH.
                 _ => None,
             };
             for w in batch.drain(..) {
