@@ -60,8 +60,12 @@ async fn put(b: &Binary, key: &str, value: &str) {
     assert_eq!(r.status(), 204, "PUT {key}");
 }
 
+/// Announcements B has acted on: keys evicted, and its own echoes it had nothing left to do
+/// for (each write in them already evicted here, one per message).
 async fn heard(b: &Binary) -> f64 {
-    metric(&b.metrics().await, "tiergate_bus_invalidations_total")
+    let m = b.metrics().await;
+    metric(&m, "tiergate_bus_invalidations_total")
+        + metric(&m, "tiergate_bus_own_echoes_skipped_total")
 }
 
 /// Runs `write` through A, waits until B has heard its invalidation, then checks B's read.
@@ -540,4 +544,107 @@ async fn writes_sent_together_share_one_announcement_and_every_key_is_heard() {
     })
     .await;
     assert_eq!(get(&b, "other").await.0.as_deref(), Some("new"));
+}
+
+/// One instance on `redis` whose HTTP handlers give up after 200 ms while its L2 writes wait
+/// up to 10 s for their replies: a write can be applied after its writer is gone.
+fn impatient(redis: &Redis) -> Binary {
+    let url = redis.url();
+    Binary::start(&[
+        ("TIERGATE_L2_URL", url.as_str()),
+        ("TIERGATE_L2_HEALTH_INTERVAL", "100ms"),
+        ("TIERGATE_L1_MAX_TTL", "1h"),
+        ("TIERGATE_HTTP_REQUEST_TIMEOUT", "200ms"),
+        ("TIERGATE_L2_TIMEOUT", "10s"),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_own_write_applied_after_its_writer_gave_up_is_evicted_by_its_echo() {
+    let redis = Redis::start();
+    let b = impatient(&redis);
+    subscribed(&b).await;
+    // The old value in B's L1, written straight to Redis (announced by nobody).
+    let mut direct = redis.conn();
+    redis::cmd("SET")
+        .arg("k")
+        .arg("old")
+        .exec(&mut direct)
+        .unwrap();
+    assert_eq!(get(&b, "k").await.0.as_deref(), Some("old"));
+    assert_eq!(get(&b, "k").await, (Some("old".into()), "L1".into()));
+    let m = b.metrics().await;
+    let flushes = metric(&m, "tiergate_bus_flushes_total");
+    let evicted = metric(&m, "tiergate_bus_invalidations_total");
+    let skipped = metric(&m, "tiergate_bus_own_echoes_skipped_total");
+
+    // Redis stopped: the PUT's SET and its announcement wait in Redis' socket, and the
+    // handler is dropped at its 200 ms request timeout, before it could evict k here.
+    {
+        let _held = redis.hold();
+        let r = reqwest::Client::new()
+            .put(format!("http://{}/v1/kv/k", b.http))
+            .body("new")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "the writer gave up");
+    }
+    // Redis runs again and applies the write; nobody waits for its reply any more. Only the
+    // echo can evict k from B's L1 now (max_ttl is an hour): it must not be skipped.
+    support::eventually("Redis applied the write", || async {
+        let v: Option<String> = redis::cmd("GET").arg("k").query(&mut redis.conn()).unwrap();
+        v.as_deref() == Some("new")
+    })
+    .await;
+    support::eventually("B's echo evicted the old value", || async {
+        get(&b, "k").await.0.as_deref() == Some("new")
+    })
+    .await;
+    let m = b.metrics().await;
+    assert_eq!(
+        metric(&m, "tiergate_bus_flushes_total"),
+        flushes,
+        "evicted by the echo, not by a flush"
+    );
+    assert!(metric(&m, "tiergate_bus_invalidations_total") > evicted);
+    assert_eq!(
+        metric(&m, "tiergate_bus_own_echoes_skipped_total"),
+        skipped,
+        "the echo of a write not evicted here is never skipped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_echoes_of_writes_evicted_here_are_skipped_and_counted() {
+    let redis = Redis::start();
+    let b = impatient(&redis);
+    subscribed(&b).await;
+    let mut c = redis::Client::open(format!("redis://{}", b.resp))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let before = heard(&b).await;
+    let mut writes = 0.0;
+    for i in 0..20 {
+        // Read into L1, then written (SET is served, INCR forwarded): the writer's answer
+        // means its own eviction is done, whatever becomes of the echo.
+        let _: Option<String> = c.get("s").await.unwrap();
+        let _: () = c.set("s", i).await.unwrap();
+        let v: String = c.get("s").await.unwrap();
+        assert_eq!(v, i.to_string(), "read-your-writes after SET");
+        let _: Option<String> = c.get("n").await.unwrap();
+        let n: i64 = c.incr("n", 1).await.unwrap();
+        let v: i64 = c.get("n").await.unwrap();
+        assert_eq!(v, n, "read-your-writes after INCR");
+        writes += 2.0;
+    }
+    // One key a message: each echo is either evicted (one key) or skipped (one message).
+    support::eventually("B settled every own echo", || async {
+        heard(&b).await == before + writes
+    })
+    .await;
+    let skipped = metric(&b.metrics().await, "tiergate_bus_own_echoes_skipped_total");
+    assert!(skipped > 0.0, "no own echo was skipped");
 }

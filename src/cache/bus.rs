@@ -4,7 +4,8 @@
 //!   or on our own connections one `PUBLISH <channel>:keys <keys>` for all the writes sent
 //!   together (`pipe::keys_channel`); every instance subscribes to both channels and evicts
 //!   each key it hears; an empty key empties L1 (FLUSHALL and other writes of unknown keys,
-//!   forwarded by the RESP door).
+//!   forwarded by the RESP door). Its own batches' echoes it skips once their writers have
+//!   evicted their keys here (`echo`).
 //! - `tracking`: Redis' client-side caching in broadcast mode (`CLIENT TRACKING ON BCAST
 //!   PREFIX ...`): Redis itself pushes the name of every key written under the prefixes, by
 //!   any client, including programs that bypass tiergate and keys Redis expires or evicts.
@@ -26,7 +27,8 @@
 
 use super::{
     conn::{shard_channel, SLOTS},
-    pipe::{keys_channel, unpack_keys, Pushed, Subscription, Target},
+    echo::{self, Echoes, State, Tag},
+    pipe::{keys_channel, next_key, Pushed, Subscription, Target},
     TieredCache,
 };
 use crate::shutdown::Shutdown;
@@ -36,11 +38,15 @@ use redis::{
     aio::MultiplexedConnection, cluster::ClusterClient, cluster_async::ClusterConnection,
     AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, RedisResult, Value,
 };
-use std::sync::{
-    atomic::{AtomicBool, Ordering},
-    Arc,
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 
 /// This instance's view of the bus.
 pub struct Bus {
@@ -104,6 +110,7 @@ impl Listen {
             let heard = move |p| {
                 pass(match p {
                     Pushed::Key(key) => heard_key(key),
+                    Pushed::Keys(body) => Heard::Keys(body),
                     Pushed::Lost => Heard::Lost,
                 })
             };
@@ -176,6 +183,8 @@ impl Listen {
 /// What the subscription's push handler passes on.
 enum Heard {
     Evict(Bytes),
+    /// A message on the keys channel: perhaps a tag, then keys (`echo::split`).
+    Keys(Bytes),
     /// Redis dropped every tracked key at once (FLUSHALL, FLUSHDB).
     EvictAll,
     /// The connection closed, or the queue overflowed: messages may have been missed.
@@ -248,6 +257,25 @@ pub async fn follow(cache: Arc<TieredCache>, retry: std::time::Duration, shutdow
 /// Most messages handled per wake-up of the bus task: bounds how long it holds its thread.
 const DRAIN_PER_WAKE: usize = 128;
 
+/// How long an own echo heard before its writers reported (`echo`) waits for them. The
+/// writers run on the main runtime, this task on the background one: the reply and the echo
+/// arrive together, and either may be read first. One that has not reported by then may
+/// never (it was cancelled), and the echo evicts, this much later than it would have.
+/// Natively its writers report within microseconds; 2 ms still let 40% of them miss it
+/// under callgrind, where threads take turns, and so might they on an overloaded machine.
+const ECHO_GRACE: Duration = Duration::from_millis(20);
+
+/// Most own echoes waiting for their writers at once; past it they evict at once.
+const ECHOES_WAITING: usize = 4096;
+
+/// An own echo waiting for its batch's writers.
+struct Waiting {
+    until: Instant,
+    seq: u64,
+    /// Its keys (`pipe::pack_key`).
+    keys: Bytes,
+}
+
 /// One subscription, from connect to loss.
 async fn subscription(
     cache: &TieredCache,
@@ -295,6 +323,12 @@ async fn subscription(
     tokio::pin!(ping);
     let stop = shutdown.wait();
     tokio::pin!(stop);
+    // This instance's own echoes heard before their writers reported (`echo`), oldest first,
+    // and one timer for the oldest, set when the first is put here.
+    let echoes = cache.l2.as_ref().and_then(|l2| l2.echoes()).cloned();
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
+    let grace = tokio::time::sleep_until(ping_at);
+    tokio::pin!(grace);
     loop {
         tokio::select! {
             heard = rx.recv() => {
@@ -308,6 +342,13 @@ async fn subscription(
                             cache.invalidate(&key).await;
                             cache.metrics.bus_invalidations.inc();
                         }
+                        Some(Heard::Keys(body)) => {
+                            match heard_keys(cache, echoes.as_deref(), &mut waiting, body).await {
+                                Ok(Some(until)) => grace.as_mut().reset(until),
+                                Ok(None) => {}
+                                Err(()) => return Ended::Lost("a malformed announcement".into()),
+                            }
+                        }
                         Some(Heard::EvictAll) => cache.flush_l1(),
                         Some(Heard::Lost) | None => return Ended::Lost("connection closed".into()),
                     }
@@ -320,6 +361,17 @@ async fn subscription(
                         Err(mpsc::error::TryRecvError::Empty) => break,
                         Err(mpsc::error::TryRecvError::Disconnected) => None,
                     };
+                }
+                if let (Some(own), false) = (echoes.as_deref(), waiting.is_empty()) {
+                    settle(cache, own, &mut waiting, false).await;
+                }
+            }
+            () = &mut grace, if !waiting.is_empty() => {
+                if let Some(own) = echoes.as_deref() {
+                    settle(cache, own, &mut waiting, true).await;
+                }
+                if let Some(first) = waiting.front() {
+                    grace.as_mut().reset(first.until);
                 }
             }
             () = &mut ping => {
@@ -336,6 +388,67 @@ async fn subscription(
             return Ended::Lost("fell behind: invalidation queue full".into());
         }
     }
+}
+
+/// Acts on a message on the keys channel: evicts its keys, unless it is this instance's own
+/// echo (`echo`), which is skipped once every writer of its batch has evicted here, and
+/// otherwise waits for them (`settle`). Some(when) to set the timer for, when the first
+/// echo starts waiting; Err if the message is malformed.
+async fn heard_keys(
+    cache: &TieredCache,
+    own: Option<&Echoes>,
+    waiting: &mut VecDeque<Waiting>,
+    body: Bytes,
+) -> Result<Option<Instant>, ()> {
+    let (tag, keys) = echo::split(own, &body)?;
+    let state = match (tag, own) {
+        (Tag::Own(seq), Some(own)) => Some((seq, own.state(seq))),
+        _ => None,
+    };
+    match state {
+        Some((_, State::Evicted)) => cache.metrics.bus_own_echoes_skipped.inc(),
+        Some((seq, State::Pending)) if waiting.len() < ECHOES_WAITING => {
+            let until = Instant::now() + ECHO_GRACE;
+            let first = waiting.is_empty().then_some(until);
+            let keys = body.slice_ref(keys);
+            waiting.push_back(Waiting { until, seq, keys });
+            return Ok(first);
+        }
+        _ => evict_keys(cache, keys).await?,
+    }
+    Ok(None)
+}
+
+/// Settles the own echoes waiting for their writers, oldest first, up to the first that
+/// must wait on: skipped if every writer has reported, evicted once its grace is over (or
+/// at once when `expire`'s timer has fired, for those whose grace is over).
+async fn settle(cache: &TieredCache, own: &Echoes, waiting: &mut VecDeque<Waiting>, expire: bool) {
+    let now = expire.then(Instant::now);
+    while let Some(first) = waiting.front() {
+        match own.state(first.seq) {
+            State::Evicted => cache.metrics.bus_own_echoes_skipped.inc(),
+            State::Pending if now.is_none_or(|now| first.until > now) => return,
+            // Our own message, packed here: well-formed.
+            _ => {
+                let _ = evict_keys(cache, &first.keys).await;
+            }
+        }
+        waiting.pop_front();
+    }
+}
+
+/// Evicts each key of a message on the keys channel (`pipe::pack_key`); Err if it is not a
+/// run of bulk strings (the keys before that are evicted).
+async fn evict_keys(cache: &TieredCache, mut keys: &[u8]) -> Result<(), ()> {
+    while let Some(key) = next_key(&mut keys).map_err(drop)? {
+        if key.is_empty() {
+            cache.flush_l1();
+        } else {
+            cache.invalidate(key).await;
+            cache.metrics.bus_invalidations.inc();
+        }
+    }
+    Ok(())
 }
 
 /// What a key heard on the channel means: an empty one stands for every key (FLUSHALL, or a
@@ -365,9 +478,7 @@ fn on_push(
                     .as_ref()
                     .is_some_and(|m| m.as_bytes() == channel.as_slice())
                 {
-                    if unpack_keys(body, |key| pass(heard_key(key))).is_err() {
-                        pass(Heard::Lost);
-                    }
+                    pass(Heard::Keys(Bytes::copy_from_slice(body)));
                 } else {
                     pass(heard_key(Bytes::copy_from_slice(body)));
                 }

@@ -197,7 +197,7 @@ impl Cluster {
         let target = self.seeds[0].at(host, port);
         let start = |t: &Target| -> Box<[Pipe]> {
             (0..self.connections)
-                .map(|_| Pipe::start(t.clone(), self.queue, None))
+                .map(|_| Pipe::start(t.clone(), self.queue, None, None))
                 .collect()
         };
         let node = Arc::new(Node {
@@ -499,7 +499,9 @@ impl Cluster {
                     pipe::encode_args(&mut commands, &subs[i].args);
                     count += 1;
                 }
-                node.pipe(resp3).call_raw(commands, 0, count, limit)
+                // Nothing announced here (announcements are SPUBLISHes among `subs`): no batch.
+                let call = node.pipe(resp3).call_raw(commands, 0, count, limit);
+                async move { call.await.map(|(replies, _none)| replies) }
             });
             let results = futures_util::future::join_all(calls).await;
             let mut next = Vec::new();

@@ -7,7 +7,10 @@
 //! them to every other instance on the invalidation bus (an empty key announces "everything",
 //! for FLUSHALL and writes whose keys cannot be known).
 
-use super::pipe::{self, Reply};
+use super::{
+    echo::Echoes,
+    pipe::{self, Reply},
+};
 use bytes::Bytes;
 
 /// What a forwarded command may change in L1.
@@ -179,9 +182,14 @@ impl Run {
         if announced == 0 || replies > 0 {
             return (out, announced, replies);
         }
-        let keys = out.split_off(from);
+        // Untagged (nobody reports against it), but led by a tag all the same, so that its
+        // first key is never taken for one (`echo::MARK`).
+        let mut message = Vec::with_capacity(announced + 16);
+        Echoes::untagged(&mut message);
+        message.extend_from_slice(&out[from..]);
+        out.truncate(from);
         let channel = pipe::keys_channel(channel);
-        pipe::encode(&mut out, &[b"PUBLISH", channel.as_bytes(), &keys]);
+        pipe::encode(&mut out, &[b"PUBLISH", channel.as_bytes(), &message]);
         (out, 0, 1)
     }
 

@@ -11,6 +11,7 @@ use super::{
     cluster::Cluster,
     conn::{groups, shard_channel, slot_of, Conn},
     dedicated::{Dedicated, LendError, Lent},
+    echo::{Batch, Echoes},
     forward::Run,
     pipe::{self, Pipe, Reply, Target},
     table::Table,
@@ -163,6 +164,8 @@ pub struct L2 {
     clustered: bool,
     /// The invalidation channel every write announces its keys on (None: invalidation off).
     announce: Option<String>,
+    /// The tags of the batches `pipes` announce, when they announce (`echo`).
+    echoes: Option<Arc<Echoes>>,
     next: AtomicUsize,
     /// Most commands in one round trip: reads folded into an MGET, SETs in one pipeline.
     max_batch: usize,
@@ -242,9 +245,20 @@ impl L2 {
         };
         let announce =
             (cfg.invalidation == Invalidation::Pubsub).then(|| cfg.invalidation_channel.clone());
+        let echoes = announce
+            .as_ref()
+            .filter(|_| target.is_some())
+            .map(|_| Arc::new(Echoes::new()));
         let start = |target: Option<Target>| match target {
             Some(target) => (0..cfg.connections)
-                .map(|_| Pipe::start(target.clone(), cfg.pipeline_buffer, announce.as_deref()))
+                .map(|_| {
+                    Pipe::start(
+                        target.clone(),
+                        cfg.pipeline_buffer,
+                        announce.as_deref(),
+                        echoes.clone(),
+                    )
+                })
                 .collect(),
             None => Box::default(),
         };
@@ -267,6 +281,7 @@ impl L2 {
             conns: conns.into(),
             clustered,
             announce,
+            echoes,
             next: AtomicUsize::new(0),
             max_batch: cfg.max_batch,
             up: AtomicBool::new(false),
@@ -321,12 +336,13 @@ impl L2 {
     }
 
     /// Runs a one-key write: its command, then the announcement of `key`, in one round trip.
+    /// With its reply, its `Batch` (see `evicted`).
     async fn write<T: redis::FromRedisValue + Send + 'static>(
         &self,
         op: L2Op,
         cmd: redis::Cmd,
         key: &[u8],
-    ) -> Result<T, L2Error> {
+    ) -> Result<(T, Batch), L2Error> {
         if !self.pipes.is_empty() {
             let mut packed = Vec::with_capacity(256);
             cmd.write_packed_command(&mut packed);
@@ -341,12 +357,12 @@ impl L2 {
                 pipe.add_command(publish);
                 let query = |mut c: Conn| async move { pipe.query_async(&mut c).await };
                 let (reply, _heard): (T, i64) = self.run(op, key, query).await?;
-                reply
+                (reply, Batch::NONE)
             }
             None => {
                 let query = |mut c: Conn| async move { pipe.query_async(&mut c).await };
                 let (reply,): (T,) = self.run(op, key, query).await?;
-                reply
+                (reply, Batch::NONE)
             }
         })
     }
@@ -358,14 +374,30 @@ impl L2 {
         op: L2Op,
         mut packed: Vec<u8>,
         key: &[u8],
-    ) -> Result<T, L2Error> {
+    ) -> Result<(T, Batch), L2Error> {
         let pipe = self.next_pipe(false);
         let keys = self.pack_announcement(&mut packed, key);
         self.guard_untimed(op, async {
-            let v = reply_value(pipe.call_announcing(packed, keys, 1).await?.swap_remove(0))?;
-            redis::from_redis_value(v).map_err(|e| L2Error::refused(e.to_string()))
+            let (mut replies, batch) = pipe.call_announcing(packed, keys, 1).await?;
+            let v = reply_value(replies.swap_remove(0))?;
+            let v = redis::from_redis_value(v).map_err(|e| L2Error::refused(e.to_string()))?;
+            Ok((v, batch))
         })
         .await
+    }
+
+    /// The tags of this instance's batched announcements, when it tags them (`echo`).
+    pub fn echoes(&self) -> Option<&Arc<Echoes>> {
+        self.echoes.as_ref()
+    }
+
+    /// A write's keys have left L1, after Redis answered it: with every writer of its batch
+    /// done, this instance need not act on its own echo (`echo`). Dropping a `Batch`
+    /// instead leaves the echo to evict them.
+    pub fn evicted(&self, batch: Batch) {
+        if let Some(echoes) = &self.echoes {
+            echoes.evicted(batch);
+        }
     }
 
     /// The next of our own connections, speaking RESP3 when `resp3` (callers check there are
@@ -437,27 +469,28 @@ impl L2 {
         run: &mut Run,
         resp3: bool,
         limit: usize,
-    ) -> Result<Vec<Reply>, L2Error> {
+    ) -> Result<(Vec<Reply>, Batch), L2Error> {
         let channel = self.announce.as_deref();
         if let Some(cluster) = &self.cluster {
             let table = self.table().ok_or_else(|| {
                 L2Error::store("TRYAGAIN", "Redis' command table is not read yet")
             })?;
             let call = cluster.forward(&table, run, channel, resp3, limit);
-            return self.guard_untimed(L2Op::Forward, call).await;
+            let replies = self.guard_untimed(L2Op::Forward, call).await?;
+            return Ok((replies, Batch::NONE));
         }
         let clients = run.len();
         let (commands, keys, replies) = run.finish(channel);
         if replies == 0 {
             // Writes made elsewhere, and nothing to announce them on (tracking mode).
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Batch::NONE));
         }
         let pipe = self.next_pipe(resp3);
         let call = pipe.call_raw(commands, keys, replies, limit);
-        let mut replies = self.guard_untimed(L2Op::Forward, call).await?;
+        let (mut replies, batch) = self.guard_untimed(L2Op::Forward, call).await?;
         // An announcement made alone answers how many instances heard: not the client's.
         replies.truncate(clients);
-        Ok(replies)
+        Ok((replies, batch))
     }
 
     /// The channel writes are announced on, when announcing (`pubsub` invalidation).
@@ -760,14 +793,14 @@ impl L2 {
         self.run(L2Op::Set, lock, query).await.map(drop)
     }
 
-    /// SET with its options, answered as Redis answered.
+    /// SET with its options, answered as Redis answered; and its `Batch` (see `evicted`).
     pub async fn set_with(
         &self,
         key: &[u8],
         value: &[u8],
         opts: SetOptions,
-    ) -> Result<SetOutcome, L2Error> {
-        let reply: redis::Value = if self.pipes.is_empty() {
+    ) -> Result<(SetOutcome, Batch), L2Error> {
+        let (reply, batch): (redis::Value, _) = if self.pipes.is_empty() {
             self.write(L2Op::Set, set_cmd(key, value, &opts), key)
                 .await?
         } else {
@@ -775,27 +808,30 @@ impl L2 {
             pack_set(&mut packed, key, value, &opts);
             self.write_piped(L2Op::Set, packed, key).await?
         };
-        set_outcome(opts.get, reply)
+        Ok((set_outcome(opts.get, reply)?, batch))
     }
 
     /// SETs a client pipelined, each answered as Redis answered it: in one round trip, in
     /// order, on one of our write connections, each followed by its announcement as in
     /// `write`. Where there are none (a cluster, TLS) they are written one after another.
-    /// Err when the round trip itself failed: then none is known to be written.
+    /// Err when the round trip itself failed: then none is known to be written. With the
+    /// outcomes, the `Batch` of each round trip (see `evicted`).
     pub async fn set_each(
         &self,
         items: &[(Bytes, Bytes, SetOptions)],
-    ) -> Result<Vec<Result<SetOutcome, L2Error>>, L2Error> {
+    ) -> Result<(Vec<Result<SetOutcome, L2Error>>, Vec<Batch>), L2Error> {
         if self.pipes.is_empty() {
             let mut out = Vec::with_capacity(items.len());
             for (k, v, opts) in items {
-                out.push(self.set_with(k, v, *opts).await);
+                // Not on our own connections: untagged, so there is no batch to report.
+                out.push(self.set_with(k, v, *opts).await.map(|(o, _none)| o));
             }
-            return Ok(out);
+            return Ok((out, Vec::new()));
         }
         // One connection for the whole run: Redis applies them in the client's order.
         let pipe = self.next_pipe(false);
         let mut out = Vec::with_capacity(items.len());
+        let mut batches = Vec::new();
         for run in items.chunks(self.max_batch) {
             // Each SET, and its key again among those announced.
             let size: usize = run
@@ -811,7 +847,8 @@ impl L2 {
                 keys += self.pack_announcement(&mut packed, k);
             }
             let call = pipe.call_announcing(packed, keys, run.len());
-            let replies = self.guard_untimed(L2Op::MSet, call).await?;
+            let (replies, batch) = self.guard_untimed(L2Op::MSet, call).await?;
+            batches.push(batch);
             out.extend(
                 replies
                     .into_iter()
@@ -819,7 +856,7 @@ impl L2 {
                     .map(|(reply, (_, _, opts))| set_outcome(opts.get, reply_value(reply)?)),
             );
         }
-        Ok(out)
+        Ok((out, batches))
     }
 
     /// DEL, with its announcement; how many of the keys existed.
@@ -835,15 +872,21 @@ impl L2 {
         Ok(parts.into_iter().map(|(_, (n,))| n).sum())
     }
 
-    /// INCRBY, run in Redis so concurrent increments from every instance add up.
-    pub async fn incr_by(&self, key: &[u8], delta: i64) -> Result<i64, L2Error> {
+    /// INCRBY, run in Redis so concurrent increments from every instance add up; and its
+    /// `Batch` (see `evicted`).
+    pub async fn incr_by(&self, key: &[u8], delta: i64) -> Result<(i64, Batch), L2Error> {
         let mut cmd = redis::cmd("INCRBY");
         cmd.arg(key).arg(delta);
         self.write(L2Op::Incr, cmd, key).await
     }
 
-    /// PEXPIRE with its condition; whether it was applied.
-    pub async fn expire(&self, key: &[u8], ttl_ms: i64, cond: ExpireCond) -> Result<bool, L2Error> {
+    /// PEXPIRE with its condition; whether it was applied, and its `Batch` (see `evicted`).
+    pub async fn expire(
+        &self,
+        key: &[u8],
+        ttl_ms: i64,
+        cond: ExpireCond,
+    ) -> Result<(bool, Batch), L2Error> {
         let mut cmd = redis::cmd("PEXPIRE");
         cmd.arg(key).arg(ttl_ms);
         match cond {
@@ -864,8 +907,8 @@ impl L2 {
                 cmd.arg("XX").arg("LT");
             }
         }
-        let n: i64 = self.write(L2Op::Expire, cmd, key).await?;
-        Ok(n == 1)
+        let (n, batch): (i64, _) = self.write(L2Op::Expire, cmd, key).await?;
+        Ok((n == 1, batch))
     }
 
     /// PTTL.

@@ -9,6 +9,7 @@ pub mod bus;
 mod cluster;
 mod conn;
 pub mod dedicated;
+mod echo;
 mod epoch;
 pub mod forward;
 pub mod hot;
@@ -686,8 +687,9 @@ impl TieredCache {
     ) -> Result<SetOutcome, L2Error> {
         match &self.l2 {
             Some(l2) => {
-                let outcome = l2.set_with(&key, &value, opts).await?;
+                let (outcome, batch) = l2.set_with(&key, &value, opts).await?;
                 self.invalidate(&key).await;
+                l2.evicted(batch);
                 Ok(outcome)
             }
             None => {
@@ -735,10 +737,17 @@ impl TieredCache {
             return out;
         };
         match l2.set_each(&items).await {
-            Ok(outcomes) => {
+            Ok((outcomes, batches)) => {
                 for ((k, _, _), outcome) in items.iter().zip(&outcomes) {
                     if outcome.is_ok() {
                         self.invalidate(k).await;
+                    }
+                }
+                // A SET whose reply could not be read may still have been written: its echo
+                // evicts it (the batches are dropped).
+                if outcomes.iter().all(Result::is_ok) {
+                    for batch in batches {
+                        l2.evicted(batch);
                     }
                 }
                 outcomes
@@ -806,8 +815,9 @@ impl TieredCache {
     /// the key keeps its TTL.
     pub async fn incr_by(&self, key: Bytes, delta: i64) -> Result<i64, L2Error> {
         if let Some(l2) = &self.l2 {
-            let n = l2.incr_by(&key, delta).await?;
+            let (n, batch) = l2.incr_by(&key, delta).await?;
             self.invalidate(&key).await;
+            l2.evicted(batch);
             return Ok(n);
         }
         let result = self.in_store(key, |cur| {
@@ -831,8 +841,9 @@ impl TieredCache {
     /// PEXPIRE: gives the key a TTL (`ttl_ms` <= 0 deletes it); whether it was applied.
     pub async fn expire(&self, key: Bytes, ttl_ms: i64, cond: ExpireCond) -> Result<bool, L2Error> {
         if let Some(l2) = &self.l2 {
-            let applied = l2.expire(&key, ttl_ms, cond).await?;
+            let (applied, batch) = l2.expire(&key, ttl_ms, cond).await?;
             self.invalidate(&key).await;
+            l2.evicted(batch);
             return Ok(applied);
         }
         let now = Instant::now();
@@ -903,7 +914,7 @@ impl TieredCache {
             read.epoch = self.epochs.read(&read.key);
         }
         let result = if run.is_void() {
-            Ok(Vec::new())
+            Ok((Vec::new(), echo::Batch::NONE))
         } else {
             l2.forward(run, resp3, limit).await
         };
@@ -915,6 +926,11 @@ impl TieredCache {
                 }
             }
         }
+        // Evicted after Redis answered (not so on an error: the write may land later).
+        let result = result.map(|(replies, batch)| {
+            l2.evicted(batch);
+            replies
+        });
         match result {
             Ok(replies) if !run.reads.is_empty() => Ok(self.store_reads(run, replies).await),
             result => result,

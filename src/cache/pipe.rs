@@ -17,12 +17,19 @@
 //! Bounded: at most `queue` writes wait in the channel and `queue` on the connection, so a
 //! Redis that stops answering backs writers up into `L2::guard`'s deadline, not into memory.
 
-use super::{l2::L2Error, reply::Framer};
+use super::{
+    echo::{Batch, Echoes},
+    l2::L2Error,
+    reply::Framer,
+};
 use bytes::{Buf, Bytes, BytesMut};
 use redis::{ConnectionAddr, Value};
 use std::{
     collections::VecDeque,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 use tokio::{
@@ -61,6 +68,9 @@ enum Mode {
 
 type Replies = Result<Vec<Reply>, L2Error>;
 
+/// Replies, and the write's share of the tagged batch it went in (`echo`).
+pub type Answered = Result<(Vec<Reply>, Batch), L2Error>;
+
 struct Write {
     commands: Vec<u8>,
     /// The bytes at the end of `commands` that are keys to announce (`pack_key`), not
@@ -69,7 +79,7 @@ struct Write {
     keys: usize,
     replies: usize,
     mode: Mode,
-    done: oneshot::Sender<Replies>,
+    done: oneshot::Sender<Answered>,
 }
 
 /// Where and how to connect: a `redis://` URL's host, port, login and database.
@@ -155,13 +165,23 @@ pub fn pack_key(out: &mut Vec<u8>, key: &[u8]) {
 }
 
 /// The keys of a message on `keys_channel`, in order; Err if it is not a run of bulk strings.
-pub fn unpack_keys(mut message: &[u8], mut each: impl FnMut(Bytes)) -> Result<(), L2Error> {
-    while !message.is_empty() {
-        let (key, rest) = super::reply::split_bulk(message).ok_or_else(|| bad("announced key"))?;
-        each(Bytes::copy_from_slice(key));
-        message = rest;
+#[cfg(test)]
+pub fn unpack_keys(mut message: &[u8], mut each: impl FnMut(&[u8])) -> Result<(), L2Error> {
+    while let Some(key) = next_key(&mut message)? {
+        each(key);
     }
     Ok(())
+}
+
+/// The next key of a message on `keys_channel`, taken off its front; None at its end, Err if
+/// it does not start with a bulk string.
+pub fn next_key<'m>(message: &mut &'m [u8]) -> Result<Option<&'m [u8]>, L2Error> {
+    if message.is_empty() {
+        return Ok(None);
+    }
+    let (key, rest) = super::reply::split_bulk(message).ok_or_else(|| bad("announced key"))?;
+    *message = rest;
+    Ok(Some(key))
 }
 
 /// The sending side of one connection's queue.
@@ -179,7 +199,16 @@ impl Pipe {
     /// key only once it is written. One message for many writes is one command for Redis
     /// and one message for each instance to read, where a PUBLISH per key cost a command and
     /// a message per write.
-    pub fn start(target: Target, queue: usize, announce: Option<&str>) -> Self {
+    ///
+    /// With `echoes`, the PUBLISH starts with the batch's tag (`Echoes::open`), and each
+    /// write's replies come back with its share of the batch, so that this instance may skip
+    /// its own echo once every writer has evicted its keys.
+    pub fn start(
+        target: Target,
+        queue: usize,
+        announce: Option<&str>,
+        echoes: Option<Arc<Echoes>>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(queue);
         let queue_wait = target.connect_timeout + target.response_timeout;
         let publish = announce.map(|channel| {
@@ -190,6 +219,7 @@ impl Pipe {
             out.truncate(out.len() - b"0\r\n\r\n".len());
             out
         });
+        let publish = publish.map(|prefix| Publish { prefix, echoes });
         tokio::spawn(drive(target, rx, queue, publish));
         Self { tx, queue_wait }
     }
@@ -199,12 +229,19 @@ impl Pipe {
     /// (`response_timeout`, one timer per connection), connecting has `connect_timeout`, and
     /// only a full queue is waited on with a timer of its own.
     pub async fn call(&self, commands: Vec<u8>, replies: usize) -> Replies {
-        self.send(commands, 0, replies, Mode::Decoded).await
+        let (replies, _none) = self.send(commands, 0, replies, Mode::Decoded).await?;
+        Ok(replies)
     }
 
     /// `call`, with the last `keys` bytes of `commands` keys to announce (`pack_key`) rather
-    /// than commands: they are announced after the commands, in the same round trip.
-    pub async fn call_announcing(&self, commands: Vec<u8>, keys: usize, replies: usize) -> Replies {
+    /// than commands: they are announced after the commands, in the same round trip. With
+    /// the replies, the write's `Batch`: for `Echoes::evicted` once its keys are out of L1.
+    pub async fn call_announcing(
+        &self,
+        commands: Vec<u8>,
+        keys: usize,
+        replies: usize,
+    ) -> Answered {
         self.send(commands, keys, replies, Mode::Decoded).await
     }
 
@@ -219,12 +256,12 @@ impl Pipe {
         keys: usize,
         replies: usize,
         limit: usize,
-    ) -> Replies {
+    ) -> Answered {
         self.send(commands, keys, replies, Mode::Raw { limit })
             .await
     }
 
-    async fn send(&self, commands: Vec<u8>, keys: usize, replies: usize, mode: Mode) -> Replies {
+    async fn send(&self, commands: Vec<u8>, keys: usize, replies: usize, mode: Mode) -> Answered {
         let (done, answer) = oneshot::channel();
         let write = Write {
             commands,
@@ -273,14 +310,23 @@ struct Waiting {
     got: Vec<Reply>,
     /// None for the PUBLISH of the keys the writes sent with it announce: its reply (how
     /// many instances heard) is nobody's.
-    done: Option<oneshot::Sender<Replies>>,
+    done: Option<oneshot::Sender<Answered>>,
+    /// The tagged batch it went in, if it announced keys in one (`echo`).
+    batch: Option<u64>,
+}
+
+/// How a connection announces: the PUBLISH on the keys channel, up to its message's length,
+/// and the tags of this instance's batches, when it tags them.
+struct Publish {
+    prefix: Vec<u8>,
+    echoes: Option<Arc<Echoes>>,
 }
 
 async fn drive(
     target: Target,
     mut rx: mpsc::Receiver<Write>,
     queue: usize,
-    publish: Option<Vec<u8>>,
+    publish: Option<Publish>,
 ) {
     let mut batch = Vec::with_capacity(queue);
     loop {
@@ -298,7 +344,7 @@ async fn drive(
                     &mut batch,
                     queue,
                     timeout,
-                    publish.as_deref(),
+                    publish.as_ref(),
                 )
                 .await
             }
@@ -430,14 +476,15 @@ async fn serve(
     batch: &mut Vec<Write>,
     queue: usize,
     timeout: Duration,
-    publish: Option<&[u8]>,
+    publish: Option<&Publish>,
 ) -> Option<L2Error> {
     let (mut rd, mut wr) = stream.into_split();
     // Room for the announcements' PUBLISHes too.
     let mut waiting: VecDeque<Waiting> = VecDeque::with_capacity(queue * 2);
     let mut out = Vec::with_capacity(OUT_BYTES);
-    // The keys the writes being sent announce, for their one PUBLISH.
+    // The keys the writes being sent announce, for their one PUBLISH, after its tag.
     let mut keys = Vec::new();
+    let mut tag = Vec::new();
     let mut inbuf = BytesMut::with_capacity(16 << 10);
     let mut framing = Framing::default();
     // Every sender is gone: no more writes, but the ones sent still get their replies.
@@ -473,6 +520,24 @@ async fn serve(
                 timer.as_mut().reset(sent + timeout);
                 armed = true;
             }
+            // The batch's tag, when its writes announce keys: each writer that announces
+            // reports its eviction against it (`Echoes::evicted`).
+            let seq = match publish {
+                Some(publish) if batch.iter().any(|w| w.keys > 0) => {
+                    let writers = batch.iter().filter(|w| w.keys > 0).count();
+                    tag.clear();
+                    let seq = publish
+                        .echoes
+                        .as_ref()
+                        .and_then(|echoes| echoes.open(writers, &mut tag));
+                    if seq.is_none() {
+                        Echoes::untagged(&mut tag);
+                    }
+                    seq
+                }
+                // Nothing announced, so no PUBLISH.
+                _ => None,
+            };
             for w in batch.drain(..) {
                 let (commands, announced) = w.commands.split_at(w.commands.len() - w.keys);
                 out.extend_from_slice(commands);
@@ -484,12 +549,18 @@ async fn serve(
                     want: w.replies,
                     got: Vec::with_capacity(w.replies),
                     done: Some(w.done),
+                    batch: seq.filter(|_| w.keys > 0),
                 });
             }
             if let (false, Some(publish)) = (keys.is_empty(), publish) {
-                out.extend_from_slice(publish);
-                out.extend_from_slice(itoa::Buffer::new().format(keys.len()).as_bytes());
+                out.extend_from_slice(&publish.prefix);
+                out.extend_from_slice(
+                    itoa::Buffer::new()
+                        .format(tag.len() + keys.len())
+                        .as_bytes(),
+                );
                 out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&tag);
                 out.extend_from_slice(&keys);
                 out.extend_from_slice(b"\r\n");
                 waiting.push_back(Waiting {
@@ -499,6 +570,7 @@ async fn serve(
                     want: 1,
                     got: Vec::new(),
                     done: None,
+                    batch: None,
                 });
             }
             keys.clear();
@@ -614,7 +686,7 @@ fn deliver(
             let w = waiting.pop_front().expect("front exists");
             // The writer may have given up (its deadline passed): the reply is dropped.
             if let Some(done) = w.done {
-                let _ = done.send(Ok(w.got));
+                let _ = done.send(Ok((w.got, Echoes::batch(w.batch))));
             }
         }
     }
@@ -657,6 +729,8 @@ pub(super) fn raw(
 pub enum Pushed {
     /// A message on the channel: the key it names.
     Key(Bytes),
+    /// A message on the keys channel: its body, a tag perhaps and keys (`echo::split`).
+    Keys(Bytes),
     /// The connection failed or closed: messages may have been missed.
     Lost,
 }
@@ -724,18 +798,22 @@ impl Subscription {
                         Err(_) => return heard(Pushed::Lost),
                     }
                     let batched = match message_body(&mut buf, &batch) {
-                        Ok(Some(keys)) => unpack_keys(&keys, |k| heard(Pushed::Key(k))),
+                        Ok(Some(body)) => {
+                            heard(Pushed::Keys(Bytes::copy_from_slice(&body)));
+                            Ok(())
+                        }
                         Ok(None) => match parse(&mut buf) {
                             Ok(None) => break,
                             Ok(Some(Reply::Value(Value::Array(a)))) => {
                                 match (is(&a, b"message"), &a[..]) {
                                     (true, [_, Value::BulkString(c), Value::BulkString(body)]) => {
-                                        if c.as_slice() == many.as_bytes() {
-                                            unpack_keys(body, |k| heard(Pushed::Key(k)))
+                                        let body = Bytes::copy_from_slice(body);
+                                        heard(if c.as_slice() == many.as_bytes() {
+                                            Pushed::Keys(body)
                                         } else {
-                                            heard(Pushed::Key(Bytes::copy_from_slice(body)));
-                                            Ok(())
-                                        }
+                                            Pushed::Key(body)
+                                        });
+                                        Ok(())
                                     }
                                     _ if is(&a, b"pong") => {
                                         seen.0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
@@ -1011,7 +1089,7 @@ mod tests {
             pack_key(&mut packed, k);
         }
         let mut heard = Vec::new();
-        unpack_keys(&packed, |k| heard.push(k)).unwrap();
+        unpack_keys(&packed, |k| heard.push(Bytes::copy_from_slice(k))).unwrap();
         assert_eq!(heard, keys.map(Bytes::copy_from_slice));
         for bad in [
             &b"a"[..],

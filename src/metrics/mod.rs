@@ -232,6 +232,7 @@ pub struct Metrics {
     pub connection_panics: IntCounter,
     pub bus_subscribed: IntGauge,
     pub bus_invalidations: IntCounter,
+    pub bus_own_echoes_skipped: IntCounter,
     pub bus_flushes: IntCounter,
     auth_denied: [[IntCounter; 3]; 3],
     resp_closed: [IntCounter; 5],
@@ -453,6 +454,11 @@ impl Metrics {
             "Keys evicted from L1 because the invalidation bus announced a write",
         )
         .unwrap();
+        let bus_own_echoes_skipped = IntCounter::new(
+            "bus_own_echoes_skipped_total",
+            "This instance's own announcements heard back on the bus and not acted on: every write in them had been evicted here after Redis answered",
+        )
+        .unwrap();
         let auth_denied = IntCounterVec::new(
             Opts::new(
                 "auth_denied_total",
@@ -627,6 +633,7 @@ impl Metrics {
             Box::new(connection_panics.clone()),
             Box::new(bus_subscribed.clone()),
             Box::new(bus_invalidations.clone()),
+            Box::new(bus_own_echoes_skipped.clone()),
             Box::new(bus_flushes.clone()),
             Box::new(access_log_written.clone()),
             Box::new(access_log_dropped.clone()),
@@ -714,6 +721,7 @@ impl Metrics {
             connection_panics,
             bus_subscribed,
             bus_invalidations,
+            bus_own_echoes_skipped,
             bus_flushes,
             access_log_written,
             http_idle_closed,

@@ -642,9 +642,12 @@ impl Gateway {
         out
     }
 
-    /// Invalidations this gateway has heard on the bus.
+    /// Announcements this gateway has acted on: keys evicted, and its own echoes it had
+    /// nothing left to do for (`tiergate_bus_own_echoes_skipped_total`).
     pub async fn heard(&self) -> f64 {
-        metric(&self.metrics().await, "tiergate_bus_invalidations_total")
+        let m = self.metrics().await;
+        metric(&m, "tiergate_bus_invalidations_total")
+            + metric(&m, "tiergate_bus_own_echoes_skipped_total")
     }
 
     /// Waits until the gateway has heard more than `before` invalidations (at once when it
