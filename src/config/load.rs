@@ -148,8 +148,8 @@ pub fn load(
 
 /// The one array of tables at the top level: `[[origins]]`.
 const ORIGINS: &str = "origins";
-/// Arrays of tables inside an origin: `[[origins.loaders]]`.
-const NESTED: &[&str] = &["loaders"];
+/// Arrays of tables inside an origin: `[[origins.loaders]]`, `[[origins.routes]]`.
+const NESTED: &[&str] = &["loaders", "routes"];
 
 /// Keys of one table deserialised alone over the defaults (`wrap` puts a one-key table where
 /// it sits in a whole config); those that pass are kept, each that fails is a problem under

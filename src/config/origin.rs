@@ -2,7 +2,7 @@
 //! upstream URLs, the client's timeouts and pool, balancing weights, passive ejection, active
 //! probes and retries; and the checks on them, every problem reported in one pass.
 
-use super::{HumanDuration, Problem};
+use super::{ByteSize, HumanDuration, Problem};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -77,6 +77,94 @@ pub const DEFAULT_LOADER_LOCK_WAIT: Duration = Duration::from_secs(2);
 /// The lock's life if its holder dies mid-load: as long as the origin's own request_timeout.
 pub const DEFAULT_LOADER_LOCK_TTL: Duration = Duration::from_secs(10);
 
+// --- proxy routes (`[[origins.routes]]`, issue 18 point 3) ---
+/// A floor under the answers' own lifetime: off, so the origin's headers decide.
+pub const DEFAULT_ROUTE_MIN_TTL: Duration = Duration::ZERO;
+/// A ceiling over the answers' own lifetime: a mistaken year-long max-age costs at most a
+/// day (a PURGE is the quicker way out).
+pub const DEFAULT_ROUTE_MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Largest body a route stores: larger ones stream through unstored, so one object never
+/// takes more than an eighth of the default cache.
+pub const DEFAULT_ROUTE_MAX_OBJECT_BYTES: u64 = 8 << 20;
+/// Bytes one route's cache holds (bodies and headers): its own budget, apart from L1's, so a
+/// busy route cannot evict the KV data nor another route.
+pub const DEFAULT_ROUTE_CACHE_CAPACITY: u64 = 64 << 20;
+/// Paths a route may not take: the KV API's.
+pub const RESERVED_PREFIX: &str = "/v1/";
+
+/// A path prefix on the HTTP data port proxied to this origin (`[[origins.routes]]`), its GET
+/// and HEAD answers cached per RFC 9111 as a shared cache. Only `prefix` has no default.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Requests whose path starts with this go to the origin, path and query unchanged.
+    pub prefix: String,
+    pub min_ttl: HumanDuration,
+    pub max_ttl: HumanDuration,
+    pub max_object_bytes: ByteSize,
+    pub cache_capacity: ByteSize,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            prefix: String::new(),
+            min_ttl: HumanDuration(DEFAULT_ROUTE_MIN_TTL),
+            max_ttl: HumanDuration(DEFAULT_ROUTE_MAX_TTL),
+            max_object_bytes: ByteSize(DEFAULT_ROUTE_MAX_OBJECT_BYTES),
+            cache_capacity: ByteSize(DEFAULT_ROUTE_CACHE_CAPACITY),
+        }
+    }
+}
+
+/// Checks every origin's routes (one pass, every problem named).
+fn validate_routes(origins: &[OriginConfig], problems: &mut Vec<Problem>) {
+    let mut bad = |path: String, why: String| problems.push(Problem { path, why });
+    let mut prefixes = std::collections::HashSet::new();
+    for (i, o) in origins.iter().enumerate() {
+        for (j, r) in o.routes.iter().enumerate() {
+            let at = format!("origins[{i}].routes[{j}]");
+            let p = r.prefix.as_str();
+            if !p.starts_with('/')
+                || p.parse::<http::uri::PathAndQuery>().is_err()
+                || p.contains('?')
+            {
+                bad(
+                    format!("{at}.prefix"),
+                    "must be a path starting with '/' (no query)".into(),
+                );
+            } else if p.starts_with(RESERVED_PREFIX) || RESERVED_PREFIX.starts_with(p) {
+                bad(
+                    format!("{at}.prefix"),
+                    format!("{p:?} overlaps {RESERVED_PREFIX}, the KV API's paths"),
+                );
+            } else if !prefixes.insert(p) {
+                bad(format!("{at}.prefix"), format!("{p:?} has a route already"));
+            }
+            if r.max_ttl.0.is_zero() {
+                bad(format!("{at}.max_ttl"), "must be more than 0".into());
+            } else if r.max_ttl.0 < r.min_ttl.0 {
+                bad(format!("{at}.max_ttl"), "must be at least min_ttl".into());
+            }
+            if r.max_object_bytes.0 == 0 || r.max_object_bytes.0 > u64::from(u32::MAX) {
+                bad(
+                    format!("{at}.max_object_bytes"),
+                    "must be 1 byte to 4 GiB".into(),
+                );
+            } else if r.max_object_bytes.0 > r.cache_capacity.0 {
+                bad(
+                    format!("{at}.max_object_bytes"),
+                    "must be at most cache_capacity".into(),
+                );
+            }
+            if r.cache_capacity.0 == 0 {
+                bad(format!("{at}.cache_capacity"), "must be more than 0".into());
+            }
+        }
+    }
+}
+// --- end proxy routes ---
+
 /// One backend service (`[[origins]]`). Only `name` and `upstreams` have no default.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -108,6 +196,8 @@ pub struct OriginConfig {
     pub unhealthy_after: u32,
     /// Key prefixes read through to this origin (`[[origins.loaders]]`).
     pub loaders: Vec<LoaderConfig>,
+    /// Path prefixes proxied to this origin (`[[origins.routes]]`).
+    pub routes: Vec<RouteConfig>,
 }
 
 /// A key prefix whose misses (in L1 and L2) load from the origin: key `user:42` with
@@ -182,6 +272,7 @@ impl Default for OriginConfig {
             healthy_after: DEFAULT_ORIGIN_HEALTHY_AFTER,
             unhealthy_after: DEFAULT_ORIGIN_UNHEALTHY_AFTER,
             loaders: Vec::new(),
+            routes: Vec::new(),
         }
     }
 }
@@ -263,6 +354,7 @@ pub fn upstream_authority(url: &str) -> Result<http::uri::Authority, String> {
 
 /// Checks every origin, reporting each problem under its path (`origins[0].upstreams[1]`).
 pub fn validate_origins(origins: &[OriginConfig], problems: &mut Vec<Problem>) {
+    validate_routes(origins, problems);
     let mut bad = |path: String, why: String| problems.push(Problem { path, why });
     let mut names = std::collections::HashSet::new();
     let mut prefixes = std::collections::HashSet::new();
@@ -499,5 +591,43 @@ attempt_timeout = "1m""#,
             ..LoaderConfig::default()
         };
         assert_eq!(*l, loader_defaults);
+    }
+
+    #[test]
+    fn every_bad_route_key_is_named() {
+        let p = problems(
+            r#"[[origins]]
+name = "web"
+upstreams = ["http://h:1"]
+[[origins.routes]]
+prefix = "/api/"
+[[origins.routes]]
+prefix = "/api/"
+[[origins.routes]]
+prefix = "/v1/kv/x"
+[[origins.routes]]
+prefix = "/v"
+min_ttl = "2h"
+max_ttl = "1h"
+[[origins.routes]]
+prefix = "static/"
+max_object_bytes = "2MiB"
+cache_capacity = "1MiB""#,
+        );
+        let want = [
+            "origins[0].routes[1].prefix: \"/api/\" has a route already",
+            "origins[0].routes[2].prefix: \"/v1/kv/x\" overlaps",
+            "origins[0].routes[3].prefix: \"/v\" overlaps",
+            "origins[0].routes[3].max_ttl: must be at least min_ttl",
+            "origins[0].routes[4].prefix: must be a path",
+            "origins[0].routes[4].max_object_bytes: must be at most cache_capacity",
+        ];
+        for w in want {
+            assert!(
+                p.iter().any(|p| p.starts_with(w)),
+                "{w} missing from {p:#?}"
+            );
+        }
+        assert_eq!(p.len(), want.len(), "{p:#?}");
     }
 }
