@@ -4,8 +4,10 @@
 
 pub mod admin;
 mod origin;
+mod proxy;
 
 pub use origin::{OriginMetrics, OriginStatus, UpstreamMetrics};
+pub use proxy::{ProxyMetrics, ProxyOutcome};
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -23,16 +25,19 @@ pub enum Route {
     BatchSet,
     /// Anything the router does not know; one label value so scanners cannot grow the set.
     Unmatched,
+    /// A request proxied to an origin (`[[origins.routes]]`); per route in `proxy_*`.
+    Proxy,
 }
 
 impl Route {
-    const ALL: [Route; 6] = [
+    const ALL: [Route; 7] = [
         Route::KvGet,
         Route::KvPut,
         Route::KvDelete,
         Route::BatchGet,
         Route::BatchSet,
         Route::Unmatched,
+        Route::Proxy,
     ];
     /// The operation, as the access log names it.
     pub fn op(self, head: bool) -> &'static str {
@@ -44,6 +49,7 @@ impl Route {
             Route::BatchGet => "batchGet",
             Route::BatchSet => "batchSet",
             Route::Unmatched => "other",
+            Route::Proxy => "proxy",
         }
     }
 
@@ -55,6 +61,7 @@ impl Route {
             Route::BatchGet => "batch_get",
             Route::BatchSet => "batch_set",
             Route::Unmatched => "unmatched",
+            Route::Proxy => "proxy",
         }
     }
 }
@@ -246,6 +253,7 @@ pub struct Metrics {
     pub access_log_written: IntCounter,
     pub access_log_dropped: IntCounter,
     origin: origin::OriginVecs,
+    proxy: proxy::ProxyVecs,
 }
 
 impl Metrics {
@@ -733,6 +741,7 @@ impl Metrics {
             config_reloads,
             access_log_dropped,
             origin: origin::OriginVecs::new(&registry),
+            proxy: proxy::ProxyVecs::new(&registry),
             registry,
             process: process_registry(),
         }
@@ -741,6 +750,11 @@ impl Metrics {
     /// One origin's metrics, and each of its upstreams' (labelled `host:port`).
     pub fn origin(&self, name: &str, upstreams: &[&str]) -> (OriginMetrics, Vec<UpstreamMetrics>) {
         self.origin.resolve(name, upstreams)
+    }
+
+    /// One proxy route's metrics (labelled by its prefix).
+    pub fn proxy_route(&self, prefix: &str) -> ProxyMetrics {
+        self.proxy.resolve(prefix)
     }
 
     pub fn record_http(&self, route: Route, status: u16, elapsed: Duration) {
