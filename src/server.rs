@@ -45,6 +45,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub cache: Arc<TieredCache>,
     pub origins: Arc<Origins>,
+    /// Proxy routes and their caches: `purge` is what the invalidation bus calls.
+    pub proxy: Arc<crate::proxy::Proxy>,
     pub metrics: Arc<Metrics>,
     /// The config in force: what a reload compares the new file against.
     config: std::sync::Mutex<Config>,
@@ -68,6 +70,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let memory = host::memory_limit();
     let origins = Arc::new(Origins::new(&config.origins, &metrics));
     let loaders = crate::cache::loader::Loaders::new(&config.origins, &origins);
+    // Proxy routes (`[[origins.routes]]`), each with its own cache.
+    let proxy = Arc::new(crate::proxy::Proxy::new(
+        &config.origins,
+        &origins,
+        &metrics,
+    ));
     let cache = Arc::new(TieredCache::new(&config, memory, metrics.clone())?.with_loaders(loaders));
     let draining = Shutdown::new();
     let admin_stop = Shutdown::new();
@@ -153,13 +161,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     } else {
         None
     };
-    let state = Arc::new(http::State::new(
-        &config,
-        auth.clone(),
-        cache.clone(),
-        metrics.clone(),
-        access.clone(),
-    ));
+    let state = Arc::new(
+        http::State::new(
+            &config,
+            auth.clone(),
+            cache.clone(),
+            metrics.clone(),
+            access.clone(),
+        )
+        .with_proxy(proxy.clone()),
+    );
     let http_task = tokio::spawn(http::serve(
         http_listener,
         state.clone(),
@@ -187,6 +198,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics: metrics.clone(),
         cache: cache.clone(),
         origins: origins.clone(),
+        proxy: proxy.clone(),
         draining: draining.clone(),
         token: arc_swap::ArcSwap::from_pointee(config.admin.token.clone()),
         budgets: arc_swap::ArcSwap::from_pointee(admin::Budgets::from_config(&config)),
@@ -204,6 +216,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         cache,
         origins,
+        proxy,
         metrics,
         config: std::sync::Mutex::new(config),
         auth,

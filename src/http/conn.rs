@@ -106,9 +106,16 @@ pub async fn serve(
         h2: AtomicBool::new(false),
         last_ms: AtomicU64::new(now_ms()),
     });
+    // Proxy routes tell the origin who asked (X-Forwarded-For); without routes, nothing.
+    let peer = (!state.proxy.is_empty())
+        .then(|| stream.peer_addr().ok())
+        .flatten();
     let svc = {
         let (state, idle) = (state.clone(), idle.clone());
-        service_fn(move |req: Request<hyper::body::Incoming>| {
+        service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            if let Some(peer) = peer {
+                req.extensions_mut().insert(crate::proxy::ClientAddr(peer));
+            }
             let (state, busy) = (state.clone(), idle.busy());
             let h1 = req.version() < Version::HTTP_2;
             if !h1 {

@@ -63,6 +63,8 @@ pub struct State {
     /// Tripped at the drain's second step: every connection closes after its in-flight
     /// requests (idle HTTP/1 ones at once, h2 with GOAWAY).
     pub close_connections: Shutdown,
+    /// Proxy routes (`[[origins.routes]]`), matched before the KV API; none by default.
+    pub proxy: Arc<crate::proxy::Proxy>,
 }
 
 impl State {
@@ -84,7 +86,14 @@ impl State {
             limits: ArcSwap::from_pointee(config.limits.clone()),
             body_read_timeout: config.http.body_read_timeout.0,
             request_timeout: config.http.request_timeout.0,
+            proxy: Arc::default(),
         }
+    }
+
+    /// Serves these proxy routes too.
+    pub fn with_proxy(mut self, proxy: Arc<crate::proxy::Proxy>) -> Self {
+        self.proxy = proxy;
+        self
     }
 }
 
@@ -97,6 +106,14 @@ type Reply = Result<Response<ReplyBody>, ApiError>;
 pub enum ReplyBody {
     Whole(Full<Bytes>),
     Values(Box<values::Values>),
+    /// An origin's answer streamed through a proxy route (`crate::proxy`).
+    Proxied(Box<crate::proxy::ProxyBody>),
+}
+
+impl std::fmt::Debug for crate::proxy::ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyBody")
+    }
 }
 
 impl From<Full<Bytes>> for ReplyBody {
@@ -107,14 +124,18 @@ impl From<Full<Bytes>> for ReplyBody {
 
 impl hyper::body::Body for ReplyBody {
     type Data = Bytes;
-    type Error = std::convert::Infallible;
+    /// Only a proxied body can fail (its origin went away mid-answer).
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            ReplyBody::Whole(b) => Pin::new(b).poll_frame(cx),
+            ReplyBody::Whole(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|f| f.map_err(|never| match never {}))),
+            ReplyBody::Proxied(b) => Pin::new(b.as_mut()).poll_frame(cx),
             // Never waits: the values are all in memory; hyper asks for the next piece
             // when the connection has taken the last.
             ReplyBody::Values(v) => {
@@ -127,6 +148,7 @@ impl hyper::body::Body for ReplyBody {
         match self {
             ReplyBody::Whole(b) => b.is_end_stream(),
             ReplyBody::Values(v) => v.is_end(),
+            ReplyBody::Proxied(b) => b.is_end_stream(),
         }
     }
 
@@ -135,6 +157,7 @@ impl hyper::body::Body for ReplyBody {
             ReplyBody::Whole(b) => b.size_hint(),
             // Exact: hyper sends it as Content-Length.
             ReplyBody::Values(v) => hyper::body::SizeHint::with_exact(v.remaining()),
+            ReplyBody::Proxied(b) => b.size_hint(),
         }
     }
 }
@@ -145,7 +168,16 @@ const BATCH_SET: &str = "/v1/kv:batchSet";
 
 /// Handles one request: checks its token, admits it, routes it, answers it, records it.
 /// Generic over the body so benches and unit tests can call it without sockets.
-pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<ReplyBody> {
+pub async fn handle<B: RequestBody + 'static>(
+    state: &State,
+    req: Request<B>,
+) -> Response<ReplyBody> {
+    // --- proxy routes: matched first (a route's prefix never overlaps /v1/) ---
+    if let Some(route) = state.proxy.find(req.uri().path()) {
+        let route = route.clone();
+        return placement::boxed(|| proxied(state, route, req)).await;
+    }
+    // --- end proxy routes ---
     let start = Instant::now();
     // Classified first, so refusals (401, 503) are counted under the route they were for.
     let route = route_of(req.method(), req.uri().path());
@@ -188,6 +220,70 @@ pub async fn handle<B: RequestBody>(state: &State, req: Request<B>) -> Response<
     resp
 }
 
+// --- proxy routes ---
+/// A request for a proxy route: `PURGE` removes the URL's stored variants (with a token
+/// that may write the path as a key, when auth is on); any other method is admitted and
+/// proxied (the origin does its own auth: tiergate's bearer token is not asked for, and is
+/// forwarded as the client sent it).
+async fn proxied<B: RequestBody + 'static>(
+    state: &State,
+    route: Arc<crate::proxy::Route>,
+    req: Request<B>,
+) -> Response<ReplyBody> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let reply = if method.as_str() == "PURGE" {
+        match state.auth.rules().bearer(req.headers()) {
+            Err(why) => {
+                state.metrics.auth_denied(Door::Http, why);
+                Err(ApiError::unauthorized(why))
+            }
+            Ok(user) => {
+                let url = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+                state
+                    .authorize(user.as_deref(), Need::Write, req.uri().path().as_bytes())
+                    .map(|()| route.purge(url))
+            }
+        }
+    } else {
+        match state.admission.admit().await {
+            Ok(_admitted) => {
+                let max_body = state.limits.load().max_value_bytes.0;
+                let work = std::pin::pin!(async { Ok(route.serve(req, max_body).await) });
+                within(state.request_timeout, start, work).await
+            }
+            Err(why) => Err(ApiError::overloaded(why)),
+        }
+    };
+    let mut resp = reply.unwrap_or_else(ApiError::into_response);
+    if !resp.headers().contains_key(X_CACHE) {
+        let outcome = if method == Method::GET || method == Method::HEAD {
+            "MISS"
+        } else {
+            "BYPASS"
+        };
+        resp.headers_mut()
+            .insert(X_CACHE, http::HeaderValue::from_static(outcome));
+    }
+    let took = start.elapsed();
+    state
+        .metrics
+        .record_http(Route::Proxy, resp.status().as_u16(), took);
+    if let Some(log) = &state.access {
+        log.push(access::Record {
+            at: SystemTime::now() - took,
+            door: Door::Http,
+            op: Route::Proxy.op(false),
+            key_len: 0,
+            status: access::Status::Http(resp.status().as_u16()),
+            tier: None,
+            duration: took,
+        });
+    }
+    resp
+}
+// --- end proxy routes ---
+
 /// Runs `work` until it is done or `limit` has passed since `start` (503 `request_timeout`).
 /// The first poll goes without a timer: an L1 hit is done by then, and arming one costs a
 /// clock read, a runtime handle and a timer entry to tear down, on every request.
@@ -222,7 +318,7 @@ fn route_of(method: &Method, path: &str) -> Route {
     }
 }
 
-async fn dispatch<B: RequestBody>(
+async fn dispatch<B: RequestBody + 'static>(
     state: &State,
     route: Route,
     user: Option<&Principal>,
@@ -254,7 +350,7 @@ async fn dispatch<B: RequestBody>(
         Route::Unmatched if path == BATCH_GET || path == BATCH_SET => {
             Err(ApiError::method_not_allowed("POST"))
         }
-        Route::Unmatched => Err(ApiError::route_not_found()),
+        Route::Unmatched | Route::Proxy => Err(ApiError::route_not_found()),
     }
 }
 

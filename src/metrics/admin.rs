@@ -33,6 +33,8 @@ pub struct Admin {
     pub cache: Arc<TieredCache>,
     /// The origin tier, whose gauges read upstream state at scrape time.
     pub origins: Arc<crate::origin::Origins>,
+    /// Proxy routes: `POST /purge?url=/path` removes a URL's stored variants.
+    pub proxy: Arc<crate::proxy::Proxy>,
     /// Tripped at the start of shutdown: readiness turns 503 so balancers stop sending.
     pub draining: Shutdown,
     /// `admin.token` (empty: none); replaced on reload.
@@ -115,6 +117,28 @@ impl Admin {
     }
 
     async fn handle<B>(&self, req: &Request<B>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        // --- proxy routes: POST /purge?url=<path and query> ---
+        if req.method() == Method::POST && req.uri().path() == "/purge" {
+            if let Some(refused) = self.refusal("/purge", req) {
+                return refused;
+            }
+            let url = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("url=")))
+                .and_then(|v| percent_encoding::percent_decode_str(v).decode_utf8().ok())
+                .map(|v| v.into_owned())
+                .unwrap_or_default();
+            if !url.starts_with('/') {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "POST /purge?url=<path and query, starting with />\n".into(),
+                );
+            }
+            let purged = self.proxy.purge(&url);
+            return typed(format!("{{\"purged\":{purged}}}\n"), "application/json");
+        }
+        // --- end proxy routes ---
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
@@ -131,6 +155,7 @@ impl Admin {
             "/metrics" => {
                 self.cache.publish_usage().await;
                 self.origins.refresh_gauges();
+                self.proxy.refresh_gauges();
                 typed(
                     self.metrics.render(),
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -1,0 +1,128 @@
+//! Headers across the proxy: hop-by-hop ones (RFC 9110 section 7.6.1) are never forwarded
+//! either way; requests gain X-Forwarded-For, X-Forwarded-Proto and Via, answers gain Via.
+//! The client's Host is not sent: hyper sets the upstream's own (as nginx's default
+//! `proxy_set_header Host $proxy_host`), so an origin sees the name it is known by.
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Version};
+use std::net::IpAddr;
+
+/// Hop-by-hop headers: they describe one connection, not the message.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+];
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes the hop-by-hop headers, those `Connection` names among them, and every
+/// `Proxy-*` header.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+    let proxy: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for n in proxy {
+        h.remove(n);
+    }
+}
+
+/// `Via`'s received-protocol for a version: "1.1", "2".
+fn via(version: Version) -> HeaderValue {
+    HeaderValue::from_static(match version {
+        Version::HTTP_09 => "0.9 tiergate",
+        Version::HTTP_10 => "1.0 tiergate",
+        Version::HTTP_2 => "2 tiergate",
+        Version::HTTP_3 => "3 tiergate",
+        _ => "1.1 tiergate",
+    })
+}
+
+/// The headers a client's request goes to the origin with.
+pub fn to_origin(client: &HeaderMap, version: Version, peer: Option<IpAddr>) -> HeaderMap {
+    let mut h = client.clone();
+    strip_hop_by_hop(&mut h);
+    h.remove(header::HOST);
+    if let Some(ip) = peer {
+        // Appended to what earlier proxies said, as one list.
+        let list = match client.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(before) => format!("{before}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&list) {
+            h.insert(X_FORWARDED_FOR, v);
+        }
+    }
+    // The scheme this hop was received over: tiergate's data port speaks plain HTTP.
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    h.append(header::VIA, via(version));
+    h
+}
+
+/// The headers an origin's answer reaches the client (and the cache) with.
+pub fn from_origin(origin: &mut HeaderMap) {
+    strip_hop_by_hop(origin);
+    origin.append(header::VIA, via(Version::HTTP_11));
+}
+
+/// The request as the cache sees it (for `CachePolicy` and Vary): the client's headers
+/// without hop-by-hop ones and without Host, which is not part of the cache key (see
+/// `super::store`).
+pub fn for_cache(client: &HeaderMap) -> HeaderMap {
+    let mut h = client.clone();
+    strip_hop_by_hop(&mut h);
+    h.remove(header::HOST);
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-foo", "1"),
+            ("x-secret", "1"),
+            ("host", "client.example"),
+            ("accept", "*/*"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let out = to_origin(&h, Version::HTTP_11, Some("192.0.2.7".parse().unwrap()));
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["accept", "via", "x-forwarded-for", "x-forwarded-proto"],
+            "{out:?}"
+        );
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(out["via"], "1.1 tiergate");
+    }
+}

@@ -1,0 +1,643 @@
+//! Caching reverse proxy routes (`[[origins.routes]]`, issue 18 point 3): a path prefix on
+//! the HTTP data port proxied to an origin, its GET and HEAD answers cached per RFC 9111 as a
+//! shared cache (http-cache-semantics, `shared: true`):
+//!
+//! - stored only when a shared cache may (`no-store`, `private`, Authorization without
+//!   `public` or `s-maxage`, uncacheable statuses are not), fresh for `s-maxage`, else
+//!   `max-age`, else `Expires`, less the `Age` the answer came with, within the route's
+//!   `min_ttl` and `max_ttl`; served with its Age brought up to date;
+//! - `Vary`: up to `store::MAX_VARIANTS` variants per URL, the one the request selects served;
+//! - stale (or `no-cache`) answers are revalidated with If-None-Match / If-Modified-Since;
+//!   a 304 refreshes the stored answer (`REVALIDATED`);
+//! - RFC 5861: within `stale-while-revalidate` a stale answer is served at once and one
+//!   background refresh runs (at most `MAX_REFRESHES` per route at a time); within
+//!   `stale-if-error` it answers when the origin fails or says 5xx;
+//! - bodies stream both ways; an answer larger than `max_object_bytes` is passed through and
+//!   not stored (`body`);
+//! - other methods are proxied uncached (`BYPASS`), and a non-error answer to an unsafe one
+//!   invalidates the URL (RFC 9111 section 4.4); `PURGE <path>` (and the admin port's
+//!   `POST /purge?url=<path>`) removes a URL's variants: `Proxy::purge`, which the
+//!   invalidation bus can call for purges from other instances.
+//!
+//! Every answer says `X-Cache: HIT | MISS | STALE | REVALIDATED | BYPASS`.
+
+mod body;
+mod headers;
+pub mod store;
+
+pub use body::ProxyBody;
+
+use crate::{
+    config::OriginConfig,
+    http::{error::ApiError, ReplyBody, RequestBody, X_CACHE},
+    metrics::{Metrics, ProxyMetrics, ProxyOutcome},
+    origin::{Origin, OriginError, OriginRequest, OriginResponse, Origins, OutBody},
+};
+use body::Keeping;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use http_cache_semantics::{AfterResponse, CacheOptions, CachePolicy};
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, SystemTime},
+};
+use store::{Lookup, Store, Stored};
+
+/// Background refreshes (stale-while-revalidate) running at once per route: past it a stale
+/// answer is still served and the next request tries again, so a burst of stale URLs cannot
+/// turn into a burst on the origin.
+pub const MAX_REFRESHES: usize = 32;
+
+/// The client's address, put in the request's extensions by the connection (for
+/// X-Forwarded-For) when routes are configured.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Every route, longest prefix first (the most specific wins).
+#[derive(Default)]
+pub struct Proxy {
+    routes: Vec<Arc<Route>>,
+}
+
+/// One `[[origins.routes]]`.
+pub struct Route {
+    prefix: String,
+    origin: Arc<Origin>,
+    min_ttl: Duration,
+    max_ttl: Duration,
+    max_object_bytes: u64,
+    store: Store,
+    refreshes: Arc<tokio::sync::Semaphore>,
+    metrics: ProxyMetrics,
+}
+
+impl Proxy {
+    /// The routes of every origin; `origins` was built from the same config.
+    pub fn new(configs: &[OriginConfig], origins: &Origins, metrics: &Metrics) -> Self {
+        let mut routes: Vec<Arc<Route>> = configs
+            .iter()
+            .flat_map(|c| {
+                let origin = origins
+                    .get(&c.name)
+                    .expect("built from this config")
+                    .clone();
+                c.routes.iter().map(move |r| {
+                    Arc::new(Route {
+                        prefix: r.prefix.clone(),
+                        origin: origin.clone(),
+                        min_ttl: r.min_ttl.0,
+                        max_ttl: r.max_ttl.0,
+                        max_object_bytes: r.max_object_bytes.0,
+                        store: Store::new(r.cache_capacity.0),
+                        refreshes: Arc::new(tokio::sync::Semaphore::new(MAX_REFRESHES)),
+                        metrics: metrics.proxy_route(&r.prefix),
+                    })
+                })
+            })
+            .collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        Self { routes }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// The route for `path`, if one's prefix starts it.
+    #[inline]
+    pub fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        if self.routes.is_empty() {
+            return None;
+        }
+        self.routes.iter().find(|r| path.starts_with(&r.prefix))
+    }
+
+    /// Removes every stored variant of `url` (a path and query) on this instance; whether
+    /// one was stored. The invalidation bus calls this for purges from other instances.
+    pub fn purge(&self, url: &str) -> bool {
+        let path = url.split('?').next().unwrap_or_default();
+        self.find(path).is_some_and(|r| r.store.remove(url))
+    }
+
+    /// Sets the byte and entry gauges: at scrape time.
+    pub fn refresh_gauges(&self) {
+        for r in &self.routes {
+            let (bytes, entries) = r.store.usage();
+            r.metrics.bytes.set(bytes as i64);
+            r.metrics.entries.set(entries as i64);
+        }
+    }
+}
+
+/// How long a stored answer stays fresh, and whether the floor made it longer than its
+/// headers: `policy`'s lifetime (less Age) within `min_ttl` and `max_ttl`. The floor never
+/// applies to an answer that must be revalidated every time (`no-cache`).
+fn lifetime(
+    route: &Route,
+    policy: &CachePolicy,
+    no_cache: bool,
+    now: SystemTime,
+) -> (Duration, bool) {
+    let own = policy.time_to_live(now);
+    let floored = !no_cache && route.min_ttl > own;
+    let ttl = if floored { route.min_ttl } else { own };
+    (ttl.min(route.max_ttl), floored)
+}
+
+/// A Cache-Control directive's seconds (`stale-while-revalidate=30`).
+fn directive(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|d| {
+            let (k, v) = d.trim().split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().trim_matches('"').parse().ok())
+                .flatten()
+                .map(Duration::from_secs)
+        })
+}
+
+/// Whether Cache-Control (or Pragma) says `no-cache`.
+fn says_no_cache(headers: &HeaderMap) -> bool {
+    let cc = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            let d = d.trim();
+            d.eq_ignore_ascii_case("no-cache")
+                || d.len() > 8 && d[..9].eq_ignore_ascii_case("no-cache=")
+        });
+    cc || headers
+        .get(header::PRAGMA)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("no-cache"))
+}
+
+/// The JSON error for an origin that gave no answer: the origin's fault, said as such.
+fn origin_error(e: &OriginError) -> ApiError {
+    ApiError {
+        status: StatusCode::from_u16(e.status()).expect("a valid status"),
+        code: e.code(),
+        message: e.to_string().into(),
+        allow: None,
+        challenge: false,
+    }
+}
+
+fn with_cache_header(mut resp: Response<ReplyBody>, outcome: ProxyOutcome) -> Response<ReplyBody> {
+    resp.headers_mut()
+        .insert(X_CACHE, HeaderValue::from_static(outcome.header()));
+    resp
+}
+
+impl Route {
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Stores an answer (the body has passed, or was read by a refresh).
+    fn store(&self, key: &str, request: &Request<()>, stored: Stored) -> Arc<Stored> {
+        self.metrics.stored.inc();
+        self.store.insert(key, request, stored)
+    }
+
+    /// `PURGE`: removes the URL's variants here (and, once the bus carries it, everywhere).
+    pub fn purge(&self, url: &str) -> Response<ReplyBody> {
+        let purged = self.store.remove(url);
+        let body = format!("{{\"purged\":{purged}}}\n");
+        let mut resp = Response::new(Full::new(Bytes::from(body)).into());
+        *resp.status_mut() = if purged {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        with_cache_header(resp, ProxyOutcome::Bypass)
+    }
+
+    /// Proxies one request (the router found this route for its path). Every answer, an
+    /// error too, says X-Cache.
+    pub async fn serve<B: RequestBody + 'static>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        max_body_bytes: u64,
+    ) -> Response<ReplyBody> {
+        let cached = matches!(*req.method(), Method::GET | Method::HEAD);
+        let (resp, outcome) = match self.proxy(req, max_body_bytes).await {
+            Ok(answered) => answered,
+            Err(e) => {
+                let outcome = if cached {
+                    ProxyOutcome::Miss
+                } else {
+                    ProxyOutcome::Bypass
+                };
+                (e.into_response(), outcome)
+            }
+        };
+        self.metrics.count(outcome);
+        with_cache_header(resp, outcome)
+    }
+
+    async fn proxy<B: RequestBody + 'static>(
+        self: &Arc<Self>,
+        req: Request<B>,
+        max_body_bytes: u64,
+    ) -> Result<(Response<ReplyBody>, ProxyOutcome), ApiError> {
+        let (parts, body) = req.into_parts();
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let peer = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
+        let to_origin = headers::to_origin(&parts.headers, parts.version, peer);
+        match parts.method {
+            Method::GET => self.get(pq, &parts.headers, to_origin).await,
+            Method::HEAD => {
+                // A fresh stored GET answers a HEAD; otherwise the HEAD goes through as is.
+                let cache_req = Self::cache_request(&pq, &parts.headers);
+                if let Lookup::Fresh(s) =
+                    self.store
+                        .lookup(pq.as_str(), &cache_req, says_no_cache(&parts.headers))
+                {
+                    return Ok((serve_stored(&s), ProxyOutcome::Hit));
+                }
+                let answer = self
+                    .origin
+                    .send(OriginRequest::get(Method::HEAD, pq, to_origin))
+                    .await
+                    .map_err(|e| origin_error(&e))?;
+                Ok((pass(answer, None), ProxyOutcome::Miss))
+            }
+            method => {
+                let unsafe_method = !matches!(method, Method::OPTIONS | Method::TRACE);
+                let out = outbound_body(body, max_body_bytes).await?;
+                let request = OriginRequest {
+                    method,
+                    path: pq.clone(),
+                    headers: to_origin,
+                    body: out,
+                };
+                let answer = self
+                    .origin
+                    .send(request)
+                    .await
+                    .map_err(|e| origin_error(&e))?;
+                // RFC 9111 section 4.4: a non-error answer to an unsafe method invalidates
+                // the URL.
+                let status = answer.status();
+                if unsafe_method && (status.is_success() || status.is_redirection()) {
+                    self.store.remove(pq.as_str());
+                }
+                Ok((pass(answer, None), ProxyOutcome::Bypass))
+            }
+        }
+    }
+
+    /// The request as the cache sees it: a GET for `pq` with the client's headers less Host.
+    fn cache_request(pq: &http::uri::PathAndQuery, client: &HeaderMap) -> Request<()> {
+        let mut r = Request::get(pq.as_str()).body(()).expect("a valid request");
+        *r.headers_mut() = headers::for_cache(client);
+        r
+    }
+
+    /// GET: from the cache when it may, else from the origin (stored as it passes).
+    async fn get(
+        self: &Arc<Self>,
+        pq: http::uri::PathAndQuery,
+        client: &HeaderMap,
+        to_origin: HeaderMap,
+    ) -> Result<(Response<ReplyBody>, ProxyOutcome), ApiError> {
+        let key = pq.as_str();
+        let cache_req = Self::cache_request(&pq, client);
+        let no_cache = says_no_cache(client);
+        let stale = match self.store.lookup(key, &cache_req, no_cache) {
+            Lookup::Fresh(s) => return Ok((serve_stored(&s), ProxyOutcome::Hit)),
+            Lookup::Stale(s) => s,
+            Lookup::Miss => {
+                let answer = self
+                    .origin
+                    .send(OriginRequest::get(Method::GET, pq.clone(), to_origin))
+                    .await
+                    .map_err(|e| origin_error(&e))?;
+                return Ok((self.answer(key, cache_req, answer), ProxyOutcome::Miss));
+            }
+        };
+        let now = SystemTime::now();
+        // RFC 5861 stale-while-revalidate: answer now, refresh once behind it.
+        if !no_cache && now < stale.fresh_until + stale.stale_while_revalidate {
+            self.refresh_behind(&stale, key, cache_req, to_origin.clone());
+            return Ok((serve_stored(&stale), ProxyOutcome::Stale));
+        }
+        let sent = self
+            .origin
+            .send(OriginRequest::get(
+                Method::GET,
+                pq.clone(),
+                conditional(to_origin.clone(), &stale),
+            ))
+            .await;
+        let may_serve_stale = now < stale.fresh_until + stale.stale_if_error;
+        match sent {
+            Ok(answer) if answer.status() == StatusCode::NOT_MODIFIED => {
+                match self.revalidated(key, &cache_req, &stale, &answer) {
+                    Some(fresh) => Ok((serve_stored(&fresh), ProxyOutcome::Revalidated)),
+                    // A 304 for something else than what is stored: ask again, plainly.
+                    None => {
+                        drop(answer);
+                        let answer = self
+                            .origin
+                            .send(OriginRequest::get(Method::GET, pq.clone(), to_origin))
+                            .await
+                            .map_err(|e| origin_error(&e))?;
+                        Ok((self.answer(key, cache_req, answer), ProxyOutcome::Miss))
+                    }
+                }
+            }
+            // RFC 5861 stale-if-error: a 5xx or no answer, and a stale copy may stand in.
+            Ok(answer) if answer.status().is_server_error() && may_serve_stale => {
+                drop(answer);
+                Ok((serve_stored(&stale), ProxyOutcome::Stale))
+            }
+            Err(_) if may_serve_stale => Ok((serve_stored(&stale), ProxyOutcome::Stale)),
+            Err(e) => Err(origin_error(&e)),
+            Ok(answer) => Ok((self.answer(key, cache_req, answer), ProxyOutcome::Miss)),
+        }
+    }
+
+    /// Updates `stale` from a 304; the refreshed answer, or None if the 304 was not for it.
+    fn revalidated(
+        &self,
+        key: &str,
+        cache_req: &Request<()>,
+        stale: &Stored,
+        answer: &OriginResponse,
+    ) -> Option<Arc<Stored>> {
+        let now = SystemTime::now();
+        let mut head = http::Response::new(());
+        *head.status_mut() = answer.status();
+        *head.headers_mut() = answer.headers().clone();
+        headers::strip_hop_by_hop(head.headers_mut());
+        match stale.policy.after_response(cache_req, &head, now) {
+            AfterResponse::NotModified(policy, parts) => {
+                let mut headers = parts.headers;
+                headers.remove(header::AGE);
+                let stored = self.stored(policy, stale.status, headers, now)?;
+                Some(self.store(
+                    key,
+                    cache_req,
+                    Stored {
+                        body: stale.body.clone(),
+                        ..stored
+                    },
+                ))
+            }
+            AfterResponse::Modified(..) => None,
+        }
+    }
+
+    /// A stored answer's metadata (an empty body), or None when it is not worth storing:
+    /// a shared cache may not store it, or it is never fresh and cannot be revalidated.
+    fn stored(
+        &self,
+        policy: CachePolicy,
+        status: StatusCode,
+        headers: HeaderMap,
+        now: SystemTime,
+    ) -> Option<Stored> {
+        if !policy.is_storable() {
+            return None;
+        }
+        let no_cache = says_no_cache(&headers);
+        let (ttl, floored) = lifetime(self, &policy, no_cache, now);
+        let swr = directive(&headers, "stale-while-revalidate").unwrap_or_default();
+        let sie = directive(&headers, "stale-if-error").unwrap_or_default();
+        let validators =
+            headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED);
+        if ttl.is_zero() && !validators && swr.is_zero() && sie.is_zero() {
+            return None;
+        }
+        let fresh_until = now + ttl;
+        // A copy with validators is worth keeping past its freshness (a 304 brings it
+        // back); one without only for its RFC 5861 windows.
+        let keep = if validators {
+            self.max_ttl
+        } else {
+            Duration::ZERO
+        };
+        Some(Stored {
+            policy,
+            status,
+            headers,
+            body: Bytes::new(),
+            fresh_until,
+            floored,
+            stale_while_revalidate: swr,
+            stale_if_error: sie,
+            keep_until: fresh_until + keep.max(swr).max(sie),
+            refreshing: Default::default(),
+        })
+    }
+
+    /// Passes an origin's answer to a GET on, storing it as it passes when it may be.
+    fn answer(
+        self: &Arc<Self>,
+        key: &str,
+        cache_req: Request<()>,
+        answer: OriginResponse,
+    ) -> Response<ReplyBody> {
+        let now = SystemTime::now();
+        let (mut parts, body) = answer.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let fits = declared.is_none_or(|n| n <= self.max_object_bytes)
+            && parts.status != StatusCode::PARTIAL_CONTENT;
+        let keep = if fits {
+            let policy = CachePolicy::new_options(
+                &cache_req,
+                &parts,
+                now,
+                CacheOptions {
+                    shared: true,
+                    ..CacheOptions::default()
+                },
+            );
+            self.stored(policy, parts.status, parts.headers.clone(), now)
+                .map(|head| Keeping {
+                    route: self.clone(),
+                    key: key.to_owned(),
+                    request: cache_req,
+                    head,
+                    chunks: Vec::new(),
+                    len: 0,
+                })
+        } else {
+            None
+        };
+        pass(Response::from_parts(parts, body), keep)
+    }
+
+    /// Starts one background refresh of `stale` unless one is running or too many are.
+    fn refresh_behind(
+        self: &Arc<Self>,
+        stale: &Arc<Stored>,
+        key: &str,
+        cache_req: Request<()>,
+        to_origin: HeaderMap,
+    ) {
+        if stale.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(permit) = self.refreshes.clone().try_acquire_owned() else {
+            stale.refreshing.store(false, Ordering::Release);
+            return;
+        };
+        self.metrics.refreshes.inc();
+        let (route, stale, key) = (self.clone(), stale.clone(), key.to_owned());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let refreshed = route.refresh(&stale, &key, cache_req, to_origin).await;
+            if !refreshed {
+                // Let a later request try again.
+                stale.refreshing.store(false, Ordering::Release);
+            }
+        });
+    }
+
+    /// Asks the origin for `key` again (conditionally) and stores what it says; whether
+    /// something was stored.
+    async fn refresh(
+        &self,
+        stale: &Stored,
+        key: &str,
+        cache_req: Request<()>,
+        to_origin: HeaderMap,
+    ) -> bool {
+        let Ok(path) = key.parse::<http::uri::PathAndQuery>() else {
+            return false;
+        };
+        let Ok(answer) = self
+            .origin
+            .send(OriginRequest::get(
+                Method::GET,
+                path,
+                conditional(to_origin, stale),
+            ))
+            .await
+        else {
+            return false;
+        };
+        if answer.status() == StatusCode::NOT_MODIFIED {
+            return self.revalidated(key, &cache_req, stale, &answer).is_some();
+        }
+        let now = SystemTime::now();
+        let (mut parts, body) = answer.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let policy = CachePolicy::new_options(
+            &cache_req,
+            &parts,
+            now,
+            CacheOptions {
+                shared: true,
+                ..CacheOptions::default()
+            },
+        );
+        let Some(head) = self.stored(policy, parts.status, parts.headers, now) else {
+            return false;
+        };
+        let Ok(body) = Limited::new(body, self.max_object_bytes as usize)
+            .collect()
+            .await
+        else {
+            return false;
+        };
+        self.store(
+            key,
+            &cache_req,
+            Stored {
+                body: body.to_bytes(),
+                ..head
+            },
+        );
+        true
+    }
+}
+
+/// The headers of a revalidation: the client's, with the stored answer's validators.
+fn conditional(mut headers: HeaderMap, stored: &Stored) -> HeaderMap {
+    for h in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_RANGE,
+        header::IF_MATCH,
+        header::IF_UNMODIFIED_SINCE,
+    ] {
+        headers.remove(h);
+    }
+    if let Some(etag) = stored.headers.get(header::ETAG) {
+        headers.insert(header::IF_NONE_MATCH, etag.clone());
+    }
+    if let Some(lm) = stored.headers.get(header::LAST_MODIFIED) {
+        headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+    }
+    headers
+}
+
+/// A stored answer as a response: its headers, Age brought up to date, Via; the body (hyper
+/// leaves it out for a HEAD, keeping its Content-Length).
+fn serve_stored(s: &Stored) -> Response<ReplyBody> {
+    let mut resp = Response::new(Full::new(s.body.clone()).into());
+    *resp.status_mut() = s.status;
+    let mut h = s.headers.clone();
+    h.insert(
+        header::AGE,
+        HeaderValue::from(s.policy.age(SystemTime::now()).as_secs()),
+    );
+    *resp.headers_mut() = h;
+    resp
+}
+
+/// An origin's answer on its way to the client: hop-by-hop headers out, Via in, the body
+/// streamed (and kept, with `keep`).
+fn pass(answer: OriginResponse, keep: Option<Keeping>) -> Response<ReplyBody> {
+    let (mut parts, body) = answer.into_parts();
+    headers::from_origin(&mut parts.headers);
+    Response::from_parts(
+        parts,
+        ReplyBody::Proxied(Box::new(ProxyBody::new(body, keep))),
+    )
+}
+
+/// A client's request body for the origin: hyper's, streamed through as it arrives; any
+/// other (benches, unit tests) read whole, under `limit`.
+async fn outbound_body<B: RequestBody + 'static>(body: B, limit: u64) -> Result<OutBody, ApiError> {
+    let mut slot = Some(body);
+    if let Some(incoming) =
+        (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<hyper::body::Incoming>>()
+    {
+        return Ok(Either::Right(incoming.take().expect("just put there")));
+    }
+    let body = slot.take().expect("not taken");
+    let bytes = Limited::new(body, limit as usize)
+        .collect()
+        .await
+        .map_err(|e| {
+            ApiError::bad_request("body_read_failed", format!("reading the body failed: {e}"))
+        })?;
+    Ok(Either::Left(Full::new(bytes.to_bytes())))
+}
