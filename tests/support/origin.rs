@@ -5,13 +5,15 @@
 //!
 //! It owns: the answer for each path (status, headers, body, a delay, or a failure: close the
 //! connection without answering, or hang until dropped), a default 404 for unscripted paths,
-//! 304 on a matching `If-None-Match`, a switch that takes the whole origin down, and a record
+//! 304 on a matching `If-None-Match` (or, without one, an `If-Modified-Since` equal to the
+//! answer's `Last-Modified`), bodies sent whole or in chunks of unknown length, a switch
+//! that takes the whole origin down, and a record
 //! of what arrived (count, method and headers per path, counted on arrival before any delay).
 //! State sits behind a std `Mutex` that is never held across an await.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use std::{
@@ -33,6 +35,8 @@ pub struct Answer {
     body: Bytes,
     delay: Option<Duration>,
     fail: Option<Fail>,
+    /// Sent in this many chunks, with no Content-Length (chunked encoding).
+    chunks: Option<usize>,
 }
 
 /// The ways an answer can fail instead of answering.
@@ -53,6 +57,7 @@ impl Answer {
             body: Bytes::new(),
             delay: None,
             fail: None,
+            chunks: None,
         }
     }
 
@@ -93,6 +98,12 @@ impl Answer {
 
     pub fn body(mut self, body: impl Into<Bytes>) -> Self {
         self.body = body.into();
+        self
+    }
+
+    /// Sends the body in `n` chunks with no Content-Length: a length known only at the end.
+    pub fn chunked(mut self, n: usize) -> Self {
+        self.chunks = Some(n.max(1));
         self
     }
 
@@ -263,10 +274,13 @@ impl std::fmt::Display for Closed {
 
 impl std::error::Error for Closed {}
 
-async fn handle(
-    req: Request<Incoming>,
-    shared: Arc<Shared>,
-) -> Result<Response<Full<Bytes>>, Closed> {
+type OutBody = BoxBody<Bytes, std::convert::Infallible>;
+
+fn whole(b: Bytes) -> OutBody {
+    Full::new(b).boxed()
+}
+
+async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<OutBody>, Closed> {
     if shared.down.load(Ordering::SeqCst) {
         return Err(Closed);
     }
@@ -297,20 +311,44 @@ async fn handle(
         req.headers().get(http::header::IF_NONE_MATCH),
     ) {
         if if_none_match_matches(inm, etag) {
-            let mut resp = Response::new(Full::new(Bytes::new()));
-            *resp.status_mut() = StatusCode::NOT_MODIFIED;
-            for (name, value) in &answer.headers {
-                if name != http::header::CONTENT_LENGTH && name != http::header::CONTENT_TYPE {
-                    resp.headers_mut().append(name, value.clone());
-                }
-            }
-            return Ok(resp);
+            return Ok(not_modified(&answer));
+        }
+    } else if let (Some(lm), Some(ims)) = (
+        answer.headers.get(http::header::LAST_MODIFIED),
+        req.headers().get(http::header::IF_MODIFIED_SINCE),
+    ) {
+        if lm == ims {
+            return Ok(not_modified(&answer));
         }
     }
-    let mut resp = Response::new(Full::new(answer.body));
+    let body = match answer.chunks {
+        None => whole(answer.body),
+        Some(n) => {
+            let size = answer.body.len().div_ceil(n).max(1);
+            let parts: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> = answer
+                .body
+                .chunks(size)
+                .map(|c| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(c))))
+                .collect();
+            StreamBody::new(futures_util::stream::iter(parts)).boxed()
+        }
+    };
+    let mut resp = Response::new(body);
     *resp.status_mut() = answer.status;
     *resp.headers_mut() = answer.headers;
     Ok(resp)
+}
+
+/// 304 with the answer's headers (but its length and type).
+fn not_modified(answer: &Answer) -> Response<OutBody> {
+    let mut resp = Response::new(whole(Bytes::new()));
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    for (name, value) in &answer.headers {
+        if name != http::header::CONTENT_LENGTH && name != http::header::CONTENT_TYPE {
+            resp.headers_mut().append(name, value.clone());
+        }
+    }
+    resp
 }
 
 /// `*`, or any listed tag equal to `etag` under weak comparison (a `W/` prefix is ignored).
