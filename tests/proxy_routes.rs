@@ -1,0 +1,581 @@
+//! Caching reverse proxy routes (issue 18 point 3): `[[origins.routes]]` proxies a path
+//! prefix of the HTTP data port to a real HTTP origin (`tests/support/origin.rs`), caching
+//! GET and HEAD answers per RFC 9111 as a shared cache, with RFC 5861's stale-while-revalidate
+//! and stale-if-error. Everything is asserted by counting origin requests and reading the
+//! `X-Cache`, `Age` and other headers sent; nothing asserts a timing (expiry uses max-age=1
+//! and `eventually` polling).
+
+mod support;
+
+use reqwest::{header::HeaderMap, Method};
+use std::time::Duration;
+use support::{
+    eventually, metric,
+    origin::{Answer, Origin},
+    Gateway,
+};
+use tiergate::config::{Config, OriginConfig};
+
+/// A standalone gateway with origin "web" at `origin`, routing `/api/` to it with these
+/// extra route keys.
+fn config(origin: &Origin, route_extra: &str) -> Config {
+    config_at(&origin.url(), route_extra, "")
+}
+
+fn config_at(url: &str, route_extra: &str, origin_extra: &str) -> Config {
+    let mut c = support::config(None);
+    let text = format!(
+        "name = \"web\"\nupstreams = [{url:?}]\nmax_retries = 0\n{origin_extra}\n\
+         [[routes]]\nprefix = \"/api/\"\n{route_extra}"
+    );
+    c.origins = vec![toml::from_str::<OriginConfig>(&text).unwrap()];
+    c
+}
+
+/// One answer as the client saw it.
+#[derive(Debug)]
+struct Got {
+    status: u16,
+    cache: String,
+    body: String,
+    headers: HeaderMap,
+}
+
+async fn send(g: &Gateway, method: Method, path: &str, headers: &[(&str, &str)]) -> Got {
+    let mut r = g.http.request(method, format!("{}{path}", g.base));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let cache = headers
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    Got {
+        status,
+        cache,
+        body: resp.text().await.unwrap(),
+        headers,
+    }
+}
+
+async fn get(g: &Gateway, path: &str) -> Got {
+    send(g, Method::GET, path, &[]).await
+}
+
+/// (X-Cache, body) of a GET.
+async fn got(g: &Gateway, path: &str) -> (String, String) {
+    let r = get(g, path).await;
+    (r.cache, r.body)
+}
+
+fn pair(cache: &str, body: &str) -> (String, String) {
+    (cache.to_string(), body.to_string())
+}
+
+#[tokio::test]
+async fn a_max_age_answer_is_fetched_once_then_hit() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/a",
+        Answer::ok("A")
+            .header("Cache-Control", "max-age=60")
+            .header("Keep-Alive", "timeout=5")
+            .header("Content-Type", "text/plain"),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    let first = send(
+        &g,
+        Method::GET,
+        "/api/a?x=1",
+        &[
+            ("Proxy-Authorization", "Basic eDp5"),
+            ("X-Forwarded-For", "10.1.1.1"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (first.status, first.cache.as_str(), first.body.as_str()),
+        (200, "MISS", "A")
+    );
+    assert_eq!(first.headers["via"], "1.1 tiergate");
+    assert_eq!(first.headers["content-type"], "text/plain");
+    assert!(
+        !first.headers.contains_key("keep-alive"),
+        "{:?}",
+        first.headers
+    );
+    let second = get(&g, "/api/a?x=1").await;
+    assert_eq!((second.cache.as_str(), second.body.as_str()), ("HIT", "A"));
+    assert_eq!(second.headers["content-type"], "text/plain");
+    assert_eq!(origin.requests("/api/a"), 1);
+    // Another query is another URL.
+    assert_eq!(got(&g, "/api/a?x=2").await, pair("MISS", "A"));
+    assert_eq!(origin.requests("/api/a"), 2);
+    // What the origin saw: its own Host, the forwarding headers, no hop-by-hop ones.
+    let seen = &origin.seen("/api/a")[0].headers;
+    assert_eq!(seen["host"], origin.addr().to_string());
+    assert_eq!(seen["x-forwarded-for"], "10.1.1.1, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["via"], "1.1 tiergate");
+    assert!(!seen.contains_key("proxy-authorization"), "{seen:?}");
+    // The KV API is still served beside the route.
+    assert_eq!(g.put("k", "v").await.status(), 204);
+    assert_eq!(g.get("k").await.text().await.unwrap(), "v");
+    // Metrics by route and outcome.
+    let m = g.metrics().await;
+    let series =
+        |c: &str| format!("tiergate_proxy_requests_total{{cache=\"{c}\",route=\"/api/\"}}");
+    assert_eq!(metric(&m, &series("hit")), 1.0);
+    assert_eq!(metric(&m, &series("miss")), 2.0);
+    assert_eq!(
+        metric(&m, "tiergate_proxy_cache_entries{route=\"/api/\"}"),
+        2.0
+    );
+    assert!(metric(&m, "tiergate_proxy_cache_bytes{route=\"/api/\"}") > 0.0);
+    assert_eq!(
+        metric(
+            &m,
+            "tiergate_http_requests_total{route=\"proxy\",status=\"200\"}"
+        ),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn no_store_and_private_answers_are_not_cached() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/nostore",
+        Answer::ok("n").header("Cache-Control", "no-store"),
+    );
+    origin.answer(
+        "/api/private",
+        Answer::ok("p").header("Cache-Control", "private, max-age=60"),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    for path in ["/api/nostore", "/api/private"] {
+        assert_eq!(got(&g, path).await.0, "MISS");
+        assert_eq!(got(&g, path).await.0, "MISS");
+        assert_eq!(origin.requests(path), 2, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn s_maxage_wins_over_max_age_in_a_shared_cache() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/shared",
+        Answer::ok("s").header("Cache-Control", "max-age=0, s-maxage=60"),
+    );
+    origin.answer(
+        "/api/browser",
+        Answer::ok("b").header("Cache-Control", "max-age=60, s-maxage=0"),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    assert_eq!(got(&g, "/api/shared").await, pair("MISS", "s"));
+    assert_eq!(got(&g, "/api/shared").await, pair("HIT", "s"));
+    assert_eq!(origin.requests("/api/shared"), 1);
+    assert_eq!(got(&g, "/api/browser").await, pair("MISS", "b"));
+    assert_eq!(got(&g, "/api/browser").await, pair("MISS", "b"));
+    assert_eq!(origin.requests("/api/browser"), 2);
+}
+
+#[tokio::test]
+async fn the_age_an_answer_came_with_is_counted_and_sent() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/aged",
+        Answer::ok("old")
+            .header("Cache-Control", "max-age=100")
+            .header("Age", "90"),
+    );
+    origin.answer(
+        "/api/spent",
+        Answer::ok("x")
+            .header("Cache-Control", "max-age=100")
+            .header("Age", "100"),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    assert_eq!(got(&g, "/api/aged").await.0, "MISS");
+    // Fresh for about 10 s more: a hit, its Age at least the 90 it came with.
+    let hit = get(&g, "/api/aged").await;
+    assert_eq!(hit.cache, "HIT");
+    let age: u64 = hit.headers["age"].to_str().unwrap().parse().unwrap();
+    assert!((90..100).contains(&age), "Age {age}");
+    assert_eq!(origin.requests("/api/aged"), 1);
+    // Arrived with its whole lifetime spent: never fresh here.
+    assert_eq!(got(&g, "/api/spent").await.0, "MISS");
+    assert_eq!(got(&g, "/api/spent").await.0, "MISS");
+    assert_eq!(origin.requests("/api/spent"), 2);
+}
+
+#[tokio::test]
+async fn vary_keeps_one_variant_per_header_value() {
+    let origin = Origin::start().await;
+    let answer = |body: &str| {
+        Answer::ok(body.to_string())
+            .header("Cache-Control", "max-age=60")
+            .header("Vary", "Accept-Language")
+    };
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    let en = [("Accept-Language", "en")];
+    let fr = [("Accept-Language", "fr")];
+    origin.answer("/api/hello", answer("hello"));
+    let r = send(&g, Method::GET, "/api/hello", &en).await;
+    assert_eq!((r.cache.as_str(), r.body.as_str()), ("MISS", "hello"));
+    origin.answer("/api/hello", answer("bonjour"));
+    let r = send(&g, Method::GET, "/api/hello", &fr).await;
+    assert_eq!((r.cache.as_str(), r.body.as_str()), ("MISS", "bonjour"));
+    assert_eq!(origin.requests("/api/hello"), 2);
+    for _ in 0..2 {
+        let r = send(&g, Method::GET, "/api/hello", &en).await;
+        assert_eq!((r.cache.as_str(), r.body.as_str()), ("HIT", "hello"));
+        let r = send(&g, Method::GET, "/api/hello", &fr).await;
+        assert_eq!((r.cache.as_str(), r.body.as_str()), ("HIT", "bonjour"));
+    }
+    assert_eq!(origin.requests("/api/hello"), 2);
+}
+
+#[tokio::test]
+async fn no_cache_revalidates_with_the_etag_and_a_304_serves_the_stored_body() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/doc",
+        Answer::ok("version one")
+            .header("Cache-Control", "no-cache")
+            .header("ETag", "\"v1\""),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    assert_eq!(got(&g, "/api/doc").await, pair("MISS", "version one"));
+    // The origin no longer sends the body: only a 304 can make this answer.
+    origin.answer(
+        "/api/doc",
+        Answer::ok("")
+            .header("Cache-Control", "no-cache")
+            .header("ETag", "\"v1\""),
+    );
+    for _ in 0..2 {
+        let r = get(&g, "/api/doc").await;
+        assert_eq!(
+            (r.status, r.cache.as_str(), r.body.as_str()),
+            (200, "REVALIDATED", "version one")
+        );
+    }
+    assert_eq!(origin.requests("/api/doc"), 3);
+    let seen = origin.last_headers("/api/doc").unwrap();
+    assert_eq!(seen["if-none-match"], "\"v1\"");
+    // A new ETag: a full answer, stored in place of the old one.
+    origin.answer(
+        "/api/doc",
+        Answer::ok("version two")
+            .header("Cache-Control", "no-cache")
+            .header("ETag", "\"v2\""),
+    );
+    assert_eq!(got(&g, "/api/doc").await, pair("MISS", "version two"));
+    assert_eq!(got(&g, "/api/doc").await.1, "version two");
+}
+
+#[tokio::test]
+async fn a_stale_answer_revalidates_with_if_modified_since() {
+    let origin = Origin::start().await;
+    let lm = "Wed, 21 Oct 2015 07:28:00 GMT";
+    origin.answer(
+        "/api/lm",
+        Answer::ok("dated")
+            .header("Cache-Control", "max-age=1")
+            .header("Last-Modified", lm),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    assert_eq!(got(&g, "/api/lm").await, pair("MISS", "dated"));
+    origin.answer(
+        "/api/lm",
+        Answer::ok("")
+            .header("Cache-Control", "max-age=60")
+            .header("Last-Modified", lm),
+    );
+    eventually("the stale copy revalidated", || async {
+        got(&g, "/api/lm").await == pair("REVALIDATED", "dated")
+    })
+    .await;
+    assert_eq!(
+        origin.last_headers("/api/lm").unwrap()["if-modified-since"],
+        lm
+    );
+    // The 304's max-age=60 now applies.
+    assert_eq!(got(&g, "/api/lm").await, pair("HIT", "dated"));
+    assert_eq!(origin.requests("/api/lm"), 2);
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_answers_stale_and_refreshes_once_behind() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/swr",
+        Answer::ok("old").header("Cache-Control", "max-age=1, stale-while-revalidate=60"),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    assert_eq!(got(&g, "/api/swr").await, pair("MISS", "old"));
+    // The refresh takes a while: every request meanwhile is answered stale, at once.
+    origin.answer(
+        "/api/swr",
+        Answer::ok("new")
+            .header("Cache-Control", "max-age=60")
+            .delay(Duration::from_millis(500)),
+    );
+    eventually("answered stale", || async {
+        got(&g, "/api/swr").await == pair("STALE", "old")
+    })
+    .await;
+    for _ in 0..5 {
+        let r = got(&g, "/api/swr").await;
+        assert!(
+            r == pair("STALE", "old") || r == pair("HIT", "new"),
+            "{r:?}"
+        );
+    }
+    eventually("refreshed in the background", || async {
+        got(&g, "/api/swr").await == pair("HIT", "new")
+    })
+    .await;
+    assert_eq!(origin.requests("/api/swr"), 2, "exactly one refresh");
+    let m = g.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "tiergate_proxy_background_refreshes_total{route=\"/api/\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn stale_if_error_answers_stale_when_the_origin_fails() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/sie",
+        Answer::ok("good").header("Cache-Control", "max-age=1, stale-if-error=60"),
+    );
+    origin.answer(
+        "/api/plain",
+        Answer::ok("plain").header("Cache-Control", "max-age=1"),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    assert_eq!(got(&g, "/api/sie").await, pair("MISS", "good"));
+    assert_eq!(got(&g, "/api/plain").await, pair("MISS", "plain"));
+    origin.answer("/api/sie", Answer::status(503));
+    origin.answer("/api/plain", Answer::status(503));
+    eventually("answered stale for a 503", || async {
+        let r = get(&g, "/api/sie").await;
+        (r.status, r.cache, r.body) == (200, "STALE".into(), "good".into())
+    })
+    .await;
+    // No answer at all: stale too.
+    origin.set_down(true);
+    let r = get(&g, "/api/sie").await;
+    assert_eq!(
+        (r.status, r.cache.as_str(), r.body.as_str()),
+        (200, "STALE", "good")
+    );
+    origin.set_down(false);
+    // Without stale-if-error the 503 is passed on.
+    eventually("the 503 passed on", || async {
+        let r = get(&g, "/api/plain").await;
+        (r.status, r.cache) == (503, "MISS".into())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_post_is_proxied_uncached_and_invalidates_the_url() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/item",
+        Answer::ok("item").header("Cache-Control", "max-age=60"),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    assert_eq!(got(&g, "/api/item").await, pair("MISS", "item"));
+    assert_eq!(got(&g, "/api/item").await, pair("HIT", "item"));
+    for _ in 0..2 {
+        let r = g
+            .http
+            .post(format!("{}/api/item", g.base))
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-cache"], "BYPASS");
+    }
+    assert_eq!(
+        origin.methods("/api/item"),
+        [Method::GET, Method::POST, Method::POST]
+    );
+    // Invalidated: the next GET goes to the origin.
+    assert_eq!(got(&g, "/api/item").await, pair("MISS", "item"));
+    assert_eq!(got(&g, "/api/item").await, pair("HIT", "item"));
+    // An error answer to a POST invalidates nothing.
+    origin.answer("/api/item", Answer::status(500));
+    let r = g
+        .http
+        .post(format!("{}/api/item", g.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), &r.headers()["x-cache"]),
+        (500, &"BYPASS".parse().unwrap())
+    );
+    assert_eq!(got(&g, "/api/item").await, pair("HIT", "item"));
+    assert_eq!(
+        origin
+            .methods("/api/item")
+            .iter()
+            .filter(|m| **m == Method::GET)
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_max_object_bytes_streams_through_unstored() {
+    let origin = Origin::start().await;
+    let big = "x".repeat(4096);
+    origin.answer(
+        "/api/big",
+        Answer::ok(big.clone()).header("Cache-Control", "max-age=60"),
+    );
+    // No length: found too large only as it streams.
+    origin.answer(
+        "/api/chunked",
+        Answer::ok(big.clone())
+            .header("Cache-Control", "max-age=60")
+            .chunked(8),
+    );
+    origin.answer(
+        "/api/small",
+        Answer::ok("y".repeat(500))
+            .header("Cache-Control", "max-age=60")
+            .chunked(4),
+    );
+    let g = Gateway::start_ready(config(&origin, "max_object_bytes = \"1KiB\"")).await;
+    for path in ["/api/big", "/api/chunked"] {
+        for _ in 0..2 {
+            let (cache, body) = got(&g, path).await;
+            assert_eq!((cache.as_str(), body.len()), ("MISS", 4096), "{path}");
+            assert_eq!(body, big);
+        }
+        assert_eq!(origin.requests(path), 2, "{path}");
+    }
+    assert_eq!(got(&g, "/api/small").await.0, "MISS");
+    assert_eq!(got(&g, "/api/small").await, pair("HIT", &"y".repeat(500)));
+    assert_eq!(origin.requests("/api/small"), 1);
+}
+
+#[tokio::test]
+async fn purge_removes_a_url_on_the_data_port_and_the_admin_port() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/p",
+        Answer::ok("p").header("Cache-Control", "max-age=60"),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    assert_eq!(got(&g, "/api/p").await, pair("MISS", "p"));
+    assert_eq!(got(&g, "/api/p").await, pair("HIT", "p"));
+    let r = send(&g, purge.clone(), "/api/p", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "{\"purged\":true}\n"));
+    let r = send(&g, purge.clone(), "/api/p", &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(got(&g, "/api/p").await, pair("MISS", "p"));
+    assert_eq!(got(&g, "/api/p").await, pair("HIT", "p"));
+    let r = g
+        .http
+        .post(format!("{}/purge?url=%2Fapi%2Fp", g.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "{\"purged\":true}\n");
+    assert_eq!(got(&g, "/api/p").await, pair("MISS", "p"));
+    assert_eq!(origin.requests("/api/p"), 3);
+    // The function the invalidation bus will call.
+    assert!(g.running.as_ref().unwrap().proxy.purge("/api/p"));
+    assert_eq!(got(&g, "/api/p").await, pair("MISS", "p"));
+}
+
+#[tokio::test]
+async fn a_head_is_served_from_a_cached_get() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/h",
+        Answer::ok("12345").header("Cache-Control", "max-age=60"),
+    );
+    origin.answer(
+        "/api/cold",
+        Answer::ok("abc").header("Cache-Control", "max-age=60"),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    assert_eq!(got(&g, "/api/h").await, pair("MISS", "12345"));
+    let r = send(&g, Method::HEAD, "/api/h", &[]).await;
+    assert_eq!(
+        (r.status, r.cache.as_str(), r.body.as_str()),
+        (200, "HIT", "")
+    );
+    assert_eq!(r.headers["content-length"], "5");
+    assert_eq!(origin.methods("/api/h"), [Method::GET]);
+    // A HEAD with nothing stored goes through as a HEAD.
+    let r = send(&g, Method::HEAD, "/api/cold", &[]).await;
+    assert_eq!((r.status, r.cache.as_str()), (200, "MISS"));
+    assert_eq!(origin.methods("/api/cold"), [Method::HEAD]);
+}
+
+#[tokio::test]
+async fn origin_failures_are_json_errors_that_name_the_origin() {
+    // Nothing listens there.
+    let closed = format!("http://127.0.0.1:{}", support::free_port());
+    let g = Gateway::start_ready(config_at(&closed, "", "")).await;
+    let r = get(&g, "/api/x").await;
+    assert_eq!((r.status, r.cache.as_str()), (502, "MISS"));
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["error"]["code"], "origin_unreachable");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("origin web"));
+    let r = send(&g, Method::DELETE, "/api/x", &[]).await;
+    assert_eq!((r.status, r.cache.as_str()), (502, "BYPASS"));
+
+    let origin = Origin::start().await;
+    origin.answer("/api/slow", Answer::hang());
+    let g = Gateway::start_ready(config_at(&origin.url(), "", "request_timeout = \"200ms\"")).await;
+    let r = get(&g, "/api/slow").await;
+    assert_eq!((r.status, r.cache.as_str()), (504, "MISS"));
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["error"]["code"], "origin_timeout");
+}
+
+#[tokio::test]
+async fn min_ttl_and_max_ttl_override_the_headers() {
+    let origin = Origin::start().await;
+    // No freshness of its own: min_ttl keeps it.
+    origin.answer("/api/bare", Answer::ok("bare"));
+    // Fresh for an hour by its headers, but the route's ceiling is a second.
+    origin.answer(
+        "/api/long",
+        Answer::ok("long").header("Cache-Control", "max-age=3600"),
+    );
+    let g = Gateway::start_ready(config(&origin, "min_ttl = \"1h\"\nmax_ttl = \"2h\"")).await;
+    assert_eq!(got(&g, "/api/bare").await, pair("MISS", "bare"));
+    assert_eq!(got(&g, "/api/bare").await, pair("HIT", "bare"));
+    assert_eq!(origin.requests("/api/bare"), 1);
+    let g = Gateway::start_ready(config(&origin, "max_ttl = \"1s\"")).await;
+    assert_eq!(got(&g, "/api/long").await, pair("MISS", "long"));
+    eventually("past the route's ceiling", || async {
+        got(&g, "/api/long").await.0 == "MISS"
+    })
+    .await;
+    assert_eq!(origin.requests("/api/long"), 2);
+}
