@@ -413,6 +413,8 @@ async fn a_post_is_proxied_uncached_and_invalidates_the_url() {
         origin.methods("/api/item"),
         [Method::GET, Method::POST, Method::POST]
     );
+    // The body streamed through to the origin.
+    assert_eq!(origin.seen("/api/item")[1].body, "payload");
     // Invalidated: the next GET goes to the origin.
     assert_eq!(got(&g, "/api/item").await, pair("MISS", "item"));
     assert_eq!(got(&g, "/api/item").await, pair("HIT", "item"));
@@ -578,4 +580,51 @@ async fn min_ttl_and_max_ttl_override_the_headers() {
     })
     .await;
     assert_eq!(origin.requests("/api/long"), 2);
+}
+
+#[tokio::test]
+async fn set_cookie_answers_are_never_stored_and_client_conditionals_get_304() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/login",
+        Answer::ok("hi")
+            .header("Cache-Control", "max-age=60")
+            .header("Set-Cookie", "session=alice"),
+    );
+    origin.answer(
+        "/api/tagged",
+        Answer::ok("tagged")
+            .header("Cache-Control", "max-age=60")
+            .header("ETag", "W/\"t1\""),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    assert_eq!(got(&g, "/api/login").await.0, "MISS");
+    assert_eq!(got(&g, "/api/login").await.0, "MISS");
+    assert_eq!(origin.requests("/api/login"), 2);
+    assert_eq!(got(&g, "/api/tagged").await, pair("MISS", "tagged"));
+    // The client has it already: a 304 from the cache, the origin not asked.
+    let r = send(
+        &g,
+        Method::GET,
+        "/api/tagged",
+        &[("If-None-Match", "\"t1\"")],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.cache.as_str(), r.body.as_str()),
+        (304, "HIT", "")
+    );
+    assert_eq!(r.headers["etag"], "W/\"t1\"");
+    let r = send(
+        &g,
+        Method::GET,
+        "/api/tagged",
+        &[("If-None-Match", "\"t2\"")],
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.cache.as_str(), r.body.as_str()),
+        (200, "HIT", "tagged")
+    );
+    assert_eq!(origin.requests("/api/tagged"), 1);
 }

@@ -271,7 +271,7 @@ impl Route {
                     self.store
                         .lookup(pq.as_str(), &cache_req, says_no_cache(&parts.headers))
                 {
-                    return Ok((serve_stored(&s), ProxyOutcome::Hit));
+                    return Ok((serve_stored(&s, &parts.headers), ProxyOutcome::Hit));
                 }
                 let answer = self
                     .origin
@@ -323,7 +323,7 @@ impl Route {
         let cache_req = Self::cache_request(&pq, client);
         let no_cache = says_no_cache(client);
         let stale = match self.store.lookup(key, &cache_req, no_cache) {
-            Lookup::Fresh(s) => return Ok((serve_stored(&s), ProxyOutcome::Hit)),
+            Lookup::Fresh(s) => return Ok((serve_stored(&s, client), ProxyOutcome::Hit)),
             Lookup::Stale(s) => s,
             Lookup::Miss => {
                 let answer = self
@@ -338,7 +338,7 @@ impl Route {
         // RFC 5861 stale-while-revalidate: answer now, refresh once behind it.
         if !no_cache && now < stale.fresh_until + stale.stale_while_revalidate {
             self.refresh_behind(&stale, key, cache_req, to_origin.clone());
-            return Ok((serve_stored(&stale), ProxyOutcome::Stale));
+            return Ok((serve_stored(&stale, client), ProxyOutcome::Stale));
         }
         let sent = self
             .origin
@@ -352,7 +352,7 @@ impl Route {
         match sent {
             Ok(answer) if answer.status() == StatusCode::NOT_MODIFIED => {
                 match self.revalidated(key, &cache_req, &stale, &answer) {
-                    Some(fresh) => Ok((serve_stored(&fresh), ProxyOutcome::Revalidated)),
+                    Some(fresh) => Ok((serve_stored(&fresh, client), ProxyOutcome::Revalidated)),
                     // A 304 for something else than what is stored: ask again, plainly.
                     None => {
                         drop(answer);
@@ -368,9 +368,9 @@ impl Route {
             // RFC 5861 stale-if-error: a 5xx or no answer, and a stale copy may stand in.
             Ok(answer) if answer.status().is_server_error() && may_serve_stale => {
                 drop(answer);
-                Ok((serve_stored(&stale), ProxyOutcome::Stale))
+                Ok((serve_stored(&stale, client), ProxyOutcome::Stale))
             }
-            Err(_) if may_serve_stale => Ok((serve_stored(&stale), ProxyOutcome::Stale)),
+            Err(_) if may_serve_stale => Ok((serve_stored(&stale, client), ProxyOutcome::Stale)),
             Err(e) => Err(origin_error(&e)),
             Ok(answer) => Ok((self.answer(key, cache_req, answer), ProxyOutcome::Miss)),
         }
@@ -416,7 +416,8 @@ impl Route {
         headers: HeaderMap,
         now: SystemTime,
     ) -> Option<Stored> {
-        if !policy.is_storable() {
+        // A Set-Cookie is one client's: never handed to the next (nginx's default too).
+        if !policy.is_storable() || headers.contains_key(header::SET_COOKIE) {
             return None;
         }
         let no_cache = says_no_cache(&headers);
@@ -557,14 +558,21 @@ impl Route {
                 ..CacheOptions::default()
             },
         );
-        let Some(head) = self.stored(policy, parts.status, parts.headers, now) else {
+        if parts.status.is_server_error() {
+            // Kept: it may answer while the origin fails; a later request tries again.
             return false;
+        }
+        // The origin has a newer answer: if it cannot be stored, the old one must go.
+        let Some(head) = self.stored(policy, parts.status, parts.headers, now) else {
+            self.store.remove(key);
+            return true;
         };
         let Ok(body) = Limited::new(body, self.max_object_bytes as usize)
             .collect()
             .await
         else {
-            return false;
+            self.store.remove(key);
+            return true;
         };
         self.store(
             key,
@@ -599,17 +607,53 @@ fn conditional(mut headers: HeaderMap, stored: &Stored) -> HeaderMap {
 }
 
 /// A stored answer as a response: its headers, Age brought up to date, Via; the body (hyper
-/// leaves it out for a HEAD, keeping its Content-Length).
-fn serve_stored(s: &Stored) -> Response<ReplyBody> {
-    let mut resp = Response::new(Full::new(s.body.clone()).into());
-    *resp.status_mut() = s.status;
+/// leaves it out for a HEAD, keeping its Content-Length). A 304 without the body when the
+/// client's own If-None-Match (or, without one, If-Modified-Since) says it has it already.
+fn serve_stored(s: &Stored, client: &HeaderMap) -> Response<ReplyBody> {
     let mut h = s.headers.clone();
     h.insert(
         header::AGE,
         HeaderValue::from(s.policy.age(SystemTime::now()).as_secs()),
     );
+    h.append(header::VIA, HeaderValue::from_static("1.1 tiergate"));
+    if s.status == StatusCode::OK && client_has_it(s, client) {
+        h.remove(header::CONTENT_LENGTH);
+        let mut resp = Response::new(Full::new(Bytes::new()).into());
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        *resp.headers_mut() = h;
+        return resp;
+    }
+    let mut resp = Response::new(Full::new(s.body.clone()).into());
+    *resp.status_mut() = s.status;
     *resp.headers_mut() = h;
     resp
+}
+
+/// Whether the client's conditional request matches the stored answer (RFC 9110 section
+/// 13.1): an If-None-Match tag equal under weak comparison (or `*`); without one, an
+/// If-Modified-Since equal to its Last-Modified (the date the client was given).
+fn client_has_it(s: &Stored, client: &HeaderMap) -> bool {
+    let text = |h: &HeaderMap, n: header::HeaderName| {
+        h.get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+    };
+    let weak = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    if let Some(inm) = text(client, header::IF_NONE_MATCH) {
+        let Some(etag) = text(&s.headers, header::ETAG) else {
+            return false;
+        };
+        return inm
+            .split(',')
+            .any(|t| t.trim() == "*" || weak(t) == weak(&etag));
+    }
+    match (
+        text(client, header::IF_MODIFIED_SINCE),
+        text(&s.headers, header::LAST_MODIFIED),
+    ) {
+        (Some(ims), Some(lm)) => ims == lm,
+        _ => false,
+    }
 }
 
 /// An origin's answer on its way to the client: hop-by-hop headers out, Via in, the body

@@ -119,6 +119,8 @@ impl Answer {
 pub struct Seen {
     pub method: Method,
     pub headers: HeaderMap,
+    /// The request body, once it has been read (after any delay, before answering).
+    pub body: Bytes,
 }
 
 #[derive(Default)]
@@ -285,18 +287,22 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         return Err(Closed);
     }
     let path = req.uri().path().to_owned();
-    let answer = {
+    let (answer, nth) = {
         let mut script = shared.script.lock().unwrap();
         script.total += 1;
-        script.seen.entry(path.clone()).or_default().push(Seen {
+        let seen = script.seen.entry(path.clone()).or_default();
+        seen.push(Seen {
             method: req.method().clone(),
             headers: req.headers().clone(),
+            body: Bytes::new(),
         });
-        script
+        let nth = seen.len() - 1;
+        let answer = script
             .answers
             .get(&path)
             .cloned()
-            .unwrap_or_else(Answer::not_found)
+            .unwrap_or_else(Answer::not_found);
+        (answer, nth)
     };
     if let Some(delay) = answer.delay {
         tokio::time::sleep(delay).await;
@@ -306,6 +312,16 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         Some(Fail::Hang) => std::future::pending::<()>().await,
         None => {}
     }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if let Some(seen) = shared.script.lock().unwrap().seen.get_mut(&path) {
+        seen[nth].body = body;
+    }
+    let req = Request::from_parts(parts, ());
     if let (Some(etag), Some(inm)) = (
         answer.headers.get(http::header::ETAG),
         req.headers().get(http::header::IF_NONE_MATCH),
