@@ -576,15 +576,23 @@ attempt_timeout = "1m""#,
             name: o.name.clone(),
             upstreams: o.upstreams.clone(),
             loaders: Vec::new(),
+            routes: Vec::new(),
             ..OriginConfig::default()
         };
         assert_eq!(
             OriginConfig {
                 loaders: Vec::new(),
+                routes: Vec::new(),
                 ..o.clone()
             },
             defaults
         );
+        let r = &o.routes[0];
+        let route_defaults = RouteConfig {
+            prefix: r.prefix.clone(),
+            ..RouteConfig::default()
+        };
+        assert_eq!(*r, route_defaults);
         let loader_defaults = LoaderConfig {
             prefix: l.prefix.clone(),
             path: l.path.clone(),
