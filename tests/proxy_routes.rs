@@ -531,6 +531,7 @@ async fn a_head_is_served_from_a_cached_get() {
     // A HEAD with nothing stored goes through as a HEAD.
     let r = send(&g, Method::HEAD, "/api/cold", &[]).await;
     assert_eq!((r.status, r.cache.as_str()), (200, "MISS"));
+    assert_eq!(r.headers["content-length"], "3");
     assert_eq!(origin.methods("/api/cold"), [Method::HEAD]);
 }
 
@@ -627,4 +628,23 @@ async fn set_cookie_answers_are_never_stored_and_client_conditionals_get_304() {
         (200, "HIT", "tagged")
     );
     assert_eq!(origin.requests("/api/tagged"), 1);
+}
+
+#[tokio::test]
+async fn routes_work_the_same_in_tiered_mode() {
+    let redis = support::Redis::start();
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/t",
+        Answer::ok("t").header("Cache-Control", "max-age=60"),
+    );
+    let mut c = config(&origin, "");
+    c.l2.url = redis.url();
+    let g = Gateway::start_ready(c).await;
+    assert_eq!(got(&g, "/api/t").await, pair("MISS", "t"));
+    assert_eq!(got(&g, "/api/t").await, pair("HIT", "t"));
+    assert_eq!(origin.requests("/api/t"), 1);
+    // The KV API beside it, through L2.
+    assert_eq!(g.put("k", "v").await.status(), 204);
+    assert_eq!(g.get("k").await.text().await.unwrap(), "v");
 }

@@ -685,3 +685,87 @@ async fn outbound_body<B: RequestBody + 'static>(body: B, limit: u64) -> Result<
         })?;
     Ok(Either::Left(Full::new(bytes.to_bytes())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn rfc_5861_directives_and_no_cache_are_read_from_any_cache_control_line() {
+        let h = headers(&[
+            ("cache-control", "max-age=1"),
+            (
+                "cache-control",
+                "Stale-While-Revalidate=30, stale-if-error=\"600\"",
+            ),
+        ]);
+        assert_eq!(
+            directive(&h, "stale-while-revalidate"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            directive(&h, "stale-if-error"),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(directive(&h, "s-maxage"), None);
+        assert!(!says_no_cache(&h));
+        assert!(says_no_cache(&headers(&[(
+            "cache-control",
+            "max-age=5, no-cache"
+        )])));
+        assert!(says_no_cache(&headers(&[(
+            "cache-control",
+            "no-cache=\"set-cookie\""
+        )])));
+        assert!(says_no_cache(&headers(&[("pragma", "no-cache")])));
+        assert!(!says_no_cache(&headers(&[("cache-control", "no-store")])));
+    }
+
+    #[test]
+    fn a_client_conditional_matches_by_weak_etag_or_the_exact_last_modified() {
+        let req = Request::get("/a").body(()).unwrap();
+        let mut resp = Response::new(());
+        *resp.headers_mut() = headers(&[
+            ("etag", "W/\"v1\""),
+            ("last-modified", "Wed, 21 Oct 2015 07:28:00 GMT"),
+        ]);
+        let stored = Stored {
+            policy: CachePolicy::new(&req, &resp),
+            status: StatusCode::OK,
+            headers: resp.headers().clone(),
+            body: Bytes::new(),
+            fresh_until: SystemTime::now(),
+            floored: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            keep_until: SystemTime::now(),
+            refreshing: Default::default(),
+        };
+        let has = |pairs: &[(&'static str, &'static str)]| client_has_it(&stored, &headers(pairs));
+        assert!(has(&[("if-none-match", "\"v0\", \"v1\"")]));
+        assert!(has(&[("if-none-match", "*")]));
+        assert!(!has(&[("if-none-match", "\"v2\"")]));
+        // If-None-Match decides when it is there.
+        assert!(!has(&[
+            ("if-none-match", "\"v2\""),
+            ("if-modified-since", "Wed, 21 Oct 2015 07:28:00 GMT")
+        ]));
+        assert!(has(&[(
+            "if-modified-since",
+            "Wed, 21 Oct 2015 07:28:00 GMT"
+        )]));
+        assert!(!has(&[(
+            "if-modified-since",
+            "Thu, 22 Oct 2015 07:28:00 GMT"
+        )]));
+        assert!(!has(&[]));
+    }
+}
