@@ -648,3 +648,32 @@ async fn routes_work_the_same_in_tiered_mode() {
     assert_eq!(g.put("k", "v").await.status(), 204);
     assert_eq!(g.get("k").await.text().await.unwrap(), "v");
 }
+
+#[tokio::test]
+async fn a_body_cut_short_reaches_the_client_cut_and_is_not_stored() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/cut",
+        Answer::ok("first half|second half")
+            .header("Cache-Control", "max-age=60")
+            .cut_short(),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    for _ in 0..2 {
+        let r = g
+            .http
+            .get(format!("{}/api/cut", g.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-cache"], "MISS");
+        let t = r.text().await;
+        assert!(t.is_err(), "the client must see the body fail: {t:?}");
+    }
+    assert_eq!(origin.requests("/api/cut"), 2);
+    let m = g.metrics().await;
+    assert_eq!(
+        metric(&m, "tiergate_proxy_cache_entries{route=\"/api/\"}"),
+        0.0
+    );
+}

@@ -37,6 +37,8 @@ pub struct Answer {
     fail: Option<Fail>,
     /// Sent in this many chunks, with no Content-Length (chunked encoding).
     chunks: Option<usize>,
+    /// The connection fails after the first chunk: the body never ends.
+    cut_short: bool,
 }
 
 /// The ways an answer can fail instead of answering.
@@ -58,6 +60,7 @@ impl Answer {
             delay: None,
             fail: None,
             chunks: None,
+            cut_short: false,
         }
     }
 
@@ -104,6 +107,13 @@ impl Answer {
     /// Sends the body in `n` chunks with no Content-Length: a length known only at the end.
     pub fn chunked(mut self, n: usize) -> Self {
         self.chunks = Some(n.max(1));
+        self
+    }
+
+    /// Sends the first of the body's chunks, then fails the connection: a body cut short.
+    pub fn cut_short(mut self) -> Self {
+        self.chunks = Some(self.chunks.unwrap_or(2));
+        self.cut_short = true;
         self
     }
 
@@ -276,10 +286,10 @@ impl std::fmt::Display for Closed {
 
 impl std::error::Error for Closed {}
 
-type OutBody = BoxBody<Bytes, std::convert::Infallible>;
+type OutBody = BoxBody<Bytes, Closed>;
 
 fn whole(b: Bytes) -> OutBody {
-    Full::new(b).boxed()
+    Full::new(b).map_err(|never| match never {}).boxed()
 }
 
 async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<OutBody>, Closed> {
@@ -341,12 +351,24 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         None => whole(answer.body),
         Some(n) => {
             let size = answer.body.len().div_ceil(n).max(1);
-            let parts: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> = answer
+            let mut parts: Vec<Result<hyper::body::Frame<Bytes>, Closed>> = answer
                 .body
                 .chunks(size)
                 .map(|c| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(c))))
                 .collect();
-            StreamBody::new(futures_util::stream::iter(parts)).boxed()
+            if answer.cut_short {
+                parts.truncate(1);
+                parts.push(Err(Closed));
+            }
+            // Before failing, a pause: what was sent so far is flushed to the client first.
+            let paced =
+                futures_util::StreamExt::then(futures_util::stream::iter(parts), |p| async {
+                    if p.is_err() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    p
+                });
+            StreamBody::new(paced).boxed()
         }
     };
     let mut resp = Response::new(body);
