@@ -677,3 +677,52 @@ async fn a_body_cut_short_reaches_the_client_cut_and_is_not_stored() {
         0.0
     );
 }
+
+/// `n` GETs of `path` sent at once: each answer's (X-Cache, body).
+async fn concurrent(g: &Gateway, path: &str, n: usize) -> Vec<(String, String)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (http, url) = (g.http.clone(), format!("{}{path}", g.base));
+            tokio::spawn(async move {
+                let r = http.get(url).send().await.unwrap();
+                let cache = r.headers()["x-cache"].to_str().unwrap().to_string();
+                (cache, r.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn concurrent_misses_of_a_url_make_one_origin_request() {
+    let origin = Origin::start().await;
+    // Slow enough that every request arrives while the first is loading.
+    origin.answer(
+        "/api/hot",
+        Answer::ok("hot")
+            .header("Cache-Control", "max-age=60")
+            .delay(Duration::from_millis(300)),
+    );
+    origin.answer(
+        "/api/uncacheable",
+        Answer::ok("u")
+            .header("Cache-Control", "no-store")
+            .delay(Duration::from_millis(100)),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    let answers = concurrent(&g, "/api/hot", 50).await;
+    assert!(answers.iter().all(|(_, body)| body == "hot"), "{answers:?}");
+    assert_eq!(answers.iter().filter(|(c, _)| c == "MISS").count(), 1);
+    assert_eq!(origin.requests("/api/hot"), 1);
+    // An answer that cannot be stored: every request still answered, each by the origin.
+    let answers = concurrent(&g, "/api/uncacheable", 20).await;
+    assert!(
+        answers.iter().all(|a| *a == pair("MISS", "u")),
+        "{answers:?}"
+    );
+    assert_eq!(origin.requests("/api/uncacheable"), 20);
+}

@@ -27,6 +27,8 @@ pub struct Keeping {
     pub head: Stored,
     pub chunks: Vec<Bytes>,
     pub len: u64,
+    /// Wakes those waiting for this URL once stored, or once the keeping is given up.
+    pub _loading: Option<super::Loading>,
 }
 
 /// A proxied answer's body: the origin's, streamed, maybe kept (see the module doc).
@@ -52,6 +54,7 @@ impl ProxyBody {
                 mut head,
                 chunks,
                 len,
+                _loading,
             } = *k;
             head.body = match chunks.len() {
                 0 => Bytes::new(),

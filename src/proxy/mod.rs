@@ -50,6 +50,11 @@ use store::{Lookup, Store, Stored};
 /// turn into a burst on the origin.
 pub const MAX_REFRESHES: usize = 32;
 
+/// How long a GET miss waits for another request's load of the same URL (on this instance)
+/// before asking the origin itself: past a typical origin answer, well short of a client's
+/// patience (the loaders' `lock_wait` default too). A wait never fails a request.
+pub const COALESCE_WAIT: Duration = Duration::from_secs(2);
+
 /// The client's address, put in the request's extensions by the connection (for
 /// X-Forwarded-For) when routes are configured.
 #[derive(Clone, Copy, Debug)]
@@ -70,7 +75,41 @@ pub struct Route {
     max_object_bytes: u64,
     store: Store,
     refreshes: Arc<tokio::sync::Semaphore>,
+    /// URLs a GET miss is loading now: later misses wait for it (`Loading`) instead of
+    /// each asking the origin.
+    loading: std::sync::Mutex<std::collections::HashMap<String, Waiting>>,
     metrics: ProxyMetrics,
+}
+
+/// A load of a URL in progress, as those who wait for it see it.
+#[derive(Clone)]
+struct Waiting {
+    id: u64,
+    done: tokio::sync::watch::Receiver<()>,
+}
+
+/// The load of a URL a GET miss leads: dropped (its answer stored, found not storable or
+/// too large, or cut short), it wakes every request waiting for it.
+pub struct Loading {
+    route: Arc<Route>,
+    key: String,
+    id: u64,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        let mut loading = self.route.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if loading.get(&self.key).is_some_and(|w| w.id == self.id) {
+            loading.remove(&self.key);
+        }
+    }
+}
+
+/// Whether a miss loads a URL itself or waits for another's load.
+enum Miss {
+    Lead(Loading),
+    Wait(tokio::sync::watch::Receiver<()>),
 }
 
 impl Proxy {
@@ -92,6 +131,7 @@ impl Proxy {
                         max_object_bytes: r.max_object_bytes.0,
                         store: Store::new(r.cache_capacity.0),
                         refreshes: Arc::new(tokio::sync::Semaphore::new(MAX_REFRESHES)),
+                        loading: Default::default(),
                         metrics: metrics.proxy_route(&r.prefix),
                     })
                 })
@@ -326,12 +366,28 @@ impl Route {
             Lookup::Fresh(s) => return Ok((serve_stored(&s, client), ProxyOutcome::Hit)),
             Lookup::Stale(s) => s,
             Lookup::Miss => {
+                // One origin request for concurrent misses of a URL: the first loads, the
+                // others wait for its answer to be stored, then look again. One that finds
+                // nothing (not storable, another variant, too slow) asks the origin itself.
+                let loading = match self.miss(key) {
+                    Miss::Lead(loading) => Some(loading),
+                    Miss::Wait(mut done) => {
+                        let _ = tokio::time::timeout(COALESCE_WAIT, done.changed()).await;
+                        if let Lookup::Fresh(s) = self.store.lookup(key, &cache_req, no_cache) {
+                            return Ok((serve_stored(&s, client), ProxyOutcome::Hit));
+                        }
+                        None
+                    }
+                };
                 let answer = self
                     .origin
                     .send(OriginRequest::get(Method::GET, pq.clone(), to_origin))
                     .await
                     .map_err(|e| origin_error(&e))?;
-                return Ok((self.answer(key, cache_req, answer), ProxyOutcome::Miss));
+                return Ok((
+                    self.answer(key, cache_req, answer, loading),
+                    ProxyOutcome::Miss,
+                ));
             }
         };
         let now = SystemTime::now();
@@ -361,7 +417,10 @@ impl Route {
                             .send(OriginRequest::get(Method::GET, pq.clone(), to_origin))
                             .await
                             .map_err(|e| origin_error(&e))?;
-                        Ok((self.answer(key, cache_req, answer), ProxyOutcome::Miss))
+                        Ok((
+                            self.answer(key, cache_req, answer, None),
+                            ProxyOutcome::Miss,
+                        ))
                     }
                 }
             }
@@ -372,7 +431,10 @@ impl Route {
             }
             Err(_) if may_serve_stale => Ok((serve_stored(&stale, client), ProxyOutcome::Stale)),
             Err(e) => Err(origin_error(&e)),
-            Ok(answer) => Ok((self.answer(key, cache_req, answer), ProxyOutcome::Miss)),
+            Ok(answer) => Ok((
+                self.answer(key, cache_req, answer, None),
+                ProxyOutcome::Miss,
+            )),
         }
     }
 
@@ -451,12 +513,32 @@ impl Route {
         })
     }
 
-    /// Passes an origin's answer to a GET on, storing it as it passes when it may be.
+    /// Leads the load of `key`, or joins the one in progress.
+    fn miss(self: &Arc<Self>, key: &str) -> Miss {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = loading.get(key) {
+            return Miss::Wait(w.done.clone());
+        }
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::watch::channel(());
+        loading.insert(key.to_owned(), Waiting { id, done: rx });
+        Miss::Lead(Loading {
+            route: self.clone(),
+            key: key.to_owned(),
+            id,
+            _done: tx,
+        })
+    }
+
+    /// Passes an origin's answer to a GET on, storing it as it passes when it may be;
+    /// `loading` (the load others wait for) ends when it is stored or found not to be.
     fn answer(
         self: &Arc<Self>,
         key: &str,
         cache_req: Request<()>,
         answer: OriginResponse,
+        loading: Option<Loading>,
     ) -> Response<ReplyBody> {
         let now = SystemTime::now();
         let (mut parts, body) = answer.into_parts();
@@ -486,6 +568,7 @@ impl Route {
                     head,
                     chunks: Vec::new(),
                     len: 0,
+                    _loading: loading,
                 })
         } else {
             None
