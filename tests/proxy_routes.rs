@@ -726,3 +726,35 @@ async fn concurrent_misses_of_a_url_make_one_origin_request() {
     );
     assert_eq!(origin.requests("/api/uncacheable"), 20);
 }
+
+#[tokio::test]
+async fn concurrent_revalidations_of_a_url_make_one_origin_request() {
+    let origin = Origin::start().await;
+    // Arrives with its lifetime spent: stored (it has an ETag), stale at once.
+    origin.answer(
+        "/api/spent",
+        Answer::ok("body")
+            .header("Cache-Control", "max-age=100")
+            .header("Age", "100")
+            .header("ETag", "\"e1\""),
+    );
+    let g = Gateway::start_ready(config(&origin, "")).await;
+    assert_eq!(got(&g, "/api/spent").await, pair("MISS", "body"));
+    // The 304 (slow, so the others arrive meanwhile) makes it fresh for a minute.
+    origin.answer(
+        "/api/spent",
+        Answer::ok("")
+            .header("Cache-Control", "max-age=60")
+            .header("ETag", "\"e1\"")
+            .delay(Duration::from_millis(300)),
+    );
+    let answers = concurrent(&g, "/api/spent", 30).await;
+    assert!(answers.iter().all(|(_, b)| b == "body"), "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|(c, _)| c == "REVALIDATED").count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(origin.requests("/api/spent"), 2);
+    assert_eq!(got(&g, "/api/spent").await, pair("HIT", "body"));
+}

@@ -396,6 +396,17 @@ impl Route {
             self.refresh_behind(&stale, key, cache_req, to_origin.clone());
             return Ok((serve_stored(&stale, client), ProxyOutcome::Stale));
         }
+        // Concurrent revalidations of a URL coalesce as misses do.
+        let loading = match self.miss(key) {
+            Miss::Lead(loading) => Some(loading),
+            Miss::Wait(mut done) => {
+                let _ = tokio::time::timeout(COALESCE_WAIT, done.changed()).await;
+                if let Lookup::Fresh(s) = self.store.lookup(key, &cache_req, no_cache) {
+                    return Ok((serve_stored(&s, client), ProxyOutcome::Hit));
+                }
+                None
+            }
+        };
         let sent = self
             .origin
             .send(OriginRequest::get(
@@ -418,7 +429,7 @@ impl Route {
                             .await
                             .map_err(|e| origin_error(&e))?;
                         Ok((
-                            self.answer(key, cache_req, answer, None),
+                            self.answer(key, cache_req, answer, loading),
                             ProxyOutcome::Miss,
                         ))
                     }
@@ -432,7 +443,7 @@ impl Route {
             Err(_) if may_serve_stale => Ok((serve_stored(&stale, client), ProxyOutcome::Stale)),
             Err(e) => Err(origin_error(&e)),
             Ok(answer) => Ok((
-                self.answer(key, cache_req, answer, None),
+                self.answer(key, cache_req, answer, loading),
                 ProxyOutcome::Miss,
             )),
         }
@@ -451,6 +462,12 @@ impl Route {
         *head.status_mut() = answer.status();
         *head.headers_mut() = answer.headers().clone();
         headers::strip_hop_by_hop(head.headers_mut());
+        // The 304 is a new answer: without an Age of its own it is 0 old. (The merge keeps
+        // every stored header the 304 does not send, the old Age with them.)
+        if !head.headers().contains_key(header::AGE) {
+            head.headers_mut()
+                .insert(header::AGE, HeaderValue::from_static("0"));
+        }
         match stale.policy.after_response(cache_req, &head, now) {
             AfterResponse::NotModified(policy, parts) => {
                 let mut headers = parts.headers;
