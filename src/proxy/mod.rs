@@ -14,6 +14,8 @@
 //!   `stale-if-error` it answers when the origin fails or says 5xx;
 //! - bodies stream both ways; an answer larger than `max_object_bytes` is passed through and
 //!   not stored (`body`);
+//! - concurrent misses and revalidations of a URL make one origin request (`Loading`): the
+//!   others wait for its answer to be stored, at most `COALESCE_WAIT`, then look again;
 //! - other methods are proxied uncached (`BYPASS`), and a non-error answer to an unsafe one
 //!   invalidates the URL (RFC 9111 section 4.4); `PURGE <path>` (and the admin port's
 //!   `POST /purge?url=<path>`) removes a URL's variants: `Proxy::purge`, which the
