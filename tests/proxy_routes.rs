@@ -758,3 +758,50 @@ async fn concurrent_revalidations_of_a_url_make_one_origin_request() {
     assert_eq!(origin.requests("/api/spent"), 2);
     assert_eq!(got(&g, "/api/spent").await, pair("HIT", "body"));
 }
+
+#[tokio::test]
+async fn with_auth_on_routes_are_the_origins_to_guard_and_purge_needs_a_writer() {
+    use tiergate::config::TokenConfig;
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/g",
+        Answer::ok("g").header("Cache-Control", "max-age=60"),
+    );
+    let mut c = config(&origin, "");
+    let token = |name: &str, t: &str, write: &str| TokenConfig {
+        name: name.into(),
+        token: t.into(),
+        read: vec!["*".into()],
+        write: vec![write.into()],
+    };
+    c.auth.tokens = vec![
+        token("reader", "r0000000000000000000000000000000", "other:"),
+        token("api", "a0000000000000000000000000000000", "/api/"),
+    ];
+    let g = Gateway::start_ready(c).await;
+    // Proxied without tiergate's token: the origin does its own auth.
+    assert_eq!(got(&g, "/api/g").await, pair("MISS", "g"));
+    assert_eq!(got(&g, "/api/g").await, pair("HIT", "g"));
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    let bearer = |t: &'static str| ("Authorization", t);
+    let r = send(&g, purge.clone(), "/api/g", &[]).await;
+    assert_eq!((r.status, r.cache.as_str()), (401, "BYPASS"));
+    let r = send(
+        &g,
+        purge.clone(),
+        "/api/g",
+        &[bearer("Bearer r0000000000000000000000000000000")],
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(got(&g, "/api/g").await, pair("HIT", "g"));
+    let r = send(
+        &g,
+        purge,
+        "/api/g",
+        &[bearer("Bearer a0000000000000000000000000000000")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(got(&g, "/api/g").await, pair("MISS", "g"));
+}
