@@ -16,7 +16,6 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod origin;
-pub mod proxy;
 pub mod reload;
 pub mod resp;
 pub mod server;

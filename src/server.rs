@@ -46,7 +46,7 @@ pub struct Running {
     pub cache: Arc<TieredCache>,
     pub origins: Arc<Origins>,
     /// Proxy routes and their caches: `purge` is what the invalidation bus calls.
-    pub proxy: Arc<crate::proxy::Proxy>,
+    pub proxy: Arc<crate::http::proxy::Proxy>,
     pub metrics: Arc<Metrics>,
     /// The config in force: what a reload compares the new file against.
     config: std::sync::Mutex<Config>,
@@ -70,13 +70,33 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let memory = host::memory_limit();
     let origins = Arc::new(Origins::new(&config.origins, &metrics));
     let loaders = crate::cache::loader::Loaders::new(&config.origins, &origins);
-    // Proxy routes (`[[origins.routes]]`), each with its own cache.
-    let proxy = Arc::new(crate::proxy::Proxy::new(
+    let cache = Arc::new(TieredCache::new(&config, memory, metrics.clone())?.with_loaders(loaders));
+    // Proxy routes (`[[origins.routes]]`), each with its own cache; purges travel to the
+    // other instances on the invalidation bus, and the bus hands theirs back. Weak both ways:
+    // the cache and the routes do not keep each other alive.
+    let announce: crate::http::proxy::Announce = {
+        let cache = Arc::downgrade(&cache);
+        Arc::new(move |url: &str| {
+            if let Some(cache) = cache.upgrade() {
+                let url = url.to_owned();
+                tokio::spawn(async move { cache.announce_purge(&url).await });
+            }
+        })
+    };
+    let proxy = Arc::new(crate::http::proxy::Proxy::new(
         &config.origins,
         &origins,
         &metrics,
+        Some(announce),
     ));
-    let cache = Arc::new(TieredCache::new(&config, memory, metrics.clone())?.with_loaders(loaders));
+    {
+        let proxy = Arc::downgrade(&proxy);
+        cache.on_purge(move |url| {
+            if let Some(proxy) = proxy.upgrade() {
+                proxy.purge_here(url);
+            }
+        });
+    }
     let draining = Shutdown::new();
     let admin_stop = Shutdown::new();
     let background =

@@ -503,8 +503,8 @@ async fn purge_removes_a_url_on_the_data_port_and_the_admin_port() {
     assert_eq!(r.text().await.unwrap(), "{\"purged\":true}\n");
     assert_eq!(got(&g, "/api/p").await, pair("MISS", "p"));
     assert_eq!(origin.requests("/api/p"), 3);
-    // The function the invalidation bus will call.
-    assert!(g.running.as_ref().unwrap().proxy.purge("/api/p"));
+    // What the invalidation bus calls for a purge heard from another instance.
+    assert!(g.running.as_ref().unwrap().proxy.purge_here("/api/p"));
     assert_eq!(got(&g, "/api/p").await, pair("MISS", "p"));
 }
 
@@ -804,4 +804,47 @@ async fn with_auth_on_routes_are_the_origins_to_guard_and_purge_needs_a_writer()
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(got(&g, "/api/g").await, pair("MISS", "g"));
+}
+
+#[tokio::test]
+async fn a_purge_and_an_unsafe_method_reach_every_instance_over_the_bus() {
+    let redis = support::Redis::start();
+    let origin = Origin::start().await;
+    for path in ["/api/a", "/api/b"] {
+        origin.answer(path, Answer::ok("v").header("Cache-Control", "max-age=600"));
+    }
+    let tiered = || {
+        let mut c = config(&origin, "");
+        c.l2.url = redis.url();
+        c
+    };
+    let (one, two) = (
+        Gateway::start_ready(tiered()).await,
+        Gateway::start_ready(tiered()).await,
+    );
+    for g in [&one, &two] {
+        for path in ["/api/a", "/api/b"] {
+            get(g, path).await;
+            assert_eq!(get(g, path).await.cache, "HIT", "{path}");
+        }
+    }
+    assert_eq!(origin.requests("/api/a") + origin.requests("/api/b"), 4);
+    // PURGE on one instance: the other drops its copy too.
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    assert_eq!(send(&one, purge, "/api/a", &[]).await.status, 200);
+    support::eventually("the purge heard by the other instance", || async {
+        get(&two, "/api/a").await.cache == "MISS"
+    })
+    .await;
+    // A POST that succeeds on one instance invalidates the URL on the other.
+    origin.answer("/api/b", Answer::ok("posted"));
+    assert_eq!(send(&one, Method::POST, "/api/b", &[]).await.status, 200);
+    origin.answer(
+        "/api/b",
+        Answer::ok("v2").header("Cache-Control", "max-age=600"),
+    );
+    support::eventually("the invalidation heard by the other instance", || async {
+        get(&two, "/api/b").await.body == "v2"
+    })
+    .await;
 }

@@ -339,7 +339,7 @@ async fn subscription(
                 loop {
                     match heard {
                         Some(Heard::Evict(key)) => {
-                            cache.invalidate(&key).await;
+                            cache.heard(&key).await;
                             cache.metrics.bus_invalidations.inc();
                         }
                         Some(Heard::Keys(body)) => {
@@ -444,7 +444,7 @@ async fn evict_keys(cache: &TieredCache, mut keys: &[u8]) -> Result<(), ()> {
         if key.is_empty() {
             cache.flush_l1();
         } else {
-            cache.invalidate(key).await;
+            cache.heard(key).await;
             cache.metrics.bus_invalidations.inc();
         }
     }

@@ -335,6 +335,16 @@ impl L2 {
         Some(cmd)
     }
 
+    /// Announces `key` alone (a PUBLISH, or SPUBLISH on its shard), with no write before it:
+    /// a purge of the proxy routes. Nothing when not announcing.
+    pub async fn announce_key(&self, key: &[u8]) -> Result<(), L2Error> {
+        let Some(cmd) = self.announcement(key) else {
+            return Ok(());
+        };
+        let query = |mut c: Conn| async move { cmd.query_async::<redis::Value>(&mut c).await };
+        self.run(L2Op::Set, key, query).await.map(drop)
+    }
+
     /// Runs a one-key write: its command, then the announcement of `key`, in one round trip.
     /// With its reply, its `Batch` (see `evicted`).
     async fn write<T: redis::FromRedisValue + Send + 'static>(

@@ -42,6 +42,14 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+/// How a purge of a proxied URL travels on the invalidation bus: a key made of this and the
+/// URL, which every instance's bus hands to the purge hook (`TieredCache::on_purge`) instead
+/// of evicting it. An instance without the hook evicts it as a key nothing holds.
+pub const PURGE_MARK: &[u8] = b"\0tiergate-purge:";
+
+/// What the bus calls with a purged URL (the proxy routes' `purge_here`).
+type PurgeHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// A value and the tier that answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hit {
@@ -184,6 +192,8 @@ pub struct TieredCache {
     hot: hot::HotKeys,
     /// Key prefixes read through to origins (`[[origins.loaders]]`).
     loaders: Loaders,
+    /// Where purges heard on the bus go (set once, by the server, when routes exist).
+    purge_hook: std::sync::OnceLock<PurgeHook>,
     metrics: Arc<Metrics>,
 }
 
@@ -235,8 +245,39 @@ impl TieredCache {
             l2,
             epochs: Epochs::new(),
             loaders: Loaders::default(),
+            purge_hook: std::sync::OnceLock::new(),
             metrics,
         })
+    }
+
+    /// Hands purges heard on the bus to `hook` (set once; later calls are ignored).
+    pub fn on_purge(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.purge_hook.set(Box::new(hook));
+    }
+
+    /// Tells every instance, this one included, to purge `url` from its proxy routes: a
+    /// one-key announcement on the invalidation bus. Nothing without L2 or a bus (a lost
+    /// announcement is logged: other instances keep the URL until it expires).
+    pub async fn announce_purge(&self, url: &str) {
+        let (Some(l2), Some(_)) = (&self.l2, &self.bus) else {
+            return;
+        };
+        let key = [PURGE_MARK, url.as_bytes()].concat();
+        if let Err(e) = l2.announce_key(&key).await {
+            tracing::warn!(error = %e, "a purge was not announced to other instances");
+        }
+    }
+
+    /// A key heard on the bus: a purge for the proxy routes, or a key to evict.
+    async fn heard(&self, key: &[u8]) {
+        match key.strip_prefix(PURGE_MARK) {
+            Some(url) => {
+                if let (Some(hook), Ok(url)) = (self.purge_hook.get(), std::str::from_utf8(url)) {
+                    hook(url);
+                }
+            }
+            None => self.invalidate(key).await,
+        }
     }
 
     /// Reads keys under these prefixes through to their origins.

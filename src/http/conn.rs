@@ -114,7 +114,8 @@ pub async fn serve(
         let (state, idle) = (state.clone(), idle.clone());
         service_fn(move |mut req: Request<hyper::body::Incoming>| {
             if let Some(peer) = peer {
-                req.extensions_mut().insert(crate::proxy::ClientAddr(peer));
+                req.extensions_mut()
+                    .insert(crate::http::proxy::ClientAddr(peer));
             }
             let (state, busy) = (state.clone(), idle.busy());
             let h1 = req.version() < Version::HTTP_2;

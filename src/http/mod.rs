@@ -10,6 +10,7 @@ pub mod key;
 mod kv;
 mod protected;
 mod proto;
+pub mod proxy;
 mod values;
 
 use crate::{
@@ -64,7 +65,7 @@ pub struct State {
     /// requests (idle HTTP/1 ones at once, h2 with GOAWAY).
     pub close_connections: Shutdown,
     /// Proxy routes (`[[origins.routes]]`), matched before the KV API; none by default.
-    pub proxy: Arc<crate::proxy::Proxy>,
+    pub proxy: Arc<crate::http::proxy::Proxy>,
 }
 
 impl State {
@@ -91,7 +92,7 @@ impl State {
     }
 
     /// Serves these proxy routes too.
-    pub fn with_proxy(mut self, proxy: Arc<crate::proxy::Proxy>) -> Self {
+    pub fn with_proxy(mut self, proxy: Arc<crate::http::proxy::Proxy>) -> Self {
         self.proxy = proxy;
         self
     }
@@ -106,11 +107,11 @@ type Reply = Result<Response<ReplyBody>, ApiError>;
 pub enum ReplyBody {
     Whole(Full<Bytes>),
     Values(Box<values::Values>),
-    /// An origin's answer streamed through a proxy route (`crate::proxy`).
-    Proxied(Box<crate::proxy::ProxyBody>),
+    /// An origin's answer streamed through a proxy route (`crate::http::proxy`).
+    Proxied(Box<crate::http::proxy::ProxyBody>),
 }
 
-impl std::fmt::Debug for crate::proxy::ProxyBody {
+impl std::fmt::Debug for crate::http::proxy::ProxyBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ProxyBody")
     }
@@ -227,7 +228,7 @@ pub async fn handle<B: RequestBody + 'static>(
 /// forwarded as the client sent it).
 async fn proxied<B: RequestBody + 'static>(
     state: &State,
-    route: Arc<crate::proxy::Route>,
+    route: Arc<crate::http::proxy::Route>,
     req: Request<B>,
 ) -> Response<ReplyBody> {
     let start = Instant::now();

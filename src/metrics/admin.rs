@@ -34,7 +34,7 @@ pub struct Admin {
     /// The origin tier, whose gauges read upstream state at scrape time.
     pub origins: Arc<crate::origin::Origins>,
     /// Proxy routes: `POST /purge?url=/path` removes a URL's stored variants.
-    pub proxy: Arc<crate::proxy::Proxy>,
+    pub proxy: Arc<crate::http::proxy::Proxy>,
     /// Tripped at the start of shutdown: readiness turns 503 so balancers stop sending.
     pub draining: Shutdown,
     /// `admin.token` (empty: none); replaced on reload.

@@ -81,7 +81,13 @@ pub struct Route {
     /// each asking the origin.
     loading: std::sync::Mutex<std::collections::HashMap<String, Waiting>>,
     metrics: ProxyMetrics,
+    /// Tells the other instances to purge a URL (the invalidation bus), when there are any.
+    announce: Option<Announce>,
 }
+
+/// How a route tells every instance to purge a URL: the server hands in one that announces
+/// on the invalidation bus (`TieredCache::announce_purge`).
+pub type Announce = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// A load of a URL in progress, as those who wait for it see it.
 #[derive(Clone)]
@@ -115,8 +121,15 @@ enum Miss {
 }
 
 impl Proxy {
-    /// The routes of every origin; `origins` was built from the same config.
-    pub fn new(configs: &[OriginConfig], origins: &Origins, metrics: &Metrics) -> Self {
+    /// The routes of every origin; `origins` was built from the same config. `announce`
+    /// carries purges (PURGE, the admin port's, unsafe methods' invalidations) to the other
+    /// instances.
+    pub fn new(
+        configs: &[OriginConfig],
+        origins: &Origins,
+        metrics: &Metrics,
+        announce: Option<Announce>,
+    ) -> Self {
         let mut routes: Vec<Arc<Route>> = configs
             .iter()
             .flat_map(|c| {
@@ -124,6 +137,7 @@ impl Proxy {
                     .get(&c.name)
                     .expect("built from this config")
                     .clone();
+                let announce = announce.clone();
                 c.routes.iter().map(move |r| {
                     Arc::new(Route {
                         prefix: r.prefix.clone(),
@@ -135,6 +149,7 @@ impl Proxy {
                         refreshes: Arc::new(tokio::sync::Semaphore::new(MAX_REFRESHES)),
                         loading: Default::default(),
                         metrics: metrics.proxy_route(&r.prefix),
+                        announce: announce.clone(),
                     })
                 })
             })
@@ -156,9 +171,15 @@ impl Proxy {
         self.routes.iter().find(|r| path.starts_with(&r.prefix))
     }
 
-    /// Removes every stored variant of `url` (a path and query) on this instance; whether
-    /// one was stored. The invalidation bus calls this for purges from other instances.
+    /// Removes every stored variant of `url` (a path and query) here and, through the bus,
+    /// on every other instance; whether one was stored here.
     pub fn purge(&self, url: &str) -> bool {
+        let path = url.split('?').next().unwrap_or_default();
+        self.find(path).is_some_and(|r| r.purge_everywhere(url))
+    }
+
+    /// `purge` on this instance only: what the bus calls for a purge it heard.
+    pub fn purge_here(&self, url: &str) -> bool {
         let path = url.split('?').next().unwrap_or_default();
         self.find(path).is_some_and(|r| r.store.remove(url))
     }
@@ -251,9 +272,18 @@ impl Route {
         self.store.insert(key, request, stored)
     }
 
-    /// `PURGE`: removes the URL's variants here (and, once the bus carries it, everywhere).
+    /// Removes the URL's variants here and announces it to the other instances; whether
+    /// one was stored here.
+    fn purge_everywhere(&self, url: &str) -> bool {
+        if let Some(announce) = &self.announce {
+            announce(url);
+        }
+        self.store.remove(url)
+    }
+
+    /// `PURGE`: removes the URL's variants here and, through the bus, everywhere.
     pub fn purge(&self, url: &str) -> Response<ReplyBody> {
-        let purged = self.store.remove(url);
+        let purged = self.purge_everywhere(url);
         let body = format!("{{\"purged\":{purged}}}\n");
         let mut resp = Response::new(Full::new(Bytes::from(body)).into());
         *resp.status_mut() = if purged {
@@ -340,7 +370,7 @@ impl Route {
                 // the URL.
                 let status = answer.status();
                 if unsafe_method && (status.is_success() || status.is_redirection()) {
-                    self.store.remove(pq.as_str());
+                    self.purge_everywhere(pq.as_str());
                 }
                 Ok((pass(answer, None), ProxyOutcome::Bypass))
             }
