@@ -35,6 +35,12 @@
 #                 lrange_100 is `LRANGE mylist 0 99` on a list of 100 VALUE_BYTES elements
 #                 (-t lrange_100 would first LPUSH as many, counted in the CPU); spop pops the
 #                 set sadd filled, then an empty one, as redis-benchmark -t sadd,spop does.
+#   origin-hit    issue 18's rows, run only when ROWS names origin: GET of a proxied route
+#                 (`[[origins.routes]]`) the cache holds, vs nginx proxy_cache and vs Varnish
+#                 in front of the same origin (an nginx on LOAD_CPU, VALUE_BYTES bodies,
+#                 max-age=3600); tiergate over its own redis-server as deployed.
+#   origin-miss   the same through a route whose origin says no-store (every request goes
+#                 to the origin) vs nginx proxy_pass: CPU per request is the target.
 #
 # Each row with a reference runs ROUNDS times, tiergate and the reference in turn, and reports
 # each one's median run: this machine's speed drifts by ±20% over minutes.
@@ -221,6 +227,34 @@ row() { # NAME RPS P50 P99 US REF_NAME REF_RPS REF_P50 REF_P99 REF_US
         "$(ratio "$2" "$7")"
 }
 
+# start_nginx NAME CPU PORT HTTP_BLOCK: an nginx, one worker on CPU, with HTTP_BLOCK (which
+# listens on PORT) in its http block, keep-alive unbounded like tiergate's and its scratch
+# files under $WORK/NAME; sets NGX_MASTER and NGX_WORKER.
+start_nginx() {
+    local dir=$WORK/$1 cpu=$2 port=$3 body=$4
+    mkdir -p "$dir"
+    # The worker runs as this user: the scratch directory (a proxy_cache_path) is private.
+    cat >"$dir/nginx.conf" <<CONF
+user $(id -un);
+worker_processes 1;
+daemon off;
+error_log $dir/error.log warn;
+pid $dir/nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 100000000;
+    client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir;
+    uwsgi_temp_path $dir; scgi_temp_path $dir;
+$body
+}
+CONF
+    taskset -c "$cpu" nginx -c "$dir/nginx.conf" -p "$dir" 2>"$dir/stderr" &
+    NGX_MASTER=$!; PIDS+=("$NGX_MASTER")
+    wait_port "$port"
+    NGX_WORKER=$(pgrep -P "$NGX_MASTER" | head -1)
+}
+
 echo "==> building release binaries"
 cargo build --release --quiet --bin tiergate --example bare_hyper
 BODY=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' 'x')
@@ -260,33 +294,13 @@ start_l1_off() {
 if [[ " $ROWS " == *" http "* ]]; then
 curl -sf -X PUT --data-binary "$BODY" "http://127.0.0.1:$TG_HTTP/v1/kv/bench" >/dev/null
 
-# --- nginx, one worker on SERVER_CPU, same body size, keep-alive unbounded like tiergate's
+# --- nginx, one worker on SERVER_CPU, same body size
 NG_PORT=$(free_port)
-mkdir -p "$WORK/nginx"
-cat >"$WORK/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-error_log $WORK/nginx/error.log warn;
-pid $WORK/nginx/nginx.pid;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    client_body_temp_path $WORK/nginx;
-    proxy_temp_path $WORK/nginx;
-    fastcgi_temp_path $WORK/nginx;
-    uwsgi_temp_path $WORK/nginx;
-    scgi_temp_path $WORK/nginx;
-    server {
+start_nginx nginx "$SERVER_CPU" "$NG_PORT" "    server {
         listen 127.0.0.1:$NG_PORT;
-        location / { default_type application/octet-stream; return 200 "$BODY"; }
-    }
-}
-CONF
-taskset -c "$SERVER_CPU" nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" 2>"$WORK/nginx/stderr" &
-NG_MASTER=$!; PIDS+=("$NG_MASTER")
-wait_port "$NG_PORT"
-NG_WORKER=$(pgrep -P "$NG_MASTER" | head -1)
+        location / { default_type application/octet-stream; return 200 \"$BODY\"; }
+    }"
+NG_WORKER=$NGX_WORKER
 
 # --- bare hyper, one worker thread on SERVER_CPU
 BH_PORT=$(free_port)
@@ -424,6 +438,81 @@ for depth in 1 16; do
 done
 fi
 
+if [[ " $ROWS " == *" origin "* ]]; then
+need varnishd:varnish
+# --- the origin: an nginx worker on LOAD_CPU (its CPU is nobody's), VALUE_BYTES bodies;
+# /api/ cacheable for an hour, /nostore/ never.
+OR_PORT=$(free_port)
+start_nginx origin "$LOAD_CPU" "$OR_PORT" "    server {
+        listen 127.0.0.1:$OR_PORT;
+        location /api/ { default_type application/octet-stream; add_header Cache-Control \"max-age=3600\"; return 200 \"$BODY\"; }
+        location /nostore/ { default_type application/octet-stream; add_header Cache-Control \"no-store\"; return 200 \"$BODY\"; }
+    }"
+
+# --- nginx as the caching proxy (proxy_cache) and plain proxy (proxy_pass), one worker on
+# SERVER_CPU, keep-alive to the origin as tiergate's pool has.
+NP_PORT=$(free_port)
+start_nginx nginx-proxy "$SERVER_CPU" "$NP_PORT" "    proxy_cache_path $WORK/nginx-proxy-cache keys_zone=c:16m;
+    upstream origin { server 127.0.0.1:$OR_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NP_PORT;
+        proxy_http_version 1.1;
+        proxy_set_header Connection \"\";
+        location /api/ { proxy_pass http://origin; proxy_cache c; }
+        location /nostore/ { proxy_pass http://origin; }
+    }"
+NP_WORKER=$NGX_WORKER
+
+# --- Varnish (its default VCL honours Cache-Control), on SERVER_CPU; -j none keeps it as
+# this user so the scratch directory stays private.
+VA_PORT=$(free_port)
+taskset -c "$SERVER_CPU" varnishd -F -j none -n "$WORK/varnish" -a "127.0.0.1:$VA_PORT" \
+    -b "127.0.0.1:$OR_PORT" -s malloc,256m -p thread_pools=1 >"$WORK/varnish.log" 2>&1 &
+VA_MGT=$!; PIDS+=("$VA_MGT")
+wait_port "$VA_PORT"
+VA_PIDS=$VA_MGT,$(pgrep -P "$VA_MGT" | paste -sd,)
+
+# --- tiergate with the same origin and two routes, over its own redis-server (as deployed).
+TO_HTTP=$(free_port); TO_ADMIN=$(free_port); TO_RESP=$(free_port)
+cat >"$WORK/tiergate-origin.toml" <<CONF
+[[origins]]
+name = "bench"
+upstreams = ["http://127.0.0.1:$OR_PORT"]
+  [[origins.routes]]
+  prefix = "/api/"
+  [[origins.routes]]
+  prefix = "/nostore/"
+CONF
+TIERGATE_CONFIG=$WORK/tiergate-origin.toml TIERGATE_HTTP_LISTEN=127.0.0.1:$TO_HTTP \
+TIERGATE_ADMIN_LISTEN=127.0.0.1:$TO_ADMIN TIERGATE_RESP_LISTEN=127.0.0.1:$TO_RESP \
+TIERGATE_L2_URL=redis://127.0.0.1:$L2_PORT TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn \
+    taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/tiergate-origin.log" 2>&1 &
+TO_PID=$!; PIDS+=("$TO_PID")
+wait_port "$TO_HTTP"
+for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$TO_ADMIN/readyz" >/dev/null && break; sleep 0.1; done
+for url in "http://127.0.0.1:$TO_HTTP" "http://127.0.0.1:$NP_PORT" "http://127.0.0.1:$VA_PORT"; do
+    [ "$(curl -sf "$url/api/obj")" = "$BODY" ] || { echo "no cached answer from $url" >&2; exit 1; }
+done
+
+echo "==> measuring the origin tier (wrk -t1 -c$CONNS -d$DURATION; proxies on cpu $SERVER_CPU, wrk and the origin on cpu $LOAD_CPU)"
+rounds run_wrk "$TO_PID,$L2_PID" "http://127.0.0.1:$TO_HTTP/api/obj" \
+    -- run_wrk "$NP_WORKER" "http://127.0.0.1:$NP_PORT/api/obj" \
+    -- run_wrk "$VA_PIDS" "http://127.0.0.1:$VA_PORT/api/obj"
+read -r t_rps t_p50 t_p99 t_us <<<"${MED[0]}"
+read -r n_rps n_p50 n_p99 n_us <<<"${MED[1]}"
+read -r v_rps v_p50 v_p99 v_us <<<"${MED[2]}"
+TABLE+=("$(row origin-hit "$t_rps" "$t_p50" "$t_p99" "$t_us" "nginx proxy_cache" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
+TABLE+=("$(row origin-hit "$t_rps" "$t_p50" "$t_p99" "$t_us" "varnish" "$v_rps" "$v_p50" "$v_p99" "$v_us")")
+RATIO[hit_nginx]=$(ratio "$t_rps" "$n_rps"); RATIO[hit_varnish]=$(ratio "$t_rps" "$v_rps")
+P99[hit]=$t_p99; P99[hit_nginx]=$n_p99; P99[hit_varnish]=$v_p99
+rounds run_wrk "$TO_PID,$L2_PID" "http://127.0.0.1:$TO_HTTP/nostore/obj" \
+    -- run_wrk "$NP_WORKER" "http://127.0.0.1:$NP_PORT/nostore/obj"
+read -r t_rps t_p50 t_p99 t_us <<<"${MED[0]}"
+read -r n_rps n_p50 n_p99 n_us <<<"${MED[1]}"
+TABLE+=("$(row origin-miss "$t_rps" "$t_p50" "$t_p99" "$t_us" "nginx proxy_pass" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
+RATIO[miss_cpu]=$(ratio "$t_us" "$n_us")
+fi
+
 printf '\n%-23s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s\n' \
     row "req/s" p50 p99 "cpu us/req" reference "req/s" p50 p99 "cpu us/req" ratio
 printf '%s\n' "${TABLE[@]}"
@@ -452,5 +541,14 @@ if [ -n "${RATIO[get1]:-}" ]; then
 fi
 if [[ " $ROWS " == *" fwd "* ]]; then
     echo "  issue 16, commands through tiergate below twemproxy's req/s: ${SLOWER[*]:-none}"
+fi
+if [ -n "${RATIO[hit_nginx]:-}" ]; then
+    no_worse() { awk -v a="$(ms "$1")" -v b="$(ms "$2")" 'BEGIN {print (a <= b) ? 1 : 0}'; }
+    ok=$(( $(awk -v r="${RATIO[hit_nginx]}" 'BEGIN {print (r >= 2.0) ? 1 : 0}') && $(no_worse "${P99[hit]}" "${P99[hit_nginx]}") ))
+    echo "  origin route cache hit >= 2x nginx proxy_cache, p99 no worse: ${RATIO[hit_nginx]}x, p99 ${P99[hit]} vs ${P99[hit_nginx]}: $(verdict $ok)"
+    ok=$(( $(awk -v r="${RATIO[hit_varnish]}" 'BEGIN {print (r >= 3.0) ? 1 : 0}') && $(no_worse "${P99[hit]}" "${P99[hit_varnish]}") ))
+    echo "  origin route cache hit >= 3x Varnish, p99 no worse: ${RATIO[hit_varnish]}x, p99 ${P99[hit]} vs ${P99[hit_varnish]}: $(verdict $ok)"
+    ok=$(awk -v r="${RATIO[miss_cpu]}" 'BEGIN {print (r <= 1.15) ? 1 : 0}')
+    echo "  origin route miss CPU per request <= 1.15x nginx proxy_pass: ${RATIO[miss_cpu]}x: $(verdict "$ok")"
 fi
 echo "  (RSS per idle RESP connection: loadtest/idle_memory.sh)"
