@@ -49,8 +49,9 @@
 #                               ROUNDS=3 CONNS=64 VALUE_BYTES=64 RESP_REQUESTS=300000
 #                               FWD_REQUESTS=100000 FWD_TESTS="incr lpush ..."
 #                               SERVER_CPU=0 LOAD_CPU=1)
-# Needs: wrk, nginx, redis-server, redis-benchmark, redis-cli, nutcracker (apt-get install -y
-# wrk nginx-light redis-server redis-tools nutcracker) and, for the http rows, oha (cargo
+# Needs: wrk, nginx, redis-server, redis-benchmark, redis-cli, nutcracker, and varnish for the
+# origin rows (apt-get install -y
+# wrk nginx-light redis-server redis-tools nutcracker varnish) and, for the http rows, oha (cargo
 # install oha); installs them when missing and root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
