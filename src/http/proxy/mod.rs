@@ -332,6 +332,13 @@ impl Route {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        // A fresh stored answer to a plain GET or HEAD: sent before anything is built for the
+        // origin (`Store::fresh`; everything else takes the whole path below).
+        if matches!(parts.method, Method::GET | Method::HEAD) {
+            if let Some(s) = self.store.fresh(pq.as_str(), &parts.headers) {
+                return Ok((serve_stored(&s, &parts.headers), ProxyOutcome::Hit));
+            }
+        }
         let peer = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
         let to_origin = headers::to_origin(&parts.headers, parts.version, peer);
         match parts.method {

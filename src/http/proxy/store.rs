@@ -137,6 +137,23 @@ impl Store {
         }
     }
 
+    /// The fresh answer for `key` when neither side asks for more than its lifetime: the
+    /// client sent no Cache-Control or Pragma and the stored answer has no Vary. Then
+    /// `lookup` (http-cache-semantics' `before_request`, a third of a hit's cost: it parses
+    /// the request's directives and matches Vary) would say Fresh exactly when the lifetime
+    /// computed at store time has not run out, since that lifetime never ends after the
+    /// policy's own unless `min_ttl` floored it, and a floor is honoured there too. None: ask
+    /// `lookup`.
+    pub fn fresh(&self, key: &str, client: &HeaderMap) -> Option<Arc<Stored>> {
+        if client.contains_key(header::CACHE_CONTROL) || client.contains_key(header::PRAGMA) {
+            return None;
+        }
+        let variants = self.cache.get(key)?;
+        let v = variants.all.first()?;
+        (!v.headers.contains_key(header::VARY) && SystemTime::now() < v.fresh_until)
+            .then(|| v.clone())
+    }
+
     /// The variant of `key` that `request` (as the cache sees it: a GET, Host removed)
     /// selects, and whether it is fresh. `no_cache`: the client asked for revalidation.
     pub fn lookup(&self, key: &str, request: &http::Request<()>, no_cache: bool) -> Lookup {
