@@ -87,10 +87,7 @@ impl Loaders {
         let mut all: Vec<Loader> = configs
             .iter()
             .flat_map(|c| {
-                let origin = origins
-                    .get(&c.name)
-                    .expect("built from this config")
-                    .clone();
+                let origin = origins.of(c);
                 c.loaders.iter().map(move |l| Loader {
                     prefix: Bytes::copy_from_slice(l.prefix.as_bytes()),
                     origin: origin.clone(),

@@ -63,6 +63,13 @@ impl Origins {
         }
     }
 
+    /// The origin `config` describes; it was built from the same config.
+    pub fn of(&self, config: &OriginConfig) -> Arc<Origin> {
+        self.get(&config.name)
+            .expect("origins are built from the config their users read")
+            .clone()
+    }
+
     /// The origin named `name`, as loaders and routes refer to it.
     pub fn get(&self, name: &str) -> Option<&Arc<Origin>> {
         self.all.iter().find(|o| &*o.name == name)

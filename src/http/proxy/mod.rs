@@ -133,10 +133,7 @@ impl Proxy {
         let mut routes: Vec<Arc<Route>> = configs
             .iter()
             .flat_map(|c| {
-                let origin = origins
-                    .get(&c.name)
-                    .expect("built from this config")
-                    .clone();
+                let origin = origins.of(c);
                 let announce = announce.clone();
                 c.routes.iter().map(move |r| {
                     Arc::new(Route {
@@ -391,6 +388,28 @@ impl Route {
         r
     }
 
+    /// Whether this request loads `key` (Some: it leads the load) or waited for another's:
+    /// then the answer when that load left a fresh one (Err), else None (ask the origin
+    /// without leading).
+    async fn lead_or_wait(
+        self: &Arc<Self>,
+        key: &str,
+        cache_req: &Request<()>,
+        no_cache: bool,
+        client: &HeaderMap,
+    ) -> Result<Option<Loading>, Response<ReplyBody>> {
+        match self.miss(key) {
+            Miss::Lead(loading) => Ok(Some(loading)),
+            Miss::Wait(mut done) => {
+                let _ = tokio::time::timeout(COALESCE_WAIT, done.changed()).await;
+                match self.store.lookup(key, cache_req, no_cache) {
+                    Lookup::Fresh(s) => Err(serve_stored(&s, client)),
+                    _ => Ok(None),
+                }
+            }
+        }
+    }
+
     /// GET: from the cache when it may, else from the origin (stored as it passes).
     async fn get(
         self: &Arc<Self>,
@@ -408,15 +427,9 @@ impl Route {
                 // One origin request for concurrent misses of a URL: the first loads, the
                 // others wait for its answer to be stored, then look again. One that finds
                 // nothing (not storable, another variant, too slow) asks the origin itself.
-                let loading = match self.miss(key) {
-                    Miss::Lead(loading) => Some(loading),
-                    Miss::Wait(mut done) => {
-                        let _ = tokio::time::timeout(COALESCE_WAIT, done.changed()).await;
-                        if let Lookup::Fresh(s) = self.store.lookup(key, &cache_req, no_cache) {
-                            return Ok((serve_stored(&s, client), ProxyOutcome::Hit));
-                        }
-                        None
-                    }
+                let loading = match self.lead_or_wait(key, &cache_req, no_cache, client).await {
+                    Ok(loading) => loading,
+                    Err(hit) => return Ok((hit, ProxyOutcome::Hit)),
                 };
                 let answer = self
                     .origin
@@ -436,15 +449,9 @@ impl Route {
             return Ok((serve_stored(&stale, client), ProxyOutcome::Stale));
         }
         // Concurrent revalidations of a URL coalesce as misses do.
-        let loading = match self.miss(key) {
-            Miss::Lead(loading) => Some(loading),
-            Miss::Wait(mut done) => {
-                let _ = tokio::time::timeout(COALESCE_WAIT, done.changed()).await;
-                if let Lookup::Fresh(s) = self.store.lookup(key, &cache_req, no_cache) {
-                    return Ok((serve_stored(&s, client), ProxyOutcome::Hit));
-                }
-                None
-            }
+        let loading = match self.lead_or_wait(key, &cache_req, no_cache, client).await {
+            Ok(loading) => loading,
+            Err(hit) => return Ok((hit, ProxyOutcome::Hit)),
         };
         let sent = self
             .origin
