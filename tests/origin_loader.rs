@@ -468,3 +468,21 @@ async fn batch_reads_load_their_loader_keys_too() {
     assert_eq!(r.status(), 503);
     assert_eq!(error_code(r).await, "origin_status");
 }
+
+#[tokio::test]
+async fn a_stalled_body_ends_as_a_timeout_not_a_hang() {
+    let redis = Redis::start();
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/users/slow",
+        Answer::ok("first half|second half").stall(),
+    );
+    let mut c = config(&redis, &origin, "");
+    // The headers come at once; the whole load, body included, has this long.
+    c.origins[0].request_timeout = tiergate::config::HumanDuration(Duration::from_millis(300));
+    let g = Gateway::start_ready(c).await;
+    let r = g.get("user:slow").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(error_code(r).await, "origin_timeout");
+    assert_eq!(pttl(&redis, "user:slow").await, -2, "nothing kept");
+}

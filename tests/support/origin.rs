@@ -39,6 +39,8 @@ pub struct Answer {
     chunks: Option<usize>,
     /// The connection fails after the first chunk: the body never ends.
     cut_short: bool,
+    /// After the first chunk, nothing more, and no end: a body that trickles to a halt.
+    stall: bool,
 }
 
 /// The ways an answer can fail instead of answering.
@@ -61,6 +63,7 @@ impl Answer {
             fail: None,
             chunks: None,
             cut_short: false,
+            stall: false,
         }
     }
 
@@ -107,6 +110,13 @@ impl Answer {
     /// Sends the body in `n` chunks with no Content-Length: a length known only at the end.
     pub fn chunked(mut self, n: usize) -> Self {
         self.chunks = Some(n.max(1));
+        self
+    }
+
+    /// Sends the first of the body's chunks, then nothing, never ending: a stalled body.
+    pub fn stall(mut self) -> Self {
+        self.chunks = Some(self.chunks.unwrap_or(2));
+        self.stall = true;
         self
     }
 
@@ -360,6 +370,18 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
                 parts.truncate(1);
                 parts.push(Err(Closed));
             }
+            if answer.stall {
+                parts.truncate(1);
+                let stalled = futures_util::StreamExt::chain(
+                    futures_util::stream::iter(parts),
+                    futures_util::stream::pending(),
+                );
+                return Ok(respond(
+                    answer.status,
+                    answer.headers,
+                    StreamBody::new(stalled).boxed(),
+                ));
+            }
             // Before failing, a pause: what was sent so far is flushed to the client first.
             let paced =
                 futures_util::StreamExt::then(futures_util::stream::iter(parts), |p| async {
@@ -371,10 +393,18 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
             StreamBody::new(paced).boxed()
         }
     };
+    Ok(respond(answer.status, answer.headers, body))
+}
+
+fn respond(
+    status: StatusCode,
+    headers: HeaderMap,
+    body: BoxBody<Bytes, Closed>,
+) -> Response<BoxBody<Bytes, Closed>> {
     let mut resp = Response::new(body);
-    *resp.status_mut() = answer.status;
-    *resp.headers_mut() = answer.headers;
-    Ok(resp)
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
 }
 
 /// 304 with the answer's headers (but its length and type).
