@@ -191,6 +191,19 @@ impl Proxy {
     }
 }
 
+/// What RFC 9111 lets a shared cache do with `answer` to `request`, received at `now`.
+fn shared_policy(
+    request: &Request<()>,
+    answer: &http::response::Parts,
+    now: SystemTime,
+) -> CachePolicy {
+    let shared = CacheOptions {
+        shared: true,
+        ..CacheOptions::default()
+    };
+    CachePolicy::new_options(request, answer, now, shared)
+}
+
 /// How long a stored answer stays fresh, and whether the floor made it longer than its
 /// headers: `policy`'s lifetime (less Age) within `min_ttl` and `max_ttl`. The floor never
 /// applies to an answer that must be revalidated every time (`no-cache`).
@@ -614,15 +627,7 @@ impl Route {
         let fits = declared.is_none_or(|n| n <= self.max_object_bytes)
             && parts.status != StatusCode::PARTIAL_CONTENT;
         let keep = if fits {
-            let policy = CachePolicy::new_options(
-                &cache_req,
-                &parts,
-                now,
-                CacheOptions {
-                    shared: true,
-                    ..CacheOptions::default()
-                },
-            );
+            let policy = shared_policy(&cache_req, &parts, now);
             self.stored(policy, parts.status, parts.headers.clone(), now)
                 .map(|head| Keeping {
                     route: self.clone(),
@@ -695,15 +700,7 @@ impl Route {
         let now = SystemTime::now();
         let (mut parts, body) = answer.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let policy = CachePolicy::new_options(
-            &cache_req,
-            &parts,
-            now,
-            CacheOptions {
-                shared: true,
-                ..CacheOptions::default()
-            },
-        );
+        let policy = shared_policy(&cache_req, &parts, now);
         if parts.status.is_server_error() {
             // Kept: it may answer while the origin fails; a later request tries again.
             return false;
