@@ -260,19 +260,29 @@ echo "==> building release binaries"
 cargo build --release --quiet --bin tiergate --example bare_hyper
 BODY=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' 'x')
 
+# start_tiergate NAME [VAR=VALUE ...]: a tiergate over the L2 redis-server (L2_PORT), one
+# worker thread on SERVER_CPU, with these extra settings, its log in $WORK/NAME.log; returns
+# once it is ready (L2 and the invalidation bus answer: L1 is not trusted before). Sets
+# TGX_HTTP, TGX_RESP and TGX_PID.
+start_tiergate() {
+    local name=$1 admin; shift
+    TGX_HTTP=$(free_port); TGX_RESP=$(free_port); admin=$(free_port)
+    env TIERGATE_HTTP_LISTEN="127.0.0.1:$TGX_HTTP" TIERGATE_ADMIN_LISTEN="127.0.0.1:$admin" \
+        TIERGATE_RESP_LISTEN="127.0.0.1:$TGX_RESP" TIERGATE_L2_URL="redis://127.0.0.1:$L2_PORT" \
+        TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn "$@" \
+        taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/$name.log" 2>&1 &
+    TGX_PID=$!; PIDS+=("$TGX_PID")
+    wait_port "$TGX_HTTP"
+    wait_port "$TGX_RESP"
+    for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done
+}
+
 # --- tiergate over its own redis-server, one worker thread, both on SERVER_CPU
 start_redis "$SERVER_CPU"
 L2_PORT=$RS; L2_PID=$RS_PID
-TG_HTTP=$(free_port); TG_ADMIN=$(free_port); TG_RESP=$(free_port)
-TIERGATE_HTTP_LISTEN=127.0.0.1:$TG_HTTP TIERGATE_ADMIN_LISTEN=127.0.0.1:$TG_ADMIN TIERGATE_RESP_LISTEN=127.0.0.1:$TG_RESP \
-TIERGATE_L2_URL=redis://127.0.0.1:$L2_PORT TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn \
-    taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/tiergate.log" 2>&1 &
-TG_PID=$!; PIDS+=("$TG_PID")
+start_tiergate tiergate
+TG_HTTP=$TGX_HTTP; TG_RESP=$TGX_RESP; TG_PID=$TGX_PID
 TG_PIDS=$TG_PID,$L2_PID
-wait_port "$TG_HTTP"
-wait_port "$TG_RESP"
-# Ready once L2 and the invalidation bus answer (L1 is not trusted before).
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$TG_ADMIN/readyz" >/dev/null && break; sleep 0.1; done
 TABLE=()
 declare -A RATIO P99
 
@@ -281,15 +291,8 @@ declare -A RATIO P99
 # row that needs it; sets T2_HTTP, T2_RESP and T2_PID.
 start_l1_off() {
     [ -z "${T2_PID:-}" ] || return 0
-    T2_HTTP=$(free_port); T2_RESP=$(free_port); local admin; admin=$(free_port)
-    TIERGATE_HTTP_LISTEN=127.0.0.1:$T2_HTTP TIERGATE_ADMIN_LISTEN=127.0.0.1:$admin \
-    TIERGATE_RESP_LISTEN=127.0.0.1:$T2_RESP TIERGATE_L2_URL=redis://127.0.0.1:$L2_PORT \
-    TIERGATE_L1_CAPACITY=0 TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn \
-        taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/tiergate-l2.log" 2>&1 &
-    T2_PID=$!; PIDS+=("$T2_PID")
-    wait_port "$T2_HTTP"
-    wait_port "$T2_RESP"
-    for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done
+    start_tiergate tiergate-l2 TIERGATE_L1_CAPACITY=0
+    T2_HTTP=$TGX_HTTP; T2_RESP=$TGX_RESP; T2_PID=$TGX_PID
 }
 
 if [[ " $ROWS " == *" http "* ]]; then
@@ -474,7 +477,6 @@ wait_port "$VA_PORT"
 VA_PIDS=$VA_MGT,$(pgrep -P "$VA_MGT" | paste -sd,)
 
 # --- tiergate with the same origin and two routes, over its own redis-server (as deployed).
-TO_HTTP=$(free_port); TO_ADMIN=$(free_port); TO_RESP=$(free_port)
 cat >"$WORK/tiergate-origin.toml" <<CONF
 [[origins]]
 name = "bench"
@@ -484,13 +486,8 @@ upstreams = ["http://127.0.0.1:$OR_PORT"]
   [[origins.routes]]
   prefix = "/nostore/"
 CONF
-TIERGATE_CONFIG=$WORK/tiergate-origin.toml TIERGATE_HTTP_LISTEN=127.0.0.1:$TO_HTTP \
-TIERGATE_ADMIN_LISTEN=127.0.0.1:$TO_ADMIN TIERGATE_RESP_LISTEN=127.0.0.1:$TO_RESP \
-TIERGATE_L2_URL=redis://127.0.0.1:$L2_PORT TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn \
-    taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/tiergate-origin.log" 2>&1 &
-TO_PID=$!; PIDS+=("$TO_PID")
-wait_port "$TO_HTTP"
-for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$TO_ADMIN/readyz" >/dev/null && break; sleep 0.1; done
+start_tiergate tiergate-origin TIERGATE_CONFIG="$WORK/tiergate-origin.toml"
+TO_HTTP=$TGX_HTTP; TO_PID=$TGX_PID
 for url in "http://127.0.0.1:$TO_HTTP" "http://127.0.0.1:$NP_PORT" "http://127.0.0.1:$VA_PORT"; do
     [ "$(curl -sf "$url/api/obj")" = "$BODY" ] || { echo "no cached answer from $url" >&2; exit 1; }
 done
