@@ -228,34 +228,6 @@ row() { # NAME RPS P50 P99 US REF_NAME REF_RPS REF_P50 REF_P99 REF_US
         "$(ratio "$2" "$7")"
 }
 
-# start_nginx NAME CPU PORT HTTP_BLOCK: an nginx, one worker on CPU, with HTTP_BLOCK (which
-# listens on PORT) in its http block, keep-alive unbounded like tiergate's and its scratch
-# files under $WORK/NAME; sets NGX_MASTER and NGX_WORKER.
-start_nginx() {
-    local dir=$WORK/$1 cpu=$2 port=$3 body=$4
-    mkdir -p "$dir"
-    # The worker runs as this user: the scratch directory (a proxy_cache_path) is private.
-    cat >"$dir/nginx.conf" <<CONF
-user $(id -un);
-worker_processes 1;
-daemon off;
-error_log $dir/error.log warn;
-pid $dir/nginx.pid;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    client_body_temp_path $dir; proxy_temp_path $dir; fastcgi_temp_path $dir;
-    uwsgi_temp_path $dir; scgi_temp_path $dir;
-$body
-}
-CONF
-    taskset -c "$cpu" nginx -c "$dir/nginx.conf" -p "$dir" 2>"$dir/stderr" &
-    NGX_MASTER=$!; PIDS+=("$NGX_MASTER")
-    wait_port "$port"
-    NGX_WORKER=$(pgrep -P "$NGX_MASTER" | head -1)
-}
-
 echo "==> building release binaries"
 cargo build --release --quiet --bin tiergate --example bare_hyper
 BODY=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' 'x')

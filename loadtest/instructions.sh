@@ -8,12 +8,14 @@
 #   resp-get-P16  GET of 100k keys, all L1 hits (redis-benchmark -P 16)
 #   resp-set-P16  SET of random keys through to Redis, 16-deep pipelines
 #   resp-set-P1   the same, unpipelined
+#   origin-hit    GET of a proxy route's URL the cache holds (wrk -c16; an nginx origin)
+#   origin-miss   GET through a route whose origin answers no-store: every request reaches it
 #   resp-TEST-P{1,16}  (not by default) any other redis-benchmark -t TEST, as compare.sh's
 #                 resp-fwd rows run it: resp-lpush-P16, resp-hset-P1 (forwarded), resp-incr-P16 (served,
 #                 written through), resp-lrange_100-P1 (LRANGE mylist 0 99 of 100 elements)
 # Usage: loadtest/instructions.sh   (PATHS="..." DURATION=5s REQUESTS=100000 KEEP=dir)
 # KEEP=dir keeps each path's callgrind profile there (dir/NAME.cg), for callgrind_annotate.
-# Needs valgrind, wrk, redis-server, redis-benchmark and redis-cli.
+# Needs valgrind, wrk, redis-server, redis-benchmark and redis-cli (and nginx for origin-*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PATHS=${PATHS:-http-get-l1 resp-get-P16 resp-set-P16 resp-set-P1}
@@ -25,10 +27,28 @@ for tool in valgrind callgrind_control callgrind_annotate wrk redis-server redis
 done
 cargo build --release --quiet
 start_redis ""
+# The origin of the origin-* paths: an nginx, 64-byte bodies, /api/ cacheable, /nostore/ not.
+CONFIG=()
+if [[ " $PATHS " == *" origin-"* ]]; then
+    command -v nginx >/dev/null || { echo "missing: nginx"; exit 1; }
+    OR_PORT=$(free_port)
+    BODY=$(head -c 64 /dev/zero | tr '\0' 'x')
+    start_nginx origin "" "$OR_PORT" "    server {
+        listen 127.0.0.1:$OR_PORT;
+        location /api/ { add_header Cache-Control \"max-age=3600\"; return 200 \"$BODY\"; }
+        location /nostore/ { add_header Cache-Control \"no-store\"; return 200 \"$BODY\"; }
+    }"
+    printf '[[origins]]\nname = "bench"\nupstreams = ["http://127.0.0.1:%s"]\n%s\n' "$OR_PORT" \
+        '[[origins.routes]]
+prefix = "/api/"
+[[origins.routes]]
+prefix = "/nostore/"' >"$WORK/origin.toml"
+    CONFIG=(TIERGATE_CONFIG="$WORK/origin.toml")
+fi
 HTTP=$(free_port) RESP=$(free_port) ADMIN=$(free_port)
 TIERGATE_L2_URL="redis://127.0.0.1:$RS" TIERGATE_HTTP_LISTEN="127.0.0.1:$HTTP" \
     TIERGATE_RESP_LISTEN="127.0.0.1:$RESP" TIERGATE_ADMIN_LISTEN="127.0.0.1:$ADMIN" \
-    TIERGATE_RUNTIME_WORKER_THREADS=1 \
+    TIERGATE_RUNTIME_WORKER_THREADS=1 env "${CONFIG[@]}" \
     valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.%p" \
     target/release/tiergate >"$WORK/tiergate.log" 2>&1 &
 TG=$!
@@ -78,6 +98,12 @@ for path in $PATHS; do
             "http://127.0.0.1:$HTTP/v1/kv/hot" >/dev/null
         wrk -t1 -c16 -d1s "http://127.0.0.1:$HTTP/v1/kv/hot" >/dev/null
         count "$path" wrk wrk -t1 -c16 -d"$DURATION" "http://127.0.0.1:$HTTP/v1/kv/hot"
+        ;;
+    origin-hit | origin-miss)
+        url="http://127.0.0.1:$HTTP/api/obj"
+        [ "$path" = origin-hit ] || url="http://127.0.0.1:$HTTP/nostore/obj"
+        wrk -t1 -c16 -d1s "$url" >/dev/null
+        count "$path" wrk wrk -t1 -c16 -d"$DURATION" "$url"
         ;;
     resp-get-P16)
         fill SET

@@ -88,6 +88,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &origins,
         &metrics,
         Some(announce),
+        cache.l2(),
     ));
     {
         let proxy = Arc::downgrade(&proxy);

@@ -828,8 +828,14 @@ async fn a_purge_and_an_unsafe_method_reach_every_instance_over_the_bus() {
             assert_eq!(get(g, path).await.cache, "HIT", "{path}");
         }
     }
-    assert_eq!(origin.requests("/api/a") + origin.requests("/api/b"), 4);
+    // The second instance found both in L2.
+    assert_eq!(origin.requests("/api/a") + origin.requests("/api/b"), 2);
     // PURGE on one instance: the other drops its copy too.
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    assert_eq!(send(&one, purge, "/api/a", &[]).await.status, 200);
+    // Gone from L2 before the PURGE was answered: this instance's next miss asks the origin.
+    assert_eq!(get(&one, "/api/a").await.cache, "MISS");
+    assert_eq!(origin.requests("/api/a"), 2);
     let purge = Method::from_bytes(b"PURGE").unwrap();
     assert_eq!(send(&one, purge, "/api/a", &[]).await.status, 200);
     support::eventually("the purge heard by the other instance", || async {
@@ -847,4 +853,90 @@ async fn a_purge_and_an_unsafe_method_reach_every_instance_over_the_bus() {
         get(&two, "/api/b").await.body == "v2"
     })
     .await;
+}
+
+/// Two tiered instances over one Redis, routing `/api/` to `origin` (lock on by default).
+async fn two_tiered(origin: &Origin, redis: &support::Redis) -> (Gateway, Gateway) {
+    let tiered = || {
+        let mut c = config(origin, "");
+        c.l2.url = redis.url();
+        c
+    };
+    (
+        Gateway::start_ready(tiered()).await,
+        Gateway::start_ready(tiered()).await,
+    )
+}
+
+#[tokio::test]
+async fn misses_of_a_url_on_two_instances_make_one_origin_request_through_l2() {
+    let redis = support::Redis::start();
+    let origin = Origin::start().await;
+    // Slow enough that every request on both instances arrives while the first is loading.
+    origin.answer(
+        "/api/shared",
+        Answer::ok("shared")
+            .header("Cache-Control", "max-age=60")
+            .header("ETag", "\"s1\"")
+            .delay(Duration::from_millis(300)),
+    );
+    let (one, two) = two_tiered(&origin, &redis).await;
+    let (a, b) = tokio::join!(
+        concurrent(&one, "/api/shared", 25),
+        concurrent(&two, "/api/shared", 25)
+    );
+    let answers: Vec<_> = a.into_iter().chain(b).collect();
+    assert!(
+        answers.iter().all(|(_, body)| body == "shared"),
+        "{answers:?}"
+    );
+    assert_eq!(origin.requests("/api/shared"), 1, "{answers:?}");
+    assert_eq!(answers.iter().filter(|(c, _)| c == "MISS").count(), 1);
+    // What one instance stored, the other serves from L2 with its headers and Age.
+    origin.answer(
+        "/api/once",
+        Answer::ok("once")
+            .header("Cache-Control", "max-age=60")
+            .header("Age", "7"),
+    );
+    assert_eq!(got(&one, "/api/once").await, pair("MISS", "once"));
+    let r = get(&two, "/api/once").await;
+    assert_eq!((r.cache.as_str(), r.body.as_str()), ("HIT", "once"));
+    let age: u64 = r.headers["age"].to_str().unwrap().parse().unwrap();
+    assert!(age >= 7, "the Age it came with still counts: {age}");
+    assert_eq!(origin.requests("/api/once"), 1);
+}
+
+#[tokio::test]
+async fn answers_that_cannot_be_stored_are_not_held_up_by_the_lock_across_instances() {
+    let redis = support::Redis::start();
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/private",
+        Answer::ok("p")
+            .header("Cache-Control", "private")
+            .delay(Duration::from_millis(50)),
+    );
+    let (one, two) = two_tiered(&origin, &redis).await;
+    // The first miss learns the answer cannot be stored and says so in the lock: every other
+    // request, on either instance, asks the origin itself and is answered.
+    let (a, b) = tokio::join!(
+        concurrent(&one, "/api/private", 10),
+        concurrent(&two, "/api/private", 10)
+    );
+    let answers: Vec<_> = a.into_iter().chain(b).collect();
+    assert!(
+        answers.iter().all(|a| *a == pair("MISS", "p")),
+        "{answers:?}"
+    );
+    assert_eq!(origin.requests("/api/private"), 20);
+    // Once the origin allows it, the URL is stored again (after PURGE ends the pass).
+    origin.answer(
+        "/api/private",
+        Answer::ok("public").header("Cache-Control", "max-age=60"),
+    );
+    let purge = Method::from_bytes(b"PURGE").unwrap();
+    send(&one, purge, "/api/private", &[]).await;
+    assert_eq!(got(&one, "/api/private").await, pair("MISS", "public"));
+    assert_eq!(got(&one, "/api/private").await, pair("HIT", "public"));
 }

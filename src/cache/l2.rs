@@ -753,12 +753,37 @@ impl L2 {
         value: &[u8],
         ttl: Duration,
     ) -> Result<(), L2Error> {
+        self.set_px(key, value, ttl, true).await
+    }
+
+    /// Keeps a proxied answer (a proxy route's, in its own key space) for `ttl`, replacing
+    /// the one there: a revalidated or refreshed answer is the newer. Not announced: no
+    /// instance holds these keys in L1.
+    pub async fn store_answer(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<(), L2Error> {
+        self.set_px(key, value, ttl, false).await
+    }
+
+    /// `SET key value PX ttl [NX]`, unannounced.
+    async fn set_px(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Duration,
+        nx: bool,
+    ) -> Result<(), L2Error> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key)
             .arg(value)
             .arg("PX")
-            .arg(ttl.as_millis().max(1) as u64)
-            .arg("NX");
+            .arg(ttl.as_millis().max(1) as u64);
+        if nx {
+            cmd.arg("NX");
+        }
         let query = |mut c: Conn| async move { cmd.query_async::<redis::Value>(&mut c).await };
         self.run(L2Op::Set, key, query).await.map(drop)
     }

@@ -11,7 +11,12 @@
 //!
 //! Bodies are read under `limits.max_value_bytes`, counted as they arrive.
 
-use super::{l1::Entry, l2::L2, L2Error};
+use super::{
+    l1::Entry,
+    l2::L2,
+    lock::{self, Lock, Turn},
+    L2Error,
+};
 use crate::{
     config::OriginConfig,
     origin::{Origin, OriginRequest, Origins},
@@ -51,19 +56,9 @@ pub struct Loader {
     lock: Option<Lock>,
 }
 
-struct Lock {
-    wait: Duration,
-    ttl: Duration,
-}
-
 /// What a holder leaves in a lock when the origin said 404: waiters (and later readers, for
 /// `neg_ttl`) learn the key is absent without asking the origin.
 const LOCK_ABSENT: &[u8] = b"absent";
-/// Lock keys are this followed by the key.
-const LOCK_PREFIX: &[u8] = b"tiergate:lock:";
-/// First and longest pause between a waiter's looks at L2.
-const LOCK_POLL_FIRST: Duration = Duration::from_millis(5);
-const LOCK_POLL_MAX: Duration = Duration::from_millis(100);
 
 /// What loading through L2 came to.
 pub enum Shared {
@@ -140,53 +135,35 @@ impl Loader {
         let Some(lock) = &self.lock else {
             return self.load_kept(l2, key, max).await.map(Shared::Loaded);
         };
-        let name = [LOCK_PREFIX, key].concat();
-        let token = format!("{:016x}", fastrand::u64(..));
-        let deadline = tokio::time::Instant::now() + lock.wait;
-        let mut pause = LOCK_POLL_FIRST;
-        loop {
-            match l2.try_lock(&name, token.as_bytes(), lock.ttl).await {
-                Ok(None) => {
-                    let loaded = self.load(key, max).await;
-                    let outcome = match &loaded {
-                        Ok(Loaded::Value(value, Some(ttl))) => {
-                            keep(l2, key, value, *ttl).await;
-                            None
-                        }
-                        Ok(Loaded::Absent(neg)) if !neg.is_zero() => Some((LOCK_ABSENT, *neg)),
-                        _ => None,
-                    };
-                    if let Err(e) = l2.release_lock(&name, token.as_bytes(), outcome).await {
-                        tracing::debug!(error = %e, "a loader's lock was left to expire");
+        let l2_key = Bytes::copy_from_slice(key);
+        match lock
+            .turn(l2, key, &l2_key, |held| held == LOCK_ABSENT)
+            .await
+        {
+            Turn::Lead(held) => {
+                let loaded = self.load(key, max).await;
+                let outcome = match &loaded {
+                    Ok(Loaded::Value(value, Some(ttl))) => {
+                        lock::keep(l2, key, value, *ttl).await;
+                        None
                     }
-                    return loaded.map(Shared::Loaded);
-                }
-                Ok(Some(held)) if held == LOCK_ABSENT => {
-                    return Ok(Shared::Loaded(Loaded::Absent(self.neg_ttl)));
-                }
-                Ok(Some(_)) => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "no loader lock: loading alone");
-                    break;
-                }
+                    Ok(Loaded::Absent(neg)) if !neg.is_zero() => Some((LOCK_ABSENT, *neg)),
+                    _ => None,
+                };
+                held.release(l2, outcome).await;
+                loaded.map(Shared::Loaded)
             }
-            if tokio::time::Instant::now() + pause >= deadline {
-                break;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(LOCK_POLL_MAX);
-            if let Some((value, ttl)) = l2.get(Bytes::copy_from_slice(key)).await? {
-                return Ok(Shared::Found(value, ttl));
-            }
+            Turn::Found((value, ttl)) => Ok(Shared::Found(value, ttl)),
+            Turn::Left(_) => Ok(Shared::Loaded(Loaded::Absent(self.neg_ttl))),
+            Turn::Alone => self.load_kept(l2, key, max).await.map(Shared::Loaded),
         }
-        self.load_kept(l2, key, max).await.map(Shared::Loaded)
     }
 
     /// `load`, keeping a value in L2 as it is loaded.
     async fn load_kept(&self, l2: &L2, key: &[u8], max: usize) -> Result<Loaded, L2Error> {
         let loaded = self.load(key, max).await?;
         if let Loaded::Value(value, Some(ttl)) = &loaded {
-            keep(l2, key, value, *ttl).await;
+            lock::keep(l2, key, value, *ttl).await;
         }
         Ok(loaded)
     }
@@ -308,13 +285,6 @@ impl Loader {
             Loaded::Absent(ttl) if !ttl.is_zero() => Some(Entry::absent(*ttl).from_origin()),
             Loaded::Absent(_) => None,
         }
-    }
-}
-
-/// Keeps a loaded value in L2 for every instance; it is good whether or not L2 keeps it.
-async fn keep(l2: &L2, key: &[u8], value: &Bytes, ttl: Duration) {
-    if let Err(e) = l2.store_loaded(key, value, ttl).await {
-        tracing::debug!(error = %e, "a loaded value was not kept in L2");
     }
 }
 

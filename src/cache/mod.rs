@@ -16,6 +16,7 @@ pub mod hot;
 pub mod l1;
 pub mod l2;
 pub mod loader;
+pub mod lock;
 mod merge;
 mod pipe;
 pub mod refresh;

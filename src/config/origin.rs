@@ -89,6 +89,11 @@ pub const DEFAULT_ROUTE_MAX_OBJECT_BYTES: u64 = 8 << 20;
 /// Bytes one route's cache holds (bodies and headers): its own budget, apart from L1's, so a
 /// busy route cannot evict the KV data nor another route.
 pub const DEFAULT_ROUTE_CACHE_CAPACITY: u64 = 64 << 20;
+/// How long a route's miss waits for another instance's request for the same URL (the
+/// Redis lock) before asking the origin itself: as for loaders. Zero: no lock.
+pub const DEFAULT_ROUTE_LOCK_WAIT: Duration = DEFAULT_LOADER_LOCK_WAIT;
+/// The lock's life if its holder dies mid-answer: as for loaders.
+pub const DEFAULT_ROUTE_LOCK_TTL: Duration = DEFAULT_LOADER_LOCK_TTL;
 /// Paths a route may not take: the KV API's.
 pub const RESERVED_PREFIX: &str = "/v1/";
 
@@ -103,6 +108,10 @@ pub struct RouteConfig {
     pub max_ttl: HumanDuration,
     pub max_object_bytes: ByteSize,
     pub cache_capacity: ByteSize,
+    /// In tiered mode, misses of a URL across instances make one origin request (the
+    /// others wait at most this long for its answer in L2; see `cache::lock`).
+    pub lock_wait: HumanDuration,
+    pub lock_ttl: HumanDuration,
 }
 
 impl Default for RouteConfig {
@@ -113,6 +122,8 @@ impl Default for RouteConfig {
             max_ttl: HumanDuration(DEFAULT_ROUTE_MAX_TTL),
             max_object_bytes: ByteSize(DEFAULT_ROUTE_MAX_OBJECT_BYTES),
             cache_capacity: ByteSize(DEFAULT_ROUTE_CACHE_CAPACITY),
+            lock_wait: HumanDuration(DEFAULT_ROUTE_LOCK_WAIT),
+            lock_ttl: HumanDuration(DEFAULT_ROUTE_LOCK_TTL),
         }
     }
 }
@@ -159,6 +170,12 @@ fn validate_routes(origins: &[OriginConfig], problems: &mut Vec<Problem>) {
             }
             if r.cache_capacity.0 == 0 {
                 bad(format!("{at}.cache_capacity"), "must be more than 0".into());
+            }
+            if !r.lock_wait.0.is_zero() && r.lock_ttl.0 < r.lock_wait.0 {
+                bad(
+                    format!("{at}.lock_ttl"),
+                    "must be at least lock_wait: a lock must outlive the wait for it".into(),
+                );
             }
         }
     }
@@ -620,7 +637,11 @@ max_ttl = "1h"
 [[origins.routes]]
 prefix = "static/"
 max_object_bytes = "2MiB"
-cache_capacity = "1MiB""#,
+cache_capacity = "1MiB"
+[[origins.routes]]
+prefix = "/locked/"
+lock_wait = "5s"
+lock_ttl = "1s""#,
         );
         let want = [
             "origins[0].routes[1].prefix: \"/api/\" has a route already",
@@ -629,6 +650,7 @@ cache_capacity = "1MiB""#,
             "origins[0].routes[3].max_ttl: must be at least min_ttl",
             "origins[0].routes[4].prefix: must be a path",
             "origins[0].routes[4].max_object_bytes: must be at most cache_capacity",
+            "origins[0].routes[5].lock_ttl: must be at least lock_wait",
         ];
         for w in want {
             assert!(

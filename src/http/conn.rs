@@ -109,13 +109,13 @@ pub async fn serve(
     // Proxy routes tell the origin who asked (X-Forwarded-For); without routes, nothing.
     let peer = (!state.proxy.is_empty())
         .then(|| stream.peer_addr().ok())
-        .flatten();
+        .flatten()
+        .map(crate::http::proxy::ClientAddr::new);
     let svc = {
         let (state, idle) = (state.clone(), idle.clone());
         service_fn(move |mut req: Request<hyper::body::Incoming>| {
-            if let Some(peer) = peer {
-                req.extensions_mut()
-                    .insert(crate::http::proxy::ClientAddr(peer));
+            if let Some(peer) = &peer {
+                req.extensions_mut().insert(peer.clone());
             }
             let (state, busy) = (state.clone(), idle.busy());
             let h1 = req.version() < Version::HTTP_2;

@@ -241,9 +241,10 @@ async fn proxied<B: RequestBody + 'static>(
             }
             Ok(user) => {
                 let url = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-                state
-                    .authorize(user.as_deref(), Need::Write, req.uri().path().as_bytes())
-                    .map(|()| route.purge(url))
+                match state.authorize(user.as_deref(), Need::Write, req.uri().path().as_bytes()) {
+                    Ok(()) => Ok(route.purge(url).await),
+                    Err(e) => Err(e),
+                }
             }
         }
     } else {

@@ -135,7 +135,7 @@ impl Admin {
                     "POST /purge?url=<path and query, starting with />\n".into(),
                 );
             }
-            let purged = self.proxy.purge(&url);
+            let purged = self.proxy.purge(&url).await;
             return typed(format!("{{\"purged\":{purged}}}\n"), "application/json");
         }
         // --- end proxy routes ---

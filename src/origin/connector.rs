@@ -5,6 +5,7 @@
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
 use std::{
     future::Future,
@@ -13,6 +14,7 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
+use tokio::net::TcpStream;
 
 /// Connects like `HttpConnector` and counts the connections it made that are still open.
 #[derive(Clone)]
@@ -66,13 +68,13 @@ impl<T> Drop for Counted<T> {
     }
 }
 
-impl<T: Read + Unpin> Read for Counted<T> {
+impl Read for Counted<TokioIo<TcpStream>> {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        crate::net::read::poll_recv(self.io.inner(), cx, buf)
     }
 }
 

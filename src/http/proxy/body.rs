@@ -54,7 +54,7 @@ impl ProxyBody {
                 mut head,
                 chunks,
                 len,
-                _loading,
+                _loading: mut loading,
             } = *k;
             head.body = match chunks.len() {
                 0 => Bytes::new(),
@@ -67,7 +67,10 @@ impl ProxyBody {
                     all.freeze()
                 }
             };
-            route.store(&key, &request, head);
+            let held = loading.as_mut().and_then(|l| l.held.take());
+            route.store(&key, &request, head, held);
+            // Only now: those waiting here find it stored.
+            drop(loading);
         }
     }
 }

@@ -4,7 +4,6 @@
 //! `proxy_set_header Host $proxy_host`), so an origin sees the name it is known by.
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Version};
-use std::net::IpAddr;
 
 /// Hop-by-hop headers: they describe one connection, not the message.
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -24,22 +23,23 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 /// Removes the hop-by-hop headers, those `Connection` names among them, and every
 /// `Proxy-*` header.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
-        h.remove(n);
+    // Most messages have none, or only `Connection: keep-alive` (an origin's answer): one
+    // look at each name, and a removal (a hash) only for what is there. The names
+    // Connection lists are compared as text (map keys are lower case), not parsed into
+    // `HeaderName`s, which allocates for any non-standard one.
+    let hop = |k: &HeaderName| HOP_BY_HOP.contains(k) || k.as_str().starts_with("proxy-");
+    if !h.keys().any(hop) {
+        return;
     }
-    let proxy: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for n in proxy {
+    let named = |k: &HeaderName| {
+        h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|n| n.trim().eq_ignore_ascii_case(k.as_str()))
+    };
+    let doomed: Vec<HeaderName> = h.keys().filter(|k| hop(k) || named(k)).cloned().collect();
+    for n in doomed {
         h.remove(n);
     }
 }
@@ -56,17 +56,21 @@ fn via(version: Version) -> HeaderValue {
 }
 
 /// The headers a client's request goes to the origin with.
-pub fn to_origin(client: &HeaderMap, version: Version, peer: Option<IpAddr>) -> HeaderMap {
+/// `peer`: the client's address as a header value (`ClientAddr`).
+pub fn to_origin(client: &HeaderMap, version: Version, peer: Option<&HeaderValue>) -> HeaderMap {
     let mut h = client.clone();
     strip_hop_by_hop(&mut h);
     h.remove(header::HOST);
     if let Some(ip) = peer {
         // Appended to what earlier proxies said, as one list.
-        let list = match client.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(before) => format!("{before}, {ip}"),
-            None => ip.to_string(),
+        let v = match client.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(before) => {
+                HeaderValue::from_str(&format!("{before}, {}", ip.to_str().unwrap_or_default()))
+                    .ok()
+            }
+            None => Some(ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&list) {
+        if let Some(v) = v {
             h.insert(X_FORWARDED_FOR, v);
         }
     }
@@ -114,7 +118,11 @@ mod tests {
         ] {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
-        let out = to_origin(&h, Version::HTTP_11, Some("192.0.2.7".parse().unwrap()));
+        let out = to_origin(
+            &h,
+            Version::HTTP_11,
+            Some(&HeaderValue::from_static("192.0.2.7")),
+        );
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(

@@ -29,6 +29,10 @@ pub mod store;
 
 pub use body::ProxyBody;
 
+use crate::cache::{
+    l2::L2,
+    lock::{Held, Lock, Turn},
+};
 use crate::{
     config::OriginConfig,
     http::{error::ApiError, ReplyBody, RequestBody, X_CACHE},
@@ -45,7 +49,7 @@ use std::{
     sync::{atomic::Ordering, Arc},
     time::{Duration, SystemTime},
 };
-use store::{Lookup, Store, Stored};
+use store::{CacheRequest, Lookup, Store, Stored};
 
 /// Background refreshes (stale-while-revalidate) running at once per route: past it a stale
 /// answer is still served and the next request tries again, so a burst of stale URLs cannot
@@ -57,10 +61,19 @@ pub const MAX_REFRESHES: usize = 32;
 /// patience (the loaders' `lock_wait` default too). A wait never fails a request.
 pub const COALESCE_WAIT: Duration = Duration::from_secs(2);
 
-/// The client's address, put in the request's extensions by the connection (for
-/// X-Forwarded-For) when routes are configured.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub SocketAddr);
+/// The client's address as X-Forwarded-For names it, put in the request's extensions by
+/// the connection when routes are configured: written once per connection, not per request.
+#[derive(Clone, Debug)]
+pub struct ClientAddr(pub HeaderValue);
+
+impl ClientAddr {
+    pub fn new(peer: SocketAddr) -> Self {
+        Self(
+            HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP address is a valid header value"),
+        )
+    }
+}
 
 /// Every route, longest prefix first (the most specific wins).
 #[derive(Default)]
@@ -79,10 +92,70 @@ pub struct Route {
     refreshes: Arc<tokio::sync::Semaphore>,
     /// URLs a GET miss is loading now: later misses wait for it (`Loading`) instead of
     /// each asking the origin.
-    loading: std::sync::Mutex<std::collections::HashMap<String, Waiting>>,
+    loading: std::sync::Mutex<std::collections::HashMap<String, Waiting, ahash::RandomState>>,
     metrics: ProxyMetrics,
     /// Tells the other instances to purge a URL (the invalidation bus), when there are any.
     announce: Option<Announce>,
+    /// In tiered mode: answers shared with the other instances through L2.
+    sharing: Option<Sharing>,
+}
+
+/// How a route shares what it stores with the other instances: each stored answer is kept in
+/// L2 too (`l2_key`), a miss looks there before it asks the origin, and with a lock, misses
+/// of a URL on several instances make one origin request (`cache::lock`).
+struct Sharing {
+    l2: Arc<L2>,
+    lock: Option<Lock>,
+}
+
+/// Where a URL's stored answer is kept in L2: its own key space, which no KV key a client
+/// may be given (`tiergate:` keys are the gateway's) should use.
+const L2_PREFIX: &[u8] = b"tiergate:route:";
+
+/// What a lock's holder leaves for the other instances when the origin's answer could not be
+/// stored: they ask the origin without waiting (`Store::pass`).
+const PASS_MARK: &[u8] = b"pass";
+
+fn l2_key(key: &str) -> Bytes {
+    Bytes::from([L2_PREFIX, key.as_bytes()].concat())
+}
+
+impl Sharing {
+    /// Keeps `stored` in L2 for as long as it is worth keeping, then releases `held` (in that
+    /// order, so a waiter that finds the lock gone finds the answer). In the background: the
+    /// client's answer does not wait for it.
+    fn keep(&self, key: &str, stored: &Stored, held: Option<Held>) {
+        let ttl = stored
+            .keep_until
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let blob = (!ttl.is_zero()).then(|| stored.encode());
+        let (l2, key) = (self.l2.clone(), l2_key(key));
+        spawn_here(async move {
+            if let Some(blob) = blob {
+                if let Err(e) = l2.store_answer(&key, &blob, ttl).await {
+                    tracing::debug!(error = %e, "a proxied answer was not kept in L2");
+                }
+            }
+            if let Some(held) = held {
+                held.release(&l2, None).await;
+            }
+        });
+    }
+}
+
+/// Releases `held`, leaving `outcome` in it (see `Held::release`), in the background.
+fn release(l2: &Arc<L2>, held: Held, outcome: Option<(&'static [u8], Duration)>) {
+    let l2 = l2.clone();
+    spawn_here(async move { held.release(&l2, outcome).await });
+}
+
+/// Spawns on the runtime this runs on (none when dropped outside one: a test's teardown;
+/// the lock then expires by itself).
+fn spawn_here(f: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(f);
+    }
 }
 
 /// How a route tells every instance to purge a URL: the server hands in one that announces
@@ -103,10 +176,16 @@ pub struct Loading {
     key: String,
     id: u64,
     _done: tokio::sync::watch::Sender<()>,
+    /// The URL's lock across instances, when this load took it (`Route::shared_turn`).
+    held: Option<Held>,
 }
 
 impl Drop for Loading {
     fn drop(&mut self) {
+        // Given up without storing anything: the other instances may go on.
+        if let (Some(held), Some(s)) = (self.held.take(), &self.route.sharing) {
+            release(&s.l2, held, None);
+        }
         let mut loading = self.route.loading.lock().unwrap_or_else(|e| e.into_inner());
         if loading.get(&self.key).is_some_and(|w| w.id == self.id) {
             loading.remove(&self.key);
@@ -129,6 +208,7 @@ impl Proxy {
         origins: &Origins,
         metrics: &Metrics,
         announce: Option<Announce>,
+        l2: Option<&Arc<L2>>,
     ) -> Self {
         let mut routes: Vec<Arc<Route>> = configs
             .iter()
@@ -147,6 +227,13 @@ impl Proxy {
                         loading: Default::default(),
                         metrics: metrics.proxy_route(&r.prefix),
                         announce: announce.clone(),
+                        sharing: l2.map(|l2| Sharing {
+                            l2: l2.clone(),
+                            lock: (!r.lock_wait.0.is_zero()).then_some(Lock {
+                                wait: r.lock_wait.0,
+                                ttl: r.lock_ttl.0,
+                            }),
+                        }),
                     })
                 })
             })
@@ -170,9 +257,12 @@ impl Proxy {
 
     /// Removes every stored variant of `url` (a path and query) here and, through the bus,
     /// on every other instance; whether one was stored here.
-    pub fn purge(&self, url: &str) -> bool {
+    pub async fn purge(&self, url: &str) -> bool {
         let path = url.split('?').next().unwrap_or_default();
-        self.find(path).is_some_and(|r| r.purge_everywhere(url))
+        match self.find(path) {
+            Some(r) => r.purge_everywhere(url).await,
+            None => false,
+        }
     }
 
     /// `purge` on this instance only: what the bus calls for a purge it heard.
@@ -236,6 +326,22 @@ fn directive(headers: &HeaderMap, name: &str) -> Option<Duration> {
         })
 }
 
+/// Whether an answer's headers alone say a shared cache may not keep it (RFC 9111 section
+/// 3: Cache-Control no-store or private; and a Set-Cookie, see `Route::stored`): then no
+/// `CachePolicy` is built for it, a third of what such a miss costs here.
+fn never_shared(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::SET_COOKIE)
+        || headers
+            .get_all(header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| {
+                let name = d.split('=').next().unwrap_or_default().trim();
+                name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("private")
+            })
+}
+
 /// Whether Cache-Control (or Pragma) says `no-cache`.
 fn says_no_cache(headers: &HeaderMap) -> bool {
     let cc = headers
@@ -277,14 +383,91 @@ impl Route {
     }
 
     /// Stores an answer (the body has passed, or was read by a refresh).
-    fn store(&self, key: &str, request: &Request<()>, stored: Stored) -> Arc<Stored> {
+    /// Stores an answer here, and in L2 for the other instances (then releasing `held`, the
+    /// URL's lock across instances, when this load took it).
+    fn store(
+        &self,
+        key: &str,
+        request: &Request<()>,
+        stored: Stored,
+        held: Option<Held>,
+    ) -> Arc<Stored> {
         self.metrics.stored.inc();
-        self.store.insert(key, request, stored)
+        let stored = self.store.insert(key, request, stored);
+        if let Some(s) = &self.sharing {
+            s.keep(key, &stored, held);
+        }
+        stored
+    }
+
+    /// Before a miss this instance leads asks the origin: another instance's fresh answer in
+    /// L2 (stored here too, and returned), else the URL's lock across instances (kept in
+    /// `loading` until the answer is stored), or word that the URL's answers cannot be
+    /// stored (then it goes straight to the origin, `Store::pass`). With no lock to be had
+    /// in time, the miss asks the origin alone.
+    async fn shared_turn(
+        &self,
+        key: &str,
+        cache_req: &mut CacheRequest<'_>,
+        no_cache: bool,
+        loading: &mut Loading,
+    ) -> Option<Arc<Stored>> {
+        let sharing = self.sharing.as_ref()?;
+        let l2_key = l2_key(key);
+        if !no_cache {
+            if let Ok(Some((blob, _))) = sharing.l2.get(l2_key.clone()).await {
+                if let Some(found) = self.adopt(key, cache_req, &blob) {
+                    return Some(found);
+                }
+            }
+        }
+        let lock = sharing.lock?;
+        match lock
+            .turn(&sharing.l2, &l2_key, &l2_key, |v| v == PASS_MARK)
+            .await
+        {
+            Turn::Lead(held) => {
+                loading.held = Some(held);
+                None
+            }
+            Turn::Found((blob, _)) if !no_cache => self.adopt(key, cache_req, &blob),
+            Turn::Left(_) => {
+                self.store.pass(key);
+                None
+            }
+            Turn::Found(_) | Turn::Alone => None,
+        }
+    }
+
+    /// An answer another instance kept in L2, stored here when it is fresh and this request
+    /// selects it (Vary); None otherwise (the miss asks the origin).
+    fn adopt(
+        &self,
+        key: &str,
+        cache_req: &mut CacheRequest<'_>,
+        blob: &Bytes,
+    ) -> Option<Arc<Stored>> {
+        let stored = Stored::decode(blob)?;
+        let now = SystemTime::now();
+        let request = cache_req.get();
+        let policy_fresh = matches!(
+            stored.policy.before_request(request, now),
+            http_cache_semantics::BeforeRequest::Fresh(_)
+        );
+        (now < stored.fresh_until && (policy_fresh || stored.floored))
+            .then(|| self.store.insert(key, request, stored))
     }
 
     /// Removes the URL's variants here and announces it to the other instances; whether
     /// one was stored here.
-    fn purge_everywhere(&self, url: &str) -> bool {
+    async fn purge_everywhere(&self, url: &str) -> bool {
+        // The shared copy goes first, so neither this instance nor one that hears the purge
+        // finds the old answer in L2 on its next miss.
+        if let Some(s) = &self.sharing {
+            if let Err(e) = s.l2.del(&[l2_key(url)]).await {
+                tracing::debug!(error = %e, "a purged answer's L2 copy stays until it expires");
+            }
+        }
         if let Some(announce) = &self.announce {
             announce(url);
         }
@@ -292,8 +475,8 @@ impl Route {
     }
 
     /// `PURGE`: removes the URL's variants here and, through the bus, everywhere.
-    pub fn purge(&self, url: &str) -> Response<ReplyBody> {
-        let purged = self.purge_everywhere(url);
+    pub async fn purge(&self, url: &str) -> Response<ReplyBody> {
+        let purged = self.purge_everywhere(url).await;
         let body = format!("{{\"purged\":{purged}}}\n");
         let mut resp = Response::new(Full::new(Bytes::from(body)).into());
         *resp.status_mut() = if purged {
@@ -349,16 +532,16 @@ impl Route {
                 return Ok((serve_stored(&s, &parts.headers), ProxyOutcome::Hit));
             }
         }
-        let peer = parts.extensions.get::<ClientAddr>().map(|a| a.0.ip());
+        let peer = parts.extensions.get::<ClientAddr>().map(|a| &a.0);
         let to_origin = headers::to_origin(&parts.headers, parts.version, peer);
         match parts.method {
             Method::GET => self.get(pq, &parts.headers, to_origin).await,
             Method::HEAD => {
                 // A fresh stored GET answers a HEAD; otherwise the HEAD goes through as is.
-                let cache_req = Self::cache_request(&pq, &parts.headers);
+                let mut cache_req = CacheRequest::new(&pq, &parts.headers);
                 if let Lookup::Fresh(s) =
                     self.store
-                        .lookup(pq.as_str(), &cache_req, says_no_cache(&parts.headers))
+                        .lookup(pq.as_str(), &mut cache_req, says_no_cache(&parts.headers))
                 {
                     return Ok((serve_stored(&s, &parts.headers), ProxyOutcome::Hit));
                 }
@@ -387,18 +570,11 @@ impl Route {
                 // the URL.
                 let status = answer.status();
                 if unsafe_method && (status.is_success() || status.is_redirection()) {
-                    self.purge_everywhere(pq.as_str());
+                    self.purge_everywhere(pq.as_str()).await;
                 }
                 Ok((pass(answer, None), ProxyOutcome::Bypass))
             }
         }
-    }
-
-    /// The request as the cache sees it: a GET for `pq` with the client's headers less Host.
-    fn cache_request(pq: &http::uri::PathAndQuery, client: &HeaderMap) -> Request<()> {
-        let mut r = Request::get(pq.as_str()).body(()).expect("a valid request");
-        *r.headers_mut() = headers::for_cache(client);
-        r
     }
 
     /// Whether this request loads `key` (Some: it leads the load) or waited for another's:
@@ -407,7 +583,7 @@ impl Route {
     async fn lead_or_wait(
         self: &Arc<Self>,
         key: &str,
-        cache_req: &Request<()>,
+        cache_req: &mut CacheRequest<'_>,
         no_cache: bool,
         client: &HeaderMap,
     ) -> Result<Option<Loading>, Response<ReplyBody>> {
@@ -431,19 +607,41 @@ impl Route {
         to_origin: HeaderMap,
     ) -> Result<(Response<ReplyBody>, ProxyOutcome), ApiError> {
         let key = pq.as_str();
-        let cache_req = Self::cache_request(&pq, client);
+        let mut cache_req = CacheRequest::new(&pq, client);
         let no_cache = says_no_cache(client);
-        let stale = match self.store.lookup(key, &cache_req, no_cache) {
+        let stale = match self.store.lookup(key, &mut cache_req, no_cache) {
             Lookup::Fresh(s) => return Ok((serve_stored(&s, client), ProxyOutcome::Hit)),
             Lookup::Stale(s) => s,
+            // A URL whose answers cannot be stored: straight to the origin, no waiting.
+            Lookup::Miss if self.store.passes(key) => {
+                let answer = self
+                    .origin
+                    .send(OriginRequest::get(Method::GET, pq.clone(), to_origin))
+                    .await
+                    .map_err(|e| origin_error(&e))?;
+                return Ok((
+                    self.answer(key, cache_req, answer, None),
+                    ProxyOutcome::Miss,
+                ));
+            }
             Lookup::Miss => {
                 // One origin request for concurrent misses of a URL: the first loads, the
                 // others wait for its answer to be stored, then look again. One that finds
                 // nothing (not storable, another variant, too slow) asks the origin itself.
-                let loading = match self.lead_or_wait(key, &cache_req, no_cache, client).await {
+                // Across instances the same, through L2 and a lock (`shared_turn`).
+                let mut loading = match self
+                    .lead_or_wait(key, &mut cache_req, no_cache, client)
+                    .await
+                {
                     Ok(loading) => loading,
                     Err(hit) => return Ok((hit, ProxyOutcome::Hit)),
                 };
+                if let Some(lead) = loading.as_mut() {
+                    if let Some(found) = self.shared_turn(key, &mut cache_req, no_cache, lead).await
+                    {
+                        return Ok((serve_stored(&found, client), ProxyOutcome::Hit));
+                    }
+                }
                 let answer = self
                     .origin
                     .send(OriginRequest::get(Method::GET, pq.clone(), to_origin))
@@ -458,11 +656,14 @@ impl Route {
         let now = SystemTime::now();
         // RFC 5861 stale-while-revalidate: answer now, refresh once behind it.
         if !no_cache && now < stale.fresh_until + stale.stale_while_revalidate {
-            self.refresh_behind(&stale, key, cache_req, to_origin.clone());
+            self.refresh_behind(&stale, key, cache_req.into_request(), to_origin.clone());
             return Ok((serve_stored(&stale, client), ProxyOutcome::Stale));
         }
         // Concurrent revalidations of a URL coalesce as misses do.
-        let loading = match self.lead_or_wait(key, &cache_req, no_cache, client).await {
+        let loading = match self
+            .lead_or_wait(key, &mut cache_req, no_cache, client)
+            .await
+        {
             Ok(loading) => loading,
             Err(hit) => return Ok((hit, ProxyOutcome::Hit)),
         };
@@ -477,7 +678,7 @@ impl Route {
         let may_serve_stale = now < stale.fresh_until + stale.stale_if_error;
         match sent {
             Ok(answer) if answer.status() == StatusCode::NOT_MODIFIED => {
-                match self.revalidated(key, &cache_req, &stale, &answer) {
+                match self.revalidated(key, cache_req.get(), &stale, &answer) {
                     Some(fresh) => Ok((serve_stored(&fresh, client), ProxyOutcome::Revalidated)),
                     // A 304 for something else than what is stored: ask again, plainly.
                     None => {
@@ -539,6 +740,7 @@ impl Route {
                         body: stale.body.clone(),
                         ..stored
                     },
+                    None,
                 ))
             }
             AfterResponse::Modified(..) => None,
@@ -604,6 +806,7 @@ impl Route {
             key: key.to_owned(),
             id,
             _done: tx,
+            held: None,
         })
     }
 
@@ -612,9 +815,9 @@ impl Route {
     fn answer(
         self: &Arc<Self>,
         key: &str,
-        cache_req: Request<()>,
+        cache_req: CacheRequest<'_>,
         answer: OriginResponse,
-        loading: Option<Loading>,
+        mut loading: Option<Loading>,
     ) -> Response<ReplyBody> {
         let now = SystemTime::now();
         let (mut parts, body) = answer.into_parts();
@@ -626,7 +829,18 @@ impl Route {
             .and_then(|v| v.parse::<u64>().ok());
         let fits = declared.is_none_or(|n| n <= self.max_object_bytes)
             && parts.status != StatusCode::PARTIAL_CONTENT;
-        let keep = if fits {
+        let shareable = !never_shared(&parts.headers);
+        if !shareable {
+            // The origin says it never may be (not a failure, which may pass): its next
+            // misses, here and on the other instances, go straight to it.
+            self.store.pass(key);
+            let held = loading.as_mut().and_then(|l| l.held.take());
+            if let (Some(held), Some(s)) = (held, &self.sharing) {
+                release(&s.l2, held, Some((PASS_MARK, store::PASS_FOR)));
+            }
+        }
+        let keep = if fits && shareable {
+            let cache_req = cache_req.into_request();
             let policy = shared_policy(&cache_req, &parts, now);
             self.stored(policy, parts.status, parts.headers.clone(), now)
                 .map(|head| Keeping {
@@ -724,6 +938,7 @@ impl Route {
                 body: body.to_bytes(),
                 ..head
             },
+            None,
         );
         true
     }

@@ -10,12 +10,46 @@
 //! form can later be written to L2 for instances to share.
 
 use bytes::Bytes;
-use http::{header, HeaderMap, StatusCode};
+use http::{header, uri::PathAndQuery, HeaderMap, Request, StatusCode};
 use http_cache_semantics::{BeforeRequest, CachePolicy};
 use std::{
     sync::{atomic::AtomicBool, Arc},
     time::{Duration, Instant, SystemTime},
 };
+
+/// The request as the cache sees it (for `CachePolicy` and Vary): a GET of the path and
+/// query with the client's headers less hop-by-hop ones and Host (`headers::for_cache`).
+/// Built when first asked for: a miss whose answer is not kept (no-store) never needs it.
+pub struct CacheRequest<'a> {
+    pq: &'a PathAndQuery,
+    client: &'a HeaderMap,
+    built: Option<Request<()>>,
+}
+
+impl<'a> CacheRequest<'a> {
+    pub fn new(pq: &'a PathAndQuery, client: &'a HeaderMap) -> Self {
+        Self {
+            pq,
+            client,
+            built: None,
+        }
+    }
+
+    pub fn get(&mut self) -> &Request<()> {
+        self.built.get_or_insert_with(|| {
+            let mut r = Request::get(self.pq.as_str())
+                .body(())
+                .expect("a valid request");
+            *r.headers_mut() = super::headers::for_cache(self.client);
+            r
+        })
+    }
+
+    pub fn into_request(mut self) -> Request<()> {
+        self.get();
+        self.built.take().expect("just built")
+    }
+}
 
 /// Variants kept per URL: enough for a few languages or encodings; past it the oldest goes.
 /// A `Vary` on a header with many values (User-Agent) would otherwise fill the cache with
@@ -60,6 +94,70 @@ impl Stored {
 
     pub fn has_validators(&self) -> bool {
         self.headers.contains_key(header::ETAG) || self.headers.contains_key(header::LAST_MODIFIED)
+    }
+}
+
+/// How a stored answer travels through L2 (`encode`, `decode`): this, the length of the
+/// JSON head (4 bytes, big-endian), the head, then the body as it is.
+const L2_FORM: &[u8; 4] = b"tgr1";
+
+/// A stored answer's head in L2: everything but the body and the refresh flag.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Head {
+    policy: CachePolicy,
+    status: u16,
+    #[serde(with = "http_serde::header_map")]
+    headers: HeaderMap,
+    fresh_until: SystemTime,
+    floored: bool,
+    stale_while_revalidate: Duration,
+    stale_if_error: Duration,
+    keep_until: SystemTime,
+}
+
+impl Stored {
+    /// Its L2 form, for the other instances (`decode`).
+    pub fn encode(&self) -> Vec<u8> {
+        let head = Head {
+            policy: self.policy.clone(),
+            status: self.status.as_u16(),
+            headers: self.headers.clone(),
+            fresh_until: self.fresh_until,
+            floored: self.floored,
+            stale_while_revalidate: self.stale_while_revalidate,
+            stale_if_error: self.stale_if_error,
+            keep_until: self.keep_until,
+        };
+        let json = serde_json::to_vec(&head).expect("a stored answer's head serialises");
+        let mut out = Vec::with_capacity(8 + json.len() + self.body.len());
+        out.extend_from_slice(L2_FORM);
+        out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        out.extend_from_slice(&json);
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// A stored answer from its L2 form; None for anything else (another version's form, a
+    /// value some client wrote there).
+    pub fn decode(blob: &Bytes) -> Option<Stored> {
+        let rest = blob.strip_prefix(L2_FORM)?;
+        let (len, rest) = rest.split_first_chunk::<4>()?;
+        let len = u32::from_be_bytes(*len) as usize;
+        let json = rest.get(..len)?;
+        let head: Head = serde_json::from_slice(json).ok()?;
+        let body_at = L2_FORM.len() + 4 + len;
+        Some(Stored {
+            policy: head.policy,
+            status: StatusCode::from_u16(head.status).ok()?,
+            headers: head.headers,
+            body: blob.slice(body_at..),
+            fresh_until: head.fresh_until,
+            floored: head.floored,
+            stale_while_revalidate: head.stale_while_revalidate,
+            stale_if_error: head.stale_if_error,
+            keep_until: head.keep_until,
+            refreshing: AtomicBool::new(false),
+        })
     }
 }
 
@@ -122,18 +220,34 @@ pub enum Lookup {
     Miss,
 }
 
+/// How long a URL whose answer could not be stored (no-store, private, Set-Cookie) goes
+/// straight to the origin: its misses are not made to wait for each other, here or across
+/// instances, since none of them could be answered from another's (Varnish's hit-for-miss,
+/// 120 s there). Short, so an origin that starts allowing it is cached soon.
+pub const PASS_FOR: Duration = Duration::from_secs(10);
+/// URLs remembered so at most; past it the least used are forgotten (and coalesce again).
+const PASS_CAPACITY: u64 = 65_536;
+
 pub struct Store {
-    cache: moka::sync::Cache<String, Arc<Variants>>,
+    /// URLs whose last answer could not be stored (`PASS_FOR`).
+    passes: moka::sync::Cache<String, (), ahash::RandomState>,
+    /// aHash, not moka's default SipHash: a lookup per request, and aHash is keyed at random
+    /// too (no chosen-URL collisions).
+    cache: moka::sync::Cache<String, Arc<Variants>, ahash::RandomState>,
 }
 
 impl Store {
     pub fn new(capacity: u64) -> Self {
         Self {
+            passes: moka::sync::Cache::builder()
+                .max_capacity(PASS_CAPACITY)
+                .time_to_live(PASS_FOR)
+                .build_with_hasher(ahash::RandomState::new()),
             cache: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .weigher(|k: &String, v: &Arc<Variants>| v.weight(k))
                 .expire_after(KeepUntil)
-                .build(),
+                .build_with_hasher(ahash::RandomState::new()),
         }
     }
 
@@ -156,11 +270,12 @@ impl Store {
 
     /// The variant of `key` that `request` (as the cache sees it: a GET, Host removed)
     /// selects, and whether it is fresh. `no_cache`: the client asked for revalidation.
-    pub fn lookup(&self, key: &str, request: &http::Request<()>, no_cache: bool) -> Lookup {
+    pub fn lookup(&self, key: &str, request: &mut CacheRequest<'_>, no_cache: bool) -> Lookup {
         let Some(variants) = self.cache.get(key) else {
             return Lookup::Miss;
         };
         let now = SystemTime::now();
+        let request = request.get();
         for v in &variants.all {
             let policy_fresh = match v.policy.before_request(request, now) {
                 BeforeRequest::Fresh(_) => true,
@@ -202,13 +317,25 @@ impl Store {
             .unwrap_or_default();
         all.insert(0, stored.clone());
         all.truncate(MAX_VARIANTS);
+        self.passes.invalidate(key);
         self.cache
             .insert(key.to_owned(), Arc::new(Variants { all }));
         stored
     }
 
-    /// Removes every variant of `key`; whether there was one.
+    /// Remembers that `key`'s answer could not be stored (`PASS_FOR`).
+    pub fn pass(&self, key: &str) {
+        self.passes.insert(key.to_owned(), ());
+    }
+
+    /// Whether `key`'s misses go straight to the origin (`pass`).
+    pub fn passes(&self, key: &str) -> bool {
+        self.passes.contains_key(key)
+    }
+
+    /// Removes every variant of `key` (and forgets a pass); whether there was one.
     pub fn remove(&self, key: &str) -> bool {
+        self.passes.invalidate(key);
         self.cache.remove(key).is_some()
     }
 
@@ -216,5 +343,61 @@ impl Store {
     pub fn usage(&self) -> (u64, u64) {
         self.cache.run_pending_tasks();
         (self.cache.weighted_size(), self.cache.entry_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use http_cache_semantics::CacheOptions;
+
+    #[test]
+    fn a_stored_answer_travels_through_l2_whole_and_junk_is_refused() {
+        let request = Request::get("/api/x").body(()).unwrap();
+        let mut answer = http::Response::builder()
+            .status(200)
+            .header("cache-control", "max-age=60")
+            .header("etag", "\"e1\"")
+            .body(())
+            .unwrap();
+        answer
+            .headers_mut()
+            .append("x-two", HeaderValue::from_static("a"));
+        answer
+            .headers_mut()
+            .append("x-two", HeaderValue::from_static("b"));
+        let now = SystemTime::now();
+        let options = CacheOptions {
+            shared: true,
+            ..CacheOptions::default()
+        };
+        let policy = CachePolicy::new_options(&request, &answer, now, options);
+        let stored = Stored {
+            policy,
+            status: StatusCode::OK,
+            headers: answer.headers().clone(),
+            body: Bytes::from_static(b"\r\n\0body"),
+            fresh_until: now + Duration::from_secs(60),
+            floored: true,
+            stale_while_revalidate: Duration::from_secs(5),
+            stale_if_error: Duration::from_secs(7),
+            keep_until: now + Duration::from_secs(90),
+            refreshing: AtomicBool::new(true),
+        };
+        let back = Stored::decode(&Bytes::from(stored.encode())).unwrap();
+        assert_eq!(back.status, stored.status);
+        assert_eq!(back.headers, stored.headers);
+        assert_eq!(back.body, stored.body);
+        assert_eq!(back.fresh_until, stored.fresh_until);
+        assert_eq!(back.keep_until, stored.keep_until);
+        assert!(back.floored);
+        assert_eq!(back.stale_while_revalidate, Duration::from_secs(5));
+        assert_eq!(back.stale_if_error, Duration::from_secs(7));
+        assert!(!back.refreshing.load(std::sync::atomic::Ordering::Relaxed));
+        assert_eq!(back.policy.time_to_live(now), stored.policy.time_to_live(now));
+        for junk in [&b""[..], b"tgr1", b"tgr1\0\0\0\x09{}", b"tgr1\0\0\0\x02{}", b"value"] {
+            assert!(Stored::decode(&Bytes::copy_from_slice(junk)).is_none(), "{junk:?}");
+        }
     }
 }
