@@ -25,22 +25,32 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Most messages have none, or only `Connection: keep-alive` (an origin's answer): one
     // look at each name, and a removal (a hash) only for what is there. The names
-    // Connection lists are compared as text (map keys are lower case), not parsed into
-    // `HeaderName`s, which allocates for any non-standard one.
+    // Connection lists are compared as text, not parsed into `HeaderName`s (which allocates
+    // for any non-standard one).
     let hop = |k: &HeaderName| HOP_BY_HOP.contains(k) || k.as_str().starts_with("proxy-");
     if !h.keys().any(hop) {
         return;
     }
-    let named = |k: &HeaderName| {
-        h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|n| n.trim().eq_ignore_ascii_case(k.as_str()))
-    };
-    let doomed: Vec<HeaderName> = h.keys().filter(|k| hop(k) || named(k)).cloned().collect();
-    for n in doomed {
-        h.remove(n);
+    // What Connection names goes first, while it is still there to say: each name once,
+    // compared with the keys there (a handful), so a long list costs its length times
+    // that, however many of its names are there.
+    let listed: Vec<HeaderValue> = h.get_all(header::CONNECTION).iter().cloned().collect();
+    for name in listed
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+    {
+        let name = name.trim();
+        let found = h
+            .keys()
+            .find(|k| *k != header::CONNECTION && k.as_str().eq_ignore_ascii_case(name))
+            .cloned();
+        if let Some(k) = found {
+            h.remove(k);
+        }
+    }
+    while let Some(k) = h.keys().find(|k| hop(k)).cloned() {
+        h.remove(k);
     }
 }
 

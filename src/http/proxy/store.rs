@@ -325,7 +325,11 @@ impl Store {
 
     /// Remembers that `key`'s answer could not be stored (`PASS_FOR`).
     pub fn pass(&self, key: &str) {
-        self.passes.insert(key.to_owned(), ());
+        // Once per PASS_FOR, not per request: a pass's misses all come through here, and a
+        // moka insert is a write scheduled for its maintenance.
+        if !self.passes.contains_key(key) {
+            self.passes.insert(key.to_owned(), ());
+        }
     }
 
     /// Whether `key`'s misses go straight to the origin (`pass`).
