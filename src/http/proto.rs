@@ -186,7 +186,7 @@ impl Read for Primed {
             this.at += n as u8;
             return Poll::Ready(Ok(()));
         }
-        crate::net::read::poll_recv(this.io.inner(), cx, buf)
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 

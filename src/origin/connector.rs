@@ -5,7 +5,6 @@
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
 use std::{
     future::Future,
@@ -14,7 +13,6 @@ use std::{
     task::{Context, Poll},
     time::Duration,
 };
-use tokio::net::TcpStream;
 
 /// Connects like `HttpConnector` and counts the connections it made that are still open.
 #[derive(Clone)]
@@ -68,13 +66,13 @@ impl<T> Drop for Counted<T> {
     }
 }
 
-impl Read for Counted<TokioIo<TcpStream>> {
+impl<T: Read + Unpin> Read for Counted<T> {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
-        crate::net::read::poll_recv(self.io.inner(), cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
