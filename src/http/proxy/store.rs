@@ -399,9 +399,21 @@ mod tests {
         assert_eq!(back.stale_while_revalidate, Duration::from_secs(5));
         assert_eq!(back.stale_if_error, Duration::from_secs(7));
         assert!(!back.refreshing.load(std::sync::atomic::Ordering::Relaxed));
-        assert_eq!(back.policy.time_to_live(now), stored.policy.time_to_live(now));
-        for junk in [&b""[..], b"tgr1", b"tgr1\0\0\0\x09{}", b"tgr1\0\0\0\x02{}", b"value"] {
-            assert!(Stored::decode(&Bytes::copy_from_slice(junk)).is_none(), "{junk:?}");
+        assert_eq!(
+            back.policy.time_to_live(now),
+            stored.policy.time_to_live(now)
+        );
+        for junk in [
+            &b""[..],
+            b"tgr1",
+            b"tgr1\0\0\0\x09{}",
+            b"tgr1\0\0\0\x02{}",
+            b"value",
+        ] {
+            assert!(
+                Stored::decode(&Bytes::copy_from_slice(junk)).is_none(),
+                "{junk:?}"
+            );
         }
     }
 }
