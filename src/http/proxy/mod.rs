@@ -612,30 +612,22 @@ impl Route {
         let stale = match self.store.lookup(key, &mut cache_req, no_cache) {
             Lookup::Fresh(s) => return Ok((serve_stored(&s, client), ProxyOutcome::Hit)),
             Lookup::Stale(s) => s,
-            // A URL whose answers cannot be stored: straight to the origin, no waiting.
-            Lookup::Miss if self.store.passes(key) => {
-                let answer = self
-                    .origin
-                    .send(OriginRequest::get(Method::GET, pq.clone(), to_origin))
-                    .await
-                    .map_err(|e| origin_error(&e))?;
-                return Ok((
-                    self.answer(key, cache_req, answer, None),
-                    ProxyOutcome::Miss,
-                ));
-            }
             Lookup::Miss => {
                 // One origin request for concurrent misses of a URL: the first loads, the
                 // others wait for its answer to be stored, then look again. One that finds
                 // nothing (not storable, another variant, too slow) asks the origin itself.
-                // Across instances the same, through L2 and a lock (`shared_turn`).
-                let mut loading = match self
-                    .lead_or_wait(key, &mut cache_req, no_cache, client)
-                    .await
-                {
-                    Ok(loading) => loading,
-                    Err(hit) => return Ok((hit, ProxyOutcome::Hit)),
-                };
+                // Across instances the same, through L2 and a lock (`shared_turn`). A URL
+                // whose answers cannot be stored (a pass) goes straight to the origin.
+                let mut loading = None;
+                if !self.store.passes(key) {
+                    loading = match self
+                        .lead_or_wait(key, &mut cache_req, no_cache, client)
+                        .await
+                    {
+                        Ok(loading) => loading,
+                        Err(hit) => return Ok((hit, ProxyOutcome::Hit)),
+                    };
+                }
                 if let Some(lead) = loading.as_mut() {
                     if let Some(found) = self.shared_turn(key, &mut cache_req, no_cache, lead).await
                     {
