@@ -1011,6 +1011,9 @@ fn client_has_it(s: &Stored, client: &HeaderMap) -> bool {
 fn pass(answer: OriginResponse, keep: Option<Keeping>) -> Response<ReplyBody> {
     let (mut parts, body) = answer.into_parts();
     headers::from_origin(&mut parts.headers);
+    // The version is the hop's, not the message's: an HTTP/1.0 origin's answer goes to an
+    // HTTP/1.1 client as HTTP/1.1 (hyper would otherwise write the origin's status line).
+    parts.version = http::Version::default();
     Response::from_parts(
         parts,
         ReplyBody::Proxied(Box::new(ProxyBody::new(body, keep))),
