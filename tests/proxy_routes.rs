@@ -940,3 +940,41 @@ async fn answers_that_cannot_be_stored_are_not_held_up_by_the_lock_across_instan
     assert_eq!(got(&one, "/api/private").await, pair("MISS", "public"));
     assert_eq!(got(&one, "/api/private").await, pair("HIT", "public"));
 }
+
+#[tokio::test]
+async fn an_http_1_0_origins_answer_reaches_an_http_1_1_client_as_http_1_1() {
+    // An origin that speaks HTTP/1.0 (as python's http.server does): one answer per
+    // connection, then close.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = 0;
+                while !buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf[got..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n,
+                    }
+                }
+                let answer =
+                    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nCache-Control: max-age=60\r\n\r\nok";
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    let g = Gateway::start_ready(config_at(&url, "", "")).await;
+    for want in ["MISS", "HIT"] {
+        let r = g
+            .http
+            .get(format!("{}/api/old", g.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_11, "{want}");
+        assert_eq!(r.headers()["x-cache"], want);
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+}
