@@ -14,7 +14,7 @@
 use super::{
     l1::Entry,
     l2::L2,
-    lock::{self, Lock, Turn},
+    lock::{Lock, Turn},
     L2Error,
 };
 use crate::{
@@ -136,15 +136,12 @@ impl Loader {
             return self.load_kept(l2, key, max).await.map(Shared::Loaded);
         };
         let l2_key = Bytes::copy_from_slice(key);
-        match lock
-            .turn(l2, key, &l2_key, |held| held == LOCK_ABSENT)
-            .await
-        {
+        match lock.turn(l2, &l2_key, |held| held == LOCK_ABSENT).await {
             Turn::Lead(held) => {
                 let loaded = self.load(key, max).await;
                 let outcome = match &loaded {
                     Ok(Loaded::Value(value, Some(ttl))) => {
-                        lock::keep(l2, key, value, *ttl).await;
+                        keep(l2, key, value, *ttl).await;
                         None
                     }
                     Ok(Loaded::Absent(neg)) if !neg.is_zero() => Some((LOCK_ABSENT, *neg)),
@@ -163,7 +160,7 @@ impl Loader {
     async fn load_kept(&self, l2: &L2, key: &[u8], max: usize) -> Result<Loaded, L2Error> {
         let loaded = self.load(key, max).await?;
         if let Loaded::Value(value, Some(ttl)) = &loaded {
-            lock::keep(l2, key, value, *ttl).await;
+            keep(l2, key, value, *ttl).await;
         }
         Ok(loaded)
     }
@@ -285,6 +282,13 @@ impl Loader {
             Loaded::Absent(ttl) if !ttl.is_zero() => Some(Entry::absent(*ttl).from_origin()),
             Loaded::Absent(_) => None,
         }
+    }
+}
+
+/// Keeps a loaded value in L2 for every instance; it is good whether or not L2 keeps it.
+async fn keep(l2: &L2, key: &[u8], value: &Bytes, ttl: Duration) {
+    if let Err(e) = l2.store_loaded(key, value, ttl).await {
+        tracing::debug!(error = %e, "a loaded value was not kept in L2");
     }
 }
 

@@ -43,16 +43,10 @@ pub struct Held {
 }
 
 impl Lock {
-    /// Takes the lock of `key` (stored in L2 under `l2_key`), or waits for the holder's
-    /// answer there. `left`: whether a value found in the lock is something its holder left
-    /// for waiters rather than another instance's token.
-    pub async fn turn(
-        &self,
-        l2: &L2,
-        key: &[u8],
-        l2_key: &Bytes,
-        left: impl Fn(&[u8]) -> bool,
-    ) -> Turn {
+    /// Takes the lock of `key` (the L2 key its answer is kept under), or waits for the
+    /// holder's answer there. `left`: whether a value found in the lock is something its
+    /// holder left for waiters rather than another instance's token.
+    pub async fn turn(&self, l2: &L2, key: &Bytes, left: impl Fn(&[u8]) -> bool) -> Turn {
         let name = [PREFIX, key].concat();
         let token = format!("{:016x}", fastrand::u64(..));
         let deadline = tokio::time::Instant::now() + self.wait;
@@ -72,7 +66,7 @@ impl Lock {
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(POLL_MAX);
-            match l2.get(l2_key.clone()).await {
+            match l2.get(key.clone()).await {
                 Ok(Some(found)) => return Turn::Found(found),
                 Ok(None) => {}
                 Err(_) => return Turn::Alone,
@@ -91,13 +85,5 @@ impl Held {
         {
             tracing::debug!(error = %e, "an origin lock was left to expire");
         }
-    }
-}
-
-/// Keeps a value an origin gave in L2 for every instance; it is good whether or not L2
-/// keeps it.
-pub async fn keep(l2: &L2, key: &[u8], value: &[u8], ttl: Duration) {
-    if let Err(e) = l2.store_loaded(key, value, ttl).await {
-        tracing::debug!(error = %e, "an origin's answer was not kept in L2");
     }
 }

@@ -422,10 +422,7 @@ impl Route {
             }
         }
         let lock = sharing.lock?;
-        match lock
-            .turn(&sharing.l2, &l2_key, &l2_key, |v| v == PASS_MARK)
-            .await
-        {
+        match lock.turn(&sharing.l2, &l2_key, |v| v == PASS_MARK).await {
             Turn::Lead(held) => {
                 loading.held = Some(held);
                 None
@@ -448,13 +445,8 @@ impl Route {
         blob: &Bytes,
     ) -> Option<Arc<Stored>> {
         let stored = Stored::decode(blob)?;
-        let now = SystemTime::now();
         let request = cache_req.get();
-        let policy_fresh = matches!(
-            stored.policy.before_request(request, now),
-            http_cache_semantics::BeforeRequest::Fresh(_)
-        );
-        (now < stored.fresh_until && (policy_fresh || stored.floored))
+        (stored.freshness(request, SystemTime::now(), false) == Some(true))
             .then(|| self.store.insert(key, request, stored))
     }
 

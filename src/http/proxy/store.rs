@@ -92,6 +92,25 @@ impl Stored {
         (self.body.len() + headers * 2 + 512) as u64
     }
 
+    /// Whether it answers `request` fresh at `now` (Some(true)) or only stale, to be
+    /// revalidated (Some(false)); None when the request does not select it (Vary).
+    /// `no_cache`: the client asked for revalidation.
+    pub fn freshness(
+        &self,
+        request: &Request<()>,
+        now: SystemTime,
+        no_cache: bool,
+    ) -> Option<bool> {
+        let policy_fresh = match self.policy.before_request(request, now) {
+            BeforeRequest::Fresh(_) => true,
+            BeforeRequest::Stale { matches: true, .. } => false,
+            BeforeRequest::Stale { matches: false, .. } => return None,
+        };
+        // The route's ceiling can make a fresh answer stale, its floor a stale one fresh
+        // (never against a client's no-cache).
+        Some(now < self.fresh_until && (policy_fresh || self.floored && !no_cache))
+    }
+
     pub fn has_validators(&self) -> bool {
         self.headers.contains_key(header::ETAG) || self.headers.contains_key(header::LAST_MODIFIED)
     }
@@ -277,19 +296,11 @@ impl Store {
         let now = SystemTime::now();
         let request = request.get();
         for v in &variants.all {
-            let policy_fresh = match v.policy.before_request(request, now) {
-                BeforeRequest::Fresh(_) => true,
-                BeforeRequest::Stale { matches: true, .. } => false,
-                BeforeRequest::Stale { matches: false, .. } => continue,
-            };
-            // The route's ceiling can make a fresh answer stale, its floor a stale one
-            // fresh (never against a client's no-cache).
-            let fresh = now < v.fresh_until && (policy_fresh || v.floored && !no_cache);
-            return if fresh {
-                Lookup::Fresh(v.clone())
-            } else {
-                Lookup::Stale(v.clone())
-            };
+            match v.freshness(request, now, no_cache) {
+                Some(true) => return Lookup::Fresh(v.clone()),
+                Some(false) => return Lookup::Stale(v.clone()),
+                None => {}
+            }
         }
         Lookup::Miss
     }
