@@ -48,7 +48,8 @@
 # Usage: loadtest/compare.sh   (ROWS="http resp" (add fwd for issue 16's rows) DURATION=6s
 #                               ROUNDS=3 CONNS=64 VALUE_BYTES=64 RESP_REQUESTS=300000
 #                               FWD_REQUESTS=100000 FWD_TESTS="incr lpush ..."
-#                               SERVER_CPU=0 LOAD_CPU=1)
+#                               SERVER_CPU=0 LOAD_CPU=1
+#                               BIN=target/release/tiergate: another build to measure)
 # Needs: wrk, nginx, redis-server, redis-benchmark, redis-cli, nutcracker, and varnish for the
 # origin rows (apt-get install -y
 # wrk nginx-light redis-server redis-tools nutcracker varnish) and, for the http rows, oha (cargo
@@ -68,6 +69,7 @@ RESP_REQUESTS=${RESP_REQUESTS:-300000}
 # Requests per unpipelined run of each forwarded command (resp-fwd rows); pipelined, 8 times.
 FWD_REQUESTS=${FWD_REQUESTS:-100000}
 FWD_TESTS=${FWD_TESTS:-incr lpush rpush lpop rpop sadd hset spop zadd lrange_100 mset}
+BIN=${BIN:-target/release/tiergate}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 source loadtest/lib.sh
@@ -229,7 +231,11 @@ row() { # NAME RPS P50 P99 US REF_NAME REF_RPS REF_P50 REF_P99 REF_US
 }
 
 echo "==> building release binaries"
-cargo build --release --quiet --bin tiergate --example bare_hyper
+if [[ $BIN == target/release/tiergate ]]; then
+    cargo build --release --quiet --bin tiergate --example bare_hyper
+elif [[ " $ROWS " == *" http "* ]]; then
+    cargo build --release --quiet --example bare_hyper
+fi
 BODY=$(head -c "$VALUE_BYTES" /dev/zero | tr '\0' 'x')
 
 # start_tiergate NAME [VAR=VALUE ...]: a tiergate over the L2 redis-server (L2_PORT), one
@@ -242,7 +248,7 @@ start_tiergate() {
     env TIERGATE_HTTP_LISTEN="127.0.0.1:$TGX_HTTP" TIERGATE_ADMIN_LISTEN="127.0.0.1:$admin" \
         TIERGATE_RESP_LISTEN="127.0.0.1:$TGX_RESP" TIERGATE_L2_URL="redis://127.0.0.1:$L2_PORT" \
         TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn "$@" \
-        taskset -c "$SERVER_CPU" target/release/tiergate >"$WORK/$name.log" 2>&1 &
+        taskset -c "$SERVER_CPU" "$BIN" >"$WORK/$name.log" 2>&1 &
     TGX_PID=$!; PIDS+=("$TGX_PID")
     wait_port "$TGX_HTTP"
     wait_port "$TGX_RESP"

@@ -33,7 +33,8 @@ wait_port() {
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.05
     done
-    echo "nothing listening on $1" >&2
+    echo "nothing listening on $1; the logs' last lines:" >&2
+    tail -n 5 "$WORK"/*.log >&2 || true
     exit 1
 }
 

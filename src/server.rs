@@ -164,7 +164,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let upstreams: Vec<&str> = o.upstreams.iter().map(|u| u.url()).collect();
         tracing::info!(origin = %o.name, upstreams = %upstreams.join(","), probes = !o.health_path.is_empty(), "origin");
     }
-    background.spawn_service(origins.clone().probe(draining.clone()));
+    background.spawn_service(origins.clone().tend(draining.clone()));
 
     let auth = Arc::new(Auth::new(Rules::from_config(&config)));
     log_protected_mode(&config);

@@ -201,7 +201,7 @@ async fn active_probes_take_an_upstream_out_and_bring_it_back() {
         "health_path = \"/health\"\nhealth_interval = \"50ms\"\nunhealthy_after = 2\nhealthy_after = 2",
     );
     let shutdown = tiergate::shutdown::Shutdown::new();
-    let probing = tokio::spawn(o.clone().probe(shutdown.clone()));
+    let probing = tokio::spawn(o.clone().tend(shutdown.clone()));
     let a_label = format!("upstream=\"{}\"", a.addr());
     eventually("a's probes to fail twice", || {
         let m = m.clone();
@@ -383,13 +383,9 @@ async fn connections_are_pooled_and_counted() {
     for _ in 0..20 {
         get(&o, "/x").await.unwrap();
     }
-    // One after another, a connection is reused (a second may open while the first is
-    // being put back in the pool).
-    let open = metric(&m, "tiergate_origin_connections", &[]);
-    assert!(
-        (1.0..=2.0).contains(&open),
-        "{open} connections for 20 requests"
-    );
+    // One after another, a connection is reused: its answer read to the end hands it back.
+    assert_eq!(a.connections(), 1, "connections for 20 requests");
+    assert_eq!(metric(&m, "tiergate_origin_connections", &[]), 1.0);
     assert_eq!(
         metric(&m, "tiergate_origin_requests_total", &["status=\"2xx\""]),
         20.0
@@ -403,4 +399,61 @@ async fn connections_are_pooled_and_counted() {
     // The origin gone, nothing answers: 502.
     let e = get(&o, "/x").await.unwrap_err();
     assert_eq!(e.status(), 502, "{e}");
+}
+
+#[tokio::test]
+async fn a_bodiless_answer_hands_its_connection_back_at_once() {
+    let a = Origin::start().await;
+    a.answer("/x", Answer::ok("x"));
+    a.answer("/gone", Answer::status(204));
+    let (o, m) = origins(&[a.url()], "");
+    // HEAD and 204 have no body to read to its end, and the answer is dropped unread (as a
+    // server may drop a HEAD's body): the connection is reused all the same.
+    for i in 0..20 {
+        let (method, path) = if i % 2 == 0 {
+            (Method::HEAD, "/x")
+        } else {
+            (Method::GET, "/gone")
+        };
+        let req = OriginRequest::get(method, path.parse().unwrap(), HeaderMap::new());
+        let answer = o.get("o").unwrap().send(req).await.unwrap();
+        assert!(answer.status().is_success());
+    }
+    assert_eq!(a.connections(), 1, "connections for 20 bodiless answers");
+    assert_eq!(metric(&m, "tiergate_origin_connections", &[]), 1.0);
+}
+
+#[tokio::test]
+async fn no_more_than_pool_max_idle_connections_stay_open_and_idle_ones_close() {
+    let a = Origin::start().await;
+    a.answer("/slow", Answer::ok("x").delay(Duration::from_millis(200)));
+    let (o, m) = origins(
+        &[a.url()],
+        "pool_max_idle = 2\npool_idle_timeout = \"1s\"\nmax_concurrent = 100",
+    );
+    let tending = tokio::spawn(o.clone().tend(tiergate::shutdown::Shutdown::new()));
+    // Ten at once: ten connections.
+    let all = (0..10).map(|_| get(&o, "/slow"));
+    for r in futures_util::future::join_all(all).await {
+        assert_eq!(r.unwrap().0, 200);
+    }
+    // Two of them are kept; the others close.
+    eventually("all but pool_max_idle connections to close", || {
+        let m = m.clone();
+        async move { metric(&m, "tiergate_origin_connections", &[]) == 2.0 }
+    })
+    .await;
+    // The kept ones serve what follows, one after another.
+    for _ in 0..5 {
+        get(&o, "/slow").await.unwrap();
+    }
+    assert!(metric(&m, "tiergate_origin_connections", &[]) <= 2.0);
+    assert_eq!(a.requests("/slow"), 15);
+    // Idle past pool_idle_timeout, with the origin still up: closed.
+    eventually("idle connections to close after pool_idle_timeout", || {
+        let m = m.clone();
+        async move { metric(&m, "tiergate_origin_connections", &[]) == 0.0 }
+    })
+    .await;
+    tending.abort();
 }

@@ -1,72 +1,62 @@
-//! The origin client's connector: hyper-util's `HttpConnector` (connect timeout, TCP_NODELAY)
-//! with each connection counted in its upstream's `tiergate_origin_connections` gauge while it
-//! is open. hyper-util's pool reports nothing about itself; this is where a connection is born
-//! and, on drop, where it ends.
+//! How a connection to an upstream is made: TCP within `connect_timeout`, TCP_NODELAY, and
+//! counted in its upstream's `tiergate_origin_connections` gauge while it is open.
 
+use super::pool::SendError;
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
 use std::{
-    future::Future,
     io,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
 };
+use tokio::net::TcpStream;
 
-/// Connects like `HttpConnector` and counts the connections it made that are still open.
-#[derive(Clone)]
-pub struct Counting {
-    inner: HttpConnector,
-    open: IntGauge,
-}
+/// A connection to an upstream, as hyper reads and writes it.
+pub type Counted = Gauged<TokioIo<TcpStream>>;
 
-impl Counting {
-    pub fn new(connect_timeout: Duration, open: IntGauge) -> Self {
-        let mut inner = HttpConnector::new();
-        inner.set_connect_timeout(Some(connect_timeout));
-        // Requests are small and answered at once: Nagle would hold the second segment.
-        inner.set_nodelay(true);
-        Self { inner, open }
-    }
-}
-
-type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl tower_service::Service<http::Uri> for Counting {
-    type Response = Counted<<HttpConnector as tower_service::Service<http::Uri>>::Response>;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    // Boxed once per new connection, not per request: the pool reuses connections.
-    type Future = Boxed<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        let open = self.open.clone();
-        Box::pin(async move {
-            let io = connecting.await?;
-            open.inc();
-            Ok(Counted { io, open })
-        })
-    }
+/// Connects to `authority` (port 80 when it names none), trying each address its host
+/// resolves to until one answers, all within `timeout`.
+pub async fn connect(
+    authority: &http::uri::Authority,
+    timeout: Duration,
+    open: &IntGauge,
+) -> Result<Counted, SendError> {
+    // An IPv6 host comes bracketed ("[::1]"), which a resolver does not take.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let target = (host, authority.port_u16().unwrap_or(80));
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(target))
+        .await
+        .map_err(|_| SendError::Connect(format!("connect timed out after {timeout:?}")))?
+        .map_err(|e| SendError::Connect(e.to_string()))?;
+    // Requests are small and answered at once: Nagle would hold the second segment.
+    stream
+        .set_nodelay(true)
+        .map_err(|e| SendError::Connect(e.to_string()))?;
+    open.inc();
+    Ok(Gauged {
+        io: TokioIo::new(stream),
+        open: open.clone(),
+    })
 }
 
 /// A connection that leaves its gauge when dropped.
-pub struct Counted<T> {
+pub struct Gauged<T> {
     io: T,
     open: IntGauge,
 }
 
-impl<T> Drop for Counted<T> {
+impl<T> Drop for Gauged<T> {
     fn drop(&mut self) {
         self.open.dec();
     }
 }
 
-impl<T: Read + Unpin> Read for Counted<T> {
+impl<T: Read + Unpin> Read for Gauged<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -76,7 +66,7 @@ impl<T: Read + Unpin> Read for Counted<T> {
     }
 }
 
-impl<T: Write + Unpin> Write for Counted<T> {
+impl<T: Write + Unpin> Write for Gauged<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -103,11 +93,5 @@ impl<T: Write + Unpin> Write for Counted<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-}
-
-impl<T: Connection> Connection for Counted<T> {
-    fn connected(&self) -> Connected {
-        self.io.connected()
     }
 }

@@ -13,13 +13,14 @@
 //!   be sent again (any request whose connection could not even be made), after a
 //!   full-jitter backoff, within `request_timeout`, capped by the retry budget;
 //! - **limits**: `max_concurrent` requests per upstream; connections pooled per upstream
-//!   (`pool_max_idle`, `pool_idle_timeout`), each counted while open (`connector`).
+//!   (`pool`: `pool_max_idle`, `pool_idle_timeout`), each counted while open (`connector`).
 //!
 //! The tier sits below L2 in the data flow: it imports nothing from the cache or the doors.
 
 mod balance;
 mod connector;
 mod error;
+mod pool;
 mod probe;
 mod retry;
 mod upstream;
@@ -44,6 +45,10 @@ use std::{
     time::{Duration, Instant},
 };
 use upstream::{millis_since, InFlight, Limits, Upstream};
+
+/// Least time between two looks for idle connections past their time: a tiny
+/// `pool_idle_timeout` must not make the looks a busy loop.
+const REAP_EVERY_AT_LEAST: Duration = Duration::from_millis(100);
 
 /// Every configured origin.
 #[derive(Default)]
@@ -79,14 +84,34 @@ impl Origins {
         self.all.is_empty()
     }
 
-    /// Probes every origin that has a `health_path`, until shutdown.
-    pub async fn probe(self: Arc<Self>, shutdown: Shutdown) {
+    /// Probes every origin that has a `health_path`, and closes the connections idle past
+    /// their `pool_idle_timeout`, until shutdown.
+    pub async fn tend(self: Arc<Self>, shutdown: Shutdown) {
         let probing = self
             .all
             .iter()
             .filter(|o| o.probe.is_some())
             .map(|o| probe::run(o.clone(), shutdown.clone()));
-        futures_util::future::join_all(probing).await;
+        tokio::join!(
+            futures_util::future::join_all(probing),
+            self.reap(&shutdown)
+        );
+    }
+
+    /// Closes idle connections past their time, looking twice per shortest idle timeout.
+    async fn reap(&self, shutdown: &Shutdown) {
+        let upstreams = self.all.iter().flat_map(|o| o.upstreams.iter());
+        let Some(shortest) = upstreams.clone().map(|u| u.pool.idle_timeout()).min() else {
+            return;
+        };
+        let mut tick = tokio::time::interval((shortest / 2).max(REAP_EVERY_AT_LEAST));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tick.tick() => upstreams.clone().for_each(|u| u.pool.reap()),
+            }
+        }
     }
 
     /// Each origin's state now, for the status page.
@@ -298,19 +323,17 @@ impl Origin {
                     .take()
                     .expect("a stream is sent once, and never retried"),
             };
+            // Origin-form, with the upstream's Host: the request goes on its own connection.
             let mut request = Request::builder()
                 .method(method.clone())
-                .uri(
-                    http::Uri::builder()
-                        .scheme(http::uri::Scheme::HTTP)
-                        .authority(upstream.authority.clone())
-                        .path_and_query(path.clone())
-                        .build()
-                        .expect("scheme, authority and path are valid"),
-                )
+                .uri(http::Uri::from(path.clone()))
                 .body(out_body)
                 .expect("valid request");
             *request.headers_mut() = headers.clone();
+            request
+                .headers_mut()
+                .entry(http::header::HOST)
+                .or_insert_with(|| upstream.host.clone());
             let started = Instant::now();
             let now = tokio::time::Instant::now();
             let attempt_deadline = match self.attempt_timeout {
@@ -318,14 +341,14 @@ impl Origin {
                 None => deadline,
             };
             let outcome =
-                tokio::time::timeout_at(attempt_deadline, upstream.client.request(request)).await;
+                tokio::time::timeout_at(attempt_deadline, upstream.pool.send(request)).await;
             upstream
                 .metrics
                 .duration
                 .observe(started.elapsed().as_secs_f64());
             drop(retry_guard.take());
             let (error, connect) = match outcome {
-                Ok(Ok(response)) => {
+                Ok(Ok((response, sender))) => {
                     let status = response.status().as_u16();
                     upstream.metrics.count(OriginStatus::of(status));
                     if status >= 500 {
@@ -335,34 +358,37 @@ impl Origin {
                     }
                     if may_retry && self.retry_on.contains(&status) {
                         if let Some((guard, wait)) = self.next_retry(retries, deadline) {
-                            drop((response, slot));
+                            drop((response, sender, slot));
                             retries += 1;
                             tokio::time::sleep(wait).await;
                             retry_guard = Some(guard);
                             continue;
                         }
                     }
-                    return Ok(response.map(|inner| OriginBody { inner, _slot: slot }));
+                    return Ok(response.map(|inner| OriginBody::new(inner, sender, slot)));
                 }
                 Ok(Err(e)) => {
                     self.failed(&upstream);
                     upstream.metrics.count(OriginStatus::Error);
                     let (origin, upstream) = (self.name.clone(), upstream.label.clone());
-                    let detail = error_chain(&e);
-                    let error = if e.is_connect() {
-                        OriginError::Connect {
-                            origin,
-                            upstream,
-                            detail,
-                        }
-                    } else {
-                        OriginError::Failed {
-                            origin,
-                            upstream,
-                            detail,
-                        }
-                    };
-                    (error, e.is_connect())
+                    match e {
+                        pool::SendError::Connect(detail) => (
+                            OriginError::Connect {
+                                origin,
+                                upstream,
+                                detail,
+                            },
+                            true,
+                        ),
+                        pool::SendError::Failed(e) => (
+                            OriginError::Failed {
+                                origin,
+                                upstream,
+                                detail: error_chain(&e),
+                            },
+                            false,
+                        ),
+                    }
                 }
                 Err(_) => {
                     self.failed(&upstream);
@@ -481,8 +507,7 @@ impl Origin {
     }
 }
 
-/// An error and its sources on one line: hyper-util's own message is only "client error
-/// (Connect)".
+/// An error and its sources on one line: hyper's own message may be only its kind.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -494,10 +519,34 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// An upstream's response body, holding the request's slot on that upstream until it ends.
+/// An upstream's response body, holding the request's slot on that upstream until it ends,
+/// and then handing its connection back to the upstream's pool: only a body read to its end
+/// leaves the connection ready for another request.
 pub struct OriginBody {
     inner: Incoming,
-    _slot: InFlight,
+    conn: Option<pool::Sender>,
+    slot: InFlight,
+}
+
+impl OriginBody {
+    fn new(inner: Incoming, conn: pool::Sender, slot: InFlight) -> Self {
+        let mut body = Self {
+            inner,
+            conn: Some(conn),
+            slot,
+        };
+        // No body at all (HEAD, 204, 304): nothing will poll for its end.
+        if body.inner.is_end_stream() {
+            body.ended();
+        }
+        body
+    }
+
+    fn ended(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.slot.upstream().pool.put(conn);
+        }
+    }
 }
 
 impl Body for OriginBody {
@@ -508,7 +557,14 @@ impl Body for OriginBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.ended(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.ended(),
+            Poll::Ready(Some(Err(_))) => drop(self.conn.take()),
+            _ => {}
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

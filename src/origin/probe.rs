@@ -1,10 +1,10 @@
 //! Active health checks: every `health_interval`, a `GET health_path` to each upstream of an
 //! origin, answered 2xx within `health_timeout` or failed. `unhealthy_after` failures in a row
 //! take the upstream out of balancing; `healthy_after` passes in a row bring it back. Probes go
-//! over the upstream's own pooled client, so they also keep a connection warm. Upstreams start
+//! over the upstream's own pool, so they also keep a connection warm. Upstreams start
 //! healthy: an origin is usable from the first request, as nginx's are.
 
-use super::{Origin, ProbeSettings};
+use super::{upstream::Upstream, Origin, ProbeSettings};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
 use http::Request;
@@ -24,10 +24,7 @@ pub async fn run(origin: Arc<Origin>, shutdown: Shutdown) {
             _ = shutdown.wait() => return,
             _ = tick.tick() => {}
         }
-        let probes = origin
-            .upstreams
-            .iter()
-            .map(|u| probe(u.client.clone(), &u.authority, settings));
+        let probes = origin.upstreams.iter().map(|u| probe(u, settings));
         let results = futures_util::future::join_all(probes).await;
         for ((u, streak), passed) in origin.upstreams.iter().zip(&mut streaks).zip(results) {
             let Some(healthy) = streak.record(passed, settings) else {
@@ -74,27 +71,19 @@ impl Streak {
 
 /// One probe: true when answered 2xx in time. The body is read so the connection can be
 /// pooled again.
-async fn probe(
-    client: hyper_util::client::legacy::Client<super::connector::Counting, super::OutBody>,
-    authority: &http::uri::Authority,
-    s: &ProbeSettings,
-) -> bool {
-    let uri = http::Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
-        .authority(authority.clone())
-        .path_and_query(s.path.clone())
-        .build()
-        .expect("valid probe URI");
-    let request = Request::get(uri)
+async fn probe(u: &Upstream, s: &ProbeSettings) -> bool {
+    let request = Request::get(http::Uri::from(s.path.clone()))
+        .header(http::header::HOST, u.host.clone())
         .header(http::header::USER_AGENT, "tiergate-health-probe")
         .body(Either::Left(Full::new(Bytes::new())))
         .expect("valid probe request");
     let answered = async {
-        let response = client.request(request).await.ok()?;
+        let (response, conn) = u.pool.send(request).await.ok()?;
         let ok = response.status().is_success();
         http_body_util::BodyExt::collect(response.into_body())
             .await
             .ok()?;
+        u.pool.put(conn);
         Some(ok)
     };
     matches!(

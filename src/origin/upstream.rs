@@ -1,17 +1,13 @@
-//! One upstream of an origin: its pooled client, what it has in flight (the balancer's load
+//! One upstream of an origin: its connections (`pool`), what it has in flight (the balancer's load
 //! figure and `max_concurrent`'s count), its passive health (consecutive failures eject it
 //! for a growing time) and its active health (what the probes last concluded). All state is
 //! atomics: requests on every worker thread read and update it without a lock.
 
-use super::connector::Counting;
+use super::pool::Pool;
 use crate::metrics::UpstreamMetrics;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::Client,
-    rt::{TokioExecutor, TokioTimer},
-};
 use std::{
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
@@ -33,11 +29,12 @@ pub struct Limits {
 }
 
 pub struct Upstream {
-    /// `host:port`: the request's authority and the `upstream` label.
-    pub authority: http::uri::Authority,
+    /// `host:port`: the `upstream` label.
     pub label: Arc<str>,
+    /// The Host header its requests carry (the authority).
+    pub host: http::HeaderValue,
     pub weight: u32,
-    pub client: Client<Counting, OutBody>,
+    pub pool: Pool,
     inflight: AtomicUsize,
     consecutive_failures: AtomicU32,
     consecutive_successes: AtomicU32,
@@ -60,18 +57,20 @@ impl Upstream {
         pool_max_idle: usize,
         metrics: UpstreamMetrics,
     ) -> Self {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(pool_idle_timeout)
-            // Without a timer hyper-util never reaps idle connections.
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(pool_max_idle)
-            .build(Counting::new(connect_timeout, metrics.connections.clone()));
+        let pool = Pool::new(
+            authority.clone(),
+            connect_timeout,
+            pool_idle_timeout,
+            pool_max_idle,
+            metrics.connections.clone(),
+        );
         metrics.healthy.set(1);
         Self {
             label: authority.as_str().into(),
-            authority,
+            host: http::HeaderValue::from_str(authority.as_str())
+                .expect("an authority is a valid header value"),
             weight,
-            client,
+            pool,
             inflight: AtomicUsize::new(0),
             consecutive_failures: AtomicU32::new(0),
             consecutive_successes: AtomicU32::new(0),
@@ -149,6 +148,12 @@ impl Upstream {
 /// A request in flight to an upstream: counted from `begin` until dropped (with the response
 /// body, so a streamed answer counts as load until it ends).
 pub struct InFlight(Arc<Upstream>);
+
+impl InFlight {
+    pub fn upstream(&self) -> &Upstream {
+        &self.0
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

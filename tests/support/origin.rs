@@ -148,6 +148,7 @@ struct Script {
     answers: HashMap<String, Answer>,
     seen: HashMap<String, Vec<Seen>>,
     total: usize,
+    connections: usize,
 }
 
 struct Shared {
@@ -224,6 +225,11 @@ impl Origin {
         self.lock().seen.get(path).map_or(0, Vec::len)
     }
 
+    /// Connections accepted and served (not those refused while down).
+    pub fn connections(&self) -> usize {
+        self.lock().connections
+    }
+
     /// Requests that arrived for any path.
     pub fn total(&self) -> usize {
         self.lock().total
@@ -271,6 +277,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     drop(stream);
                     continue;
                 }
+                shared.script.lock().unwrap().connections += 1;
                 let shared = shared.clone();
                 conns.spawn(async move {
                     let service = service_fn(move |req| handle(req, shared.clone()));
