@@ -28,8 +28,21 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Connection lists are compared as text, not parsed into `HeaderName`s (which allocates
     // for any non-standard one).
     let hop = |k: &HeaderName| HOP_BY_HOP.contains(k) || k.as_str().starts_with("proxy-");
-    if !h.keys().any(hop) {
-        return;
+    let mut hops = h.keys().filter(|k| hop(k));
+    match (hops.next(), hops.next()) {
+        (None, _) => return,
+        // The usual one: a lone `Connection: keep-alive` (or close), naming no header.
+        (Some(k), None) if k == header::CONNECTION => {
+            let mut values = h.get_all(header::CONNECTION).iter();
+            if let (Some(v), None) = (values.next(), values.next()) {
+                let v = v.as_bytes();
+                if v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close") {
+                    h.remove(header::CONNECTION);
+                    return;
+                }
+            }
+        }
+        _ => {}
     }
     // What Connection names goes first, while it is still there to say: each name once,
     // compared with the keys there (a handful), so a long list costs its length times
@@ -142,5 +155,31 @@ mod tests {
         );
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(out["via"], "1.1 tiergate");
+    }
+
+    #[test]
+    fn a_lone_connection_header_goes_and_what_it_names_too() {
+        for (connection, gone) in [
+            ("keep-alive", false),
+            ("Close", false),
+            ("x-secret", true),
+            ("keep-alive, x-secret", true),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONNECTION, HeaderValue::from_static(connection));
+            h.insert("x-secret", HeaderValue::from_static("1"));
+            h.insert(header::ETAG, HeaderValue::from_static("\"v\""));
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(header::CONNECTION), "{connection}");
+            assert_eq!(!h.contains_key("x-secret"), gone, "{connection}");
+            assert!(h.contains_key(header::ETAG), "{connection}");
+        }
+        // Two Connection fields: the slow path reads both.
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 }
