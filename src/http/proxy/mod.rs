@@ -772,6 +772,7 @@ impl Route {
             stale_if_error: sie,
             keep_until: fresh_until + keep.max(swr).max(sie),
             refreshing: Default::default(),
+            reply: Default::default(),
         })
     }
 
@@ -952,12 +953,7 @@ fn conditional(mut headers: HeaderMap, stored: &Stored) -> HeaderMap {
 /// leaves it out for a HEAD, keeping its Content-Length). A 304 without the body when the
 /// client's own If-None-Match (or, without one, If-Modified-Since) says it has it already.
 fn serve_stored(s: &Stored, client: &HeaderMap) -> Response<ReplyBody> {
-    let mut h = s.headers.clone();
-    h.insert(
-        header::AGE,
-        HeaderValue::from(s.policy.age(SystemTime::now()).as_secs()),
-    );
-    h.append(header::VIA, HeaderValue::from_static("1.1 tiergate"));
+    let mut h = s.reply_headers(SystemTime::now());
     if s.status == StatusCode::OK && client_has_it(s, client) {
         h.remove(header::CONTENT_LENGTH);
         let mut resp = Response::new(Full::new(Bytes::new()).into());
@@ -1093,6 +1089,7 @@ mod tests {
             stale_if_error: Duration::ZERO,
             keep_until: SystemTime::now(),
             refreshing: Default::default(),
+            reply: Default::default(),
         };
         let has = |pairs: &[(&'static str, &'static str)]| client_has_it(&stored, &headers(pairs));
         assert!(has(&[("if-none-match", "\"v0\", \"v1\"")]));
