@@ -457,3 +457,29 @@ async fn no_more_than_pool_max_idle_connections_stay_open_and_idle_ones_close() 
     .await;
     tending.abort();
 }
+
+#[tokio::test]
+async fn a_deadline_set_for_an_earlier_request_does_not_end_a_later_one() {
+    // A connection keeps one timer, set for the first request's deadline and left there
+    // while later ones run: when it fires under a later request still within its own
+    // deadline, that request goes on.
+    let a = Origin::start().await;
+    a.answer("/fast", Answer::ok("fast"));
+    a.answer("/slow", Answer::ok("slow").delay(Duration::from_millis(1500)));
+    let (o, m) = origins(&[a.url()], "attempt_timeout = \"2s\"\nmax_retries = 0");
+    assert_eq!(get(&o, "/fast").await.unwrap().0, 200);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Runs past the first request's deadline (2 s after it), within its own.
+    assert_eq!(get(&o, "/slow").await.unwrap(), (200, Bytes::from("slow")));
+    assert_eq!(a.connections(), 1, "the same connection served both");
+    assert_eq!(
+        metric(&m, "tiergate_origin_requests_total", &["status=\"timeout\""]),
+        0.0
+    );
+    // A request past its own deadline ends its connection; the next gets a new one.
+    a.answer("/slow", Answer::ok("slow").delay(Duration::from_secs(5)));
+    let e = get(&o, "/slow").await.unwrap_err();
+    assert!(matches!(e, OriginError::Timeout { .. }), "{e}");
+    assert_eq!(get(&o, "/fast").await.unwrap().0, 200);
+    assert_eq!(a.connections(), 2);
+}

@@ -1,4 +1,4 @@
-//! How a connection to an upstream is made: TCP within `connect_timeout`, TCP_NODELAY, and
+//! How a connection to an upstream is made: TCP (the pool bounds how long), TCP_NODELAY, and
 //! counted in its upstream's `tiergate_origin_connections` gauge while it is open.
 
 use super::pool::SendError;
@@ -9,7 +9,6 @@ use std::{
     io,
     pin::Pin,
     task::{Context, Poll},
-    time::Duration,
 };
 use tokio::net::TcpStream;
 
@@ -17,10 +16,9 @@ use tokio::net::TcpStream;
 pub type Counted = Gauged<TokioIo<TcpStream>>;
 
 /// Connects to `authority` (port 80 when it names none), trying each address its host
-/// resolves to until one answers, all within `timeout`.
+/// resolves to until one answers.
 pub async fn connect(
     authority: &http::uri::Authority,
-    timeout: Duration,
     open: &IntGauge,
 ) -> Result<Counted, SendError> {
     // An IPv6 host comes bracketed ("[::1]"), which a resolver does not take.
@@ -29,9 +27,8 @@ pub async fn connect(
         .trim_start_matches('[')
         .trim_end_matches(']');
     let target = (host, authority.port_u16().unwrap_or(80));
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(target))
+    let stream = TcpStream::connect(target)
         .await
-        .map_err(|_| SendError::Connect(format!("connect timed out after {timeout:?}")))?
         .map_err(|e| SendError::Connect(e.to_string()))?;
     // Requests are small and answered at once: Nagle would hold the second segment.
     stream

@@ -340,15 +340,14 @@ impl Origin {
                 Some(t) => deadline.min(now + t),
                 None => deadline,
             };
-            let outcome =
-                tokio::time::timeout_at(attempt_deadline, upstream.pool.send(request)).await;
+            let outcome = upstream.pool.send(request, attempt_deadline).await;
             upstream
                 .metrics
                 .duration
                 .observe(started.elapsed().as_secs_f64());
             drop(retry_guard.take());
             let (error, connect) = match outcome {
-                Ok(Ok((response, sender))) => {
+                Ok((response, sender)) => {
                     let status = response.status().as_u16();
                     upstream.metrics.count(OriginStatus::of(status));
                     if status >= 500 {
@@ -367,38 +366,40 @@ impl Origin {
                     }
                     return Ok(response.map(|inner| OriginBody::new(inner, sender, slot)));
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     self.failed(&upstream);
-                    upstream.metrics.count(OriginStatus::Error);
-                    let (origin, upstream) = (self.name.clone(), upstream.label.clone());
-                    match e {
+                    let (origin, label) = (self.name.clone(), upstream.label.clone());
+                    let (status, error, connect) = match e {
+                        pool::SendError::Timeout => (
+                            OriginStatus::Timeout,
+                            OriginError::Timeout {
+                                origin,
+                                upstream: label,
+                                after: attempt_deadline.saturating_duration_since(now),
+                            },
+                            false,
+                        ),
                         pool::SendError::Connect(detail) => (
+                            OriginStatus::Error,
                             OriginError::Connect {
                                 origin,
-                                upstream,
+                                upstream: label,
                                 detail,
                             },
                             true,
                         ),
                         pool::SendError::Failed(e) => (
+                            OriginStatus::Error,
                             OriginError::Failed {
                                 origin,
-                                upstream,
+                                upstream: label,
                                 detail: error_chain(&e),
                             },
                             false,
                         ),
-                    }
-                }
-                Err(_) => {
-                    self.failed(&upstream);
-                    upstream.metrics.count(OriginStatus::Timeout);
-                    let error = OriginError::Timeout {
-                        origin: self.name.clone(),
-                        upstream: upstream.label.clone(),
-                        after: attempt_deadline.saturating_duration_since(now),
                     };
-                    (error, false)
+                    upstream.metrics.count(status);
+                    (error, connect)
                 }
             };
             drop(slot);

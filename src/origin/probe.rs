@@ -78,7 +78,8 @@ async fn probe(u: &Upstream, s: &ProbeSettings) -> bool {
         .body(Either::Left(Full::new(Bytes::new())))
         .expect("valid probe request");
     let answered = async {
-        let (response, conn) = u.pool.send(request).await.ok()?;
+        let by = tokio::time::Instant::now() + s.timeout;
+        let (response, conn) = u.pool.send(request, by).await.ok()?;
         let ok = response.status().is_success();
         http_body_util::BodyExt::collect(response.into_body())
             .await
