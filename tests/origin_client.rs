@@ -465,7 +465,10 @@ async fn a_deadline_set_for_an_earlier_request_does_not_end_a_later_one() {
     // deadline, that request goes on.
     let a = Origin::start().await;
     a.answer("/fast", Answer::ok("fast"));
-    a.answer("/slow", Answer::ok("slow").delay(Duration::from_millis(1500)));
+    a.answer(
+        "/slow",
+        Answer::ok("slow").delay(Duration::from_millis(1500)),
+    );
     let (o, m) = origins(&[a.url()], "attempt_timeout = \"2s\"\nmax_retries = 0");
     assert_eq!(get(&o, "/fast").await.unwrap().0, 200);
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -473,7 +476,11 @@ async fn a_deadline_set_for_an_earlier_request_does_not_end_a_later_one() {
     assert_eq!(get(&o, "/slow").await.unwrap(), (200, Bytes::from("slow")));
     assert_eq!(a.connections(), 1, "the same connection served both");
     assert_eq!(
-        metric(&m, "tiergate_origin_requests_total", &["status=\"timeout\""]),
+        metric(
+            &m,
+            "tiergate_origin_requests_total",
+            &["status=\"timeout\""]
+        ),
         0.0
     );
     // A request past its own deadline ends its connection; the next gets a new one.
