@@ -678,6 +678,46 @@ async fn a_body_cut_short_reaches_the_client_cut_and_is_not_stored() {
     );
 }
 
+#[tokio::test]
+async fn a_body_the_origin_stalls_ends_after_read_timeout_and_frees_its_slot() {
+    let origin = Origin::start().await;
+    origin.answer(
+        "/api/stall",
+        Answer::ok("first half|second half")
+            .header("Cache-Control", "max-age=60")
+            .stall(),
+    );
+    origin.answer("/api/ok", Answer::ok("ok"));
+    // One request at a time: the stalled one must give its slot back for the next.
+    let c = config_at(
+        &origin.url(),
+        "",
+        "read_timeout = \"300ms\"\nmax_concurrent = 1",
+    );
+    let g = Gateway::start_ready(c).await;
+    let r = g
+        .http
+        .get(format!("{}/api/stall", g.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Bounded here, below the test client's own 10 s, so that without read_timeout this
+    // fails (the body would wait for the client to give up) rather than passing late.
+    let t = tokio::time::timeout(Duration::from_secs(5), r.text()).await;
+    assert!(
+        matches!(t, Ok(Err(_))),
+        "the client must see the body fail: {t:?}"
+    );
+    assert_eq!(got(&g, "/api/ok").await, pair("MISS", "ok"));
+    let m = g.metrics().await;
+    assert_eq!(
+        metric(&m, "tiergate_proxy_cache_entries{route=\"/api/\"}"),
+        0.0,
+        "the stalled answer is not stored"
+    );
+}
+
 /// `n` GETs of `path` sent at once: each answer's (X-Cache, body).
 async fn concurrent(g: &Gateway, path: &str, n: usize) -> Vec<(String, String)> {
     let tasks: Vec<_> = (0..n)

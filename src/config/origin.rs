@@ -15,6 +15,10 @@ pub const DEFAULT_ORIGIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// One attempt's share of the request: off (0) lets an attempt use what is left; set it so
 /// that a hung upstream leaves time to try another.
 pub const DEFAULT_ORIGIN_ATTEMPT_TIMEOUT: Duration = Duration::ZERO;
+/// Most time between two reads of an answer's body once its head has come (nginx's
+/// `proxy_read_timeout`): an origin silent this long mid-answer is stuck, and holds a
+/// client and one of its `max_concurrent` slots until then.
+pub const DEFAULT_ORIGIN_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle keep-alive connections are closed after this: below the 60-75 s most servers
 /// (nginx 75 s, Node 5 s aside) keep them, so we close first and never send into a close.
 pub const DEFAULT_ORIGIN_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
@@ -193,6 +197,7 @@ pub struct OriginConfig {
     pub connect_timeout: HumanDuration,
     pub request_timeout: HumanDuration,
     pub attempt_timeout: HumanDuration,
+    pub read_timeout: HumanDuration,
     pub pool_idle_timeout: HumanDuration,
     pub pool_max_idle: usize,
     pub max_concurrent: usize,
@@ -270,6 +275,7 @@ impl Default for OriginConfig {
             connect_timeout: HumanDuration(DEFAULT_ORIGIN_CONNECT_TIMEOUT),
             request_timeout: HumanDuration(DEFAULT_ORIGIN_REQUEST_TIMEOUT),
             attempt_timeout: HumanDuration(DEFAULT_ORIGIN_ATTEMPT_TIMEOUT),
+            read_timeout: HumanDuration(DEFAULT_ORIGIN_READ_TIMEOUT),
             pool_idle_timeout: HumanDuration(DEFAULT_ORIGIN_POOL_IDLE_TIMEOUT),
             pool_max_idle: DEFAULT_ORIGIN_POOL_MAX_IDLE,
             max_concurrent: DEFAULT_ORIGIN_MAX_CONCURRENT,
@@ -439,6 +445,7 @@ pub fn validate_origins(origins: &[OriginConfig], problems: &mut Vec<Problem>) {
         let positive = [
             ("connect_timeout", o.connect_timeout.0),
             ("request_timeout", o.request_timeout.0),
+            ("read_timeout", o.read_timeout.0),
             ("health_interval", o.health_interval.0),
             ("health_timeout", o.health_timeout.0),
             ("eject_for", o.eject_for.0),
@@ -546,7 +553,8 @@ retry_budget = 2.0
 name = "empty"
 upstreams = []
 health_path = "health"
-attempt_timeout = "1m""#,
+attempt_timeout = "1m"
+read_timeout = "0s""#,
         );
         let want = [
             "origins[0].name",
@@ -559,6 +567,7 @@ attempt_timeout = "1m""#,
             "origins[1].upstreams: must list",
             "origins[1].health_path",
             "origins[1].attempt_timeout",
+            "origins[1].read_timeout: must be more than 0",
         ];
         for w in want {
             assert!(

@@ -194,6 +194,7 @@ pub struct Origin {
     limits: Limits,
     request_timeout: Duration,
     attempt_timeout: Option<Duration>,
+    read_timeout: Duration,
     max_retries: u32,
     retry_on: Vec<u16>,
     backoff: Duration,
@@ -275,6 +276,7 @@ impl Origin {
             },
             request_timeout: c.request_timeout.0,
             attempt_timeout: (!c.attempt_timeout.0.is_zero()).then_some(c.attempt_timeout.0),
+            read_timeout: c.read_timeout.0,
             max_retries: c.max_retries,
             retry_on: c.retry_on.clone(),
             backoff: c.retry_backoff.0,
@@ -364,7 +366,10 @@ impl Origin {
                             continue;
                         }
                     }
-                    return Ok(response.map(|inner| OriginBody::new(inner, sender, slot)));
+                    let read_timeout = self.read_timeout;
+                    return Ok(
+                        response.map(|inner| OriginBody::new(inner, sender, slot, read_timeout))
+                    );
                 }
                 Err(e) => {
                     self.failed(&upstream);
@@ -522,19 +527,37 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// An upstream's response body, holding the request's slot on that upstream until it ends,
 /// and then handing its connection back to the upstream's pool: only a body read to its end
-/// leaves the connection ready for another request.
+/// leaves the connection ready for another request. A body that has been silent for
+/// `read_timeout` ends in an error, and its connection is closed.
 pub struct OriginBody {
     inner: Incoming,
     conn: Option<pool::Sender>,
     slot: InFlight,
+    read_timeout: Duration,
+    /// Set when the body is first waited for: one that came with its head never needs it.
+    silence: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The timer counts from the last frame: reset at the first wait after one.
+    waiting: bool,
+}
+
+/// Why an origin's body did not end well.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Origin(#[from] hyper::Error),
+    #[error("the origin sent nothing for {0:?} (read_timeout) in the middle of its answer")]
+    Silent(Duration),
 }
 
 impl OriginBody {
-    fn new(inner: Incoming, conn: pool::Sender, slot: InFlight) -> Self {
+    fn new(inner: Incoming, conn: pool::Sender, slot: InFlight, read_timeout: Duration) -> Self {
         let mut body = Self {
             inner,
             conn: Some(conn),
             slot,
+            read_timeout,
+            silence: None,
+            waiting: false,
         };
         // No body at all (HEAD, 204, 304): nothing will poll for its end.
         if body.inner.is_end_stream() {
@@ -548,24 +571,47 @@ impl OriginBody {
             self.slot.upstream().pool.put(conn);
         }
     }
+
+    /// Pending while the origin has been silent less than `read_timeout`.
+    fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        use std::future::Future;
+        let timeout = self.read_timeout;
+        let timer = self
+            .silence
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if !self.waiting {
+            timer.as_mut().reset(tokio::time::Instant::now() + timeout);
+            self.waiting = true;
+        }
+        timer.as_mut().poll(cx)
+    }
 }
 
 impl Body for OriginBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
+            Poll::Pending => {
+                if self.poll_silence(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // The connection goes: the rest of this answer may still be on its way.
+                self.conn = None;
+                return Poll::Ready(Some(Err(BodyError::Silent(self.read_timeout))));
+            }
             Poll::Ready(None) => self.ended(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.ended(),
             Poll::Ready(Some(Err(_))) => drop(self.conn.take()),
-            _ => {}
+            Poll::Ready(Some(Ok(_))) => {}
         }
-        polled
+        self.waiting = false;
+        polled.map(|f| f.map(|r| r.map_err(BodyError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
