@@ -20,6 +20,7 @@
 
 use super::{
     connector::{self, Counted},
+    upstream::millis_since,
     OutBody,
 };
 use http::{Request, Response};
@@ -120,7 +121,7 @@ impl Pool {
             sender.due.store(0, Ordering::Release);
             match sent {
                 Ok(answer) => return Ok((answer, sender)),
-                Err(_) if self.millis(Instant::now()) >= due => return Err(SendError::Timeout),
+                Err(_) if millis_since(self.base) >= due => return Err(SendError::Timeout),
                 Err(mut e) => match e.take_message() {
                     // Never written: the idle connection was closing. Another one.
                     Some(unsent) if reused => req = unsent,
@@ -175,7 +176,8 @@ impl Pool {
         None
     }
 
-    /// Milliseconds from `base` to `at`, rounded up: a deadline is never early.
+    /// Milliseconds from `base` to `at`, rounded up: a deadline is never early (`now` is
+    /// `millis_since`, rounded down).
     fn millis(&self, at: Instant) -> u64 {
         let d = at.saturating_duration_since(self.base);
         d.as_millis() as u64 + u64::from(!d.subsec_nanos().is_multiple_of(1_000_000))
@@ -249,10 +251,7 @@ impl<C: Future + Unpin> Future for Watched<C> {
             }
             // Set for an earlier request's deadline, it may fire before this one's.
             self.armed = 0;
-            let now = Instant::now()
-                .saturating_duration_since(self.base)
-                .as_millis() as u64;
-            if now >= due && self.due.load(Ordering::Acquire) == due {
+            if millis_since(self.base) >= due && self.due.load(Ordering::Acquire) == due {
                 // Still the same request, past its deadline: the connection goes with it.
                 return Poll::Ready(());
             }
