@@ -136,7 +136,10 @@ impl Loader {
             return self.load_kept(l2, key, max).await.map(Shared::Loaded);
         };
         let l2_key = Bytes::copy_from_slice(key);
-        match lock.turn(l2, &l2_key, |held| held == LOCK_ABSENT).await {
+        match lock
+            .turn(l2, &l2_key, |held| held == LOCK_ABSENT, Some)
+            .await
+        {
             Turn::Lead(held) => {
                 let loaded = self.load(key, max).await;
                 let outcome = match &loaded {

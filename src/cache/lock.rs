@@ -25,11 +25,11 @@ pub struct Lock {
 }
 
 /// Whose turn it is to ask the origin for a key.
-pub enum Turn {
+pub enum Turn<T> {
     /// Ours: ask the origin, keep the answer in L2, then `Held::release`.
     Lead(Held),
-    /// Another instance's answer, now in L2.
-    Found(Fetched),
+    /// Another instance's answer, now in L2 (as the caller's `usable` made it).
+    Found(T),
     /// What a holder left in the lock for its waiters (see `Held::release`).
     Left(Bytes),
     /// No lock to be had in time, or Redis would not say: ask the origin alone.
@@ -45,15 +45,23 @@ pub struct Held {
 impl Lock {
     /// Takes the lock of `key` (the L2 key its answer is kept under), or waits for the
     /// holder's answer there. `left`: whether a value found in the lock is something its
-    /// holder left for waiters rather than another instance's token.
-    pub async fn turn(&self, l2: &L2, key: &Bytes, left: impl Fn(&[u8]) -> bool) -> Turn {
+    /// holder left for waiters rather than another instance's token. `usable`: what a value
+    /// found in L2 answers with, if it does (one kept past its freshness, for serving stale,
+    /// does not: the wait goes on for the holder's).
+    pub async fn turn<T>(
+        &self,
+        l2: &L2,
+        key: &Bytes,
+        left: impl Fn(&[u8]) -> bool,
+        mut usable: impl FnMut(Fetched) -> Option<T>,
+    ) -> Turn<T> {
         let name = [PREFIX, key].concat();
         let token = format!("{:016x}", fastrand::u64(..));
         let deadline = tokio::time::Instant::now() + self.wait;
         let mut pause = POLL_FIRST;
         loop {
             match l2.try_lock(&name, token.as_bytes(), self.ttl).await {
-                Ok(None) => return Turn::Lead(Held { name, token }),
+                Ok(None) => return Self::lead(l2, key, Held { name, token }, usable).await,
                 Ok(Some(held)) if left(&held) => return Turn::Left(held),
                 Ok(Some(_)) => {}
                 Err(e) => {
@@ -67,10 +75,31 @@ impl Lock {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(POLL_MAX);
             match l2.get(key.clone()).await {
-                Ok(Some(found)) => return Turn::Found(found),
+                Ok(Some(found)) => {
+                    if let Some(found) = usable(found) {
+                        return Turn::Found(found);
+                    }
+                }
                 Ok(None) => {}
                 Err(_) => return Turn::Alone,
             }
+        }
+    }
+
+    /// Ours, unless the holder before us kept its answer and let go between the caller's
+    /// look at L2 and our taking the lock: then that answer, and the lock goes back.
+    async fn lead<T>(
+        l2: &L2,
+        key: &Bytes,
+        held: Held,
+        usable: impl FnOnce(Fetched) -> Option<T>,
+    ) -> Turn<T> {
+        match l2.get(key.clone()).await.ok().flatten().and_then(usable) {
+            Some(found) => {
+                held.release(l2, None).await;
+                Turn::Found(found)
+            }
+            None => Turn::Lead(held),
         }
     }
 }

@@ -30,7 +30,7 @@ pub mod store;
 pub use body::ProxyBody;
 
 use crate::cache::{
-    l2::L2,
+    l2::{Fetched, L2},
     lock::{Held, Lock, Turn},
 };
 use crate::{
@@ -120,27 +120,33 @@ fn l2_key(key: &str) -> Bytes {
     Bytes::from([L2_PREFIX, key.as_bytes()].concat())
 }
 
+/// The L2 half of storing an answer (the copy for the other instances, then the lock's
+/// release). A proxied body awaits it before the client's last byte, so a client that has
+/// its answer, and then purges the URL on any instance, purges what was kept (not a copy
+/// still on its way to L2); elsewhere it runs in the background (`spawn_here`).
+pub(super) type Saving = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 impl Sharing {
     /// Keeps `stored` in L2 for as long as it is worth keeping, then releases `held` (in that
-    /// order, so a waiter that finds the lock gone finds the answer). In the background: the
-    /// client's answer does not wait for it.
-    fn keep(&self, key: &str, stored: &Stored, held: Option<Held>) {
+    /// order, so a waiter that finds the lock gone finds the answer).
+    fn keep(&self, key: &str, stored: &Stored, held: Option<Held>) -> Saving {
         let ttl = stored
             .keep_until
             .duration_since(SystemTime::now())
             .unwrap_or_default();
         let blob = (!ttl.is_zero()).then(|| stored.encode());
         let (l2, key) = (self.l2.clone(), l2_key(key));
-        spawn_here(async move {
+        Box::pin(async move {
             if let Some(blob) = blob {
                 if let Err(e) = l2.store_answer(&key, &blob, ttl).await {
                     tracing::debug!(error = %e, "a proxied answer was not kept in L2");
                 }
             }
             if let Some(held) = held {
-                held.release(&l2, None).await;
+                // Waiters look at L2 once the lock is gone; nobody need wait for this.
+                spawn_here(async move { held.release(&l2, None).await });
             }
-        });
+        })
     }
 }
 
@@ -152,7 +158,7 @@ fn release(l2: &Arc<L2>, held: Held, outcome: Option<(&'static [u8], Duration)>)
 
 /// Spawns on the runtime this runs on (none when dropped outside one: a test's teardown;
 /// the lock then expires by itself).
-fn spawn_here(f: impl std::future::Future<Output = ()> + Send + 'static) {
+pub(super) fn spawn_here(f: impl std::future::Future<Output = ()> + Send + 'static) {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(f);
     }
@@ -382,22 +388,20 @@ impl Route {
         &self.prefix
     }
 
-    /// Stores an answer (the body has passed, or was read by a refresh).
-    /// Stores an answer here, and in L2 for the other instances (then releasing `held`, the
-    /// URL's lock across instances, when this load took it).
+    /// Stores an answer here (the body has passed, or was read by a refresh), and returns
+    /// with it the saving of its copy in L2 for the other instances (which then releases
+    /// `held`, the URL's lock across instances, when this load took it).
     fn store(
         &self,
         key: &str,
         request: &Request<()>,
         stored: Stored,
         held: Option<Held>,
-    ) -> Arc<Stored> {
+    ) -> (Arc<Stored>, Option<Saving>) {
         self.metrics.stored.inc();
         let stored = self.store.insert(key, request, stored);
-        if let Some(s) = &self.sharing {
-            s.keep(key, &stored, held);
-        }
-        stored
+        let saving = self.sharing.as_ref().map(|s| s.keep(key, &stored, held));
+        (stored, saving)
     }
 
     /// Before a miss this instance leads asks the origin: another instance's fresh answer in
@@ -422,17 +426,23 @@ impl Route {
             }
         }
         let lock = sharing.lock?;
-        match lock.turn(&sharing.l2, &l2_key, |v| v == PASS_MARK).await {
+        // A request that asked for no cached answer finds none usable: it waits for a
+        // holder and then asks the origin itself.
+        let usable = |(blob, _): Fetched| (!no_cache).then(|| self.adopt(key, cache_req, &blob))?;
+        match lock
+            .turn(&sharing.l2, &l2_key, |v| v == PASS_MARK, usable)
+            .await
+        {
             Turn::Lead(held) => {
                 loading.held = Some(held);
                 None
             }
-            Turn::Found((blob, _)) if !no_cache => self.adopt(key, cache_req, &blob),
+            Turn::Found(found) => Some(found),
             Turn::Left(_) => {
                 self.store.pass(key);
                 None
             }
-            Turn::Found(_) | Turn::Alone => None,
+            Turn::Alone => None,
         }
     }
 
@@ -717,7 +727,7 @@ impl Route {
                 let mut headers = parts.headers;
                 headers.remove(header::AGE);
                 let stored = self.stored(policy, stale.status, headers, now)?;
-                Some(self.store(
+                let (stored, saving) = self.store(
                     key,
                     cache_req,
                     Stored {
@@ -725,7 +735,11 @@ impl Route {
                         ..stored
                     },
                     None,
-                ))
+                );
+                if let Some(saving) = saving {
+                    spawn_here(saving);
+                }
+                Some(stored)
             }
             AfterResponse::Modified(..) => None,
         }
@@ -916,7 +930,7 @@ impl Route {
             self.store.remove(key);
             return true;
         };
-        self.store(
+        let (_, saving) = self.store(
             key,
             &cache_req,
             Stored {
@@ -925,6 +939,9 @@ impl Route {
             },
             None,
         );
+        if let Some(saving) = saving {
+            saving.await;
+        }
         true
     }
 }
