@@ -10,7 +10,7 @@ mod support;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::BodyExt;
 use std::{sync::Arc, time::Duration};
 use support::{
     eventually,
@@ -47,7 +47,7 @@ async fn send(
 ) -> Result<(u16, Bytes), OriginError> {
     let mut req = OriginRequest::get(method, path.parse().unwrap(), HeaderMap::new());
     if let Some(b) = body {
-        req.body = Either::Left(Full::new(Bytes::from_static(b.as_bytes())));
+        req.body = tiergate::origin::OutBody::Bytes(Bytes::from_static(b.as_bytes()));
     }
     let resp = o.get("o").unwrap().send(req).await?;
     let status = resp.status().as_u16();
@@ -380,6 +380,8 @@ async fn connections_are_pooled_and_counted() {
     let a = Origin::start().await;
     a.answer("/x", Answer::ok("x"));
     let (o, m) = origins(&[a.url()], "");
+    // What the server runs: it closes idle connections their upstream has closed.
+    let tending = tokio::spawn(o.clone().tend(tiergate::shutdown::Shutdown::new()));
     for _ in 0..20 {
         get(&o, "/x").await.unwrap();
     }
@@ -399,6 +401,7 @@ async fn connections_are_pooled_and_counted() {
     // The origin gone, nothing answers: 502.
     let e = get(&o, "/x").await.unwrap_err();
     assert_eq!(e.status(), 502, "{e}");
+    tending.abort();
 }
 
 #[tokio::test]

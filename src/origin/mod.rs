@@ -20,6 +20,7 @@
 mod balance;
 mod connector;
 mod error;
+mod http1;
 mod pool;
 mod probe;
 mod retry;
@@ -35,9 +36,8 @@ use crate::{
     shutdown::Shutdown,
 };
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response};
-use http_body_util::{Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use http::{HeaderMap, Method, Response};
+use hyper::body::{Body, Frame, SizeHint};
 use std::{
     pin::Pin,
     sync::Arc,
@@ -49,6 +49,9 @@ use upstream::{millis_since, InFlight, Limits, Upstream};
 /// Least time between two looks for idle connections past their time: a tiny
 /// `pool_idle_timeout` must not make the looks a busy loop.
 const REAP_EVERY_AT_LEAST: Duration = Duration::from_millis(100);
+/// Most time between two looks: an idle connection the upstream closed holds a socket (in
+/// CLOSE_WAIT) until looked at, and a look costs no syscall for a connection still quiet.
+const REAP_EVERY_AT_MOST: Duration = Duration::from_secs(1);
 
 /// Every configured origin.
 #[derive(Default)]
@@ -85,7 +88,7 @@ impl Origins {
     }
 
     /// Probes every origin that has a `health_path`, and closes the connections idle past
-    /// their `pool_idle_timeout`, until shutdown.
+    /// their `pool_idle_timeout` or closed by their upstream, until shutdown.
     pub async fn tend(self: Arc<Self>, shutdown: Shutdown) {
         let probing = self
             .all
@@ -98,13 +101,15 @@ impl Origins {
         );
     }
 
-    /// Closes idle connections past their time, looking twice per shortest idle timeout.
+    /// Closes idle connections past their time or closed by their upstream, looking twice
+    /// per shortest idle timeout, and at least once a second.
     async fn reap(&self, shutdown: &Shutdown) {
         let upstreams = self.all.iter().flat_map(|o| o.upstreams.iter());
         let Some(shortest) = upstreams.clone().map(|u| u.pool.idle_timeout()).min() else {
             return;
         };
-        let mut tick = tokio::time::interval((shortest / 2).max(REAP_EVERY_AT_LEAST));
+        let mut tick =
+            tokio::time::interval((shortest / 2).clamp(REAP_EVERY_AT_LEAST, REAP_EVERY_AT_MOST));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -212,8 +217,8 @@ pub struct OriginRequest {
     pub method: Method,
     pub path: http::uri::PathAndQuery,
     pub headers: HeaderMap,
-    /// `Either::Left`: bytes that can be sent again; `Either::Right`: a client's body,
-    /// streamed once, so never retried after it may have left.
+    /// Bytes can be sent again; a client's body streams once, so is never retried after it
+    /// may have left.
     pub body: OutBody,
 }
 
@@ -224,7 +229,7 @@ impl OriginRequest {
             method,
             path,
             headers,
-            body: Either::Left(Full::new(Bytes::new())),
+            body: OutBody::Bytes(Bytes::new()),
         }
     }
 }
@@ -311,46 +316,43 @@ impl Origin {
             headers,
             body,
         } = req;
-        let may_retry = matches!(body, Either::Left(_)) && is_idempotent(&method);
-        let mut body = Some(body);
+        // Bytes are kept for another attempt; a stream goes once.
+        let (bytes, mut stream) = match body {
+            OutBody::Bytes(b) => (b, None),
+            OutBody::Stream(s) => (Bytes::new(), Some(s)),
+        };
+        let may_retry = stream.is_none() && is_idempotent(&method);
         let mut tried: balance::Set = 0;
         let mut retry_guard = None;
         let mut retries = 0;
         loop {
             let (upstream, slot) = self.choose(&mut tried)?;
-            // Bytes are kept for another attempt while one may follow; a stream goes once.
-            let out_body = match (&body, retries == self.max_retries) {
-                (Some(Either::Left(full)), false) => Either::Left(full.clone()),
-                _ => body
-                    .take()
-                    .expect("a stream is sent once, and never retried"),
+            // Origin-form, with the upstream's Host unless the caller set one.
+            let mut out = http1::Outgoing {
+                method: &method,
+                target: path.as_str(),
+                headers: &headers,
+                host: &upstream.host,
+                body: match &mut stream {
+                    Some(s) => http1::Payload::Stream(s),
+                    None => http1::Payload::Bytes(&bytes),
+                },
             };
-            // Origin-form, with the upstream's Host: the request goes on its own connection.
-            let mut request = Request::builder()
-                .method(method.clone())
-                .uri(http::Uri::from(path.clone()))
-                .body(out_body)
-                .expect("valid request");
-            *request.headers_mut() = headers.clone();
-            request
-                .headers_mut()
-                .entry(http::header::HOST)
-                .or_insert_with(|| upstream.host.clone());
             let started = Instant::now();
             let now = tokio::time::Instant::now();
             let attempt_deadline = match self.attempt_timeout {
                 Some(t) => deadline.min(now + t),
                 None => deadline,
             };
-            let outcome = upstream.pool.send(request, attempt_deadline).await;
+            let outcome = upstream.pool.send(&mut out, attempt_deadline).await;
             upstream
                 .metrics
                 .duration
                 .observe(started.elapsed().as_secs_f64());
             drop(retry_guard.take());
             let (error, connect) = match outcome {
-                Ok((response, sender)) => {
-                    let status = response.status().as_u16();
+                Ok((head, conn)) => {
+                    let status = head.status.as_u16();
                     upstream.metrics.count(OriginStatus::of(status));
                     if status >= 500 {
                         self.failed(&upstream);
@@ -359,17 +361,26 @@ impl Origin {
                     }
                     if may_retry && self.retry_on.contains(&status) {
                         if let Some((guard, wait)) = self.next_retry(retries, deadline) {
-                            drop((response, sender, slot));
+                            drop((head, conn, slot));
                             retries += 1;
                             tokio::time::sleep(wait).await;
                             retry_guard = Some(guard);
                             continue;
                         }
                     }
-                    let read_timeout = self.read_timeout;
-                    return Ok(
-                        response.map(|inner| OriginBody::new(inner, sender, slot, read_timeout))
-                    );
+                    let http1::Head {
+                        status,
+                        version,
+                        headers,
+                        framing,
+                        reusable,
+                    } = head;
+                    let body = OriginBody::new(framing, reusable, conn, slot, self.read_timeout);
+                    let mut response = Response::new(body);
+                    *response.status_mut() = status;
+                    *response.version_mut() = version;
+                    *response.headers_mut() = headers;
+                    return Ok(response);
                 }
                 Err(e) => {
                     self.failed(&upstream);
@@ -393,12 +404,12 @@ impl Origin {
                             },
                             true,
                         ),
-                        pool::SendError::Failed(e) => (
+                        pool::SendError::Failed(detail) => (
                             OriginStatus::Error,
                             OriginError::Failed {
                                 origin,
                                 upstream: label,
-                                detail: error_chain(&e),
+                                detail,
                             },
                             false,
                         ),
@@ -410,7 +421,7 @@ impl Origin {
             drop(slot);
             // A connection never made carried nothing: any request with its bytes kept may go
             // elsewhere.
-            let retryable = may_retry || connect && body.is_some();
+            let retryable = may_retry || connect && stream.is_none();
             match retryable
                 .then(|| self.next_retry(retries, deadline))
                 .flatten()
@@ -513,25 +524,16 @@ impl Origin {
     }
 }
 
-/// An error and its sources on one line: hyper's own message may be only its kind.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// An upstream's response body, holding the request's slot on that upstream until it ends,
 /// and then handing its connection back to the upstream's pool: only a body read to its end
 /// leaves the connection ready for another request. A body that has been silent for
 /// `read_timeout` ends in an error, and its connection is closed.
 pub struct OriginBody {
-    inner: Incoming,
-    conn: Option<pool::Sender>,
+    /// The connection it is read from, until it ends.
+    conn: Option<http1::Conn>,
+    framing: http1::Framing,
+    /// Whether the connection may carry another request after it.
+    reusable: bool,
     slot: InFlight,
     read_timeout: Duration,
     /// Set when the body is first waited for: one that came with its head never needs it.
@@ -544,23 +546,30 @@ pub struct OriginBody {
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     #[error(transparent)]
-    Origin(#[from] hyper::Error),
+    Origin(#[from] std::io::Error),
     #[error("the origin sent nothing for {0:?} (read_timeout) in the middle of its answer")]
     Silent(Duration),
 }
 
 impl OriginBody {
-    fn new(inner: Incoming, conn: pool::Sender, slot: InFlight, read_timeout: Duration) -> Self {
+    fn new(
+        framing: http1::Framing,
+        reusable: bool,
+        conn: http1::Conn,
+        slot: InFlight,
+        read_timeout: Duration,
+    ) -> Self {
         let mut body = Self {
-            inner,
             conn: Some(conn),
+            framing,
+            reusable,
             slot,
             read_timeout,
             silence: None,
             waiting: false,
         };
         // No body at all (HEAD, 204, 304): nothing will poll for its end.
-        if body.inner.is_end_stream() {
+        if body.is_end_stream() {
             body.ended();
         }
         body
@@ -568,7 +577,9 @@ impl OriginBody {
 
     fn ended(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.slot.upstream().pool.put(conn);
+            if self.reusable && conn.is_drained() {
+                self.slot.upstream().pool.put(conn);
+            }
         }
     }
 
@@ -595,30 +606,46 @@ impl Body for OriginBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
+        let this = &mut *self;
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match conn.poll_body(&mut this.framing, cx) {
             Poll::Pending => {
-                if self.poll_silence(cx).is_pending() {
+                if this.poll_silence(cx).is_pending() {
                     return Poll::Pending;
                 }
                 // The connection goes: the rest of this answer may still be on its way.
-                self.conn = None;
-                return Poll::Ready(Some(Err(BodyError::Silent(self.read_timeout))));
+                this.conn = None;
+                Poll::Ready(Some(Err(BodyError::Silent(this.read_timeout))))
             }
-            Poll::Ready(None) => self.ended(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.ended(),
-            Poll::Ready(Some(Err(_))) => drop(self.conn.take()),
-            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Ready(None) => {
+                this.ended();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(data))) => {
+                this.waiting = false;
+                if this.is_end_stream() {
+                    this.ended();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.conn = None;
+                Poll::Ready(Some(Err(e.into())))
+            }
         }
-        self.waiting = false;
-        polled.map(|f| f.map(|r| r.map_err(BodyError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        matches!(self.framing, http1::Framing::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.framing {
+            http1::Framing::Done => SizeHint::with_exact(0),
+            http1::Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
     }
 }

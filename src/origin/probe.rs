@@ -4,12 +4,15 @@
 //! over the upstream's own pool, so they also keep a connection warm. Upstreams start
 //! healthy: an origin is usable from the first request, as nginx's are.
 
-use super::{upstream::Upstream, Origin, ProbeSettings};
+use super::{
+    http1::{Outgoing, Payload},
+    upstream::Upstream,
+    Origin, ProbeSettings,
+};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
-use http::Request;
-use http_body_util::{Either, Full};
-use std::sync::Arc;
+use http::{header, HeaderMap, HeaderValue, Method};
+use std::{future::poll_fn, sync::Arc};
 
 /// Probes `origin`'s upstreams until shutdown.
 pub async fn run(origin: Arc<Origin>, shutdown: Shutdown) {
@@ -72,20 +75,29 @@ impl Streak {
 /// One probe: true when answered 2xx in time. The body is read so the connection can be
 /// pooled again.
 async fn probe(u: &Upstream, s: &ProbeSettings) -> bool {
-    let request = Request::get(http::Uri::from(s.path.clone()))
-        .header(http::header::HOST, u.host.clone())
-        .header(http::header::USER_AGENT, "tiergate-health-probe")
-        .body(Either::Left(Full::new(Bytes::new())))
-        .expect("valid probe request");
+    let mut headers = HeaderMap::with_capacity(1);
+    headers.insert(
+        header::USER_AGENT,
+        HeaderValue::from_static("tiergate-health-probe"),
+    );
+    let bytes = Bytes::new();
+    let mut out = Outgoing {
+        method: &Method::GET,
+        target: s.path.as_str(),
+        headers: &headers,
+        host: &u.host,
+        body: Payload::Bytes(&bytes),
+    };
     let answered = async {
         let by = tokio::time::Instant::now() + s.timeout;
-        let (response, conn) = u.pool.send(request, by).await.ok()?;
-        let ok = response.status().is_success();
-        http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .ok()?;
-        u.pool.put(conn);
-        Some(ok)
+        let (mut head, mut conn) = u.pool.send(&mut out, by).await.ok()?;
+        while let Some(piece) = poll_fn(|cx| conn.poll_body(&mut head.framing, cx)).await {
+            piece.ok()?;
+        }
+        if head.reusable && conn.is_drained() {
+            u.pool.put(conn);
+        }
+        Some(head.status.is_success())
     };
     matches!(
         tokio::time::timeout(s.timeout, answered).await,

@@ -6,7 +6,6 @@
 use super::pool::Pool;
 use crate::metrics::UpstreamMetrics;
 use bytes::Bytes;
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::{
     sync::{
@@ -16,9 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// What a request to an upstream carries: bytes that can be sent again, or a client's body
-/// streamed through once.
-pub type OutBody = Either<Full<Bytes>, Incoming>;
+/// What a request to an upstream carries.
+pub enum OutBody {
+    /// Bytes, which can be sent again.
+    Bytes(Bytes),
+    /// A client's body, streamed through once.
+    Stream(Incoming),
+}
 
 /// The per-upstream settings, from `[[origins]]`.
 pub struct Limits {

@@ -42,7 +42,7 @@ use crate::{
 use body::Keeping;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use http_cache_semantics::{AfterResponse, CacheOptions, CachePolicy};
 use std::{
     net::SocketAddr,
@@ -1032,7 +1032,7 @@ async fn outbound_body<B: RequestBody + 'static>(body: B, limit: u64) -> Result<
     if let Some(incoming) =
         (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<hyper::body::Incoming>>()
     {
-        return Ok(Either::Right(incoming.take().expect("just put there")));
+        return Ok(OutBody::Stream(incoming.take().expect("just put there")));
     }
     let body = slot.take().expect("not taken");
     let bytes = Limited::new(body, limit as usize)
@@ -1041,7 +1041,7 @@ async fn outbound_body<B: RequestBody + 'static>(body: B, limit: u64) -> Result<
         .map_err(|e| {
             ApiError::bad_request("body_read_failed", format!("reading the body failed: {e}"))
         })?;
-    Ok(Either::Left(Full::new(bytes.to_bytes())))
+    Ok(OutBody::Bytes(bytes.to_bytes()))
 }
 
 #[cfg(test)]

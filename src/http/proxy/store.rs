@@ -9,6 +9,7 @@
 //! `CachePolicy`, which serialises with http-cache-semantics' `serde` feature), so the same
 //! form can later be written to L2 for instances to share.
 
+use crate::http::X_CACHE;
 use bytes::Bytes;
 use http::{header, uri::PathAndQuery, HeaderMap, HeaderValue, Request, StatusCode};
 use http_cache_semantics::{BeforeRequest, CachePolicy};
@@ -95,9 +96,11 @@ impl Stored {
         (self.body.len() + headers * 3 + 512) as u64
     }
 
-    /// The headers a hit is answered with: the stored ones with Via, and its Age now. Built
-    /// once with room for Age, so a hit clones a map it need not grow (growing the clone
-    /// for Age and Via was 1k instructions a hit).
+    /// The headers a hit is answered with: the stored ones with Via, X-Cache, and its Age
+    /// now. Built once with every header a hit sets, so a hit clones a map it only writes
+    /// values into: a clone has no room to spare, and growing it was 1k instructions a hit,
+    /// plus an allocator page taken and given back per hit when the size class was idle
+    /// (callgrind: 14.3k against 16.8k).
     pub fn reply_headers(&self, now: SystemTime) -> HeaderMap {
         let mut h = self
             .reply
@@ -105,6 +108,7 @@ impl Stored {
                 let mut h = self.headers.clone();
                 h.insert(header::AGE, HeaderValue::from_static("0"));
                 h.append(header::VIA, HeaderValue::from_static("1.1 tiergate"));
+                h.insert(X_CACHE, HeaderValue::from_static("HIT"));
                 // A map that is full grows before it looks for the key it is given.
                 h.reserve(1);
                 h
