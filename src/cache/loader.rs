@@ -233,7 +233,12 @@ impl Loader {
             }
         })?;
         let keep = self.freshness(pq, &parts);
-        Ok(Loaded::Value(body.to_bytes(), keep))
+        // A copy of its own: a value kept in L1 must not hold the connection's read buffer
+        // (which it would be a slice of) for as long as it stays.
+        Ok(Loaded::Value(
+            Bytes::copy_from_slice(&body.to_bytes()),
+            keep,
+        ))
     }
 
     /// How long an answer may be kept: RFC 9111 for a shared cache when the answer speaks of

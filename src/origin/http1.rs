@@ -358,8 +358,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, St
             buf.advance(len);
             continue;
         }
-        // The head's bytes, shared by the header values rather than copied.
-        let bytes = buf.split_to(len).freeze();
+        // The head's bytes, which the header values share: copied out of the read buffer,
+        // so headers kept with a stored answer hold these bytes only, and the buffer, unshared
+        // once the body has passed, is read into again rather than replaced.
+        let bytes = Bytes::copy_from_slice(&buf[..len]);
+        buf.advance(len);
         return head_of(&bytes, head_request).map(Some);
     }
 }

@@ -63,7 +63,9 @@ impl ProxyBody {
         } = *k;
         head.body = match chunks.len() {
             0 => Bytes::new(),
-            1 => chunks.into_iter().next().expect("one chunk"),
+            // A copy of its own, as when joined: a stored answer must not hold the origin
+            // connection's read buffer, which the chunk is a slice of, for as long as it stays.
+            1 => Bytes::copy_from_slice(&chunks[0]),
             _ => {
                 let mut all = BytesMut::with_capacity(len as usize);
                 for c in chunks {
