@@ -20,7 +20,7 @@
 mod balance;
 mod connector;
 mod error;
-mod http1;
+pub mod http1;
 mod pool;
 mod probe;
 mod retry;
