@@ -57,7 +57,7 @@ fn hot_path(c: &mut Criterion) {
             let req = ::http::Request::get("/v1/kv/bench")
                 .body(Empty::<Bytes>::new())
                 .unwrap();
-            black_box(http::handle(&state, req).await)
+            black_box(http::handle(&state, req, None).await)
         })
     });
 
@@ -85,7 +85,7 @@ fn hot_path(c: &mut Criterion) {
             let req = ::http::Request::get("/v1/kv/bench")
                 .body(Empty::<Bytes>::new())
                 .unwrap();
-            black_box(http::handle(&with_log, req).await)
+            black_box(http::handle(&with_log, req, None).await)
         })
     });
     log.stop();

@@ -168,15 +168,17 @@ const BATCH_GET: &str = "/v1/kv:batchGet";
 const BATCH_SET: &str = "/v1/kv:batchSet";
 
 /// Handles one request: checks its token, admits it, routes it, answers it, records it.
-/// Generic over the body so benches and unit tests can call it without sockets.
+/// Generic over the body so benches and unit tests can call it without sockets. `peer`: who
+/// sent it, for the proxy routes' X-Forwarded-For (None when there are no routes).
 pub async fn handle<B: RequestBody + 'static>(
     state: &State,
     req: Request<B>,
+    peer: Option<Arc<proxy::ClientAddr>>,
 ) -> Response<ReplyBody> {
     // --- proxy routes: matched first (a route's prefix never overlaps /v1/) ---
     if let Some(route) = state.proxy.find(req.uri().path()) {
         let route = route.clone();
-        return placement::boxed(|| proxied(state, route, req)).await;
+        return placement::boxed(|| proxied(state, route, req, peer)).await;
     }
     // --- end proxy routes ---
     let start = Instant::now();
@@ -230,6 +232,7 @@ async fn proxied<B: RequestBody + 'static>(
     state: &State,
     route: Arc<crate::http::proxy::Route>,
     req: Request<B>,
+    peer: Option<Arc<proxy::ClientAddr>>,
 ) -> Response<ReplyBody> {
     let start = Instant::now();
     let method = req.method().clone();
@@ -251,7 +254,8 @@ async fn proxied<B: RequestBody + 'static>(
         match state.admission.admit().await {
             Ok(_admitted) => {
                 let max_body = state.limits.load().max_value_bytes.0;
-                let work = std::pin::pin!(async { Ok(route.serve(req, max_body).await) });
+                let peer = peer.as_deref();
+                let work = std::pin::pin!(async { Ok(route.serve(req, max_body, peer).await) });
                 within(state.request_timeout, start, work).await
             }
             Err(why) => Err(ApiError::overloaded(why)),

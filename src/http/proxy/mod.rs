@@ -61,8 +61,9 @@ pub const MAX_REFRESHES: usize = 32;
 /// patience (the loaders' `lock_wait` default too). A wait never fails a request.
 pub const COALESCE_WAIT: Duration = Duration::from_secs(2);
 
-/// The client's address as X-Forwarded-For names it, put in the request's extensions by
-/// the connection when routes are configured: written once per connection, not per request.
+/// The client's address as X-Forwarded-For names it, made by the connection when routes are
+/// configured and handed to each of its requests: written once per connection, not per
+/// request.
 #[derive(Clone, Debug)]
 pub struct ClientAddr(pub HeaderValue);
 
@@ -499,9 +500,10 @@ impl Route {
         self: &Arc<Self>,
         req: Request<B>,
         max_body_bytes: u64,
+        peer: Option<&ClientAddr>,
     ) -> Response<ReplyBody> {
         let cached = matches!(*req.method(), Method::GET | Method::HEAD);
-        let (resp, outcome) = match self.proxy(req, max_body_bytes).await {
+        let (resp, outcome) = match self.proxy(req, max_body_bytes, peer).await {
             Ok(answered) => answered,
             Err(e) => {
                 let outcome = if cached {
@@ -520,6 +522,7 @@ impl Route {
         self: &Arc<Self>,
         req: Request<B>,
         max_body_bytes: u64,
+        peer: Option<&ClientAddr>,
     ) -> Result<(Response<ReplyBody>, ProxyOutcome), ApiError> {
         let (parts, body) = req.into_parts();
         let pq = parts
@@ -534,7 +537,7 @@ impl Route {
                 return Ok((serve_stored(&s, &parts.headers), ProxyOutcome::Hit));
             }
         }
-        let peer = parts.extensions.get::<ClientAddr>().map(|a| &a.0);
+        let peer = peer.map(|a| &a.0);
         let to_origin = headers::to_origin(&parts.headers, parts.version, peer);
         match parts.method {
             Method::GET => self.get(pq, &parts.headers, to_origin).await,
