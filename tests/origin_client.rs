@@ -2,8 +2,9 @@
 //! (`tests/support/origin.rs`): balancing spread by weight and away from a slow upstream,
 //! ejection and recovery (never more than half out), active probes taking an upstream out and
 //! back, a retry going to another upstream, a POST never retried once sent (but retried when
-//! its connection could not even be made), the retry budget under a failing origin, and
-//! timeouts. Everything is asserted by counting requests at the origins and in the metrics;
+//! its connection could not even be made), the retry budget under a failing origin,
+//! timeouts, and a pooled connection closed under a request (sent again only when
+//! idempotent). Everything is asserted by counting requests at the origins and in the metrics;
 //! no test asserts a timing.
 
 mod support;
@@ -492,4 +493,72 @@ async fn a_deadline_set_for_an_earlier_request_does_not_end_a_later_one() {
     assert!(matches!(e, OriginError::Timeout { .. }), "{e}");
     assert_eq!(get(&o, "/fast").await.unwrap().0, 200);
     assert_eq!(a.connections(), 2);
+}
+
+/// A raw origin: its first connection answers one request, then reads the next and closes
+/// without answering (as an origin does that closes an idle connection just as a request
+/// goes on it); every later connection answers every request with "fresh". Counts the
+/// connections it accepts.
+async fn closing_origin() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !seen.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte).await {
+                Ok(1) => seen.push(byte[0]),
+                _ => return false,
+            }
+        }
+        true
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        let (mut first, _) = listener.accept().await.unwrap();
+        counted.fetch_add(1, Ordering::SeqCst);
+        read_head(&mut first).await;
+        first
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        read_head(&mut first).await;
+        drop(first);
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                while read_head(&mut s).await {
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn a_request_on_a_connection_closed_under_it_goes_again_only_when_idempotent() {
+    use std::sync::atomic::Ordering;
+    // No retries at the origin's level: what goes again here is the pool's doing.
+    let (url, accepted) = closing_origin().await;
+    let (o, _) = origins(&[url], "max_retries = 0");
+    assert_eq!(get(&o, "/a").await.unwrap(), (200, Bytes::from("ok")));
+    // The pooled connection closes with the GET on it, before any byte of an answer: the
+    // GET goes again on a new connection.
+    assert_eq!(get(&o, "/b").await.unwrap(), (200, Bytes::from("fresh")));
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // A POST in the same place is not sent twice: the origin may have acted on it.
+    let (url, accepted) = closing_origin().await;
+    let (o, _) = origins(&[url], "max_retries = 0");
+    assert_eq!(get(&o, "/a").await.unwrap(), (200, Bytes::from("ok")));
+    let e = send(&o, Method::POST, "/b", Some("x")).await.unwrap_err();
+    assert_eq!(e.status(), 502, "{e}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "no second connection");
 }
