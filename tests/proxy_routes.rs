@@ -1042,3 +1042,42 @@ async fn an_http_1_0_origins_answer_reaches_an_http_1_1_client_as_http_1_1() {
         assert_eq!(r.text().await.unwrap(), "ok");
     }
 }
+
+#[tokio::test]
+async fn an_origin_that_answers_before_the_body_is_sent_is_heard() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw origin that refuses an upload at its head: it answers 413 and closes without
+    // reading the body (as a server with a body limit does).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut byte = [0u8; 1];
+                while !seen.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    seen.push(byte[0]);
+                }
+                let refusal = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n";
+                let _ = s.write_all(refusal).await;
+            });
+        }
+    });
+    let g = Gateway::start_ready(config_at(&url, "", "")).await;
+    // Larger than the sockets' buffers between them: the gateway is still sending when the
+    // origin has answered and gone.
+    let body = vec![b'x'; 3 << 20];
+    let resp = g
+        .http
+        .post(format!("{}/api/upload", g.base))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    assert_eq!(resp.text().await.unwrap(), "too big\n");
+}

@@ -24,7 +24,7 @@ use std::{
     pin::{pin, Pin},
     task::{ready, Context, Poll},
 };
-use tokio::{io::AsyncWriteExt, time::Instant};
+use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
 
 /// Most headers an answer's head may have (hyper's limit too).
 pub const MAX_HEADERS: usize = 100;
@@ -146,6 +146,9 @@ impl Conn {
         let head_request = out.method == Method::HEAD;
         let reused = self.reused;
         let Self { io, buf, clock, .. } = self;
+        if matches!(out.body, Payload::Stream(_)) {
+            return Self::stream(&mut io.stream, buf, clock, out, deadline).await;
+        }
         let sent = clock
             .within(deadline, write_request(&mut io.stream, out))
             .await;
@@ -156,13 +159,64 @@ impl Conn {
             Some(Ok(())) => {}
         }
         match clock
-            .within(deadline, read_head(io, buf, head_request))
+            .within(deadline, read_head(&io.stream, buf, head_request))
             .await
         {
             None => Err(ExchangeError::Timeout),
             Some(Err(HeadError::Nothing(e))) if reused => Err(ExchangeError::Stale(e)),
             Some(Err(HeadError::Nothing(e) | HeadError::Bad(e))) => Err(ExchangeError::Failed(e)),
             Some(Ok(head)) => Ok(head),
+        }
+    }
+
+    /// `exchange` for a client's body streamed through: the origin may answer before all of
+    /// it has been sent (a 413, an early 401) and then stop reading or close, so its answer
+    /// is read while the body goes, and one that comes first ends the sending. Such an
+    /// answer, or one read after a failed write, leaves the connection unusable (the rest of
+    /// the request never went). Never `Stale`: the stream cannot be sent again.
+    async fn stream(
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        clock: &mut Clock,
+        out: &mut Outgoing<'_>,
+        deadline: Instant,
+    ) -> Result<Head, ExchangeError> {
+        let early = {
+            let (read, mut write) = stream.split();
+            let read: &TcpStream = read.as_ref();
+            let racing = async {
+                tokio::select! {
+                    sent = write_request(&mut write, out) => Err(sent),
+                    head = read_head(read, buf, false) => Ok(head),
+                }
+            };
+            clock.within(deadline, racing).await
+        };
+        let failed = match early {
+            None => return Err(ExchangeError::Timeout),
+            Some(Ok(Ok(head))) => {
+                return Ok(Head {
+                    reusable: false,
+                    ..head
+                })
+            }
+            Some(Ok(Err(HeadError::Nothing(e) | HeadError::Bad(e)))) => {
+                return Err(ExchangeError::Failed(e))
+            }
+            Some(Err(Ok(()))) => None,
+            Some(Err(Err(e))) => Some(e),
+        };
+        match clock.within(deadline, read_head(stream, buf, false)).await {
+            None => Err(ExchangeError::Timeout),
+            Some(Ok(head)) if failed.is_some() => Ok(Head {
+                reusable: false,
+                ..head
+            }),
+            Some(Ok(head)) => Ok(head),
+            // The write's failure says more than the read's that followed it.
+            Some(Err(HeadError::Nothing(e) | HeadError::Bad(e))) => {
+                Err(ExchangeError::Failed(failed.map_or(e, |f| f.to_string())))
+            }
         }
     }
 
@@ -180,7 +234,7 @@ impl Conn {
                 Ok(None) if matches!(framing, Framing::Done) => return Poll::Ready(None),
                 Ok(None) => {}
             }
-            match ready!(poll_fill(&mut self.io, &mut self.buf, cx)) {
+            match ready!(poll_fill(&self.io.stream, &mut self.buf, cx)) {
                 Err(e) => return Poll::Ready(Some(Err(e))),
                 Ok(0) if matches!(framing, Framing::Close) => {
                     *framing = Framing::Done;
@@ -205,7 +259,7 @@ impl Conn {
 
 /// Writes the request: its head, then its body (with the head when small).
 async fn write_request(
-    stream: &mut tokio::net::TcpStream,
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
     out: &mut Outgoing<'_>,
 ) -> io::Result<()> {
     let mut head = Vec::with_capacity(256 + out.headers.len() * 32);
@@ -300,7 +354,7 @@ enum HeadError {
 
 /// Reads until a whole head is in `buf`, skipping 1xx answers, and takes it out of `buf`.
 async fn read_head(
-    io: &mut Counted,
+    stream: &TcpStream,
     buf: &mut BytesMut,
     head_request: bool,
 ) -> Result<Head, HeadError> {
@@ -316,7 +370,7 @@ async fn read_head(
                 )));
             }
         }
-        let read = poll_fn(|cx| poll_fill(io, buf, cx)).await;
+        let read = poll_fn(|cx| poll_fill(stream, buf, cx)).await;
         let why = match read {
             Ok(0) => "the origin closed the connection before answering".to_string(),
             Ok(_) => {
@@ -580,7 +634,7 @@ fn bad(why: impl Into<String>) -> io::Error {
 
 /// Reads what the socket holds onto the end of `buf`; Ok(0) at its end.
 fn poll_fill(
-    io: &mut Counted,
+    stream: &TcpStream,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
@@ -588,9 +642,9 @@ fn poll_fill(
         buf.reserve(READ_AT_LEAST);
     }
     loop {
-        match crate::net::read::try_read(&io.stream, buf) {
+        match crate::net::read::try_read(stream, buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ready!(io.stream.poll_read_ready(cx))?;
+                ready!(stream.poll_read_ready(cx))?;
             }
             read => return Poll::Ready(read),
         }
