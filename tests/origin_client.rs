@@ -501,18 +501,8 @@ async fn a_deadline_set_for_an_earlier_request_does_not_end_a_later_one() {
 /// connections it accepts.
 async fn closing_origin() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
-        let mut seen = Vec::new();
-        let mut byte = [0u8; 1];
-        while !seen.ends_with(b"\r\n\r\n") {
-            match s.read(&mut byte).await {
-                Ok(1) => seen.push(byte[0]),
-                _ => return false,
-            }
-        }
-        true
-    }
+    use support::origin::read_request_head as read_head;
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let accepted = Arc::new(AtomicUsize::new(0));

@@ -1045,7 +1045,7 @@ async fn an_http_1_0_origins_answer_reaches_an_http_1_1_client_as_http_1_1() {
 
 #[tokio::test]
 async fn an_origin_that_answers_before_the_body_is_sent_is_heard() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     // A raw origin that refuses an upload at its head: it answers 413 and closes without
     // reading the body (as a server with a body limit does).
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1054,13 +1054,8 @@ async fn an_origin_that_answers_before_the_body_is_sent_is_heard() {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut byte = [0u8; 1];
-                while !seen.ends_with(b"\r\n\r\n") {
-                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    seen.push(byte[0]);
+                if !support::origin::read_request_head(&mut s).await {
+                    return;
                 }
                 let refusal = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big\n";
                 let _ = s.write_all(refusal).await;

@@ -436,3 +436,19 @@ fn if_none_match_matches(inm: &HeaderValue, etag: &HeaderValue) -> bool {
     let etag = strip(etag);
     inm.split(',').any(|t| t.trim() == "*" || strip(t) == etag)
 }
+
+/// For raw origins a test scripts byte by byte (what a hyper server would not do, such as
+/// closing with a request unanswered): reads one request head from `s`, byte by byte so
+/// nothing after it is taken; false if the connection ended first.
+pub async fn read_request_head(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(1) => seen.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
