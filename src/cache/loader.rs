@@ -21,7 +21,7 @@ use crate::{
     config::OriginConfig,
     origin::{Origin, OriginRequest, Origins},
 };
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes};
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use http_cache_semantics::{CacheOptions, CachePolicy};
@@ -233,12 +233,12 @@ impl Loader {
             }
         })?;
         let keep = self.freshness(pq, &parts);
-        // A copy of its own: a value kept in L1 must not hold the connection's read buffer
-        // (which it would be a slice of) for as long as it stays.
-        Ok(Loaded::Value(
-            Bytes::copy_from_slice(&body.to_bytes()),
-            keep,
-        ))
+        // One copy of its own, however many chunks came: a value kept in L1 must not hold the
+        // connection's read buffer (which a chunk is a slice of) for as long as it stays.
+        let mut chunks = body.aggregate();
+        let mut value = Vec::with_capacity(chunks.remaining());
+        value.put(&mut chunks);
+        Ok(Loaded::Value(Bytes::from(value), keep))
     }
 
     /// How long an answer may be kept: RFC 9111 for a shared cache when the answer speaks of

@@ -577,7 +577,7 @@ impl OriginBody {
 
     fn ended(&mut self) {
         if let Some(conn) = self.conn.take() {
-            if self.reusable && conn.is_drained() {
+            if self.reusable {
                 self.slot.upstream().pool.put(conn);
             }
         }

@@ -98,8 +98,12 @@ impl Pool {
         self.idle_timeout
     }
 
-    /// Keeps a connection whose answer has been read to its end, if there is room.
+    /// Keeps a connection whose answer has been read to its end and allowed keep-alive
+    /// (`Head::reusable`), if there is room and nothing came after that answer.
     pub fn put(&self, mut conn: Conn) {
+        if !conn.is_drained() {
+            return;
+        }
         conn.reused = true;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < self.max_idle {

@@ -94,7 +94,7 @@ async fn probe(u: &Upstream, s: &ProbeSettings) -> bool {
         while let Some(piece) = poll_fn(|cx| conn.poll_body(&mut head.framing, cx)).await {
             piece.ok()?;
         }
-        if head.reusable && conn.is_drained() {
+        if head.reusable {
             u.pool.put(conn);
         }
         Some(head.status.is_success())
