@@ -412,10 +412,12 @@ fn check_config_and_the_start_up_log_say_which_doors_protected_mode_limits() {
     assert!(!off.contains("protected mode"), "{off}");
 
     // HTTP on every interface, RESP on loopback (where protected mode changes nothing).
-    let free =
-        |ip: &str| -> SocketAddr { format!("{ip}:{}", support::free_port()).parse().unwrap() };
-    let bin =
-        support::Binary::start_on([free("0.0.0.0"), free("127.0.0.1"), free("127.0.0.1")], &[]);
+    let [h, r, a] = support::free_ports::<3>();
+    let at = |ip: &str, port: u16| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
+    let bin = support::Binary::start_on(
+        [at("0.0.0.0", h), at("127.0.0.1", r), at("127.0.0.1", a)],
+        &[],
+    );
     let deadline = std::time::Instant::now() + support::SETTLE;
     while !bin.log().contains("listening") {
         assert!(std::time::Instant::now() < deadline, "{}", bin.log());

@@ -1,11 +1,13 @@
-//! The HTTP front door: hyper serving HTTP/1.1 keep-alive and h2c on one port, the KV
-//! router, and a graceful drain on shutdown.
+//! The HTTP front door: HTTP/1.1 keep-alive and h2c on one port (requests without a body on
+//! our own HTTP/1 path, `h1`; the rest, and h2c, on hyper), the KV router, and a graceful
+//! drain on shutdown.
 
 pub mod batch;
 pub use batch::to_json;
 mod body;
 mod conn;
 pub mod error;
+pub mod h1;
 pub mod key;
 mod kv;
 mod protected;
@@ -109,6 +111,45 @@ pub enum ReplyBody {
     Values(Box<values::Values>),
     /// An origin's answer streamed through a proxy route (`crate::http::proxy`).
     Proxied(Box<crate::http::proxy::ProxyBody>),
+    /// A proxy route's stored answer: the body, and the stored headers, which only the
+    /// connection writing the answer spells out (`spell_out` for hyper).
+    Kept(Full<Bytes>, crate::http::proxy::Kept),
+}
+
+impl ReplyBody {
+    /// A stored answer's headers, which go with its body (see `Kept`).
+    pub fn kept(&self) -> Option<&crate::http::proxy::Kept> {
+        match self {
+            ReplyBody::Kept(_, kept) => Some(kept),
+            _ => None,
+        }
+    }
+
+    /// `resp` with every header in its map, for hyper, which writes only the map.
+    pub fn spell_out(resp: Response<ReplyBody>) -> Response<ReplyBody> {
+        let (mut parts, body) = resp.into_parts();
+        let ReplyBody::Kept(full, kept) = body else {
+            return Response::from_parts(parts, body);
+        };
+        let mut headers = kept.map();
+        headers.reserve(parts.headers.len());
+        // The answer's own (Age, X-Cache) over the stored ones of the same name.
+        let mut last = None;
+        for (name, value) in parts.headers.drain() {
+            match (name, &last) {
+                (Some(name), _) => {
+                    headers.insert(name.clone(), value);
+                    last = Some(name);
+                }
+                (None, Some(name)) => {
+                    headers.append(name, value);
+                }
+                (None, None) => {}
+            }
+        }
+        parts.headers = headers;
+        Response::from_parts(parts, ReplyBody::Whole(full))
+    }
 }
 
 impl std::fmt::Debug for crate::http::proxy::ProxyBody {
@@ -133,7 +174,7 @@ impl hyper::body::Body for ReplyBody {
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            ReplyBody::Whole(b) => Pin::new(b)
+            ReplyBody::Whole(b) | ReplyBody::Kept(b, _) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|f| f.map_err(|never| match never {}))),
             ReplyBody::Proxied(b) => Pin::new(b.as_mut()).poll_frame(cx),
@@ -147,7 +188,7 @@ impl hyper::body::Body for ReplyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ReplyBody::Whole(b) => b.is_end_stream(),
+            ReplyBody::Whole(b) | ReplyBody::Kept(b, _) => b.is_end_stream(),
             ReplyBody::Values(v) => v.is_end(),
             ReplyBody::Proxied(b) => b.is_end_stream(),
         }
@@ -155,7 +196,7 @@ impl hyper::body::Body for ReplyBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         match self {
-            ReplyBody::Whole(b) => b.size_hint(),
+            ReplyBody::Whole(b) | ReplyBody::Kept(b, _) => b.size_hint(),
             // Exact: hyper sends it as Content-Length.
             ReplyBody::Values(v) => hyper::body::SizeHint::with_exact(v.remaining()),
             ReplyBody::Proxied(b) => b.size_hint(),
@@ -261,8 +302,9 @@ async fn proxied<B: RequestBody + 'static>(
             Err(why) => Err(ApiError::overloaded(why)),
         }
     };
-    let mut resp = reply.unwrap_or_else(ApiError::into_response);
-    if !resp.headers().contains_key(X_CACHE) {
+    // The route's answers say X-Cache already; refusals before it say what they were.
+    let resp = reply.unwrap_or_else(|e| {
+        let mut resp = e.into_response();
         let outcome = if method == Method::GET || method == Method::HEAD {
             "MISS"
         } else {
@@ -270,7 +312,8 @@ async fn proxied<B: RequestBody + 'static>(
         };
         resp.headers_mut()
             .insert(X_CACHE, http::HeaderValue::from_static(outcome));
-    }
+        resp
+    });
     let took = start.elapsed();
     state
         .metrics
@@ -418,6 +461,8 @@ pub async fn serve(
     let idle = conn::IdleLimits {
         h1: cfg.header_read_timeout.0.min(cfg.keepalive_timeout.0),
         h2: cfg.keepalive_timeout.0,
+        max_head,
+        max_headers: cfg.max_headers,
     };
     // Each connection task holds a sender; when all are dropped, every connection is done.
     let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);

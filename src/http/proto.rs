@@ -7,10 +7,13 @@
 //! second request's head of up to about twice the limit was served (issue 15, point 9).
 //! `max_header_size` is checked against the parsed head's length, on every request.
 //!
-//! Like `auto`: the first up-to-24 bytes are read into the connection's state (no
-//! allocation), compared with the h2 preface as they arrive, and handed to hyper ahead of
-//! the socket. Unlike it, nothing is boxed or copied into a `Bytes`.
+//! Data connections start on our own HTTP/1 path (`h1`), which reads the first bytes itself
+//! and hands hyper what it read (`Protocols::serve_read`: h2 when they are the preface).
+//! Protected mode's refusals start here: like `auto`, the first up-to-24 bytes are read into
+//! the connection's state, compared with the h2 preface as they arrive, and handed to hyper
+//! ahead of the socket.
 
+use bytes::Bytes;
 use hyper::{
     body::{Body, Incoming},
     rt::{bounds::Http2ServerConnExec, Read, ReadBufCursor, Write},
@@ -30,7 +33,7 @@ use tokio::{io::AsyncRead, net::TcpStream};
 type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// What an h2 client with prior knowledge sends first (RFC 9113, 3.4).
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// hyper's builders for both protocols.
 pub struct Protocols {
@@ -50,7 +53,7 @@ impl Protocols {
         TokioExecutor: Http2ServerConnExec<S::Future, B>,
     {
         if self.h2.is_none() {
-            let io = Primed::new(stream, [0; 24], 0);
+            let io = Primed::new(stream, Bytes::new());
             return Connection::H1(self.h1.serve_connection(io, svc));
         }
         Connection::Sniff {
@@ -59,6 +62,26 @@ impl Protocols {
             filled: 0,
             svc: Some(svc),
             protocols: self,
+        }
+    }
+}
+
+impl Protocols {
+    /// Serves the rest of a connection our own HTTP/1 path has read `seen` of: h2 when
+    /// those bytes are its preface (and h2c is served), else HTTP/1.
+    pub fn serve_read<S, B>(&self, stream: TcpStream, seen: Bytes, svc: S) -> Connection<'_, S>
+    where
+        S: HttpService<Incoming, ResBody = B> + Unpin,
+        S::Error: Into<BoxError>,
+        B: Body + 'static,
+        B::Error: Into<BoxError>,
+        TokioExecutor: Http2ServerConnExec<S::Future, B>,
+    {
+        let h2 = self.h2.as_ref().filter(|_| seen.starts_with(PREFACE));
+        let io = Primed::new(stream, seen);
+        match h2 {
+            Some(h2) => Connection::H2(h2.serve_connection(io, svc)),
+            None => Connection::H1(self.h1.serve_connection(io, svc)),
         }
     }
 }
@@ -137,7 +160,8 @@ where
                             break false;
                         }
                     };
-                    let primed = Primed::new(io.take().expect("present"), *seen, *filled);
+                    let seen = Bytes::copy_from_slice(&seen[..*filled]);
+                    let primed = Primed::new(io.take().expect("present"), seen);
                     let svc = svc.take().expect("present until sniffed");
                     let protocols: &Protocols = protocols;
                     *this = match (h2, &protocols.h2) {
@@ -153,20 +177,17 @@ where
     }
 }
 
-/// The socket, with the bytes read to choose the protocol served first.
+/// The socket, with the bytes read before hyper took it (to choose the protocol, or by our
+/// own HTTP/1 path) served first.
 pub struct Primed {
-    seen: [u8; 24],
-    at: u8,
-    len: u8,
+    seen: Bytes,
     io: TokioIo<TcpStream>,
 }
 
 impl Primed {
-    fn new(stream: TcpStream, seen: [u8; 24], len: usize) -> Self {
+    fn new(stream: TcpStream, seen: Bytes) -> Self {
         Self {
             seen,
-            at: 0,
-            len: len as u8,
             io: TokioIo::new(stream),
         }
     }
@@ -179,11 +200,9 @@ impl Read for Primed {
         mut buf: ReadBufCursor<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.at < this.len {
-            let (at, len) = (this.at as usize, this.len as usize);
-            let n = buf.remaining().min(len - at);
-            buf.put_slice(&this.seen[at..at + n]);
-            this.at += n as u8;
+        if !this.seen.is_empty() {
+            let n = buf.remaining().min(this.seen.len());
+            buf.put_slice(&this.seen.split_to(n));
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_read(cx, buf)

@@ -27,6 +27,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `N` ports that were free a moment ago, all different: held open together while chosen
+/// (one at a time, the kernel may hand the same port out twice).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
 /// Polls `f` until it returns true or `SETTLE` passes; panics with `what` on timeout.
 pub async fn eventually<F, Fut>(what: &str, mut f: F)
 where
@@ -726,8 +735,8 @@ pub struct Binary {
 
 impl Binary {
     pub fn start(extra_env: &[(&str, &str)]) -> Self {
-        let free = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
-        Self::start_on([free(), free(), free()], extra_env)
+        let addrs = free_ports::<3>().map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+        Self::start_on(addrs, extra_env)
     }
 
     /// Starts on the given HTTP, RESP and admin addresses: those of a running instance, to
