@@ -54,6 +54,9 @@ const WRITE_AT: usize = 64 << 10;
 /// A body piece up to this long is copied behind its head, for one write; a longer one is
 /// written from where it is.
 const COPY_AT_MOST: usize = 16 << 10;
+/// A write buffer that grew past this (a pipelining burst) is let go once it is written,
+/// so an idle connection holds no more than a few answers' worth.
+const KEEP_WRITE_BUF: usize = 16 << 10;
 /// httparse's header slots: hyper's default `max_headers` (a head with more goes to hyper,
 /// which serves `http.max_headers` when it is set higher).
 const SLOTS: usize = crate::config::DEFAULT_HTTP_MAX_HEADERS;
@@ -96,7 +99,7 @@ pub async fn serve<W: Watch>(
     limits: Limits,
 ) -> io::Result<Next> {
     let mut buf = BytesMut::with_capacity(READ_BUF);
-    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    let mut out: Vec<u8> = Vec::new();
     let mut first = true;
     loop {
         if first && limits.h2 && is_preface_start(&buf) {
@@ -133,6 +136,9 @@ pub async fn serve<W: Watch>(
         // Everything buffered is answered: the answers go in one write before waiting.
         if !out.is_empty() {
             flush(&mut stream, &mut out, &[]).await?;
+        }
+        if out.capacity() > KEEP_WRITE_BUF {
+            out = Vec::new();
         }
         if buf.capacity() - buf.len() < READ_AT_LEAST {
             buf.reserve(READ_AT_LEAST);

@@ -1045,6 +1045,14 @@ impl Kept {
 /// 13.1): an If-None-Match tag equal under weak comparison (or `*`); without one, an
 /// If-Modified-Since equal to its Last-Modified (the date the client was given).
 fn client_has_it(s: &Stored, client: &HeaderMap) -> bool {
+    // Most requests are not conditional: one pass over their few headers says so, where the
+    // two lookups below hash both names (0.2k instructions a hit).
+    if !client
+        .keys()
+        .any(|k| k == header::IF_NONE_MATCH || k == header::IF_MODIFIED_SINCE)
+    {
+        return false;
+    }
     let text = |h: &HeaderMap, n: header::HeaderName| {
         h.get(n)
             .and_then(|v| v.to_str().ok())
