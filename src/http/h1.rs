@@ -21,14 +21,15 @@
 use super::{
     handle,
     proto::PREFACE,
+    proxied_hit,
     proxy::{ClientAddr, Kept},
-    State,
+    ReplyBody, State,
 };
 use crate::net::read::try_read;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{
-    header, response::Parts, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri,
-    Version,
+    header, response::Parts, HeaderMap, HeaderName, HeaderValue, Method, Request, Response,
+    StatusCode, Uri, Version,
 };
 use http_body_util::Empty;
 use hyper::body::Body;
@@ -107,19 +108,22 @@ pub async fn serve<W: Watch>(
                 return Ok(Next::Hyper(stream, buf.freeze()));
             }
         } else {
-            match take(&mut buf, &limits) {
+            let answered = match take(&mut buf, &limits, |t| state.proxy.stored_answer(t)) {
                 Taken::Request(asked) => {
-                    first = false;
-                    let keep = answer(&mut stream, &mut out, state, &peer, watch, asked).await?;
-                    if !keep {
-                        flush(&mut stream, &mut out, &[]).await?;
-                        let _ = stream.shutdown().await;
-                        return Ok(Next::Closed);
-                    }
-                    if out.len() >= WRITE_AT {
-                        flush(&mut stream, &mut out, &[]).await?;
-                    }
-                    continue;
+                    Some(answer(&mut stream, &mut out, state, &peer, watch, asked).await?)
+                }
+                Taken::Stored(hit) => {
+                    let busy = watch.busy();
+                    let resp = proxied_hit(state, hit.resp).await;
+                    drop(busy);
+                    let (head_req, keep_alive, http10) = (hit.head_req, hit.keep_alive, hit.http10);
+                    let (stream, out) = (&mut stream, &mut out);
+                    Some(
+                        write(
+                            stream, out, state, watch, resp, head_req, keep_alive, http10,
+                        )
+                        .await?,
+                    )
                 }
                 Taken::Other => {
                     flush(&mut stream, &mut out, &[]).await?;
@@ -130,7 +134,19 @@ pub async fn serve<W: Watch>(
                     flush(&mut stream, &mut out, &[]).await?;
                     return Ok(Next::Hyper(stream, buf.freeze()));
                 }
-                Taken::Partial => {}
+                Taken::Partial => None,
+            };
+            if let Some(keep) = answered {
+                first = false;
+                if !keep {
+                    flush(&mut stream, &mut out, &[]).await?;
+                    let _ = stream.shutdown().await;
+                    return Ok(Next::Closed);
+                }
+                if out.len() >= WRITE_AT {
+                    flush(&mut stream, &mut out, &[]).await?;
+                }
+                continue;
             }
         }
         // Everything buffered is answered: the answers go in one write before waiting.
@@ -182,6 +198,8 @@ struct Asked {
 #[allow(clippy::large_enum_variant)] // returned once per request, never stored
 enum Taken {
     Request(Asked),
+    /// A proxy route's fresh stored answer, found from the head as read (no `Request` built).
+    Stored(Stored),
     /// More bytes are needed.
     Partial,
     /// Not one for this path: hyper serves it (and the rest of the connection).
@@ -199,7 +217,7 @@ pub enum Stop {
 /// headers), or why none was.
 #[doc(hidden)]
 pub fn take_for_fuzz(buf: &mut BytesMut, limits: &Limits) -> Result<String, Stop> {
-    match take(buf, limits) {
+    match take(buf, limits, |_| None) {
         Taken::Request(a) => Ok(format!(
             "{} {} {:?} {:?} {}",
             a.req.method(),
@@ -210,15 +228,30 @@ pub fn take_for_fuzz(buf: &mut BytesMut, limits: &Limits) -> Result<String, Stop
         )),
         Taken::Partial => Err(Stop::Partial),
         Taken::Other => Err(Stop::Other),
+        Taken::Stored(_) => unreachable!("nothing is stored here"),
     }
+}
+
+/// A stored answer taken for a plain GET or HEAD, with what its writing depends on.
+struct Stored {
+    resp: Response<ReplyBody>,
+    head_req: bool,
+    keep_alive: bool,
+    http10: bool,
 }
 
 /// Where a head's header name and value sit in it.
 type Span = (u32, u32, u32, u32);
 
 /// Takes the next request off `buf` when it is whole and plain; `buf` is left as it was
-/// otherwise.
-fn take(buf: &mut BytesMut, limits: &Limits) -> Taken {
+/// otherwise. A plain GET or HEAD that says nothing of caching (no Cache-Control, Pragma or
+/// conditional) is first offered to `stored` by its target: a proxy route's fresh stored
+/// answer is then taken without building a `Request` (1.5k of a hit's 8.2k instructions).
+fn take(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    stored: impl FnOnce(&str) -> Option<Response<ReplyBody>>,
+) -> Taken {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; SLOTS];
     let mut spans = [const { MaybeUninit::<Span>::uninit() }; SLOTS];
     let mut parsed = httparse::Request::new(&mut []);
@@ -244,6 +277,7 @@ fn take(buf: &mut BytesMut, limits: &Limits) -> Taken {
     }
     let http10 = minor == 0;
     let (mut close, mut keep) = (false, false);
+    let mut says_caching = false;
     for (span, h) in spans.iter_mut().zip(parsed.headers.iter()) {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -260,6 +294,15 @@ fn take(buf: &mut BytesMut, limits: &Limits) -> Taken {
                 close |= token.eq_ignore_ascii_case(b"close");
                 keep |= token.eq_ignore_ascii_case(b"keep-alive");
             }
+        } else {
+            says_caching |= [
+                &b"cache-control"[..],
+                b"pragma",
+                b"if-none-match",
+                b"if-modified-since",
+            ]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n));
         }
         span.write((
             at(name),
@@ -269,8 +312,20 @@ fn take(buf: &mut BytesMut, limits: &Limits) -> Taken {
         ));
     }
     let count = parsed.headers.len();
-    let path = (at(path.as_bytes()) as usize, path.len());
     let keep_alive = !close && (!http10 || keep);
+    let head_req = method == Method::HEAD;
+    if (head_req || method == Method::GET) && !says_caching {
+        if let Some(resp) = stored(path) {
+            buf.advance(len);
+            return Taken::Stored(Stored {
+                resp,
+                head_req,
+                keep_alive,
+                http10,
+            });
+        }
+    }
+    let path = (at(path.as_bytes()) as usize, path.len());
     // From here the head is taken: what fails now puts it back.
     let head = buf.split_to(len).freeze();
     // SAFETY: the loop above wrote the first `count` spans, one per header.
@@ -337,6 +392,25 @@ async fn answer<W: Watch>(
     let busy = watch.busy();
     let resp = handle(state, req, peer.clone()).await;
     drop(busy);
+    write(
+        stream, out, state, watch, resp, head_req, keep_alive, http10,
+    )
+    .await
+}
+
+/// Writes `resp` into `out` (and the socket, for a long body piece). Whether the connection
+/// goes on.
+#[allow(clippy::too_many_arguments)] // one call per kind of request, all of them here
+async fn write<W: Watch>(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    state: &State,
+    watch: &W,
+    resp: Response<ReplyBody>,
+    head_req: bool,
+    keep_alive: bool,
+    http10: bool,
+) -> io::Result<bool> {
     let close = !keep_alive || watch.closing() || state.listener_closed.is_triggered();
     let (parts, mut body) = resp.into_parts();
     let hint = body.size_hint().exact();
@@ -583,7 +657,6 @@ fn chunk_size(out: &mut Vec<u8>, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::Response;
 
     const LIMITS: Limits = Limits {
         max_head: 16 << 10,
@@ -593,7 +666,7 @@ mod tests {
 
     fn take_text(text: &str) -> (Taken, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        (take(&mut buf, &LIMITS), buf)
+        (take(&mut buf, &LIMITS, |_| None), buf)
     }
 
     #[test]
@@ -633,6 +706,40 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_get_or_head_is_offered_to_the_store_by_its_target() {
+        let offered = |text: &str| {
+            let mut buf = BytesMut::from(text.as_bytes());
+            let mut asked = None;
+            let taken = take(&mut buf, &LIMITS, |target| {
+                asked = Some(target.to_owned());
+                Some(Response::new(ReplyBody::Whole(
+                    Bytes::from_static(b"x").into(),
+                )))
+            });
+            let answered = matches!(taken, Taken::Stored(_));
+            (asked, answered, buf.len())
+        };
+        let (asked, answered, left) = offered("GET /api/a?b=1 HTTP/1.1\r\nHost: h\r\n\r\nGET /n");
+        assert_eq!(asked.as_deref(), Some("/api/a?b=1"));
+        assert!(answered);
+        assert_eq!(left, 6, "the head is taken, the next request left");
+        assert!(offered("HEAD /a HTTP/1.0\r\n\r\n").1);
+        for not_plain in [
+            "GET /a HTTP/1.1\r\nCache-Control: no-cache\r\n\r\n",
+            "GET /a HTTP/1.1\r\npragma: no-cache\r\n\r\n",
+            "GET /a HTTP/1.1\r\nIf-None-Match: \"v\"\r\n\r\n",
+            "GET /a HTTP/1.1\r\nIf-Modified-Since: x\r\n\r\n",
+            "DELETE /a HTTP/1.1\r\n\r\n",
+        ] {
+            let (asked, answered, _) = offered(not_plain);
+            assert!(
+                asked.is_none() && !answered,
+                "{not_plain:?} goes the whole way"
+            );
+        }
+    }
+
+    #[test]
     fn keep_alive_follows_the_version_and_connection() {
         let keeps = |text: &str| match take_text(text).0 {
             Taken::Request(a) => a.keep_alive,
@@ -657,7 +764,7 @@ mod tests {
             ..LIMITS
         };
         assert!(
-            matches!(take(&mut buf, &limits), Taken::Other),
+            matches!(take(&mut buf, &limits, |_| None), Taken::Other),
             "http.max_headers"
         );
         let long = "x".repeat(9000);
@@ -667,14 +774,14 @@ mod tests {
             ..LIMITS
         };
         assert!(
-            matches!(take(&mut buf, &limits), Taken::Other),
+            matches!(take(&mut buf, &limits, |_| None), Taken::Other),
             "http.max_header_bytes"
         );
         // A target `http` refuses though httparse took it (`<` is not a URI byte) is put back
         // whole, with what follows it.
         let text = b"GET /a<b> HTTP/1.1\r\nY: 1\r\n\r\nGET /next".to_vec();
         let mut buf = BytesMut::from(&text[..]);
-        assert!(matches!(take(&mut buf, &LIMITS), Taken::Other));
+        assert!(matches!(take(&mut buf, &LIMITS, |_| None), Taken::Other));
         assert_eq!(&buf[..], &text[..]);
     }
 

@@ -302,14 +302,37 @@ async fn proxied<B: RequestBody + 'static>(
             Err(why) => Err(ApiError::overloaded(why)),
         }
     };
-    // The route's answers say X-Cache already; refusals before it say what they were.
+    finish_proxied(
+        state,
+        start,
+        reply,
+        method == Method::GET || method == Method::HEAD,
+    )
+}
+
+/// A proxy route's fresh stored answer found from a request's head as read (our HTTP/1
+/// path, before any `Request` is built: `Proxy::stored_answer`), admitted and recorded as
+/// `proxied` does.
+pub(crate) async fn proxied_hit(state: &State, resp: Response<ReplyBody>) -> Response<ReplyBody> {
+    let start = Instant::now();
+    let reply = match state.admission.admit().await {
+        Ok(_admitted) => Ok(resp),
+        Err(why) => Err(ApiError::overloaded(why)),
+    };
+    finish_proxied(state, start, reply, true)
+}
+
+/// A proxied request's answer, recorded: X-Cache on refusals made before the route (its
+/// own answers say it already), the metrics and the access log.
+fn finish_proxied(
+    state: &State,
+    start: Instant,
+    reply: Reply,
+    get_or_head: bool,
+) -> Response<ReplyBody> {
     let resp = reply.unwrap_or_else(|e| {
         let mut resp = e.into_response();
-        let outcome = if method == Method::GET || method == Method::HEAD {
-            "MISS"
-        } else {
-            "BYPASS"
-        };
+        let outcome = if get_or_head { "MISS" } else { "BYPASS" };
         resp.headers_mut()
             .insert(X_CACHE, http::HeaderValue::from_static(outcome));
         resp

@@ -262,6 +262,18 @@ impl Proxy {
         self.routes.iter().find(|r| path.starts_with(&r.prefix))
     }
 
+    /// The fresh stored answer to a plain GET or HEAD of `target` (a path and query as the
+    /// client sent it), from the request's head as read: the client sent no Cache-Control,
+    /// Pragma or conditional, so only the URL selects it. None: the request goes the whole
+    /// way (`Route::serve`). A target `http` would refuse is never a stored URL.
+    pub fn stored_answer(&self, target: &str) -> Option<Response<ReplyBody>> {
+        let path = target.split_once('?').map_or(target, |(path, _)| path);
+        let route = self.find(path)?;
+        let stored = route.store.fresh_plain(target)?;
+        route.metrics.count(ProxyOutcome::Hit);
+        Some(serve_stored(&stored, &HeaderMap::new()))
+    }
+
     /// Removes every stored variant of `url` (a path and query) here and, through the bus,
     /// on every other instance; whether one was stored here.
     pub async fn purge(&self, url: &str) -> bool {

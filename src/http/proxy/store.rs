@@ -346,6 +346,11 @@ impl Store {
         {
             return None;
         }
+        self.fresh_plain(key)
+    }
+
+    /// `fresh`, for a request already known to say neither Cache-Control nor Pragma.
+    pub fn fresh_plain(&self, key: &str) -> Option<Arc<Stored>> {
         let variants = self.cache.get(key)?;
         let v = variants.all.first()?;
         (!v.reply_head().varies && SystemTime::now() < v.fresh_until).then(|| v.clone())
