@@ -3,6 +3,11 @@
 //! that carries no body). Heads are parsed with `httparse`, answered by `handle` as hyper's
 //! are, and the answers written here, several in one write for a client that pipelines.
 //!
+//! A plain GET or HEAD (no Cache-Control, Pragma or conditional) of a proxy route's fresh
+//! stored URL is answered from its head as read, before any `Request` is built: the target
+//! selects the stored answer, whose header lines were made at its first hit (`proxied_hit`
+//! admits and records it as `handle` would).
+//!
 //! The first request that is not plain (a body, `Transfer-Encoding`, `Expect`, `Upgrade`, a
 //! target that is not a path, a head `httparse` or `http` refuse or that is over
 //! `http.max_header_bytes` / `http.max_headers`, the h2 preface) is handed to hyper with every
