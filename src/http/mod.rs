@@ -131,22 +131,9 @@ impl ReplyBody {
         let ReplyBody::Kept(full, kept) = body else {
             return Response::from_parts(parts, body);
         };
+        // Whatever the answer's own map holds replaces the stored headers of its names.
         let mut headers = kept.map();
-        headers.reserve(parts.headers.len());
-        // The answer's own (Age, X-Cache) over the stored ones of the same name.
-        let mut last = None;
-        for (name, value) in parts.headers.drain() {
-            match (name, &last) {
-                (Some(name), _) => {
-                    headers.insert(name.clone(), value);
-                    last = Some(name);
-                }
-                (None, Some(name)) => {
-                    headers.append(name, value);
-                }
-                (None, None) => {}
-            }
-        }
+        headers.extend(std::mem::take(&mut parts.headers));
         parts.headers = headers;
         Response::from_parts(parts, ReplyBody::Whole(full))
     }

@@ -993,7 +993,7 @@ fn serve_stored(s: &Arc<Stored>, client: &HeaderMap) -> Response<ReplyBody> {
     if s.status == StatusCode::OK && client_has_it(s, client) {
         let mut h = s.reply_head().map.clone();
         h.remove(header::CONTENT_LENGTH);
-        h.insert(header::AGE, s.age(now));
+        h.insert(header::AGE, HeaderValue::from(s.age(now)));
         h.insert(X_CACHE, HeaderValue::from_static("HIT"));
         let mut resp = Response::new(Full::new(Bytes::new()).into());
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
@@ -1003,7 +1003,7 @@ fn serve_stored(s: &Arc<Stored>, client: &HeaderMap) -> Response<ReplyBody> {
     // Its headers go with the body, the answer's own map left empty (`Kept`).
     let kept = Kept {
         stored: s.clone(),
-        age: s.policy.age(now).as_secs(),
+        age: s.age(now),
         outcome: ProxyOutcome::Hit.header(),
     };
     let mut resp = Response::new(ReplyBody::Kept(Full::new(s.body.clone()), kept));

@@ -146,9 +146,9 @@ impl Stored {
         })
     }
 
-    /// Its Age at `now`, as a header value.
-    pub fn age(&self, now: SystemTime) -> HeaderValue {
-        HeaderValue::from(self.policy.age(now).as_secs())
+    /// Its Age at `now`, in seconds.
+    pub fn age(&self, now: SystemTime) -> u64 {
+        self.policy.age(now).as_secs()
     }
 
     /// Whether it answers `request` fresh at `now` (Some(true)) or only stale, to be
