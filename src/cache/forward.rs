@@ -12,6 +12,7 @@ use super::{
     pipe::{self, Reply},
 };
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 /// What a forwarded command may change in L1.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,28 +20,32 @@ pub enum Writes {
     /// Nothing: a read, or a command about no key.
     Nothing,
     /// These arguments (indices into the command) are keys it writes.
-    Keys(Box<[u32]>),
+    Keys(Indices),
     /// Any key: FLUSHALL, SWAPDB, a script that declares no keys.
     Everything,
     /// These arguments are keys written by a command that takes only keys of another type
     /// than strings (HSET, LPUSH, SADD, ZADD, XADD ...: on a string it fails WRONGTYPE) and
     /// overwrites none: L1 holds no value of such a key, only, when `l1.negative_ttl` is on,
     /// its absence. So they are evicted and announced only then.
-    Typed(Box<[u32]>),
+    Typed(Indices),
 }
+
+/// Arguments of a command, by index: inline up to four (a write of one key is the rule).
+pub type Indices = smallvec::SmallVec<[u32; 4]>;
 
 /// Commands gathered for one round trip.
 #[derive(Default)]
 pub struct Run {
     /// Each command's arguments, in the client's order: encoded into one pipeline for one
-    /// Redis (`finish`), routed by slot on a cluster (`cluster`).
-    commands: Vec<Vec<Bytes>>,
+    /// Redis (`finish`), routed by slot on a cluster (`cluster`). Inline, as `written`: an
+    /// unpipelined client's run is one command, and a run is made per batch it sends.
+    commands: SmallVec<[Vec<Bytes>; 1]>,
     /// Bytes of the commands' arguments, a measure of the run's size.
     bytes: usize,
     /// The keys the run writes, to invalidate and announce.
-    written: Vec<Bytes>,
+    written: SmallVec<[Bytes; 1]>,
     /// Keys of `Writes::Typed`: announced only where absences are cached (`with_typed`).
-    typed: Vec<Bytes>,
+    typed: SmallVec<[Bytes; 1]>,
     everything: bool,
     /// GETs of keys L1 does not hold (`push_read`), in the order of `commands`.
     pub(super) reads: Vec<Read>,
@@ -68,8 +73,9 @@ impl Run {
     /// Adds a command; `writes` says what it may change.
     pub fn push(&mut self, args: Vec<Bytes>, writes: &Writes) {
         self.wrote(&args, writes);
-        // A length line per argument, as `encode_args` counts them.
-        self.bytes += args.iter().map(|a| a.len() + 16).sum::<usize>();
+        // As `encode_args` reserves: `finish` sizes the pipeline with it, and a buffer short
+        // of it grew once per run (2% of an unpipelined INCR, callgrind).
+        self.bytes += pipe::encoded_len(&args);
         self.commands.push(args);
     }
 
@@ -158,7 +164,13 @@ impl Run {
     /// announced once. Writes made elsewhere (`wrote`), with no command of the run's own, are
     /// announced by a PUBLISH here, whose reply is the one Redis sends.
     pub(super) fn finish(&mut self, channel: Option<&str>) -> (Vec<u8>, usize, usize) {
-        let mut out = Vec::with_capacity(self.bytes + 16);
+        // Room for the keys announced after the commands too (`pack_key`: a length line of at
+        // most 24 bytes each), so that the buffer is allocated once.
+        let keys = match channel {
+            Some(_) => self.written.iter().map(|k| k.len() + 24).sum(),
+            None => 0,
+        };
+        let mut out = Vec::with_capacity(self.bytes + keys + 24);
         for args in &self.commands {
             pipe::encode_args(&mut out, args);
         }
@@ -166,13 +178,12 @@ impl Run {
         let Some(channel) = channel else {
             return (out, 0, replies);
         };
-        // Packed straight after the commands, in room reserved for them: a `Vec` of their own
+        // Packed straight after the commands, in the room reserved above: a `Vec` of their own
         // grew one reallocation at a time, 4% of an unpipelined INCR (callgrind).
         let from = out.len();
         match self.announce() {
             Announce::Everything => pipe::pack_key(&mut out, b""),
             Announce::Keys(written) => {
-                out.reserve(written.iter().map(|k| k.len() + 16).sum());
                 for key in written {
                     pipe::pack_key(&mut out, key);
                 }

@@ -915,9 +915,9 @@ pub fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
 
 /// `encode`, for arguments of any kind of byte string (a forwarded command's `Bytes`).
 pub fn encode_args<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
-    // Room for the whole command up front (a length line is at most 24 bytes), so the
-    // appends below never grow the buffer one by one.
-    out.reserve(24 + args.iter().map(|a| a.as_ref().len() + 24).sum::<usize>());
+    // Room for the whole command up front, so the appends below never grow the buffer one
+    // by one; a buffer sized with `encoded_len` already has it.
+    out.reserve(encoded_len(args));
     let mut n = itoa::Buffer::new();
     out.push(b'*');
     out.extend_from_slice(n.format(args.len()).as_bytes());
@@ -930,6 +930,11 @@ pub fn encode_args<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
         out.extend_from_slice(a);
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// At least the bytes `encode_args` writes for `args`: a length line is at most 24 bytes.
+pub fn encoded_len<A: AsRef<[u8]>>(args: &[A]) -> usize {
+    24 + args.iter().map(|a| a.as_ref().len() + 24).sum::<usize>()
 }
 
 /// Takes one complete reply off the front of `buf`; None until one has fully arrived.

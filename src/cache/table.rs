@@ -18,6 +18,7 @@
 
 use bytes::Bytes;
 use redis::Value;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 
 /// Keys of one request that hash to several cluster slots (`Table::slot`).
@@ -126,8 +127,9 @@ pub enum ResponsePolicy {
 /// The keys of one request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Keys {
-    /// In key-spec order; an argument named by two specs appears twice.
-    pub found: Vec<Key>,
+    /// In key-spec order; an argument named by two specs appears twice. Inline up to four:
+    /// looked up for every forwarded command.
+    pub found: SmallVec<[Key; 4]>,
     /// False when the key specs cannot be followed to the end for these arguments (a spec
     /// Redis marks incomplete or unknown, a key count that is not a number or points past the
     /// end, movable keys no spec describes): other arguments may be keys too, so `found` is
@@ -411,7 +413,7 @@ impl Spec {
     /// cannot follow, and the command's own code then finds no keys either.
     pub fn keys(&self, args: &[Bytes]) -> Keys {
         let mut keys = Keys {
-            found: Vec::new(),
+            found: SmallVec::new(),
             complete: !self.keys_beyond_specs(),
         };
         for spec in self.real_key_specs() {
@@ -505,7 +507,7 @@ impl KeySpec {
 
     /// Appends the keys of this spec in `args` to `out`; false when the spec cannot be
     /// trusted for them (what Redis' `invalid_spec` label covers, and `incomplete`).
-    fn find(&self, args: &[Bytes], out: &mut Vec<Key>) -> bool {
+    fn find(&self, args: &[Bytes], out: &mut impl Extend<Key>) -> bool {
         let first = match self.begin_search.start(args) {
             Begin::At(first) => first,
             Begin::Absent => return true,

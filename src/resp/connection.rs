@@ -629,13 +629,13 @@ impl Held {
     ) -> bool {
         let mut run = std::mem::take(&mut self.forwards);
         let logged = std::mem::take(&mut self.forwarded);
-        let answers = cmd::forward::send(shared, &mut run, proto, limits).await;
-        let mut answers = match answers {
-            Ok(answers) => answers.into_iter(),
-            Err(every) => vec![Answer::Reply(every); logged.len()].into_iter(),
-        };
+        let mut answers = cmd::forward::send(shared, &mut run, proto, limits).await;
         for logged in logged {
-            match answers.next() {
+            let answer = match &mut answers {
+                Ok(answers) => answers.next(),
+                Err(every) => Some(Answer::Reply(every.clone())),
+            };
+            match answer {
                 Some(Answer::Reply(reply)) => {
                     log(shared, logged, 0, &reply, None);
                     reply.encode(proto, wbuf.buf());

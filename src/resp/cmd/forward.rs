@@ -164,7 +164,7 @@ impl Forward {
         let proto = ctx.session.proto;
         match send(ctx.shared, &mut run, proto, ctx.limits).await {
             Err(every) => every,
-            Ok(mut replies) => match replies.pop() {
+            Ok(replies) => match replies.last() {
                 Some(Answer::Reply(frame)) => frame,
                 Some(Answer::TooLarge(len)) => {
                     ctx.close = true;
@@ -186,6 +186,10 @@ pub enum Answer {
     TooLarge(usize),
 }
 
+/// A run's answers, in order: Redis' replies, each made an `Answer` as it is taken (a vector
+/// of answers collected from them cost a reallocation per run).
+pub type Answers = std::iter::Map<std::vec::IntoIter<Reply>, fn(Reply) -> Answer>;
+
 /// Sends a run of forwarded commands in one round trip; their answers in order, or the error
 /// every one of them gets when the round trip failed.
 pub async fn send(
@@ -193,7 +197,7 @@ pub async fn send(
     run: &mut Run,
     proto: Protocol,
     limits: &crate::resp::Limits,
-) -> Result<Vec<Answer>, Frame> {
+) -> Result<Answers, Frame> {
     let resp3 = proto == Protocol::Resp3;
     let limit = limits.reply_limit();
     let replies = shared
@@ -201,17 +205,18 @@ pub async fn send(
         .forward(run, resp3, limit)
         .await
         .map_err(super::l2_error)?;
-    Ok(replies
-        .into_iter()
-        .map(|r| match r {
-            Reply::Raw(bytes) => Answer::Reply(Frame::Raw(bytes)),
-            Reply::TooLarge(len) => Answer::TooLarge(len),
-            // Forwarded replies are never decoded.
-            Reply::Value(_) | Reply::Error { .. } => {
-                Answer::Reply(Frame::error("ERR a forwarded reply was decoded"))
-            }
-        })
-        .collect())
+    Ok(replies.into_iter().map(answer as fn(Reply) -> Answer))
+}
+
+fn answer(reply: Reply) -> Answer {
+    match reply {
+        Reply::Raw(bytes) => Answer::Reply(Frame::Raw(bytes)),
+        Reply::TooLarge(len) => Answer::TooLarge(len),
+        // Forwarded replies are never decoded.
+        Reply::Value(_) | Reply::Error { .. } => {
+            Answer::Reply(Frame::error("ERR a forwarded reply was decoded"))
+        }
+    }
 }
 
 #[cfg(test)]
