@@ -33,6 +33,19 @@ async fn subscribed(b: &Binary) {
     .await;
 }
 
+/// Both subscribed, and each past hearing the other: neither alone on the bus (the one
+/// that was flushes L1 as it hears the other), so what either writes the other hears.
+async fn together(a: &Binary, b: &Binary) {
+    for g in [a, b] {
+        g.wait_ready().await;
+        support::eventually("on the bus with another instance", || async {
+            let m = g.metrics().await;
+            metric(&m, "tiergate_bus_subscribed") == 1.0 && metric(&m, "tiergate_bus_alone") == 0.0
+        })
+        .await;
+    }
+}
+
 /// GET over HTTP: the body (None on 404) and the tier that answered.
 async fn get(b: &Binary, key: &str) -> (Option<String>, String) {
     let r = reqwest::get(format!("http://{}/v1/kv/{key}", b.http))
@@ -87,8 +100,7 @@ where
 async fn a_write_through_one_instance_is_never_served_stale_by_the_other() {
     let redis = Redis::start();
     let (a, b) = pair(&redis);
-    subscribed(&a).await;
-    subscribed(&b).await;
+    together(&a, &b).await;
     let mut ra = redis::Client::open(format!("redis://{}", a.resp))
         .unwrap()
         .get_multiplexed_async_connection()
@@ -149,8 +161,8 @@ async fn a_write_through_one_instance_is_never_served_stale_by_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_subscription_flushes_l1_before_it_is_trusted_again() {
     let redis = Redis::start();
-    let (_a, b) = pair(&redis);
-    subscribed(&b).await;
+    let (a, b) = pair(&redis);
+    together(&a, &b).await;
     // B hears its own write's announcement; let it land before B caches the key.
     after_heard(&b, 1, || put(&b, "k", "old")).await;
     assert_eq!(get(&b, "k").await.0.as_deref(), Some("old"));
@@ -208,8 +220,7 @@ async fn tracking_mode_evicts_writes_that_bypass_the_gateway() {
             ("TIERGATE_L2_TRACKING_PREFIXES", r#"["user:", "sess:"]"#),
         ],
     );
-    subscribed(&a).await;
-    subscribed(&b).await;
+    together(&a, &b).await;
     let mut direct = redis.conn();
     let mut set_direct = |k: &str, v: &str| {
         redis::cmd("SET").arg(k).arg(v).exec(&mut direct).unwrap();
@@ -279,8 +290,7 @@ async fn evictions(b: &Binary) -> f64 {
 async fn forwarded_writes_of_every_kind_reach_the_other_instances_l1() {
     let redis = Redis::start();
     let (a, b) = pair(&redis);
-    subscribed(&a).await;
-    subscribed(&b).await;
+    together(&a, &b).await;
     let direct = redis.url();
     let mut rd = redis
         .client()
@@ -405,8 +415,7 @@ async fn forwarded_writes_of_every_kind_reach_the_other_instances_l1() {
 async fn a_transaction_invalidates_its_keys_once_exec_applies_them_and_watch_sees_every_instance() {
     let redis = Redis::start();
     let (a, b) = pair(&redis);
-    subscribed(&a).await;
-    subscribed(&b).await;
+    together(&a, &b).await;
     let mut rd = redis
         .client()
         .get_multiplexed_async_connection()
@@ -464,8 +473,7 @@ async fn a_transaction_invalidates_its_keys_once_exec_applies_them_and_watch_see
 async fn where_absences_are_cached_a_write_of_another_type_evicts_them_too() {
     let redis = Redis::start();
     let (a, b) = pair_with(&redis, &[("TIERGATE_L1_NEGATIVE_TTL", "1h")]);
-    subscribed(&a).await;
-    subscribed(&b).await;
+    together(&a, &b).await;
     let b_url = format!("redis://{}", b.resp);
     // B caches that the key is absent.
     assert_eq!(resp_get(&b_url, "neg:k").await, "nil");
@@ -487,8 +495,7 @@ async fn where_absences_are_cached_a_write_of_another_type_evicts_them_too() {
 async fn writes_sent_together_share_one_announcement_and_every_key_is_heard() {
     let redis = Redis::start();
     let (a, b) = pair(&redis);
-    subscribed(&a).await;
-    subscribed(&b).await;
+    together(&a, &b).await;
     let keys: Vec<String> = (0..20).map(|i| format!("many{i}")).collect();
     let mut direct = redis.conn();
     for k in &keys {
@@ -647,4 +654,80 @@ async fn own_echoes_of_writes_evicted_here_are_skipped_and_counted() {
     .await;
     let skipped = metric(&b.metrics().await, "tiergate_bus_own_echoes_skipped_total");
     assert!(skipped > 0.0, "no own echo was skipped");
+}
+
+/// Subscribers of `channel`, as Redis counts them.
+fn numsub(redis: &Redis, channel: &str) -> i64 {
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut redis.conn())
+        .unwrap();
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_alone_on_the_bus_is_not_sent_its_own_announcements_until_another_joins() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let env = [
+        ("TIERGATE_L2_URL", url.as_str()),
+        ("TIERGATE_L2_HEALTH_INTERVAL", "100ms"),
+        ("TIERGATE_L1_MAX_TTL", "1h"),
+    ];
+    let a = Binary::start(&env);
+    subscribed(&a).await;
+    // Alone: on the bus's channel, not on the one its batches announce keys on.
+    assert_eq!(metric(&a.metrics().await, "tiergate_bus_alone"), 1.0);
+    assert_eq!(numsub(&redis, "tiergate:invalidate"), 1);
+    assert_eq!(numsub(&redis, "tiergate:invalidate:keys"), 0);
+    // Its writes leave its L1 all the same, and their messages, kept rather than heard
+    // back, are settled as its echoes are.
+    let before = heard(&a).await;
+    put(&a, "k", "one").await;
+    assert_eq!(get(&a, "k").await.0.as_deref(), Some("one"));
+    assert_eq!(get(&a, "k").await, (Some("one".into()), "L1".into()));
+    support::eventually("A settled its own write's message", || async {
+        heard(&a).await > before
+    })
+    .await;
+
+    // B joins: A hears its hello, listens to the keys channel, and flushes L1 (it may hold
+    // what B wrote before A heard it).
+    let flushes = metric(&a.metrics().await, "tiergate_bus_flushes_total");
+    let b = Binary::start(&env);
+    together(&a, &b).await;
+    assert!(metric(&a.metrics().await, "tiergate_bus_flushes_total") > flushes);
+    assert_eq!(numsub(&redis, "tiergate:invalidate:keys"), 2);
+    // From then on A hears what B writes.
+    assert_eq!(get(&a, "k").await.0.as_deref(), Some("one"));
+    assert_eq!(get(&a, "k").await, (Some("one".into()), "L1".into()));
+    after_heard(&a, 1, || put(&b, "k", "two")).await;
+    assert_eq!(get(&a, "k").await.0.as_deref(), Some("two"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_alone_finds_a_subscriber_that_says_no_hello_and_listens() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let a = Binary::start(&[
+        ("TIERGATE_L2_URL", url.as_str()),
+        ("TIERGATE_L2_HEALTH_INTERVAL", "100ms"),
+    ]);
+    subscribed(&a).await;
+    assert_eq!(metric(&a.metrics().await, "tiergate_bus_alone"), 1.0);
+    // An older instance (or any program on the bus's channel) publishes no hello: A asks
+    // Redis who listens, at every PING of its subscription.
+    let mut watcher = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    watcher.subscribe("tiergate:invalidate").await.unwrap();
+    support::eventually("A no longer alone", || async {
+        let m = a.metrics().await;
+        metric(&m, "tiergate_bus_alone") == 0.0 && metric(&m, "tiergate_bus_subscribed") == 1.0
+    })
+    .await;
+    assert_eq!(numsub(&redis, "tiergate:invalidate:keys"), 1);
 }

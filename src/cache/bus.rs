@@ -27,7 +27,7 @@
 
 use super::{
     conn::{shard_channel, SLOTS},
-    echo::{self, Echoes, State, Tag},
+    echo::{self, Echoes, Hello, State, Tag},
     pipe::{keys_channel, next_key, Pushed, Subscription, Target},
     TieredCache,
 };
@@ -305,13 +305,32 @@ async fn subscription(
         },
         _ = shutdown.wait() => return Ended::Shutdown,
     };
-    // Subscribed: from here on every announced write is heard. Whatever L1 holds from before
-    // may have missed some, so it goes.
+    let echoes = cache.l2.as_ref().and_then(|l2| l2.echoes()).cloned();
+    // Alone on the bus, this instance does not hear its own announcements back: they are
+    // kept (`Echoes::keep`) from before it asks until it hears another instance.
+    let mut alone = false;
+    let keeping = match (&mut conn, &echoes) {
+        (Listener::Own(sub), Some(own)) => {
+            let keeping = Keeping::start(own, &cache.metrics);
+            match tokio::time::timeout(deadline, sub.join(&own.hello())).await {
+                Ok(Ok(true)) => alone = true,
+                Ok(Ok(false)) => own.set_alone(false),
+                Ok(Err(e)) => return Ended::Lost(e.to_string()),
+                Err(_) => return Ended::Lost("joining the bus timed out".into()),
+            }
+            keeping.alone(alone);
+            Some(keeping)
+        }
+        _ => None,
+    };
+    // Subscribed: from here on every announced write is heard (or, alone, kept: `echo`).
+    // Whatever L1 holds from before may have missed some, so it goes.
     cache.flush_l1();
     bus.subscribed.store(true, Ordering::Release);
     cache.metrics.bus_subscribed.set(1);
     tracing::info!(
         listen = ?bus.listen,
+        alone,
         "invalidation bus: subscribed; L1 flushed and trusted"
     );
 
@@ -325,10 +344,13 @@ async fn subscription(
     tokio::pin!(stop);
     // This instance's own echoes heard before their writers reported (`echo`), oldest first,
     // and one timer for the oldest, set when the first is put here.
-    let echoes = cache.l2.as_ref().and_then(|l2| l2.echoes()).cloned();
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let grace = tokio::time::sleep_until(ping_at);
     tokio::pin!(grace);
+    // Alone: own messages kept (`Echoes::keep`) are taken at every turn of this timer.
+    let turn = tokio::time::sleep(ECHO_GRACE);
+    tokio::pin!(turn);
+    let mut kept = VecDeque::new();
     loop {
         tokio::select! {
             heard = rx.recv() => {
@@ -339,8 +361,19 @@ async fn subscription(
                 loop {
                     match heard {
                         Some(Heard::Evict(key)) => {
-                            cache.heard(&key).await;
-                            cache.metrics.bus_invalidations.inc();
+                            match echoes.as_deref().and_then(|own| own.hello_of(&key)) {
+                                Some(Hello::Other) if alone => {
+                                    if let Err(why) = no_longer_alone(cache, bus, &mut conn, keeping.as_ref(), deadline).await {
+                                        return Ended::Lost(why);
+                                    }
+                                    alone = false;
+                                }
+                                Some(_) => {}
+                                None => {
+                                    cache.heard(&key).await;
+                                    cache.metrics.bus_invalidations.inc();
+                                }
+                            }
                         }
                         Some(Heard::Keys(body)) => {
                             match heard_keys(cache, echoes.as_deref(), &mut waiting, body).await {
@@ -374,10 +407,50 @@ async fn subscription(
                     grace.as_mut().reset(first.until);
                 }
             }
+            () = &mut turn, if echoes.is_some() => {
+                if let Some(own) = echoes.as_deref() {
+                    if own.take_kept(&mut kept) {
+                        cache.flush_l1();
+                    }
+                    let mut first = None;
+                    for message in kept.drain(..) {
+                        match heard_keys(cache, Some(own), &mut waiting, message).await {
+                            Ok(Some(until)) => first = first.or(Some(until)),
+                            Ok(None) => {}
+                            // Our own messages, packed here: well-formed.
+                            Err(()) => {}
+                        }
+                    }
+                    if let Some(until) = first {
+                        grace.as_mut().reset(until);
+                    }
+                    if !waiting.is_empty() {
+                        settle(cache, own, &mut waiting, false).await;
+                    }
+                }
+                turn.as_mut().reset(Instant::now() + ECHO_GRACE);
+            }
             () = &mut ping => {
                 let pong = tokio::time::timeout(deadline, conn.ping()).await;
                 if pong != Ok(true) {
                     return Ended::Lost("PING unanswered".into());
+                }
+                if alone {
+                    let others = match &mut conn {
+                        Listener::Own(sub) => tokio::time::timeout(deadline, sub.others()).await,
+                        _ => Ok(Ok(true)),
+                    };
+                    match others {
+                        Ok(Ok(false)) => {}
+                        Ok(Ok(true)) => {
+                            if let Err(why) = no_longer_alone(cache, bus, &mut conn, keeping.as_ref(), deadline).await {
+                                return Ended::Lost(why);
+                            }
+                            alone = false;
+                        }
+                        Ok(Err(e)) => return Ended::Lost(e.to_string()),
+                        Err(_) => return Ended::Lost("PUBSUB NUMSUB unanswered".into()),
+                    }
                 }
                 ping_at += deadline;
                 ping.as_mut().reset(ping_at);
@@ -388,6 +461,66 @@ async fn subscription(
             return Ended::Lost("fell behind: invalidation queue full".into());
         }
     }
+}
+
+/// Own messages are kept (`Echoes::keep`) from its start until the subscription hears
+/// others (`Echoes::set_alone(false)`) or ends, however it ends: what was applied before
+/// the next subscription is covered by the flush that starts it.
+struct Keeping<'a> {
+    own: Arc<Echoes>,
+    metrics: &'a crate::metrics::Metrics,
+}
+
+impl<'a> Keeping<'a> {
+    fn start(own: &Arc<Echoes>, metrics: &'a crate::metrics::Metrics) -> Self {
+        own.set_alone(true);
+        Self {
+            own: own.clone(),
+            metrics,
+        }
+    }
+
+    /// Alone (the gauge says so), or no longer: own messages are heard back from Redis.
+    fn alone(&self, alone: bool) {
+        self.own.set_alone(alone);
+        self.metrics.bus_alone.set(i64::from(alone));
+    }
+}
+
+impl Drop for Keeping<'_> {
+    fn drop(&mut self) {
+        self.alone(false);
+    }
+}
+
+/// Another instance listens on the bus: listen to the keys channel too, then flush L1,
+/// which may hold what that instance wrote before it was heard. L1 is not trusted meanwhile.
+/// Err(why) if the subscription failed.
+async fn no_longer_alone(
+    cache: &TieredCache,
+    bus: &Bus,
+    conn: &mut Listener,
+    keeping: Option<&Keeping<'_>>,
+    deadline: Duration,
+) -> Result<(), String> {
+    bus.subscribed.store(false, Ordering::Release);
+    cache.metrics.bus_subscribed.set(0);
+    let Listener::Own(sub) = conn else {
+        return Err("not alone on a connection of our own".into());
+    };
+    match tokio::time::timeout(deadline, sub.listen_keys()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("SUBSCRIBE unanswered".into()),
+    }
+    if let Some(keeping) = keeping {
+        keeping.alone(false);
+    }
+    cache.flush_l1();
+    bus.subscribed.store(true, Ordering::Release);
+    cache.metrics.bus_subscribed.set(1);
+    tracing::info!("invalidation bus: another instance listens; L1 flushed, announcements heard");
+    Ok(())
 }
 
 /// Acts on a message on the keys channel: evicts its keys, unless it is this instance's own

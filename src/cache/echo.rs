@@ -9,8 +9,21 @@
 //!
 //! Bounded: one word per slot of a ring of `SLOTS`, indexed by sequence number; a batch
 //! whose slot a later one has taken is unknown, and its echo evicts.
+//!
+//! Alone on the bus (no other subscriber: `bus`), this instance does not subscribe to its
+//! own announcements, and Redis does not send them back. Each batch's message is then kept
+//! here once Redis has answered its PUBLISH (`keep`), and the bus takes them in turn
+//! (`take_kept`) and settles them as echoes heard: what a writer that never reported left
+//! in L1 is evicted all the same. Bounded by `KEPT`; past it, L1 is flushed instead.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use bytes::Bytes;
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex,
+    },
+};
 
 /// How a tag starts: it is the first bulk string of a message on the keys channel, followed
 /// by the instance's id (16 hex digits), ':' and the batch's sequence number in decimal. An
@@ -26,11 +39,32 @@ const PENDING_BITS: u32 = 16;
 const PENDING: u64 = (1 << PENDING_BITS) - 1;
 const SEQ: u64 = u64::MAX >> PENDING_BITS;
 
+/// Own messages kept between two turns of the bus while alone (`keep`): the bus takes them
+/// every `bus::ECHO_GRACE`, far fewer than this at any rate of writes it can keep up with.
+const KEPT: usize = 4096;
+
+/// How a hello ends: `MARK`, the instance's id, ':', then this (`Echoes::hello`).
+const HELLO: &[u8] = b"hello";
+
 pub struct Echoes {
     /// `MARK`, this instance's id, ':': how its own tags start.
     own: Box<[u8]>,
     next: AtomicU64,
     slots: Box<[AtomicU64]>,
+    /// Alone on the bus: own messages are kept here rather than heard back.
+    alone: AtomicBool,
+    /// Own messages applied by Redis while alone, for the bus to settle. A lock the bus
+    /// takes once per turn and a connection once per round trip, never across an await.
+    kept: Mutex<VecDeque<Bytes>>,
+    /// Some message could not be kept (`KEPT`): the bus flushes L1 instead.
+    overflowed: AtomicBool,
+}
+
+/// Whose hello a message on the bus's channel is (`Echoes::hello_of`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hello {
+    Own,
+    Other,
 }
 
 /// One write's share of a tagged batch, handed back with its replies: given to
@@ -75,7 +109,64 @@ impl Echoes {
             // 0 is `Batch::NONE`.
             next: AtomicU64::new(1),
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            alone: AtomicBool::new(false),
+            kept: Mutex::new(VecDeque::new()),
+            overflowed: AtomicBool::new(false),
         }
+    }
+
+    /// What a subscription publishes on the bus's channel as it starts, so that an instance
+    /// alone there starts hearing announcements: `MARK`, this instance's id, ":hello". An
+    /// instance that predates it evicts it as a key, which costs nothing.
+    pub fn hello(&self) -> Vec<u8> {
+        [&self.own[..], HELLO].concat()
+    }
+
+    /// Whether `message`, heard on the bus's channel, is a hello, and whose.
+    pub fn hello_of(&self, message: &[u8]) -> Option<Hello> {
+        let rest = message.strip_prefix(MARK)?.strip_suffix(HELLO)?;
+        if !rest.ends_with(b":") {
+            return None;
+        }
+        Some(
+            if message.starts_with(&self.own) && message.len() == self.own.len() + HELLO.len() {
+                Hello::Own
+            } else {
+                Hello::Other
+            },
+        )
+    }
+
+    /// Whether this instance is alone on the bus (set by the bus, read per round trip).
+    pub fn is_alone(&self) -> bool {
+        self.alone.load(Ordering::Acquire)
+    }
+
+    /// Alone or not: whether the batches sent from now on keep their messages.
+    pub fn set_alone(&self, alone: bool) {
+        self.alone.store(alone, Ordering::Release);
+    }
+
+    /// An own batch's message (its tag, then its keys), once Redis has applied it, while
+    /// alone: kept for the bus to settle as an echo.
+    pub fn keep(&self, message: Bytes) {
+        let mut kept = self.lock_kept();
+        if kept.len() < KEPT {
+            kept.push_back(message);
+        } else {
+            self.overflowed.store(true, Ordering::Release);
+        }
+    }
+
+    /// What was kept, oldest first, into `out`; true if some message could not be.
+    pub fn take_kept(&self, out: &mut VecDeque<Bytes>) -> bool {
+        std::mem::swap(&mut *self.lock_kept(), out);
+        self.overflowed.swap(false, Ordering::AcqRel)
+    }
+
+    fn lock_kept(&self) -> std::sync::MutexGuard<'_, VecDeque<Bytes>> {
+        // A panic while it was held left a queue of whole messages: still usable.
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn slot(&self, seq: u64) -> &AtomicU64 {
@@ -269,5 +360,42 @@ mod tests {
         let mut unpacked = Vec::new();
         unpack_keys(keys, |k| unpacked.push(k.to_vec())).unwrap();
         assert_eq!(unpacked, [b"\0tiergate:0123456789abcdef:1".to_vec()]);
+    }
+
+    #[test]
+    fn hellos_are_told_from_keys_and_from_each_other() {
+        let ours = Echoes::new();
+        let theirs = Echoes::new();
+        assert_eq!(ours.hello_of(&ours.hello()), Some(Hello::Own));
+        assert_eq!(ours.hello_of(&theirs.hello()), Some(Hello::Other));
+        assert_eq!(theirs.hello_of(&ours.hello()), Some(Hello::Other));
+        // Keys, tags and near misses are none.
+        assert_eq!(ours.hello_of(b"user:1"), None);
+        assert_eq!(ours.hello_of(b"hello"), None);
+        assert_eq!(ours.hello_of(b"\0tiergate:hello"), None);
+        let mut tag = Vec::new();
+        let _ = ours.open(1, &mut tag);
+        assert_eq!(ours.hello_of(&tag), None);
+        let mut own_tag_then_hello = ours.hello();
+        own_tag_then_hello.extend_from_slice(b"!");
+        assert_eq!(ours.hello_of(&own_tag_then_hello), None);
+    }
+
+    #[test]
+    fn kept_messages_are_taken_oldest_first_and_bounded() {
+        let e = Echoes::new();
+        assert!(!e.is_alone());
+        e.set_alone(true);
+        assert!(e.is_alone());
+        for i in 0..KEPT + 3 {
+            e.keep(Bytes::from(i.to_string()));
+        }
+        let mut out = VecDeque::new();
+        assert!(e.take_kept(&mut out), "three could not be kept");
+        assert_eq!(out.len(), KEPT);
+        assert_eq!(out.front().map(|b| &b[..]), Some(&b"0"[..]));
+        out.clear();
+        assert!(!e.take_kept(&mut out), "the overflow is reported once");
+        assert!(out.is_empty());
     }
 }

@@ -313,6 +313,9 @@ struct Waiting {
     done: Option<oneshot::Sender<Answered>>,
     /// The tagged batch it went in, if it announced keys in one (`echo`).
     batch: Option<u64>,
+    /// For the PUBLISH, while this instance is alone on the bus: its message, kept for the
+    /// bus once Redis has applied it (`Echoes::keep`), since Redis will not send it back.
+    kept: Option<Bytes>,
 }
 
 /// How a connection announces: the PUBLISH on the keys channel, up to its message's length,
@@ -494,9 +497,16 @@ async fn serve(
     let timer = tokio::time::sleep(timeout);
     tokio::pin!(timer);
     let mut armed = false;
+    let echoes = publish.and_then(|p| p.echoes.as_deref());
     let fail = |waiting: &mut VecDeque<Waiting>, e: &L2Error| {
-        for w in waiting.drain(..).filter_map(|w| w.done) {
-            let _ = w.send(Err(e.clone()));
+        for w in waiting.drain(..) {
+            if let Some(done) = w.done {
+                let _ = done.send(Err(e.clone()));
+            }
+            // Redis may have applied it: its keys are settled as if heard.
+            if let (Some(kept), Some(echoes)) = (w.kept, echoes) {
+                echoes.keep(kept);
+            }
         }
     };
     loop {
@@ -550,6 +560,7 @@ async fn serve(
                     got: Vec::with_capacity(w.replies),
                     done: Some(w.done),
                     batch: seq.filter(|_| w.keys > 0),
+                    kept: None,
                 });
             }
             if let (false, Some(publish)) = (keys.is_empty(), publish) {
@@ -563,6 +574,9 @@ async fn serve(
                 out.extend_from_slice(&tag);
                 out.extend_from_slice(&keys);
                 out.extend_from_slice(b"\r\n");
+                let kept = echoes
+                    .filter(|e| e.is_alone())
+                    .map(|_| Bytes::from([&tag[..], &keys[..]].concat()));
                 waiting.push_back(Waiting {
                     sent,
                     mode: Mode::Decoded,
@@ -571,6 +585,7 @@ async fn serve(
                     got: Vec::new(),
                     done: None,
                     batch: None,
+                    kept,
                 });
             }
             keys.clear();
@@ -593,7 +608,7 @@ async fn serve(
                 let e = match read {
                     Ok(0) => L2Error::Unavailable("Redis closed the connection".into()),
                     Err(e) => L2Error::Unavailable(e.to_string()),
-                    Ok(_) => match deliver(&mut inbuf, &mut waiting, &mut framing) {
+                    Ok(_) => match deliver(&mut inbuf, &mut waiting, &mut framing, echoes) {
                         Ok(()) => continue,
                         Err(e) => e,
                     },
@@ -653,6 +668,7 @@ fn deliver(
     buf: &mut BytesMut,
     waiting: &mut VecDeque<Waiting>,
     framing: &mut Framing,
+    echoes: Option<&Echoes>,
 ) -> Result<(), L2Error> {
     loop {
         if buf.is_empty() {
@@ -687,6 +703,9 @@ fn deliver(
             // The writer may have given up (its deadline passed): the reply is dropped.
             if let Some(done) = w.done {
                 let _ = done.send(Ok((w.got, Echoes::batch(w.batch))));
+            }
+            if let (Some(kept), Some(echoes)) = (w.kept, echoes) {
+                echoes.keep(kept);
             }
         }
     }
@@ -742,6 +761,11 @@ pub struct Subscription {
     writer: tokio::net::tcp::OwnedWriteHalf,
     pongs: std::sync::Arc<(std::sync::atomic::AtomicU64, tokio::sync::Notify)>,
     reader: tokio::task::JoinHandle<()>,
+    target: Target,
+    channel: String,
+    /// While alone on the bus: a connection of its own that asks Redis whether it still is
+    /// (a subscribed RESP2 connection can run no other command).
+    probe: Option<(TcpStream, BytesMut)>,
 }
 
 impl Drop for Subscription {
@@ -751,8 +775,9 @@ impl Drop for Subscription {
 }
 
 impl Subscription {
-    /// Connects, subscribes to `channel` and its `keys_channel`, and once Redis has confirmed
-    /// both, hands every key announced (and a loss) to `heard`, from a task of its own.
+    /// Connects, subscribes to `channel`, and once Redis has confirmed it, hands every key
+    /// announced (and a loss) to `heard`, from a task of its own. Its `keys_channel` is
+    /// listened to once `join` finds another instance on the bus.
     pub async fn start(
         t: &Target,
         channel: &str,
@@ -762,20 +787,15 @@ impl Subscription {
         let mut stream = connect(t).await?;
         let many = keys_channel(channel);
         let mut cmd = Vec::new();
-        encode(
-            &mut cmd,
-            &[b"SUBSCRIBE", channel.as_bytes(), many.as_bytes()],
-        );
+        encode(&mut cmd, &[b"SUBSCRIBE", channel.as_bytes()]);
         stream.write_all(&cmd).await.map_err(down)?;
         let mut buf = BytesMut::with_capacity(16 << 10);
-        for _ in 0..2 {
-            match next_reply(&mut stream, &mut buf).await? {
-                Reply::Value(Value::Array(a)) if is(&a, b"subscribe") => {}
-                other => {
-                    return Err(L2Error::Unavailable(format!(
-                        "SUBSCRIBE answered {other:?}"
-                    )))
-                }
+        match next_reply(&mut stream, &mut buf).await? {
+            Reply::Value(Value::Array(a)) if is(&a, b"subscribe") => {}
+            other => {
+                return Err(L2Error::Unavailable(format!(
+                    "SUBSCRIBE answered {other:?}"
+                )))
             }
         }
         let (mut rd, writer) = stream.into_split();
@@ -842,7 +862,58 @@ impl Subscription {
             writer,
             pongs,
             reader,
+            target: t.clone(),
+            channel: channel.to_owned(),
+            probe: None,
         })
+    }
+
+    /// Says `hello` on the channel, which tells Redis how many listen there: with another
+    /// (an instance, or any subscriber), listens to the keys channel too (`listen_keys`) and
+    /// returns false; alone, true, and keeps a connection to ask again (`others`). Every
+    /// instance publishes its hello after subscribing, so of two that start together the
+    /// second to publish counts the first, and the first hears its hello.
+    pub async fn join(&mut self, hello: &[u8]) -> Result<bool, L2Error> {
+        let mut probe = (connect(&self.target).await?, BytesMut::new());
+        let heard = query(&mut probe, &[b"PUBLISH", self.channel.as_bytes(), hello]).await?;
+        if count(&heard, "PUBLISH")? > 1 {
+            self.listen_keys().await?;
+            return Ok(false);
+        }
+        self.probe = Some(probe);
+        Ok(true)
+    }
+
+    /// Whether anyone else listens on the channel now (`PUBSUB NUMSUB`), while alone: an
+    /// instance that says no hello (an older version) is found this way.
+    pub async fn others(&mut self) -> Result<bool, L2Error> {
+        let Some(probe) = self.probe.as_mut() else {
+            return Ok(true);
+        };
+        let numsub = query(probe, &[b"PUBSUB", b"NUMSUB", self.channel.as_bytes()]).await?;
+        match &numsub {
+            Reply::Value(Value::Array(a)) => match a.as_slice() {
+                [_, Value::Int(n)] => Ok(*n > 1),
+                _ => Err(bad("PUBSUB NUMSUB reply")),
+            },
+            _ => Err(bad("PUBSUB NUMSUB reply")),
+        }
+    }
+
+    /// Subscribes to the keys channel as well, and returns once Redis has confirmed it (a
+    /// PING sent after it is answered after it): from then on every batch announced is heard.
+    pub async fn listen_keys(&mut self) -> Result<(), L2Error> {
+        self.probe = None;
+        let mut cmd = Vec::new();
+        encode(
+            &mut cmd,
+            &[b"SUBSCRIBE", keys_channel(&self.channel).as_bytes()],
+        );
+        self.writer
+            .write_all(&cmd)
+            .await
+            .map_err(|e| L2Error::Unavailable(e.to_string()))?;
+        self.ping().await
     }
 
     /// PINGs Redis and waits for its answer on the subscription.
@@ -862,6 +933,25 @@ impl Subscription {
             answered.as_mut().enable();
         }
         Ok(())
+    }
+}
+
+/// Sends one command on `conn` and reads its reply.
+async fn query(conn: &mut (TcpStream, BytesMut), args: &[&[u8]]) -> Result<Reply, L2Error> {
+    let mut cmd = Vec::new();
+    encode(&mut cmd, args);
+    conn.0
+        .write_all(&cmd)
+        .await
+        .map_err(|e| L2Error::Unavailable(e.to_string()))?;
+    next_reply(&mut conn.0, &mut conn.1).await
+}
+
+/// An integer reply's value.
+fn count(reply: &Reply, of: &str) -> Result<i64, L2Error> {
+    match reply {
+        Reply::Value(Value::Int(n)) => Ok(*n),
+        _ => Err(L2Error::Unavailable(format!("{of} answered {reply:?}"))),
     }
 }
 

@@ -238,6 +238,7 @@ pub struct Metrics {
     pub buffer_pool_buffers: IntGauge,
     pub connection_panics: IntCounter,
     pub bus_subscribed: IntGauge,
+    pub bus_alone: IntGauge,
     pub bus_invalidations: IntCounter,
     pub bus_own_echoes_skipped: IntCounter,
     pub bus_flushes: IntCounter,
@@ -457,6 +458,12 @@ impl Metrics {
             "1 while this instance hears the invalidation bus (L1 is trusted only then)",
         )
         .unwrap();
+        let bus_alone = IntGauge::new(
+            "bus_alone",
+            "1 while this instance is the only one on the invalidation bus, and so does not \
+             subscribe to its own announcements",
+        )
+        .unwrap();
         let bus_invalidations = IntCounter::new(
             "bus_invalidations_total",
             "Keys evicted from L1 because the invalidation bus announced a write",
@@ -640,6 +647,7 @@ impl Metrics {
             Box::new(buffer_pool_buffers.clone()),
             Box::new(connection_panics.clone()),
             Box::new(bus_subscribed.clone()),
+            Box::new(bus_alone.clone()),
             Box::new(bus_invalidations.clone()),
             Box::new(bus_own_echoes_skipped.clone()),
             Box::new(bus_flushes.clone()),
@@ -728,6 +736,7 @@ impl Metrics {
             buffer_pool_buffers,
             connection_panics,
             bus_subscribed,
+            bus_alone,
             bus_invalidations,
             bus_own_echoes_skipped,
             bus_flushes,
