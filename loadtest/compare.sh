@@ -249,7 +249,7 @@ start_tiergate() {
         TIERGATE_RESP_LISTEN="127.0.0.1:$TGX_RESP" TIERGATE_L2_URL="redis://127.0.0.1:$L2_PORT" \
         TIERGATE_RUNTIME_WORKER_THREADS=1 TIERGATE_LOG_LEVEL=warn "$@" \
         taskset -c "$SERVER_CPU" "$BIN" >"$WORK/$name.log" 2>&1 &
-    TGX_PID=$!; PIDS+=("$TGX_PID")
+    TGX_PID=$!; PIDS+=("$TGX_PID"); TGX_ADMIN=$admin
     wait_port "$TGX_HTTP"
     wait_port "$TGX_RESP"
     for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done
@@ -259,7 +259,7 @@ start_tiergate() {
 start_redis "$SERVER_CPU"
 L2_PORT=$RS; L2_PID=$RS_PID
 start_tiergate tiergate
-TG_HTTP=$TGX_HTTP; TG_RESP=$TGX_RESP; TG_PID=$TGX_PID
+TG_HTTP=$TGX_HTTP; TG_RESP=$TGX_RESP; TG_PID=$TGX_PID; TG_ADMIN=$TGX_ADMIN
 TG_PIDS=$TG_PID,$L2_PID
 TABLE=()
 declare -A RATIO P99
@@ -271,6 +271,17 @@ start_l1_off() {
     [ -z "${T2_PID:-}" ] || return 0
     start_tiergate tiergate-l2 TIERGATE_L1_CAPACITY=0
     T2_HTTP=$TGX_HTTP; T2_RESP=$TGX_RESP; T2_PID=$TGX_PID
+}
+# Stops it once its rows are measured: the other rows measure one tiergate, as deployed in
+# front of its Redis, and it alone on the invalidation bus again (it is told at its bus
+# connection's next PING), so that Redis does not send its announcements back to it.
+stop_l1_off() {
+    [ -n "${T2_PID:-}" ] || return 0
+    kill "$T2_PID"; wait "$T2_PID" 2>/dev/null || true; T2_PID=
+    for _ in $(seq 1 100); do
+        curl -sf "http://127.0.0.1:$TG_ADMIN/metrics" | grep -qx 'tiergate_bus_alone 1' && break
+        sleep 0.1
+    done
 }
 
 if [[ " $ROWS " == *" http "* ]]; then
@@ -349,6 +360,7 @@ for _ in $(seq 1 100); do
 done
 read -r l_rps l_p50 l_p99 l_us < <(run_wrk "$T2_PID,$L2_PID" "http://127.0.0.1:$T2_HTTP/v1/kv/bench")
 TABLE+=("$(row http-get-l2 "$l_rps" "$l_p50" "$l_p99" "$l_us" "nginx return 200" "$n_rps" "$n_p50" "$n_p99" "$n_us")")
+stop_l1_off
 fi
 
 if [[ " $ROWS " == *" resp "* || " $ROWS " == *" fwd "* ]]; then
@@ -399,6 +411,7 @@ for depth in 1 16; do
     TABLE+=("$(row "resp-get-miss-P$depth" "$t_rps" "${t_p50}ms" "${t_p99}ms" "$t_us" "twemproxy + redis" "$r_rps" "${r_p50}ms" "${r_p99}ms" "$r_us")")
     RATIO[miss$depth]=$(ratio "$t_rps" "$r_rps")
 done
+stop_l1_off
 fi
 
 if [[ " $ROWS " == *" fwd "* ]]; then

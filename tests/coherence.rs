@@ -704,6 +704,22 @@ async fn an_instance_alone_on_the_bus_is_not_sent_its_own_announcements_until_an
     assert_eq!(get(&a, "k").await, (Some("one".into()), "L1".into()));
     after_heard(&a, 1, || put(&b, "k", "two")).await;
     assert_eq!(get(&a, "k").await.0.as_deref(), Some("two"));
+
+    // B gone, A finds itself alone again at a PING of its subscription, and stops hearing
+    // its own announcements; its writes are settled as before.
+    drop(b);
+    support::eventually("A alone again", || async {
+        metric(&a.metrics().await, "tiergate_bus_alone") == 1.0
+    })
+    .await;
+    assert_eq!(numsub(&redis, "tiergate:invalidate:keys"), 0);
+    let before = heard(&a).await;
+    put(&a, "k", "three").await;
+    assert_eq!(get(&a, "k").await.0.as_deref(), Some("three"));
+    support::eventually("A settled its own write's message", || async {
+        heard(&a).await > before
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -435,21 +435,24 @@ async fn subscription(
                 if pong != Ok(true) {
                     return Ended::Lost("PING unanswered".into());
                 }
-                if alone {
-                    let others = match &mut conn {
-                        Listener::Own(sub) => tokio::time::timeout(deadline, sub.others()).await,
-                        _ => Ok(Ok(true)),
-                    };
-                    match others {
-                        Ok(Ok(false)) => {}
-                        Ok(Ok(true)) => {
-                            if let Err(why) = no_longer_alone(cache, bus, &mut conn, keeping.as_ref(), deadline).await {
-                                return Ended::Lost(why);
-                            }
-                            alone = false;
-                        }
+                // Who else listens now: a subscriber that said no hello, or the last other
+                // instance gone.
+                if let (Listener::Own(sub), Some(keeping)) = (&mut conn, &keeping) {
+                    let others = match tokio::time::timeout(deadline, sub.others()).await {
+                        Ok(Ok(others)) => others,
                         Ok(Err(e)) => return Ended::Lost(e.to_string()),
                         Err(_) => return Ended::Lost("PUBSUB NUMSUB unanswered".into()),
+                    };
+                    if alone == others {
+                        let changed = if others {
+                            no_longer_alone(cache, bus, &mut conn, Some(keeping), deadline).await
+                        } else {
+                            alone_again(sub, keeping, deadline).await
+                        };
+                        if let Err(why) = changed {
+                            return Ended::Lost(why);
+                        }
+                        alone = !others;
                     }
                 }
                 ping_at += deadline;
@@ -520,6 +523,23 @@ async fn no_longer_alone(
     bus.subscribed.store(true, Ordering::Release);
     cache.metrics.bus_subscribed.set(1);
     tracing::info!("invalidation bus: another instance listens; L1 flushed, announcements heard");
+    Ok(())
+}
+
+/// The other instances have left the bus: stop hearing own announcements. Kept from before
+/// Redis stops sending them, so that each is either heard or kept.
+async fn alone_again(
+    sub: &mut Subscription,
+    keeping: &Keeping<'_>,
+    deadline: Duration,
+) -> Result<(), String> {
+    keeping.alone(true);
+    match tokio::time::timeout(deadline, sub.ignore_keys()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("UNSUBSCRIBE unanswered".into()),
+    }
+    tracing::info!("invalidation bus: alone on it; own announcements kept, not heard back");
     Ok(())
 }
 

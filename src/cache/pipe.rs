@@ -313,8 +313,8 @@ struct Waiting {
     done: Option<oneshot::Sender<Answered>>,
     /// The tagged batch it went in, if it announced keys in one (`echo`).
     batch: Option<u64>,
-    /// For the PUBLISH, while this instance is alone on the bus: its message, kept for the
-    /// bus once Redis has applied it (`Echoes::keep`), since Redis will not send it back.
+    /// For the PUBLISH: its message, kept for the bus once Redis has applied it if this
+    /// instance is then alone on the bus (`Echoes::keep`): Redis will not send it back.
     kept: Option<Bytes>,
 }
 
@@ -504,7 +504,7 @@ async fn serve(
                 let _ = done.send(Err(e.clone()));
             }
             // Redis may have applied it: its keys are settled as if heard.
-            if let (Some(kept), Some(echoes)) = (w.kept, echoes) {
+            if let (Some(kept), Some(echoes)) = (w.kept, echoes.filter(|e| e.is_alone())) {
                 echoes.keep(kept);
             }
         }
@@ -574,9 +574,9 @@ async fn serve(
                 out.extend_from_slice(&tag);
                 out.extend_from_slice(&keys);
                 out.extend_from_slice(b"\r\n");
-                let kept = echoes
-                    .filter(|e| e.is_alone())
-                    .map(|_| Bytes::from([&tag[..], &keys[..]].concat()));
+                // Kept if, when Redis answers, this instance is alone on the bus: told then,
+                // not now, so that a batch in flight as it becomes alone is not lost.
+                let kept = echoes.map(|_| Bytes::from([&tag[..], &keys[..]].concat()));
                 waiting.push_back(Waiting {
                     sent,
                     mode: Mode::Decoded,
@@ -704,7 +704,7 @@ fn deliver(
             if let Some(done) = w.done {
                 let _ = done.send(Ok((w.got, Echoes::batch(w.batch))));
             }
-            if let (Some(kept), Some(echoes)) = (w.kept, echoes) {
+            if let (Some(kept), Some(echoes)) = (w.kept, echoes.filter(|e| e.is_alone())) {
                 echoes.keep(kept);
             }
         }
@@ -763,8 +763,8 @@ pub struct Subscription {
     reader: tokio::task::JoinHandle<()>,
     target: Target,
     channel: String,
-    /// While alone on the bus: a connection of its own that asks Redis whether it still is
-    /// (a subscribed RESP2 connection can run no other command).
+    /// A connection of its own that asks Redis who else listens (`join`, `others`): a
+    /// subscribed RESP2 connection can run no other command.
     probe: Option<(TcpStream, BytesMut)>,
 }
 
@@ -870,22 +870,24 @@ impl Subscription {
 
     /// Says `hello` on the channel, which tells Redis how many listen there: with another
     /// (an instance, or any subscriber), listens to the keys channel too (`listen_keys`) and
-    /// returns false; alone, true, and keeps a connection to ask again (`others`). Every
-    /// instance publishes its hello after subscribing, so of two that start together the
-    /// second to publish counts the first, and the first hears its hello.
+    /// returns false; alone, true. Every instance publishes its hello after subscribing, so
+    /// of two that start together the second to publish counts the first, and the first
+    /// hears its hello.
     pub async fn join(&mut self, hello: &[u8]) -> Result<bool, L2Error> {
-        let mut probe = (connect(&self.target).await?, BytesMut::new());
-        let heard = query(&mut probe, &[b"PUBLISH", self.channel.as_bytes(), hello]).await?;
+        let probe = self
+            .probe
+            .insert((connect(&self.target).await?, BytesMut::new()));
+        let heard = query(probe, &[b"PUBLISH", self.channel.as_bytes(), hello]).await?;
         if count(&heard, "PUBLISH")? > 1 {
             self.listen_keys().await?;
             return Ok(false);
         }
-        self.probe = Some(probe);
         Ok(true)
     }
 
-    /// Whether anyone else listens on the channel now (`PUBSUB NUMSUB`), while alone: an
-    /// instance that says no hello (an older version) is found this way.
+    /// Whether anyone else listens on the channel now (`PUBSUB NUMSUB`): asked at every PING,
+    /// so that an instance that says no hello (an older version) is found, and one left
+    /// alone stops hearing its own announcements.
     pub async fn others(&mut self) -> Result<bool, L2Error> {
         let Some(probe) = self.probe.as_mut() else {
             return Ok(true);
@@ -903,12 +905,17 @@ impl Subscription {
     /// Subscribes to the keys channel as well, and returns once Redis has confirmed it (a
     /// PING sent after it is answered after it): from then on every batch announced is heard.
     pub async fn listen_keys(&mut self) -> Result<(), L2Error> {
-        self.probe = None;
+        self.keys(b"SUBSCRIBE").await
+    }
+
+    /// Unsubscribes from the keys channel, and returns once Redis has confirmed it.
+    pub async fn ignore_keys(&mut self) -> Result<(), L2Error> {
+        self.keys(b"UNSUBSCRIBE").await
+    }
+
+    async fn keys(&mut self, verb: &[u8]) -> Result<(), L2Error> {
         let mut cmd = Vec::new();
-        encode(
-            &mut cmd,
-            &[b"SUBSCRIBE", keys_channel(&self.channel).as_bytes()],
-        );
+        encode(&mut cmd, &[verb, keys_channel(&self.channel).as_bytes()]);
         self.writer
             .write_all(&cmd)
             .await
