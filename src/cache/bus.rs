@@ -5,7 +5,10 @@
 //!   together (`pipe::keys_channel`); every instance subscribes to both channels and evicts
 //!   each key it hears; an empty key empties L1 (FLUSHALL and other writes of unknown keys,
 //!   forwarded by the RESP door). Its own batches' echoes it skips once their writers have
-//!   evicted their keys here (`echo`).
+//!   evicted their keys here (`echo`). Alone on the bus (no other subscriber: a hello on
+//!   the channel as it subscribes, `PUBSUB NUMSUB` at each PING) it does not subscribe to
+//!   the keys channel, whose every message would be its own: they are kept in-process and
+//!   settled the same way (`Echoes::keep`); a newcomer's hello ends that, with a flush.
 //! - `tracking`: Redis' client-side caching in broadcast mode (`CLIENT TRACKING ON BCAST
 //!   PREFIX ...`): Redis itself pushes the name of every key written under the prefixes, by
 //!   any client, including programs that bypass tiergate and keys Redis expires or evicts.
