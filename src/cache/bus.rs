@@ -316,8 +316,7 @@ async fn subscription(
         (Listener::Own(sub), Some(own)) => {
             let keeping = Keeping::start(own, &cache.metrics);
             match tokio::time::timeout(deadline, sub.join(&own.hello())).await {
-                Ok(Ok(true)) => alone = true,
-                Ok(Ok(false)) => own.set_alone(false),
+                Ok(Ok(alone_now)) => alone = alone_now,
                 Ok(Err(e)) => return Ended::Lost(e.to_string()),
                 Err(_) => return Ended::Lost("joining the bus timed out".into()),
             }

@@ -878,11 +878,16 @@ impl Subscription {
             .probe
             .insert((connect(&self.target).await?, BytesMut::new()));
         let heard = query(probe, &[b"PUBLISH", self.channel.as_bytes(), hello]).await?;
-        if count(&heard, "PUBLISH")? > 1 {
+        let alone = match heard {
+            Reply::Value(Value::Int(n)) => n <= 1,
+            // Refused (an ACL): as before hellos, never alone.
+            Reply::Error { .. } => false,
+            other => return Err(L2Error::Unavailable(format!("PUBLISH answered {other:?}"))),
+        };
+        if !alone {
             self.listen_keys().await?;
-            return Ok(false);
         }
-        Ok(true)
+        Ok(alone)
     }
 
     /// Whether anyone else listens on the channel now (`PUBSUB NUMSUB`): asked at every PING,
@@ -898,6 +903,9 @@ impl Subscription {
                 [_, Value::Int(n)] => Ok(*n > 1),
                 _ => Err(bad("PUBSUB NUMSUB reply")),
             },
+            // Refused (an ACL without `pubsub|numsub`): others, perhaps. Never alone is
+            // what every instance was before it could tell.
+            Reply::Error { .. } => Ok(true),
             _ => Err(bad("PUBSUB NUMSUB reply")),
         }
     }
@@ -952,14 +960,6 @@ async fn query(conn: &mut (TcpStream, BytesMut), args: &[&[u8]]) -> Result<Reply
         .await
         .map_err(|e| L2Error::Unavailable(e.to_string()))?;
     next_reply(&mut conn.0, &mut conn.1).await
-}
-
-/// An integer reply's value.
-fn count(reply: &Reply, of: &str) -> Result<i64, L2Error> {
-    match reply {
-        Reply::Value(Value::Int(n)) => Ok(*n),
-        _ => Err(L2Error::Unavailable(format!("{of} answered {reply:?}"))),
-    }
 }
 
 /// How every message on `channel` starts, up to its key's length.
