@@ -747,3 +747,37 @@ async fn an_instance_alone_finds_a_subscriber_that_says_no_hello_and_listens() {
     .await;
     assert_eq!(numsub(&redis, "tiergate:invalidate:keys"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_that_refuses_asking_who_listens_leaves_the_instance_never_alone() {
+    let redis = Redis::start();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("gw")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-pubsub|numsub")
+        .query(&mut redis.conn())
+        .unwrap();
+    let url = format!("redis://gw:pw@127.0.0.1:{}", redis.port);
+    let a = Binary::start(&[
+        ("TIERGATE_L2_URL", url.as_str()),
+        ("TIERGATE_L2_HEALTH_INTERVAL", "100ms"),
+        ("TIERGATE_L1_MAX_TTL", "1h"),
+    ]);
+    subscribed(&a).await;
+    // Alone by its hello, then refused PUBSUB NUMSUB at a PING: it listens as every
+    // instance did before it could tell, and its subscription stays up.
+    support::eventually("A listens to announcements", || async {
+        let m = a.metrics().await;
+        metric(&m, "tiergate_bus_alone") == 0.0 && metric(&m, "tiergate_bus_subscribed") == 1.0
+    })
+    .await;
+    assert_eq!(numsub(&redis, "tiergate:invalidate:keys"), 1);
+    put(&a, "k", "v").await;
+    assert_eq!(get(&a, "k").await.0.as_deref(), Some("v"));
+    assert_eq!(get(&a, "k").await, (Some("v".into()), "L1".into()));
+}
