@@ -5,31 +5,7 @@
 use clap::{Parser, Subcommand};
 use std::{path::PathBuf, process::ExitCode};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's `mi_option_page_full_retain` (its place in v3's `mi_option_t`, mimalloc.h; the
-/// test below fails if an upgrade moves it). By default mimalloc keeps 2 full pages in each
-/// size class's queue, so the queue holds more than one page, and a page that empties then
-/// is given back at once rather than kept a while (`_mi_page_retire` keeps only the lone
-/// page of a queue). A hit's few short-lived allocations then took and gave back a page per
-/// request: 2.5k instructions of a proxied hit's 16.6k (callgrind; 14.1k without).
-const MI_OPTION_PAGE_FULL_RETAIN: std::ffi::c_int = 36;
-
-extern "C" {
-    #[cfg(test)]
-    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-}
-
-/// Sets mimalloc's options before the runtime's threads make their heaps (each reads them
-/// when it is made), unless the environment sets them (`MIMALLOC_PAGE_FULL_RETAIN`).
-fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PAGE_FULL_RETAIN").is_none() {
-        // SAFETY: an option setter of the linked mimalloc, called before other threads exist.
-        unsafe { mi_option_set(MI_OPTION_PAGE_FULL_RETAIN, 0) };
-    }
-}
+mod allocator;
 
 /// EX_USAGE from sysexits.h.
 const EXIT_USAGE: u8 = 64;
@@ -77,7 +53,7 @@ fn env() -> impl Iterator<Item = (String, String)> {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
+    allocator::tune();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -134,23 +110,5 @@ fn main() -> ExitCode {
             eprintln!("tiergate: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_allocator_option_is_where_it_is_thought_to_be() {
-        // Its default and its neighbours' (page_reclaim_on_free 0, page_max_candidates 4):
-        // a renumbered enum shows here.
-        // SAFETY: option getters of the linked mimalloc.
-        let around = unsafe { [-1, 0, 1].map(|d| mi_option_get(MI_OPTION_PAGE_FULL_RETAIN + d)) };
-        assert_eq!(
-            around,
-            [0, 2, 4],
-            "page_reclaim_on_free, page_full_retain, page_max_candidates"
-        );
     }
 }
