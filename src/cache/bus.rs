@@ -365,8 +365,11 @@ async fn subscription(
                         Some(Heard::Evict(key)) => {
                             match echoes.as_deref().and_then(|own| own.hello_of(&key)) {
                                 Some(Hello::Other) if alone => {
-                                    if let Err(why) = no_longer_alone(cache, bus, &mut conn, keeping.as_ref(), deadline).await {
-                                        return Ended::Lost(why);
+                                    // Alone only on a subscription of our own, with `keeping`.
+                                    if let (Listener::Own(sub), Some(keeping)) = (&mut conn, &keeping) {
+                                        if let Err(why) = no_longer_alone(cache, bus, sub, keeping, deadline).await {
+                                            return Ended::Lost(why);
+                                        }
                                     }
                                     alone = false;
                                 }
@@ -447,7 +450,7 @@ async fn subscription(
                     };
                     if alone == others {
                         let changed = if others {
-                            no_longer_alone(cache, bus, &mut conn, Some(keeping), deadline).await
+                            no_longer_alone(cache, bus, sub, keeping, deadline).await
                         } else {
                             alone_again(sub, keeping, deadline).await
                         };
@@ -504,23 +507,18 @@ impl Drop for Keeping<'_> {
 async fn no_longer_alone(
     cache: &TieredCache,
     bus: &Bus,
-    conn: &mut Listener,
-    keeping: Option<&Keeping<'_>>,
+    sub: &mut Subscription,
+    keeping: &Keeping<'_>,
     deadline: Duration,
 ) -> Result<(), String> {
     bus.subscribed.store(false, Ordering::Release);
     cache.metrics.bus_subscribed.set(0);
-    let Listener::Own(sub) = conn else {
-        return Err("not alone on a connection of our own".into());
-    };
     match tokio::time::timeout(deadline, sub.listen_keys()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e.to_string()),
         Err(_) => return Err("SUBSCRIBE unanswered".into()),
     }
-    if let Some(keeping) = keeping {
-        keeping.alone(false);
-    }
+    keeping.alone(false);
     cache.flush_l1();
     bus.subscribed.store(true, Ordering::Release);
     cache.metrics.bus_subscribed.set(1);
