@@ -28,7 +28,7 @@ use crate::{
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use error::ApiError;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::{
@@ -299,14 +299,21 @@ async fn proxied<B: RequestBody + 'static>(
 
 /// A proxy route's fresh stored answer found from a request's head as read (our HTTP/1
 /// path, before any `Request` is built: `Proxy::stored_answer`), admitted and recorded as
-/// `proxied` does.
-pub(crate) async fn proxied_hit(state: &State, resp: Response<ReplyBody>) -> Response<ReplyBody> {
+/// `proxied` does: None when it may be written, else the refusal to write in its place.
+pub(crate) async fn proxied_hit(state: &State, status: StatusCode) -> Option<Response<ReplyBody>> {
     let start = Instant::now();
-    let reply = match state.admission.admit().await {
-        Ok(_admitted) => Ok(resp),
-        Err(why) => Err(ApiError::overloaded(why)),
-    };
-    finish_proxied(state, start, reply, true)
+    match state.admission.admit().await {
+        Ok(_admitted) => {
+            record_proxied(state, start, status);
+            None
+        }
+        Err(why) => Some(finish_proxied(
+            state,
+            start,
+            Err(ApiError::overloaded(why)),
+            true,
+        )),
+    }
 }
 
 /// A proxied request's answer, recorded: X-Cache on refusals made before the route (its
@@ -324,22 +331,27 @@ fn finish_proxied(
             .insert(X_CACHE, http::HeaderValue::from_static(outcome));
         resp
     });
+    record_proxied(state, start, resp.status());
+    resp
+}
+
+/// The metrics and the access log of a proxied request begun at `start`.
+fn record_proxied(state: &State, start: Instant, status: StatusCode) {
     let took = start.elapsed();
     state
         .metrics
-        .record_http(Route::Proxy, resp.status().as_u16(), took);
+        .record_http(Route::Proxy, status.as_u16(), took);
     if let Some(log) = &state.access {
         log.push(access::Record {
             at: SystemTime::now() - took,
             door: Door::Http,
             op: Route::Proxy.op(false),
             key_len: 0,
-            status: access::Status::Http(resp.status().as_u16()),
+            status: access::Status::Http(status.as_u16()),
             tier: None,
             duration: took,
         });
     }
-    resp
 }
 // --- end proxy routes ---
 

@@ -266,12 +266,16 @@ impl Proxy {
     /// client sent it), from the request's head as read: the client sent no Cache-Control,
     /// Pragma or conditional, so only the URL selects it. None: the request goes the whole
     /// way (`Route::serve`). A target `http` would refuse is never a stored URL.
-    pub fn stored_answer(&self, target: &str) -> Option<Response<ReplyBody>> {
-        let path = target.split_once('?').map_or(target, |(path, _)| path);
+    pub fn stored_answer(&self, target: &str) -> Option<Kept> {
+        let path = match target.bytes().position(|b| b == b'?') {
+            Some(at) => &target[..at],
+            None => target,
+        };
         let route = self.find(path)?;
-        let stored = route.store.fresh_plain(target)?;
+        let now = SystemTime::now();
+        let stored = route.store.fresh_plain(target, now)?;
         route.metrics.count(ProxyOutcome::Hit);
-        Some(serve_stored(&stored, &HeaderMap::new()))
+        Some(Kept::new(stored, now, ProxyOutcome::Hit))
     }
 
     /// Removes every stored variant of `url` (a path and query) here and, through the bus,
@@ -1001,11 +1005,7 @@ fn serve_stored(s: &Arc<Stored>, client: &HeaderMap) -> Response<ReplyBody> {
         return resp;
     }
     // Its headers go with the body, the answer's own map left empty (`Kept`).
-    let kept = Kept {
-        stored: s.clone(),
-        age: s.age(now),
-        outcome: ProxyOutcome::Hit.header(),
-    };
+    let kept = Kept::new(s.clone(), now, ProxyOutcome::Hit);
     let mut resp = Response::new(ReplyBody::Kept(Full::new(s.body.clone()), kept));
     *resp.status_mut() = s.status;
     resp
@@ -1028,6 +1028,49 @@ impl std::fmt::Debug for Kept {
 }
 
 impl Kept {
+    /// `stored`'s headers as served at `now`, X-Cache saying `outcome`.
+    pub fn new(stored: Arc<Stored>, now: SystemTime, outcome: ProxyOutcome) -> Self {
+        Self {
+            age: stored.age(now),
+            outcome: outcome.header(),
+            stored,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.stored.status
+    }
+
+    pub fn body(&self) -> &Bytes {
+        &self.stored.body
+    }
+
+    /// A fresh stored 200 of `body`, for the tests of what writes one.
+    #[cfg(test)]
+    pub fn sample(body: &'static [u8]) -> Self {
+        let now = SystemTime::now();
+        let request = Request::get("/api/x").body(()).expect("a request");
+        let answer = Response::builder()
+            .header(header::CACHE_CONTROL, "max-age=60")
+            .body(())
+            .expect("an answer");
+        let (answer, ()) = answer.into_parts();
+        let stored = Stored {
+            policy: shared_policy(&request, &answer, now),
+            status: StatusCode::OK,
+            headers: answer.headers,
+            body: Bytes::from_static(body),
+            fresh_until: now + Duration::from_secs(60),
+            floored: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            keep_until: now + Duration::from_secs(60),
+            refreshing: Default::default(),
+            reply: Default::default(),
+        };
+        Self::new(Arc::new(stored), now, ProxyOutcome::Hit)
+    }
+
     /// Writes the headers as HTTP/1 lines; whether they say Date.
     pub fn write(&self, out: &mut Vec<u8>) -> bool {
         let head = self.stored.reply_head();

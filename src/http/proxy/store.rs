@@ -346,14 +346,14 @@ impl Store {
         {
             return None;
         }
-        self.fresh_plain(key)
+        self.fresh_plain(key, SystemTime::now())
     }
 
-    /// `fresh`, for a request already known to say neither Cache-Control nor Pragma.
-    pub fn fresh_plain(&self, key: &str) -> Option<Arc<Stored>> {
+    /// `fresh` at `now`, for a request already known to say neither Cache-Control nor Pragma.
+    pub fn fresh_plain(&self, key: &str, now: SystemTime) -> Option<Arc<Stored>> {
         let variants = self.cache.get(key)?;
         let v = variants.all.first()?;
-        (!v.reply_head().varies && SystemTime::now() < v.fresh_until).then(|| v.clone())
+        (!v.reply_head().varies && now < v.fresh_until).then(|| v.clone())
     }
 
     /// The variant of `key` that `request` (as the cache sees it: a GET, Host removed)
