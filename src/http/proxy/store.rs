@@ -444,6 +444,43 @@ mod tests {
     use http_cache_semantics::CacheOptions;
 
     #[test]
+    fn age_is_the_one_it_came_with_plus_the_time_held() {
+        let request = Request::get("/api/x").body(()).unwrap();
+        let answer = http::Response::builder()
+            .header("cache-control", "max-age=600")
+            .header("age", "90")
+            .body(())
+            .unwrap();
+        let received = SystemTime::now();
+        let options = CacheOptions {
+            shared: true,
+            ..CacheOptions::default()
+        };
+        let stored = Stored {
+            policy: CachePolicy::new_options(&request, &answer, received, options),
+            status: StatusCode::OK,
+            headers: answer.headers().clone(),
+            body: Bytes::new(),
+            fresh_until: received + Duration::from_secs(510),
+            floored: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            keep_until: received + Duration::from_secs(510),
+            refreshing: AtomicBool::new(false),
+            reply: OnceLock::new(),
+        };
+        let now = SystemTime::now();
+        assert_eq!(stored.age(now), 90);
+        assert_eq!(stored.age(now + Duration::from_secs(5)), 95);
+        assert_eq!(stored.age(now + Duration::from_secs(70)), 160);
+        assert_eq!(
+            stored.age(now + Duration::from_secs(70)),
+            stored.policy.age(now + Duration::from_secs(70)).as_secs(),
+            "as the policy says"
+        );
+    }
+
+    #[test]
     fn a_stored_answer_travels_through_l2_whole_and_junk_is_refused() {
         let request = Request::get("/api/x").body(()).unwrap();
         let mut answer = http::Response::builder()
