@@ -6,7 +6,8 @@
 //! A plain GET or HEAD (no Cache-Control, Pragma or conditional) of a proxy route's fresh
 //! stored URL is answered from its head as read, before any `Request` is built: the target
 //! selects the stored answer, whose header lines were made at its first hit (`proxied_hit`
-//! admits and records it as `handle` would).
+//! admits and records it as `handle` would), and they and its body are written as they are
+//! (`write_kept`), no `Response` built.
 //!
 //! The first request that is not plain (a body, `Transfer-Encoding`, `Expect`, `Upgrade`, a
 //! target that is not a path, a head `httparse` or `http` refuse or that is over
