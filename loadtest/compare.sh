@@ -40,13 +40,13 @@
 #                 in front of the same origin (an nginx on LOAD_CPU, VALUE_BYTES bodies,
 #                 max-age=3600); tiergate over its own redis-server as deployed.
 #   origin-hit-P16  the same hits in 16-deep pipelines (PIPE_DEPTH; TechEmpower's plaintext
-#                 method): wrk's cost per request shared by 16, so the row shows what each proxy
-#                 serves on its core when the load generator is not the limit.
+#                 method): wrk's cost per request shared by 16, so the row shows more of what
+#                 each proxy serves on its core (where wrk is still busy, a lower bound).
 #   origin-miss   the same through a route whose origin says no-store (every request goes
 #                 to the origin) vs nginx proxy_pass: CPU per request is the target.
 #
-# The last column says how busy the load generator's CPUs were (wrk rows): near 100%, a row
-# measures wrk's ceiling as much as the server's. On two cores one wrk thread costs about what
+# The last column says how busy the load generator's CPUs were (wrk rows; the origin rows'
+# origin shares them): near 100%, a row measures wrk's ceiling as much as the server's. On two cores one wrk thread costs about what
 # a server at the floor does (one recv and one send per request, each side), so every such
 # server reaches the same req/s; with more cores, give the load generator several
 # (LOAD_CPU=2-7: wrk runs a thread per CPU).
@@ -110,6 +110,8 @@ cpu_ticks() {
 # The load generator's CPUs (LOAD_CPU expanded: "1", "2-7" or "1,3"), and wrk's threads: one
 # per CPU. On a machine of two cores one wrk thread drives a server near its own cost per
 # request; with more cores, give the load generator several (LOAD_CPU=2-7).
+[[ $LOAD_CPU =~ ^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$ ]] ||
+    { echo "LOAD_CPU: CPUs and ranges, as 1, 2-7 or 1,3 (not '$LOAD_CPU')" >&2; exit 2; }
 LOAD_CPUS=$(python3 -c 'import sys
 print(" ".join(str(c) for part in sys.argv[1].split(",")
                for c in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)))' "$LOAD_CPU")
@@ -117,7 +119,7 @@ WRK_THREADS=$(wc -w <<<"$LOAD_CPUS")
 # Busy and all clock ticks of the load generator's CPUs so far (/proc/stat).
 load_ticks() {
     awk -v cpus=" $LOAD_CPUS " '$1 ~ /^cpu[0-9]+$/ && index(cpus, " " substr($1, 4) " ") {
-        for (i = 2; i <= NF; i++) all += $i
+        for (i = 2; i <= 9 && i <= NF; i++) all += $i  # user to steal (guest is in user)
         idle += $5 + $6
     } END {print all - idle, all}' /proc/stat
 }
@@ -531,8 +533,8 @@ RATIO[hit_nginx]=$(ratio "$t_rps" "$n_rps"); RATIO[hit_varnish]=$(ratio "$t_rps"
 RATIO[hit_nginx_cpu]=$(ratio "$n_us" "$t_us"); RATIO[hit_varnish_cpu]=$(ratio "$v_us" "$t_us")
 P99[hit]=$t_p99; P99[hit_nginx]=$n_p99; P99[hit_varnish]=$v_p99; HIT_BUSY=$t_busy
 # The same hits in PIPE_DEPTH-deep pipelines (TechEmpower's plaintext method): the load
-# generator's syscalls shared by PIPE_DEPTH requests, so that the row measures what each
-# proxy can serve on its core when wrk is not the limit. Not how most clients talk HTTP/1.1.
+# generator's syscalls shared by PIPE_DEPTH requests, so that the row shows more of what each
+# proxy can serve on its core. Not how most clients talk HTTP/1.1.
 cat >"$WORK/pipeline.lua" <<'LUA'
 init = function(args)
     local r = {}
@@ -560,7 +562,7 @@ RATIO[miss_cpu]=$(ratio "$t_us" "$n_us")
 fi
 
 printf '\n%-23s %12s %9s %9s %10s | %-22s %12s %9s %9s %10s | %6s | %s\n' \
-    row "req/s" p50 p99 "cpu us/req" reference "req/s" p50 p99 "cpu us/req" ratio "wrk's CPUs busy"
+    row "req/s" p50 p99 "cpu us/req" reference "req/s" p50 p99 "cpu us/req" ratio "load CPUs busy"
 printf '%s\n' "${TABLE[@]}"
 
 # Issue 6's targets, from this run.
