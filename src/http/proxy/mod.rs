@@ -1012,9 +1012,9 @@ fn serve_stored(s: &Arc<Stored>, client: &HeaderMap) -> Response<ReplyBody> {
 }
 
 /// A stored answer's headers, with the hit's Age and X-Cache, sent with its body: our
-/// HTTP/1 path writes them from the lines made at the first lookup (`write_kept`, `write`), hyper gets them
-/// in the answer's map (`ReplyBody::spell_out`). Building, filling and dropping a map per
-/// hit was a tenth of one.
+/// HTTP/1 path writes them from the lines made at the first lookup (`h1::write_kept`,
+/// `h1::write`), hyper gets them in the answer's map (`ReplyBody::spell_out`). Building,
+/// filling and dropping a map per hit was a tenth of one.
 pub struct Kept {
     stored: Arc<Stored>,
     age: u64,
