@@ -39,7 +39,7 @@ wait_port() {
 }
 
 # start_nginx NAME CPU PORT HTTP_BLOCK: an nginx, one worker on CPU ("" for none), with HTTP_BLOCK (which
-# listens on PORT) in its http block, keep-alive unbounded like tiergate's and its scratch
+# listens on PORT) in its http block, NGX_CONNS (4096) connections per worker, keep-alive unbounded like tiergate's and its scratch
 # files under $WORK/NAME; sets NGX_MASTER and NGX_WORKER.
 start_nginx() {
     local dir=$WORK/$1 cpu=$2 port=$3 body=$4
@@ -51,7 +51,7 @@ worker_processes 1;
 daemon off;
 error_log $dir/error.log warn;
 pid $dir/nginx.pid;
-events { worker_connections 4096; }
+events { worker_connections ${NGX_CONNS:-4096}; }
 http {
     access_log off;
     keepalive_requests 100000000;
