@@ -123,10 +123,12 @@ pub async fn serve<W: Watch>(
                     let refused = proxied_hit(state, hit.kept.status()).await;
                     drop(busy);
                     let (head_req, keep_alive, http10) = (hit.head_req, hit.keep_alive, hit.http10);
-                    let close = closing(state, watch, keep_alive);
                     let (stream, out) = (&mut stream, &mut out);
                     Some(match refused {
-                        None => write_kept(stream, out, &hit.kept, head_req, http10, close).await?,
+                        None => {
+                            let close = closing(state, watch, keep_alive);
+                            write_kept(stream, out, &hit.kept, head_req, http10, close).await?
+                        }
                         Some(resp) => {
                             write(
                                 stream, out, state, watch, resp, head_req, keep_alive, http10,

@@ -1049,25 +1049,9 @@ impl Kept {
     #[cfg(test)]
     pub fn sample(body: &'static [u8]) -> Self {
         let now = SystemTime::now();
-        let request = Request::get("/api/x").body(()).expect("a request");
-        let answer = Response::builder()
-            .header(header::CACHE_CONTROL, "max-age=60")
-            .body(())
-            .expect("an answer");
-        let (answer, ()) = answer.into_parts();
-        let stored = Stored {
-            policy: shared_policy(&request, &answer, now),
-            status: StatusCode::OK,
-            headers: answer.headers,
-            body: Bytes::from_static(body),
-            fresh_until: now + Duration::from_secs(60),
-            floored: false,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            keep_until: now + Duration::from_secs(60),
-            refreshing: Default::default(),
-            reply: Default::default(),
-        };
+        let headers = [("cache-control", "max-age=60")];
+        let body = Bytes::from_static(body);
+        let stored = Stored::sample(&headers, body, now, Duration::from_secs(60));
         Self::new(Arc::new(stored), now, ProxyOutcome::Hit)
     }
 

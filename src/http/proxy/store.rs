@@ -150,6 +150,40 @@ impl Stored {
         })
     }
 
+    /// A 200 of `body` with `headers`, as a shared cache stores it when received at
+    /// `received`, fresh (and kept) for `fresh`: for the tests of what serves one.
+    #[cfg(test)]
+    pub fn sample(
+        headers: &[(&str, &str)],
+        body: Bytes,
+        received: SystemTime,
+        fresh: Duration,
+    ) -> Self {
+        let request = Request::get("/api/x").body(()).expect("a request");
+        let mut answer = http::Response::builder();
+        for &(name, value) in headers {
+            answer = answer.header(name, value);
+        }
+        let answer = answer.body(()).expect("an answer");
+        let options = http_cache_semantics::CacheOptions {
+            shared: true,
+            ..Default::default()
+        };
+        Self {
+            policy: CachePolicy::new_options(&request, &answer, received, options),
+            status: StatusCode::OK,
+            headers: answer.headers().clone(),
+            body,
+            fresh_until: received + fresh,
+            floored: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            keep_until: received + fresh,
+            refreshing: AtomicBool::new(false),
+            reply: OnceLock::new(),
+        }
+    }
+
     /// Its Age at `now`, in seconds: the policy's (the Age it came with, plus the time
     /// since it was received) as of the first lookup, plus the time since (never less:
     /// a clock stepped back does not make it younger). The policy reads
@@ -464,29 +498,8 @@ mod tests {
 
     /// A stored answer that came with `Age: 90`, received at `received`.
     fn aged_90(received: SystemTime) -> Stored {
-        let request = Request::get("/api/x").body(()).unwrap();
-        let answer = http::Response::builder()
-            .header("cache-control", "max-age=600")
-            .header("age", "90")
-            .body(())
-            .unwrap();
-        let options = CacheOptions {
-            shared: true,
-            ..CacheOptions::default()
-        };
-        Stored {
-            policy: CachePolicy::new_options(&request, &answer, received, options),
-            status: StatusCode::OK,
-            headers: answer.headers().clone(),
-            body: Bytes::new(),
-            fresh_until: received + Duration::from_secs(510),
-            floored: false,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            keep_until: received + Duration::from_secs(510),
-            refreshing: AtomicBool::new(false),
-            reply: OnceLock::new(),
-        }
+        let headers = [("cache-control", "max-age=600"), ("age", "90")];
+        Stored::sample(&headers, Bytes::new(), received, Duration::from_secs(510))
     }
 
     #[test]
